@@ -1,0 +1,39 @@
+"""graft: from a folder of labelled images to a deployable image classifier, by transfer learning.
+
+    import graft
+    run = graft.train("data/", arch="mobilenet_v2", mode="freeze", epochs=10)
+    clf = graft.load(run.run_dir)
+    clf.predict("bee.jpg", top_k=2)
+
+Heavy modules (torch, torchvision) are imported on first use, so ``import graft`` and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Classifier", "TrainConfig", "__version__", "list_backbones", "load", "train"]
+
+if TYPE_CHECKING:
+    from graft.backbones import list_backbones
+    from graft.config import TrainConfig
+    from graft.predict import Classifier, load
+    from graft.training import train
+
+_LAZY = {
+    "train": "graft.training",
+    "load": "graft.predict",
+    "Classifier": "graft.predict",
+    "TrainConfig": "graft.config",
+    "list_backbones": "graft.backbones",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'graft' has no attribute {name!r}")

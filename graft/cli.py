@@ -1,0 +1,181 @@
+"""``graft`` command line: a thin layer over the Python API.
+
+Options are generated from the config dataclasses in :mod:`graft.config` (one per command), so the CLI, the
+API and the saved ``config.json`` cannot drift apart. Heavy imports happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from graft import config as C
+from graft.errors import GraftError
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1024,512, got {text!r}") from None
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argparse option per dataclass field: ``--kebab-name``, typed from the annotation."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, meta = hints[f.name], f.metadata
+        optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+        if optional:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        kwargs: dict[str, Any] = {"help": meta.get("help", "")}
+        if meta.get("positional"):
+            name_or_flags = [f.name]
+            kwargs["metavar"] = f.name.upper()
+            if "nargs" in meta:
+                kwargs["nargs"] = meta["nargs"]
+        else:
+            name_or_flags = ["--" + f.name.replace("_", "-")]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            kwargs["default"] = default
+            if default not in (None, False, True, ()):
+                kwargs["help"] += f" (default: {default})"
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is Literal:
+            kwargs["choices"] = list(typing.get_args(tp))
+        elif typing.get_origin(tp) is tuple:
+            kwargs["type"] = _parse_ints
+            kwargs["metavar"] = "N,N"
+        elif typing.get_origin(tp) is list:
+            kwargs["type"] = typing.get_args(tp)[0]
+        else:
+            kwargs["type"] = tp
+        parser.add_argument(*name_or_flags, **kwargs)
+
+
+def _config(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from graft.training import run_training
+
+    run_training(_config(C.TrainConfig, args))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from graft.predict import expand_paths, load, read_category_names
+
+    cfg: C.PredictConfig = _config(C.PredictConfig, args)
+    names = read_category_names(cfg.category_names) if cfg.category_names else {}
+    clf = load(cfg.run, device=cfg.device)
+    results = []
+    for r in clf.predict_paths(expand_paths(cfg.paths), top_k=cfg.top_k, batch_size=cfg.batch_size):
+        for i, p in enumerate(r.predictions or []):
+            r.predictions[i] = type(p)(names.get(p.label, p.label), p.probability)  # type: ignore[index]
+        results.append(r)
+        if not cfg.json:
+            if r.error is not None:
+                print(f"{r.path}  error: {r.error}")
+            else:
+                print(f"{r.path}  " + "  ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions or []))
+    if cfg.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from graft.data import scan
+
+    cfg: C.CheckConfig = _config(C.CheckConfig, args)
+    report = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed).report
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if cfg.json else report.format())
+    return 0
+
+
+def cmd_archs(args: argparse.Namespace) -> int:
+    from graft.backbones import get_backbone, list_backbones
+
+    cfg: C.ArchsConfig = _config(C.ArchsConfig, args)
+    rows = []
+    for name in list_backbones():
+        spec = get_backbone(name)
+        available = [w.tag for w in spec.weights if w.is_available()]
+        if cfg.available and not available:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "source": spec.source,
+                "head": spec.head_path,
+                "in_features": spec.in_features,
+                "input_size": spec.input_size,
+                "min_input_size": spec.min_input_size,
+                "weights": [w.tag for w in spec.weights],
+                "available_weights": available,
+                "pretrained_available": bool(available),
+            }
+        )
+    if cfg.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows) if rows else 10
+    print(f"{'architecture':<{width}}  {'head':<13} {'features':>8} {'input':>5}  pretrained here")
+    for r in rows:
+        here = ", ".join(r["available_weights"]) or "no (download, or --pretrained none)"
+        print(f"{r['name']:<{width}}  {r['head']:<13} {r['in_features']:>8} {r['input_size']:>5}  {here}")
+    print(f"{len(rows)} architectures; any timm model also works as timm/<name>")
+    return 0
+
+
+COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
+    "train": (C.TrainConfig, cmd_train, "train a classifier on an image folder"),
+    "predict": (C.PredictConfig, cmd_predict, "classify images with a trained run"),
+    "check": (C.CheckConfig, cmd_check, "report which images a dataset folder would use and skip"),
+    "archs": (C.ArchsConfig, cmd_archs, "list architectures and whether their weights are here"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from graft import __version__
+
+    parser = argparse.ArgumentParser(prog="graft", description="Transfer learning from an image folder.")
+    parser.add_argument("--version", action="version", version=f"graft {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+        _add_fields(p, cls)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GraftError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

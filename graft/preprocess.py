@@ -1,0 +1,93 @@
+"""Preprocessing declared by the pretrained weights: the single place train/eval transforms come from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a backbone expects its input: what training and inference must agree on.
+
+    Args:
+        input_size: side of the square crop fed to the network.
+        resize_size: shorter side the image is resized to before the centre crop (eval).
+        mean, std: per-channel normalization of [0, 1] pixels.
+        interpolation: "bilinear" or "bicubic".
+    """
+
+    input_size: int = 224
+    resize_size: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            input_size=int(d["input_size"]),
+            resize_size=int(d["resize_size"]),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            interpolation=str(d["interpolation"]),
+        )
+
+    def with_input_size(self, size: int) -> Preprocess:
+        """The same preprocessing at another crop size, keeping the resize/crop ratio."""
+        ratio = self.resize_size / self.input_size
+        return Preprocess(size, round(size * ratio), self.mean, self.std, self.interpolation)
+
+
+def _interp(name: str) -> Any:
+    from torchvision.transforms import InterpolationMode
+
+    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[name]
+
+
+def eval_transform(p: Preprocess) -> Callable[[Any], Any]:
+    """PIL RGB image -> normalized float tensor (C, H, W): resize, centre crop (the tutorial's val path)."""
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(p.resize_size, interpolation=_interp(p.interpolation), antialias=True),
+            v2.CenterCrop(p.input_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(p.mean), std=list(p.std)),
+        ]
+    )
+
+
+def train_transform(p: Preprocess) -> Callable[[Any], Any]:
+    """PIL RGB image -> augmented normalized tensor: random resized crop and horizontal flip."""
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(p.input_size, interpolation=_interp(p.interpolation), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(p.mean), std=list(p.std)),
+        ]
+    )
+
+
+def denormalize(x: Any, p: Preprocess) -> Any:
+    """Inverse of the normalization, for showing images: tensor (..., 3, H, W) -> values in [0, 1]."""
+    import torch
+
+    mean = torch.tensor(p.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(p.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * std + mean).clamp(0, 1)

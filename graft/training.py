@@ -1,0 +1,360 @@
+"""Training: ``graft.train`` from a dataset folder to a run directory.
+
+The loop is the tutorial's (a train and a val phase per epoch, the best val accuracy's weights kept and
+restored) without its defects: a frozen backbone stays in eval mode, and by default it runs only once per
+image (its features are computed once, and the head trains on them).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft import checkpoint as ckpt
+from graft.config import TrainConfig
+from graft.errors import ConfigError, RunError
+from graft.heads import HeadSpec
+from graft.runtime import pick_device, prepare_input, progress, seed_everything
+
+RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+
+    def row(self) -> list[Any]:
+        return [
+            self.epoch,
+            f"{self.train_loss:.6f}",
+            f"{self.train_acc:.6f}",
+            f"{self.val_loss:.6f}",
+            f"{self.val_acc:.6f}",
+            f"{self.lr:.6g}",
+            f"{self.seconds:.3f}",
+        ]
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    history: list[EpochResult] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """What ``graft.train`` returns: where the run is and how it went."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def best_val_acc(self) -> float:
+        return float(self.metrics["best_val_acc"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_epoch(
+    model: nn.Module,
+    loader: Any,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    desc: str = "",
+) -> tuple[float, float]:
+    """One pass over ``loader``: training when an optimizer is given, else evaluation. Returns (loss, accuracy)."""
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, seen = 0.0, 0, 0
+    with torch.set_grad_enabled(training):
+        for inputs, labels in progress(loader, desc=desc):
+            inputs, labels = prepare_input(inputs, device), labels.to(device)
+            logits = model(inputs)
+            loss = criterion(logits, labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total_loss += loss.item() * labels.size(0)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += labels.size(0)
+    return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    criterion: nn.Module,
+    epochs: int,
+    device: torch.device,
+    patience: int | None = None,
+    on_epoch: Callable[[EpochResult, bool, nn.Module], None] | None = None,
+) -> FitResult:
+    """Train for ``epochs`` (or until ``patience`` epochs pass without a better val accuracy), keep the weights
+    of the best val accuracy and load them back into ``model`` at the end."""
+    result = FitResult(best_val_acc=-1.0, best_epoch=0)
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = run_epoch(
+            model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{epochs} train"
+        )
+        val_loss, val_acc = run_epoch(model, val_data, criterion, device, desc=f"epoch {epoch}/{epochs} val")
+        if not math.isfinite(train_loss):
+            raise RunError(
+                f"the training loss became {train_loss} at epoch {epoch}: lower --lr "
+                f"(now {lr:g}); the best model so far (epoch {result.best_epoch}) is kept"
+            )
+        if scheduler is not None:
+            scheduler.step()
+        improved = val_acc > result.best_val_acc
+        if improved:
+            result.best_val_acc, result.best_epoch = val_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, improved, model)
+        if patience is not None and epoch - result.best_epoch >= patience:
+            break
+    model.load_state_dict(best_state)
+    return result
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    lr = cfg.resolved_lr
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# from a config to a run directory
+
+
+def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
+    """Train a classifier on an image folder and write a run directory.
+
+    Args:
+        data: dataset folder (``DATA/train/<class>``, ``DATA/val/<class>``, or ``DATA/<class>``).
+        **options: any field of :class:`graft.config.TrainConfig` (``arch``, ``mode``, ``epochs``, ...).
+
+    Returns:
+        A :class:`RunResult` with ``run_dir`` and the run's ``metrics``.
+
+    Example:
+        >>> run = graft.train("hymenoptera_data", arch="mobilenet_v2", mode="freeze", epochs=10)
+        >>> graft.load(run.run_dir).predict("bee.jpg", top_k=2)
+    """
+    if data is not None:
+        options["data"] = data
+    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; see graft.TrainConfig for the valid ones")
+    return run_training(TrainConfig(**options))
+
+
+def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
+    """Run ``cfg`` end to end (see :func:`train`)."""
+    from graft import data as datamod
+    from graft.backbones import get_backbone
+    from graft.model import build_model
+
+    started = time.perf_counter()
+    device = pick_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    dataset = datamod.scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
+    spec = get_backbone(cfg.arch)
+    model, weights, pretrained = build_model(
+        spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
+    )
+    preprocess = weights.preprocess if weights else spec.preprocess
+    run_dir = _make_run_dir(cfg)
+    log(
+        f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}), {cfg.mode}, "
+        f"{len(dataset.train)} train / {len(dataset.val)} val images, {len(dataset.classes)} classes, {device}"
+    )
+    if dataset.report.skipped:
+        log(f"skipped {len(dataset.report.skipped)} file(s), see {run_dir / 'data_report.json'}")
+    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": cfg.resolved_lr})
+    ckpt.atomic_write_json(run_dir / "data_report.json", dataset.report.to_dict() | {"split": dataset.split_dict()})
+
+    meta = _model_meta(cfg, spec, weights, pretrained, preprocess, dataset.classes)
+    model.to(device)
+    if cfg.mode == "freeze":
+        model.freeze()
+    target, train_data, val_data = _training_target(cfg, model, dataset, preprocess, device, generator)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad])
+    scheduler = make_scheduler(cfg, optimizer)
+    rows: list[list[Any]] = []
+
+    def on_epoch(r: EpochResult, improved: bool, _: nn.Module) -> None:
+        rows.append(r.row())
+        ckpt.write_csv(run_dir / "results.csv", RESULTS_HEADER, rows)
+        log(
+            f"epoch {r.epoch:>3}/{cfg.epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
+            f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
+            + ("  *best" if improved else "")
+        )
+        if improved:  # a crash later loses at most the epochs after the best one
+            _save_model(run_dir, model, meta)
+
+    fit_start = time.perf_counter()
+    result = fit(
+        target,
+        train_data,
+        val_data,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        criterion=criterion,
+        epochs=cfg.epochs,
+        device=device,
+        patience=cfg.patience,
+        on_epoch=on_epoch,
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    _save_model(run_dir, model, meta)
+    metrics = {
+        "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "best_val_loss": result.history[result.best_epoch - 1].val_loss,
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "n_train": len(dataset.train),
+        "n_val": len(dataset.val),
+        "classes": dataset.classes,
+        "device": str(device),
+    }
+    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    log(
+        f"best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; "
+        f"{metrics['train_seconds']:.1f}s in all; run saved to {run_dir}"
+    )
+    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _training_target(
+    cfg: TrainConfig,
+    model: Any,
+    dataset: Any,
+    preprocess: Any,
+    device: torch.device,
+    generator: torch.Generator,
+) -> tuple[nn.Module, Any, Any]:
+    """What ``fit`` trains and on what: the head on stored features (frozen, cached), or the model on images."""
+    from graft.data import ImageDataset
+    from graft.preprocess import eval_transform, train_transform
+    from graft.runtime import default_workers, inference_loader, train_loader
+
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    if cfg.mode == "freeze" and cfg.cache_features:
+        from graft.features import extract_features
+
+        feats = {
+            split: extract_features(
+                model.body,
+                samples,
+                preprocess,
+                device=device,
+                batch_size=cfg.batch_size,
+                workers=workers,
+                desc=f"{split} features",
+            )
+            for split, samples in (("train", dataset.train), ("val", dataset.val))
+        }
+        labels = {split: torch.tensor([s.label for s in getattr(dataset, split)]) for split in ("train", "val")}
+        train_ds = torch.utils.data.TensorDataset(feats["train"], labels["train"])
+        val_ds = torch.utils.data.TensorDataset(feats["val"], labels["val"])
+        return (
+            model.head,
+            train_loader(train_ds, batch_size=cfg.batch_size, workers=0, generator=generator),
+            inference_loader(val_ds, batch_size=256, workers=0),
+        )
+    draft = preprocess.resize_size
+    train_ds = ImageDataset(dataset.train, train_transform(preprocess), draft=draft)
+    val_ds = ImageDataset(dataset.val, eval_transform(preprocess), draft=draft)
+    return (
+        model,
+        train_loader(train_ds, batch_size=cfg.batch_size, workers=workers, generator=generator),
+        inference_loader(val_ds, batch_size=cfg.batch_size, workers=workers),
+    )
+
+
+def _make_run_dir(cfg: TrainConfig) -> Path:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    name = cfg.name or ckpt.next_run_name(cfg.out, f"{cfg.arch.replace('/', '_')}-{cfg.mode}")
+    run_dir = cfg.out / name
+    if run_dir.exists() and not cfg.exist_ok:
+        raise ConfigError(
+            f"run directory {run_dir} already exists: choose another --name, or pass --exist-ok to replace its files"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _model_meta(
+    cfg: TrainConfig, spec: Any, weights: Any, pretrained: Any, preprocess: Any, classes: list[str]
+) -> dict[str, Any]:
+    import torchvision
+
+    import graft
+
+    return {
+        "format": ckpt.FORMAT,
+        "arch": spec.name,
+        "arch_source": spec.source,
+        "arch_kwargs": spec.arch_kwargs(weights),
+        "in_features": spec.in_features,
+        "classes": classes,
+        "head": HeadSpec(cfg.hidden, cfg.dropout).to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "mode": cfg.mode,
+        "pretrained": pretrained.to_dict(),
+        "versions": {
+            "graft": graft.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def _save_model(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Weights first, then the JSON that names their hash: a reader never sees a JSON without its weights."""
+    sha = ckpt.save_weights(run_dir / ckpt.MODEL_FILE, model.state_dict(), metadata={"format": ckpt.FORMAT})
+    ckpt.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"weights_file": ckpt.MODEL_FILE, "weights_sha256": sha})
