@@ -146,7 +146,7 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
         raise ImageError(p, _not_an_image_reason(p)) from None
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, ValueError...) for bad data
         msg = str(e) or type(e).__name__
-        if "truncated" in msg:
+        if "truncated" in msg.lower():
             raise ImageError(p, "truncated image data: the file ends early (incomplete download or copy?)") from None
         raise ImageError(p, f"corrupt image data ({msg})") from None
 

@@ -1,15 +1,49 @@
-"""Frozen-backbone features: run the body once per image and keep the pooled vectors."""
+"""Frozen-backbone features, computed once per image and kept on disk.
+
+A frozen backbone maps an image to the same vector in every epoch, so graft runs it once per image (eval mode,
+no grad, batched, channels_last) and trains the head on the stored vectors. The store is keyed by everything
+the vector depends on: architecture, builder kwargs, sha256 of the starting weights, preprocessing and view;
+a file is identified by its absolute path, size and modification time, so an edited image is recomputed.
+A second run, another head or another seed reuses the features.
+
+Layout of one store (``$GRAFT_CACHE_DIR/features/<key>/``): ``features.f32``, a raw float32 matrix appended
+to and read through ``numpy.memmap`` (memory does not grow with the number of images beyond the matrix that is
+asked for), and ``index.json``, mapping file identity -> (row, checksum). Every row read is checked against its
+checksum; a damaged row is recomputed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from graft.checkpoint import atomic_write_json
 from graft.data import ImageDataset, Sample
 from graft.preprocess import Preprocess, eval_transform
-from graft.runtime import inference_loader, prepare_input
+from graft.runtime import inference_loader, optimize_for_inference, prepare_input, progress
+
+CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """``$GRAFT_CACHE_DIR``, else the user cache folder (``~/.cache/graft`` on Linux)."""
+    env = os.environ.get("GRAFT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("graft"))
 
 
 @torch.inference_mode()
@@ -24,15 +58,136 @@ def extract_features(
     desc: str = "features",
 ) -> torch.Tensor:
     """``(len(samples), F)`` float32 features of ``body`` in eval mode (no augmentation), in sample order."""
-    from graft.runtime import progress
-
-    body.eval()
+    body = optimize_for_inference(body)
     loader = inference_loader(
         ImageDataset(samples, eval_transform(preprocess), draft=preprocess.resize_size),
         batch_size=batch_size,
         workers=workers,
     )
-    chunks = []
-    for images, _ in progress(loader, desc=desc):
-        chunks.append(body(prepare_input(images, device)).float().cpu())
+    chunks = [body(prepare_input(images, device)).float().cpu() for images, _ in progress(loader, desc=desc)]
     return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def file_identity(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _row_checksum(row: np.ndarray) -> int:
+    return zlib.crc32(row.tobytes())
+
+
+class FeatureStore:
+    """One append-only feature matrix for one (backbone, weights, preprocessing, view) key."""
+
+    def __init__(self, key: dict[str, Any], root: Path | None = None) -> None:
+        canonical = json.dumps(key, sort_keys=True)
+        self.key = json.loads(canonical)  # as stored: tuples become lists
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
+        self.dir = (root or cache_root()) / "features" / digest
+        self.matrix_path = self.dir / "features.f32"
+        self.index_path = self.dir / "index.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time across processes (two runs may share a cache)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read_index(self) -> dict[str, Any]:
+        try:
+            index = json.loads(self.index_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"key": self.key, "dim": None, "rows": {}}
+        if index.get("key") != self.key:  # a digest collision or a foreign file: start over
+            return {"key": self.key, "dim": None, "rows": {}}
+        return index
+
+    def _matrix(self, dim: int) -> np.ndarray | None:
+        if not self.matrix_path.exists():
+            return None
+        rows = self.matrix_path.stat().st_size // (4 * dim)
+        if rows == 0:
+            return None
+        return np.memmap(self.matrix_path, dtype=np.float32, mode="r", shape=(rows, dim))
+
+    def lookup(self, identities: Sequence[str]) -> tuple[dict[int, np.ndarray], list[int]]:
+        """Rows found (position -> vector, checksum verified) and positions still to compute."""
+        index = self._read_index()
+        dim, rows = index["dim"], index["rows"]
+        matrix = self._matrix(dim) if dim else None
+        found: dict[int, np.ndarray] = {}
+        missing: list[int] = []
+        for i, ident in enumerate(identities):
+            entry = rows.get(ident)
+            if matrix is not None and entry is not None and entry[0] < matrix.shape[0]:
+                row = matrix[entry[0]]
+                if _row_checksum(np.asarray(row)) == entry[1]:
+                    found[i] = row
+                    continue
+            missing.append(i)
+        return found, missing
+
+    def add(self, identities: Sequence[str], features: np.ndarray) -> None:
+        """Append rows; the index is rewritten atomically after the rows are on disk."""
+        if not len(identities):
+            return
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        with self._locked():
+            index = self._read_index()
+            dim = index["dim"] or int(features.shape[1])
+            if dim != features.shape[1]:
+                raise RuntimeError(f"feature width changed ({dim} -> {features.shape[1]}) under one cache key")
+            size = self.matrix_path.stat().st_size if self.matrix_path.exists() else 0
+            start = size // (4 * dim)
+            with open(self.matrix_path, "r+b" if size else "wb") as f:
+                f.seek(start * 4 * dim)  # drop a partial row left by a crash
+                f.write(features.tobytes())
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
+            for j, ident in enumerate(identities):
+                index["rows"][ident] = [start + j, _row_checksum(features[j])]
+            index["dim"] = dim
+            atomic_write_json(self.index_path, index)
+
+
+def cached_features(
+    body: nn.Module,
+    samples: Sequence[Sample],
+    preprocess: Preprocess,
+    key: dict[str, Any],
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    workers: int = 0,
+    desc: str = "features",
+) -> tuple[torch.Tensor, int]:
+    """Features of ``samples`` from the store, computing (and storing) only the missing ones.
+
+    Returns the ``(N, F)`` matrix and how many rows were computed now.
+    """
+    store = FeatureStore({"version": CACHE_VERSION, **key, "preprocess": preprocess.to_dict()})
+    identities = [file_identity(s.path) for s in samples]
+    found, missing = store.lookup(identities)
+    if missing:
+        new = extract_features(
+            body,
+            [samples[i] for i in missing],
+            preprocess,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            desc=desc,
+        ).numpy()
+        store.add([identities[i] for i in missing], new)
+        found.update(zip(missing, new, strict=True))
+    if not samples:
+        return torch.empty(0), 0
+    matrix = np.stack([found[i] for i in range(len(samples))])
+    return torch.from_numpy(matrix), len(missing)

@@ -15,7 +15,7 @@ from graft import checkpoint as ckpt
 from graft.errors import GraftError, ImageError, RunError
 from graft.heads import HeadSpec
 from graft.preprocess import Preprocess, eval_transform
-from graft.runtime import pick_device, prepare_input
+from graft.runtime import optimize_for_inference, pick_device, prepare_input
 
 ImageInput = str | os.PathLike[str] | Any  # a path or a PIL image
 
@@ -48,6 +48,7 @@ class Classifier:
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path) -> None:
         self.model = model.eval()
+        self._inference = torch.nn.Sequential(optimize_for_inference(model.body), model.head).eval()
         self.meta = meta
         self.device = device
         self.run_dir = run_dir
@@ -58,7 +59,7 @@ class Classifier:
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits of a preprocessed batch ``(B, 3, H, W)``."""
-        return self.model(prepare_input(batch, self.device)).float().cpu()
+        return self._inference(prepare_input(batch, self.device)).float().cpu()
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32

@@ -216,7 +216,15 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     model.to(device)
     if cfg.mode == "freeze":
         model.freeze()
-    target, train_data, val_data = _training_target(cfg, model, dataset, preprocess, device, generator)
+    cache_key = None
+    if pretrained.sha256:  # the body's weights are known exactly: its features can be stored and reused
+        cache_key = {
+            "arch": spec.name,
+            "arch_kwargs": meta["arch_kwargs"],
+            "weights_sha256": pretrained.sha256,
+            "device": device.type,
+        }
+    target, train_data, val_data = _training_target(cfg, model, dataset, preprocess, device, generator, cache_key, log)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad])
     scheduler = make_scheduler(cfg, optimizer)
@@ -275,6 +283,8 @@ def _training_target(
     preprocess: Any,
     device: torch.device,
     generator: torch.Generator,
+    cache_key: dict[str, Any] | None,
+    log: Callable[[str], None],
 ) -> tuple[nn.Module, Any, Any]:
     """What ``fit`` trains and on what: the head on stored features (frozen, cached), or the model on images."""
     from graft.data import ImageDataset
@@ -283,18 +293,8 @@ def _training_target(
 
     workers = default_workers() if cfg.workers is None else cfg.workers
     if cfg.mode == "freeze" and cfg.cache_features:
-        from graft.features import extract_features
-
         feats = {
-            split: extract_features(
-                model.body,
-                samples,
-                preprocess,
-                device=device,
-                batch_size=cfg.batch_size,
-                workers=workers,
-                desc=f"{split} features",
-            )
+            split: _features(model, samples, preprocess, cache_key, cfg, device, workers, log, split)
             for split, samples in (("train", dataset.train), ("val", dataset.val))
         }
         labels = {split: torch.tensor([s.label for s in getattr(dataset, split)]) for split in ("train", "val")}
@@ -313,6 +313,31 @@ def _training_target(
         train_loader(train_ds, batch_size=cfg.batch_size, workers=workers, generator=generator),
         inference_loader(val_ds, batch_size=cfg.batch_size, workers=workers),
     )
+
+
+def _features(
+    model: Any,
+    samples: Any,
+    preprocess: Any,
+    cache_key: dict[str, Any] | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    workers: int,
+    log: Callable[[str], None],
+    split: str,
+) -> torch.Tensor:
+    """The frozen body's features of ``samples``: from the on-disk store when the starting weights are known
+    (random weights differ per seed, so they are not stored)."""
+    from graft.features import cached_features, extract_features
+
+    kwargs = {"device": device, "batch_size": cfg.batch_size, "workers": workers, "desc": f"{split} features"}
+    if cache_key is None:
+        return extract_features(model.body, samples, preprocess, **kwargs)
+    start = time.perf_counter()
+    feats, computed = cached_features(model.body, samples, preprocess, cache_key, **kwargs)
+    seconds = time.perf_counter() - start
+    log(f"{split} features: {len(samples) - computed} from cache, {computed} computed ({seconds:.1f}s)")
+    return feats
 
 
 def _make_run_dir(cfg: TrainConfig) -> Path:
