@@ -1,0 +1,111 @@
+"""The feature store: computed once, reused, recomputed when a file changes or a row is damaged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from graft.data import Sample
+from graft.features import FeatureStore, cached_features, extract_features
+from graft.preprocess import Preprocess
+
+PRE = Preprocess(input_size=32, resize_size=36)
+
+
+class CountingBody(nn.Module):
+    """A tiny deterministic 'backbone' that counts the images it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:  # data-dependent: torch.fx cannot trace it, so graft runs this very module
+            self.seen += x.shape[0]
+        return torch.cat([self.pool(x).flatten(1), self.pool(x * x).flatten(1)], dim=1)
+
+
+@pytest.fixture
+def samples(tmp_image_folder) -> list[Sample]:
+    root = tmp_image_folder({"a": 3, "b": 2})
+    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
+    return [Sample(p, i % 2) for i, p in enumerate(files)]
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def run(body: nn.Module, samples: list[Sample], key: dict | None = None) -> tuple[torch.Tensor, int]:
+    return cached_features(body, samples, PRE, key or {"arch": "counting"}, device=torch.device("cpu"), batch_size=2)
+
+
+def test_second_call_reads_the_store_and_matches(samples) -> None:
+    body = CountingBody()
+    first, computed = run(body, samples)
+    assert computed == len(samples) and body.seen == len(samples)
+    second, computed = run(body, samples)
+    assert computed == 0 and body.seen == len(samples)  # the body did not run again
+    assert torch.equal(first, second)
+    direct = extract_features(CountingBody(), samples, PRE, device=torch.device("cpu"))
+    assert torch.allclose(first, direct)
+
+
+def test_another_key_is_another_store(samples) -> None:
+    run(CountingBody(), samples)
+    _, computed = run(CountingBody(), samples, key={"arch": "other"})
+    assert computed == len(samples)
+
+
+def test_changed_file_is_recomputed(samples) -> None:
+    run(CountingBody(), samples)
+    changed = samples[0].path
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (250, 10, 10)).save(changed, format="JPEG")
+    os.utime(changed, ns=(1, 1))  # new size and mtime: a new identity
+    body = CountingBody()
+    feats, computed = run(body, samples)
+    assert computed == 1 and body.seen == 1
+    assert feats[0, 0] > feats[0, 1]  # red image: R channel mean > G channel mean (normalized)
+
+
+def test_damaged_row_is_detected_and_rebuilt(samples, cache_dir) -> None:
+    good, _ = run(CountingBody(), samples)
+    (matrix,) = cache_dir.glob("features/*/features.f32")
+    data = bytearray(matrix.read_bytes())
+    data[0:4] = np.float32(1e30).tobytes()  # corrupt row 0
+    matrix.write_bytes(bytes(data))
+    body = CountingBody()
+    feats, computed = run(body, samples)
+    assert computed == 1 and body.seen == 1
+    assert torch.equal(feats, good)
+
+
+def test_truncated_matrix_and_garbage_index_are_survived(samples, cache_dir) -> None:
+    good, _ = run(CountingBody(), samples)
+    (store_dir,) = cache_dir.glob("features/*")
+    matrix = store_dir / "features.f32"
+    matrix.write_bytes(matrix.read_bytes()[:-10])  # a crash mid-append leaves a partial last row
+    feats, computed = run(CountingBody(), samples)
+    assert computed == 1 and torch.equal(feats, good)
+    (store_dir / "index.json").write_text("{not json")
+    feats, computed = run(CountingBody(), samples)
+    assert computed == len(samples) and torch.equal(feats, good)
+
+
+def test_store_reads_through_memmap(samples) -> None:
+    run(CountingBody(), samples)
+    store = FeatureStore({"version": 1, "arch": "counting", "preprocess": PRE.to_dict()})
+    found, missing = store.lookup([str(s.path.resolve()) + "|x|y" for s in samples])
+    assert not found and missing == list(range(len(samples)))
+    index = store._read_index()
+    assert index["dim"] == 6 and isinstance(store._matrix(6), np.memmap)
