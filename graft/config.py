@@ -67,7 +67,15 @@ class TrainConfig:
     cache_features: bool = opt(
         True, "freeze mode: run the frozen backbone once per image and train the head on the stored features"
     )
-    patience: int | None = opt(None, "stop after this many epochs without a better val accuracy")
+    head_epochs: int = opt(
+        3,
+        "finetune: epochs of head-only training on the frozen body's stored features before all layers train "
+        "(fastai's fine_tune); 0 gives the tutorial's plain fine-tuning",
+    )
+    patience: int | None = opt(
+        None, "stop after this many epochs without a better val accuracy (default: 5 on stored features, else off)"
+    )
+    compile: bool = opt(False, "torch.compile the model for image epochs (pays off for long runs, mostly on GPU)")
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (stratified, seeded)")
     seed: int = opt(0, "random seed (CPU runs with the same seed are repeatable)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
@@ -95,20 +103,20 @@ class TrainConfig:
             (all(h > 0 for h in self.hidden), f"--hidden widths must be positive (got {self.hidden})"),
             (self.patience is None or self.patience >= 1, f"--patience must be >= 1 (got {self.patience})"),
             (self.step_size >= 1, f"--step-size must be >= 1 (got {self.step_size})"),
+            (self.head_epochs >= 0, f"--head-epochs must be >= 0 (got {self.head_epochs})"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
 
-    @property
-    def resolved_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        base = 1e-3 if self.mode == "freeze" else 2e-4
-        if self.optimizer == "sgd":  # SGD wants a larger step; the linear scaling rule keeps batch sizes comparable
-            base = 1e-2 * self.batch_size / 32 if self.mode == "freeze" else 1e-3 * self.batch_size / 4
-        return base
+    def stages(self) -> list[tuple[str, int, float]]:
+        """(stage, epochs, learning rate) in order: ``head`` trains the head on a frozen body, ``all`` every layer."""
+        default = {"adamw": {"head": 1e-3, "all": 2e-4}, "sgd": {"head": 1e-2, "all": 1e-3}}[self.optimizer]
+        if self.mode == "freeze":
+            return [("head", self.epochs, self.lr or default["head"])]
+        head = [("head", self.head_epochs, default["head"])] if self.head_epochs else []
+        return [*head, ("all", self.epochs, self.lr or default["all"])]
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)

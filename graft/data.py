@@ -450,3 +450,58 @@ class ImageDataset:
         except ImageError as e:
             raise ImageError(e.path, f"{e.reason} (it was usable when the dataset was scanned)") from None
         return (self.transform(img) if self.transform else img), s.label
+
+
+class MemoryImageDataset:
+    """Images decoded once and kept in memory as uint8 ``(3, H, W)`` tensors, transformed per access.
+
+    Fine-tuning reads every image once per epoch; decoding once per run instead saves the JPEG decode of every
+    epoch after the first. ``prepare`` runs once per image at decode time (e.g. resize + centre crop for val, so
+    that only the normalization runs per epoch), ``transform`` at every access.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *,
+        prepare: Callable[[Any], Any],
+        transform: Callable[[Any], Any] | None = None,
+        draft: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+        def decode(s: Sample) -> Any:
+            return prepare(load_rgb(s.path, draft=draft))
+
+        with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+            self.images = list(pool.map(decode, self.samples))  # PIL and torchvision release the GIL here
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(t.numel() * t.element_size()) for t in self.images)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.samples[i].label
+
+
+def estimated_decoded_bytes(samples: Sequence[Sample], shorter_side: int) -> int:
+    """Rough memory of the samples decoded at ``shorter_side`` (4:3 images assumed; headers not read)."""
+    return len(samples) * 3 * shorter_side * (shorter_side * 4 // 3)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process (``MemAvailable``), or 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -31,7 +31,7 @@ from torch import nn
 from graft.checkpoint import atomic_write_json
 from graft.data import ImageDataset, Sample
 from graft.preprocess import Preprocess, eval_transform
-from graft.runtime import inference_loader, optimize_for_inference, prepare_input, progress
+from graft.runtime import autocast, inference_loader, optimize_for_inference, prepare_input, progress
 
 CACHE_VERSION = 1
 
@@ -64,7 +64,10 @@ def extract_features(
         batch_size=batch_size,
         workers=workers,
     )
-    chunks = [body(prepare_input(images, device)).float().cpu() for images, _ in progress(loader, desc=desc)]
+    chunks = []
+    for images, _ in progress(loader, desc=desc):
+        with autocast(device):
+            chunks.append(body(prepare_input(images, device)).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 

@@ -15,7 +15,7 @@ from graft import checkpoint as ckpt
 from graft.errors import GraftError, ImageError, RunError
 from graft.heads import HeadSpec
 from graft.preprocess import Preprocess, eval_transform
-from graft.runtime import optimize_for_inference, pick_device, prepare_input
+from graft.runtime import autocast, optimize_for_inference, pick_device, prepare_input
 
 ImageInput = str | os.PathLike[str] | Any  # a path or a PIL image
 
@@ -59,7 +59,8 @@ class Classifier:
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits of a preprocessed batch ``(B, 3, H, W)``."""
-        return self._inference(prepare_input(batch, self.device)).float().cpu()
+        with autocast(self.device):
+            return self._inference(prepare_input(batch, self.device)).float().cpu()
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32

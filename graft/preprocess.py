@@ -52,9 +52,8 @@ def _interp(name: str) -> Any:
     return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[name]
 
 
-def eval_transform(p: Preprocess) -> Callable[[Any], Any]:
-    """PIL RGB image -> normalized float tensor (C, H, W): resize, centre crop (the tutorial's val path)."""
-    import torch
+def eval_crop(p: Preprocess) -> Callable[[Any], Any]:
+    """PIL RGB image -> uint8 tensor (3, input_size, input_size): resize, centre crop (the tutorial's val path)."""
     from torchvision.transforms import v2
 
     return v2.Compose(
@@ -62,10 +61,33 @@ def eval_transform(p: Preprocess) -> Callable[[Any], Any]:
             v2.ToImage(),
             v2.Resize(p.resize_size, interpolation=_interp(p.interpolation), antialias=True),
             v2.CenterCrop(p.input_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(p.mean), std=list(p.std)),
         ]
     )
+
+
+def normalize(p: Preprocess) -> Callable[[Any], Any]:
+    """uint8 tensor -> float tensor scaled to [0, 1] and normalized with the weights' mean and std."""
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(p.mean), std=list(p.std))])
+
+
+def eval_transform(p: Preprocess) -> Callable[[Any], Any]:
+    """PIL RGB image -> normalized float tensor (3, H, W): :func:`eval_crop` then :func:`normalize`.
+
+    Training's val phase and ``graft predict`` both go through these two steps, so they agree exactly.
+    """
+    from torchvision.transforms import v2
+
+    return v2.Compose([eval_crop(p), normalize(p)])
+
+
+def resize_shorter(size: int, interpolation: str = "bilinear") -> Callable[[Any], Any]:
+    """PIL RGB image -> uint8 tensor whose shorter side is ``size`` (images are kept this size in memory)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.Resize(size, interpolation=_interp(interpolation), antialias=True)])
 
 
 def train_transform(p: Preprocess) -> Callable[[Any], Any]:

@@ -23,9 +23,9 @@ from graft import checkpoint as ckpt
 from graft.config import TrainConfig
 from graft.errors import ConfigError, RunError
 from graft.heads import HeadSpec
-from graft.runtime import pick_device, prepare_input, progress, seed_everything
+from graft.runtime import autocast, optimize_for_inference, pick_device, prepare_input, progress, seed_everything
 
-RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "stage"]
 
 
 @dataclass
@@ -37,6 +37,7 @@ class EpochResult:
     val_acc: float
     lr: float
     seconds: float
+    stage: str = "train"
 
     def row(self) -> list[Any]:
         return [
@@ -47,6 +48,7 @@ class EpochResult:
             f"{self.val_acc:.6f}",
             f"{self.lr:.6g}",
             f"{self.seconds:.3f}",
+            self.stage,
         ]
 
 
@@ -85,12 +87,15 @@ def run_epoch(
     """One pass over ``loader``: training when an optimizer is given, else evaluation. Returns (loss, accuracy)."""
     training = optimizer is not None
     model.train(training)
+    if not training:  # the exact numerics of graft predict (BatchNorm folded), so val accuracy is reproducible
+        model = optimize_for_inference(model)
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
             inputs, labels = prepare_input(inputs, device), labels.to(device)
-            logits = model(inputs)
-            loss = criterion(logits, labels)
+            with autocast(device):
+                logits = model(inputs)
+            loss = criterion(logits.float(), labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -112,19 +117,28 @@ def fit(
     epochs: int,
     device: torch.device,
     patience: int | None = None,
-    on_epoch: Callable[[EpochResult, bool, nn.Module], None] | None = None,
+    on_epoch: Callable[[EpochResult, bool], None] | None = None,
+    best_val_acc: float = -1.0,
+    first_epoch: int = 1,
+    stage: str = "train",
 ) -> FitResult:
     """Train for ``epochs`` (or until ``patience`` epochs pass without a better val accuracy), keep the weights
-    of the best val accuracy and load them back into ``model`` at the end."""
-    result = FitResult(best_val_acc=-1.0, best_epoch=0)
+    of the best val accuracy and load them back into ``model`` at the end.
+
+    ``best_val_acc`` and ``first_epoch`` continue an earlier stage: an epoch counts as best only when it beats
+    that stage, and if none does, the model goes back to the state it started from (that stage's best).
+    """
+    result = FitResult(best_val_acc=best_val_acc, best_epoch=0)
     best_state = copy.deepcopy(model.state_dict())
-    for epoch in range(1, epochs + 1):
+    stale = 0  # epochs since the last improvement
+    last = first_epoch + epochs - 1
+    for epoch in range(first_epoch, last + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(
-            model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{epochs} train"
+            model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{last} train"
         )
-        val_loss, val_acc = run_epoch(model, val_data, criterion, device, desc=f"epoch {epoch}/{epochs} val")
+        val_loss, val_acc = run_epoch(model, val_data, criterion, device, desc=f"epoch {epoch}/{last} val")
         if not math.isfinite(train_loss):
             raise RunError(
                 f"the training loss became {train_loss} at epoch {epoch}: lower --lr "
@@ -133,31 +147,34 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         improved = val_acc > result.best_val_acc
+        stale = 0 if improved else stale + 1
         if improved:
             result.best_val_acc, result.best_epoch = val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
-        record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, stage)
         result.history.append(record)
         if on_epoch is not None:
-            on_epoch(record, improved, model)
-        if patience is not None and epoch - result.best_epoch >= patience:
+            on_epoch(record, improved)
+        if patience is not None and stale >= patience:
             break
     model.load_state_dict(best_state)
     return result
 
 
-def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    lr = cfg.resolved_lr
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     return None
 
 
@@ -209,13 +226,12 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     )
     if dataset.report.skipped:
         log(f"skipped {len(dataset.report.skipped)} file(s), see {run_dir / 'data_report.json'}")
-    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": cfg.resolved_lr})
+    stages = cfg.stages()
+    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
     ckpt.atomic_write_json(run_dir / "data_report.json", dataset.report.to_dict() | {"split": dataset.split_dict()})
 
     meta = _model_meta(cfg, spec, weights, pretrained, preprocess, dataset.classes)
     model.to(device)
-    if cfg.mode == "freeze":
-        model.freeze()
     cache_key = None
     if pretrained.sha256:  # the body's weights are known exactly: its features can be stored and reused
         cache_key = {
@@ -224,17 +240,15 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             "weights_sha256": pretrained.sha256,
             "device": device.type,
         }
-    target, train_data, val_data = _training_target(cfg, model, dataset, preprocess, device, generator, cache_key, log)
+    data = _StageData(cfg, model, dataset, preprocess, device, generator, cache_key, log)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad])
-    scheduler = make_scheduler(cfg, optimizer)
     rows: list[list[Any]] = []
 
-    def on_epoch(r: EpochResult, improved: bool, _: nn.Module) -> None:
+    def on_epoch(r: EpochResult, improved: bool) -> None:
         rows.append(r.row())
         ckpt.write_csv(run_dir / "results.csv", RESULTS_HEADER, rows)
         log(
-            f"epoch {r.epoch:>3}/{cfg.epochs}  train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
+            f"epoch {r.epoch:>3} {r.stage:<4} train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
             f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
             + ("  *best" if improved else "")
         )
@@ -242,25 +256,39 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             _save_model(run_dir, model, meta)
 
     fit_start = time.perf_counter()
-    result = fit(
-        target,
-        train_data,
-        val_data,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        criterion=criterion,
-        epochs=cfg.epochs,
-        device=device,
-        patience=cfg.patience,
-        on_epoch=on_epoch,
-    )
+    best_acc, best_epoch, history = -1.0, 0, []
+    for stage, epochs, lr in cfg.stages():
+        on_features = stage == "head" and (cfg.cache_features or cfg.mode == "finetune")
+        model.freeze() if stage == "head" else model.unfreeze()
+        target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
+        if cfg.compile and not on_features:
+            target = torch.compile(target)  # the unwrapped model is what gets saved
+        optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad], lr)
+        result = fit(
+            target,
+            train_data,
+            val_data,
+            optimizer=optimizer,
+            scheduler=make_scheduler(cfg, optimizer, epochs),
+            criterion=criterion,
+            epochs=epochs,
+            device=device,
+            on_epoch=on_epoch,
+            patience=cfg.patience or (5 if on_features else None),
+            best_val_acc=best_acc,
+            first_epoch=len(history) + 1,
+            stage=stage,
+        )
+        history += result.history
+        if result.best_epoch:
+            best_acc, best_epoch = result.best_val_acc, result.best_epoch
     fit_seconds = time.perf_counter() - fit_start
     _save_model(run_dir, model, meta)
     metrics = {
-        "best_val_acc": result.best_val_acc,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "best_val_loss": result.history[result.best_epoch - 1].val_loss,
+        "best_val_acc": best_acc,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_loss": history[best_epoch - 1].val_loss,
         "train_seconds": round(time.perf_counter() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
         "n_train": len(dataset.train),
@@ -270,49 +298,97 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     }
     ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
     log(
-        f"best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; "
-        f"{metrics['train_seconds']:.1f}s in all; run saved to {run_dir}"
+        f"best val acc {best_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
+        f"run saved to {run_dir}"
     )
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
-def _training_target(
-    cfg: TrainConfig,
-    model: Any,
-    dataset: Any,
-    preprocess: Any,
-    device: torch.device,
-    generator: torch.Generator,
-    cache_key: dict[str, Any] | None,
-    log: Callable[[str], None],
-) -> tuple[nn.Module, Any, Any]:
-    """What ``fit`` trains and on what: the head on stored features (frozen, cached), or the model on images."""
-    from graft.data import ImageDataset
-    from graft.preprocess import eval_transform, train_transform
-    from graft.runtime import default_workers, inference_loader, train_loader
+class _StageData:
+    """The two kinds of training data, each built once on first use: the frozen body's features (for a head
+    stage) and images (decoded once and kept in memory when they fit, else decoded per epoch)."""
 
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    if cfg.mode == "freeze" and cfg.cache_features:
-        feats = {
-            split: _features(model, samples, preprocess, cache_key, cfg, device, workers, log, split)
-            for split, samples in (("train", dataset.train), ("val", dataset.val))
-        }
-        labels = {split: torch.tensor([s.label for s in getattr(dataset, split)]) for split in ("train", "val")}
-        train_ds = torch.utils.data.TensorDataset(feats["train"], labels["train"])
-        val_ds = torch.utils.data.TensorDataset(feats["val"], labels["val"])
-        return (
-            model.head,
-            train_loader(train_ds, batch_size=cfg.batch_size, workers=0, generator=generator),
-            inference_loader(val_ds, batch_size=256, workers=0),
-        )
-    draft = preprocess.resize_size
-    train_ds = ImageDataset(dataset.train, train_transform(preprocess), draft=draft)
-    val_ds = ImageDataset(dataset.val, eval_transform(preprocess), draft=draft)
-    return (
-        model,
-        train_loader(train_ds, batch_size=cfg.batch_size, workers=workers, generator=generator),
-        inference_loader(val_ds, batch_size=cfg.batch_size, workers=workers),
-    )
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: Any,
+        dataset: Any,
+        preprocess: Any,
+        device: torch.device,
+        generator: torch.Generator,
+        cache_key: dict[str, Any] | None,
+        log: Callable[[str], None],
+    ) -> None:
+        from graft.runtime import default_workers
+
+        self.cfg, self.model, self.dataset, self.preprocess = cfg, model, dataset, preprocess
+        self.device, self.generator, self.cache_key, self.log = device, generator, cache_key, log
+        self.workers = default_workers() if cfg.workers is None else cfg.workers
+        self._features: tuple[Any, Any] | None = None
+        self._images: tuple[Any, Any] | None = None
+
+    def features(self) -> tuple[Any, Any]:
+        from graft.runtime import inference_loader, train_loader
+
+        if self._features is None:
+            cfg, ds = self.cfg, self.dataset
+            tensors = {
+                split: (
+                    _features(
+                        self.model,
+                        getattr(ds, split),
+                        self.preprocess,
+                        self.cache_key,
+                        cfg,
+                        self.device,
+                        self.workers,
+                        self.log,
+                        split,
+                    ),
+                    torch.tensor([s.label for s in getattr(ds, split)]),
+                )
+                for split in ("train", "val")
+            }
+            self._features = (
+                train_loader(
+                    torch.utils.data.TensorDataset(*tensors["train"]),
+                    batch_size=cfg.batch_size,
+                    workers=0,
+                    generator=self.generator,
+                ),
+                inference_loader(torch.utils.data.TensorDataset(*tensors["val"]), batch_size=cfg.batch_size, workers=0),
+            )
+        return self._features
+
+    def images(self) -> tuple[Any, Any]:
+        from graft.data import ImageDataset, MemoryImageDataset, available_memory, estimated_decoded_bytes
+        from graft.preprocess import eval_crop, eval_transform, normalize, resize_shorter, train_transform
+        from graft.runtime import inference_loader, train_loader
+
+        if self._images is None:
+            cfg, p, ds = self.cfg, self.preprocess, self.dataset
+            keep = round(p.resize_size * 1.25)  # room for RandomResizedCrop without upsampling most crops
+            need = estimated_decoded_bytes(ds.train, keep) + len(ds.val) * 3 * p.input_size**2
+            if need < min(4 << 30, available_memory() * 0.3):
+                start = time.perf_counter()
+                train = MemoryImageDataset(
+                    ds.train, prepare=resize_shorter(keep, p.interpolation), transform=train_transform(p), draft=keep
+                )
+                val = MemoryImageDataset(ds.val, prepare=eval_crop(p), transform=normalize(p), draft=p.resize_size)
+                self.log(
+                    f"decoded {len(train) + len(val)} images into memory "
+                    f"({(train.nbytes + val.nbytes) / 2**20:.0f} MiB, {time.perf_counter() - start:.1f}s)"
+                )
+                workers = 0  # only crops and flips remain per epoch: cheaper in-process than in workers
+            else:
+                train = ImageDataset(ds.train, train_transform(p), draft=p.resize_size)
+                val = ImageDataset(ds.val, eval_transform(p), draft=p.resize_size)
+                workers = self.workers
+            self._images = (
+                train_loader(train, batch_size=cfg.batch_size, workers=workers, generator=self.generator),
+                inference_loader(val, batch_size=cfg.batch_size, workers=workers),
+            )
+        return self._images
 
 
 def _features(
