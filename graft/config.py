@@ -67,6 +67,9 @@ class TrainConfig:
     cache_features: bool = opt(
         True, "freeze mode: run the frozen backbone once per image and train the head on the stored features"
     )
+    feature_views: int = opt(
+        0, "stored features: add K augmented views (random crop + flip) of every training image to the clean one"
+    )
     head_epochs: int = opt(
         3,
         "finetune: epochs of head-only training on the frozen body's stored features before all layers train "
@@ -103,6 +106,7 @@ class TrainConfig:
             (all(h > 0 for h in self.hidden), f"--hidden widths must be positive (got {self.hidden})"),
             (self.patience is None or self.patience >= 1, f"--patience must be >= 1 (got {self.patience})"),
             (self.step_size >= 1, f"--step-size must be >= 1 (got {self.step_size})"),
+            (self.feature_views >= 0, f"--feature-views must be >= 0 (got {self.feature_views})"),
             (self.head_epochs >= 0, f"--head-epochs must be >= 0 (got {self.head_epochs})"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
         ]

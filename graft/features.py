@@ -30,7 +30,7 @@ from torch import nn
 
 from graft.checkpoint import atomic_write_json
 from graft.data import ImageDataset, Sample
-from graft.preprocess import Preprocess, eval_transform
+from graft.preprocess import Preprocess, eval_transform, train_transform
 from graft.runtime import autocast, inference_loader, optimize_for_inference, prepare_input, progress
 
 CACHE_VERSION = 1
@@ -56,11 +56,19 @@ def extract_features(
     batch_size: int = 32,
     workers: int = 0,
     desc: str = "features",
+    view: int = 0,
 ) -> torch.Tensor:
-    """``(len(samples), F)`` float32 features of ``body`` in eval mode (no augmentation), in sample order."""
+    """``(len(samples), F)`` float32 features of ``body`` in eval mode, in sample order.
+
+    ``view`` 0 is the eval transform (resize, centre crop); ``view`` k > 0 is a training augmentation (random
+    resized crop and flip) drawn from a generator seeded with k, so each view is reproducible.
+    """
     body = optimize_for_inference(body)
+    if view:
+        torch.manual_seed(view)  # augmentations draw from the global RNG; workers derive their seeds from it
+    transform = train_transform(preprocess) if view else eval_transform(preprocess)
     loader = inference_loader(
-        ImageDataset(samples, eval_transform(preprocess), draft=preprocess.resize_size),
+        ImageDataset(samples, transform, draft=preprocess.resize_size),
         batch_size=batch_size,
         workers=workers,
     )
@@ -170,12 +178,12 @@ def cached_features(
     batch_size: int = 32,
     workers: int = 0,
     desc: str = "features",
+    view: int = 0,
 ) -> tuple[torch.Tensor, int]:
-    """Features of ``samples`` from the store, computing (and storing) only the missing ones.
-
-    Returns the ``(N, F)`` matrix and how many rows were computed now.
+    """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
+    only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
     """
-    store = FeatureStore({"version": CACHE_VERSION, **key, "preprocess": preprocess.to_dict()})
+    store = FeatureStore({"version": CACHE_VERSION, **key, "preprocess": preprocess.to_dict(), "view": view})
     identities = [file_identity(s.path) for s in samples]
     found, missing = store.lookup(identities)
     if missing:
@@ -187,6 +195,7 @@ def cached_features(
             batch_size=batch_size,
             workers=workers,
             desc=desc,
+            view=view,
         ).numpy()
         store.add([identities[i] for i in missing], new)
         found.update(zip(missing, new, strict=True))

@@ -332,23 +332,14 @@ class _StageData:
 
         if self._features is None:
             cfg, ds = self.cfg, self.dataset
-            tensors = {
-                split: (
-                    _features(
-                        self.model,
-                        getattr(ds, split),
-                        self.preprocess,
-                        self.cache_key,
-                        cfg,
-                        self.device,
-                        self.workers,
-                        self.log,
-                        split,
-                    ),
-                    torch.tensor([s.label for s in getattr(ds, split)]),
+            tensors = {}
+            for split, views in (("train", range(cfg.feature_views + 1)), ("val", range(1))):
+                samples = getattr(ds, split)
+                args = (self.model, samples, self.preprocess, self.cache_key, cfg, self.device, self.workers, self.log)
+                tensors[split] = (
+                    torch.cat([_features(*args, split, view) for view in views]),
+                    torch.tensor([s.label for s in samples] * len(views)),
                 )
-                for split in ("train", "val")
-            }
             self._features = (
                 train_loader(
                     torch.utils.data.TensorDataset(*tensors["train"]),
@@ -401,18 +392,20 @@ def _features(
     workers: int,
     log: Callable[[str], None],
     split: str,
+    view: int = 0,
 ) -> torch.Tensor:
     """The frozen body's features of ``samples``: from the on-disk store when the starting weights are known
     (random weights differ per seed, so they are not stored)."""
     from graft.features import cached_features, extract_features
 
-    kwargs = {"device": device, "batch_size": cfg.batch_size, "workers": workers, "desc": f"{split} features"}
+    name = f"{split} features" + (f" (view {view})" if view else "")
+    kwargs = {"device": device, "batch_size": cfg.batch_size, "workers": workers, "desc": name, "view": view}
     if cache_key is None:
         return extract_features(model.body, samples, preprocess, **kwargs)
     start = time.perf_counter()
     feats, computed = cached_features(model.body, samples, preprocess, cache_key, **kwargs)
     seconds = time.perf_counter() - start
-    log(f"{split} features: {len(samples) - computed} from cache, {computed} computed ({seconds:.1f}s)")
+    log(f"{name}: {len(samples) - computed} from cache, {computed} computed ({seconds:.1f}s)")
     return feats
 
 
