@@ -140,10 +140,12 @@ def fit(
         )
         val_loss, val_acc = run_epoch(model, val_data, criterion, device, desc=f"epoch {epoch}/{last} val")
         if not math.isfinite(train_loss):
-            raise RunError(
-                f"the training loss became {train_loss} at epoch {epoch}: lower --lr "
-                f"(now {lr:g}); the best model so far (epoch {result.best_epoch}) is kept"
+            kept = (
+                f"the best model so far (epoch {result.best_epoch}) is kept"
+                if result.best_epoch
+                else "no better epoch than before this stage was found, so nothing new was saved"
             )
+            raise RunError(f"the training loss became {train_loss} at epoch {epoch}: lower --lr (now {lr:g}); {kept}")
         if scheduler is not None:
             scheduler.step()
         improved = val_acc > result.best_val_acc
@@ -257,9 +259,12 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
 
     fit_start = time.perf_counter()
     best_acc, best_epoch, history = -1.0, 0, []
-    for stage, epochs, lr in cfg.stages():
+    for stage, epochs, lr in stages:
         on_features = stage == "head" and (cfg.cache_features or cfg.mode == "finetune")
-        model.freeze() if stage == "head" else model.unfreeze()
+        if stage == "head":
+            model.freeze()
+        else:
+            model.unfreeze()
         target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
         if cfg.compile and not on_features:
             target = torch.compile(target)  # the unwrapped model is what gets saved

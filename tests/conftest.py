@@ -37,3 +37,24 @@ def tmp_image_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def frozen_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One frozen mobilenet_v2 run on the real data, shared by every test that needs a trained run.
+
+    Offline, and with a fresh feature cache, so that the run computes its features itself."""
+    import graft
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_OFFLINE", "1")
+        mp.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+        return graft.train(
+            hymenoptera,
+            arch="mobilenet_v2",
+            mode="freeze",
+            epochs=5,
+            out=tmp_path_factory.mktemp("runs"),
+            name="frozen",
+            seed=0,
+        )

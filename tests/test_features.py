@@ -104,7 +104,7 @@ def test_truncated_matrix_and_garbage_index_are_survived(samples, cache_dir) -> 
 
 def test_store_reads_through_memmap(samples) -> None:
     run(CountingBody(), samples)
-    store = FeatureStore({"version": 1, "arch": "counting", "preprocess": PRE.to_dict()})
+    store = FeatureStore({"version": 1, "arch": "counting", "preprocess": PRE.to_dict(), "view": 0})
     found, missing = store.lookup([str(s.path.resolve()) + "|x|y" for s in samples])
     assert not found and missing == list(range(len(samples)))
     index = store._read_index()
