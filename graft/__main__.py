@@ -1,3 +1,3 @@
-from graft.cli import main
+from graft.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -14,6 +14,7 @@ Sources:
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -218,34 +219,34 @@ def _torchvision_weights(name: str, family: _Family) -> tuple[WeightsSpec, ...]:
     return tuple(out)
 
 
-def _torchvision_specs() -> list[BackboneSpec]:
+def _torchvision_factories() -> dict[str, Callable[[], BackboneSpec]]:
+    """name -> a function building its spec (specs are built on first use: reading 80 weights enums costs ~0.5 s)."""
     import warnings
 
     from torchvision import models
 
-    specs = []
+    def factory(name: str, family: _Family) -> Callable[[], BackboneSpec]:
+        return lambda: BackboneSpec(
+            name=name,
+            source="torchvision",
+            head_path=family.head_path,
+            in_features=_TORCHVISION_FEATURES[name],
+            builder=models.get_model_builder(name),
+            weights=_torchvision_weights(name, family),
+            head_input=family.head_input,
+            adapt_state_dict=family.adapt_state_dict,
+            ignore_keys=family.ignore_keys,
+            gradcam_layer=family.gradcam_layer,
+        )
+
+    factories = {}
     for name in models.list_models(module=models):
         family_name = _family_of(name)
         if family_name is None or name not in _TORCHVISION_FEATURES:
             warnings.warn(f"graft: torchvision model {name!r} has no declared head; not registered", stacklevel=2)
             continue
-        family = _FAMILIES[family_name]
-        builder = models.get_model_builder(name)
-        specs.append(
-            BackboneSpec(
-                name=name,
-                source="torchvision",
-                head_path=family.head_path,
-                in_features=_TORCHVISION_FEATURES[name],
-                builder=builder,
-                weights=_torchvision_weights(name, family),
-                head_input=family.head_input,
-                adapt_state_dict=family.adapt_state_dict,
-                ignore_keys=family.ignore_keys,
-                gradcam_layer=family.gradcam_layer,
-            )
-        )
-    return specs
+        factories[name] = factory(name, _FAMILIES[family_name])
+    return factories
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,48 +364,61 @@ def _timm_spec(name: str) -> BackboneSpec:
 # the registry
 
 _REGISTRY: dict[str, BackboneSpec] = {}
-_LOCK = threading.Lock()
+_FACTORIES: dict[str, Callable[[], BackboneSpec]] = {}
+_LOCK = threading.RLock()
 
 
-def register(spec: BackboneSpec) -> BackboneSpec:
-    """Add an architecture. A name can be registered once (as in torchvision)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"an architecture is already registered under the name {spec.name!r}")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_registry() -> dict[str, BackboneSpec]:
+def register(spec: BackboneSpec | Callable[[], BackboneSpec], name: str | None = None) -> None:
+    """Add an architecture: a spec, or a function building it on first use (then ``name`` is required).
+    A name can be registered once (as in torchvision)."""
+    key = spec.name if isinstance(spec, BackboneSpec) else name
+    if not key:
+        raise ValueError("register(factory) needs name=")
     with _LOCK:
-        if not _REGISTRY:
-            for spec in _torchvision_specs():
-                register(spec)
-            try:
-                import timm  # noqa: F401
-            except ImportError:
-                pass
-            else:
-                register(_efficientnet_lite0_spec())
-    return _REGISTRY
+        _ensure_registry()
+        if key in _REGISTRY or key in _FACTORIES:
+            raise ValueError(f"an architecture is already registered under the name {key!r}")
+        if isinstance(spec, BackboneSpec):
+            _REGISTRY[key] = spec
+        else:
+            _FACTORIES[key] = spec
+
+
+_populated = False
+
+
+def _ensure_registry() -> None:
+    global _populated
+    with _LOCK:
+        if _populated:
+            return
+        _populated = True
+        _FACTORIES.update(_torchvision_factories())
+        if importlib.util.find_spec("timm") is not None:  # importing timm costs ~0.5 s: only when used
+            _FACTORIES["efficientnet_lite0"] = _efficientnet_lite0_spec
 
 
 def list_backbones() -> list[str]:
     """Names of the registered architectures (timm models are also reachable as ``timm/<name>``)."""
-    return sorted(_ensure_registry())
+    _ensure_registry()
+    return sorted({*_REGISTRY, *_FACTORIES})
 
 
 def get_backbone(name: str) -> BackboneSpec:
     """The spec of ``name``; raises :class:`ArchitectureError` with close matches when unknown."""
-    registry = _ensure_registry()
-    if name in registry:
-        return registry[name]
-    if name.startswith("timm/"):
-        spec = _timm_spec(name)
-        with _LOCK:
-            return _REGISTRY.setdefault(name, spec)
+    _ensure_registry()
+    with _LOCK:
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+        if name in _FACTORIES:
+            _REGISTRY[name] = _FACTORIES.pop(name)()
+            return _REGISTRY[name]
+        if name.startswith("timm/"):
+            _REGISTRY[name] = _timm_spec(name)
+            return _REGISTRY[name]
     import difflib
 
-    close = difflib.get_close_matches(name, list(registry), n=3)
+    close = difflib.get_close_matches(name, list_backbones(), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ArchitectureError(
         f"unknown architecture {name!r}.{hint} `graft archs` lists them all; timm models are named timm/<name>."

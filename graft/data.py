@@ -14,6 +14,7 @@ import os
 import random
 import re
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -164,6 +165,43 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+class DecodedImages:
+    """Images decoded by the scan, kept (up to ``budget`` bytes) for their first use in the same run.
+
+    Validating a file means decoding it; keeping the result lets the feature pass or the in-memory image store
+    skip a second decode. Each image is handed out once (``take`` removes it), so memory is released as the
+    images are used. Thread-safe: the scan fills it from a thread pool.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._images: dict[tuple[Path, int | None], Image.Image] = {}
+        self._lock = threading.Lock()
+
+    def offer(self, path: Path, draft: int | None, image: Image.Image) -> None:
+        size = image.width * image.height * 3
+        with self._lock:
+            if self.used + size <= self.budget:
+                self._images[(path, draft)] = image
+                self.used += size
+
+    def take(self, path: Path, draft: int | None) -> Image.Image | None:
+        with self._lock:
+            image = self._images.pop((path, draft), None)
+            if image is not None:
+                self.used -= image.width * image.height * 3
+            return image
+
+    def clear(self) -> None:
+        with self._lock:
+            self._images.clear()
+            self.used = 0
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One usable image and its class index."""
@@ -243,6 +281,7 @@ class Dataset:
     train: list[Sample]
     val: list[Sample]
     report: DataReport
+    decoded: DecodedImages = field(default_factory=lambda: DecodedImages(0))
 
     def split_dict(self) -> dict[str, list[str]]:
         """``{"train": [...], "val": [...]}``: paths relative to the data root, posix (saved in runs)."""
@@ -282,7 +321,15 @@ def _skip_summary(skipped: list[Skipped]) -> str:
     return shown + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
 
 
-def scan(root: str | os.PathLike[str], *, val_split: float = 0.2, seed: int = 0, workers: int | None = None) -> Dataset:
+def scan(
+    root: str | os.PathLike[str],
+    *,
+    val_split: float = 0.2,
+    seed: int = 0,
+    workers: int | None = None,
+    draft: int = _SCAN_DRAFT,
+    keep_decoded: int = 0,
+) -> Dataset:
     """Find the classes and images under ``root``, validate every image, and build the train/val split.
 
     Args:
@@ -291,6 +338,9 @@ def scan(root: str | os.PathLike[str], *, val_split: float = 0.2, seed: int = 0,
         val_split: fraction of each class held out for validation (split layout only), in (0, 1).
         seed: seed of the split (split layout only); the same seed gives the same split.
         workers: threads decoding images; default ``min(4, os.cpu_count())``.
+        draft: JPEG draft size of the validating decode (use the size the images will be needed at).
+        keep_decoded: bytes of decoded images to keep in ``Dataset.decoded`` for the first use after the scan
+            (so a run decodes each image once); 0 keeps none.
 
     Raises:
         DataError: the folder cannot be used; the message says what is wrong and what to do.
@@ -362,9 +412,18 @@ def scan(root: str | os.PathLike[str], *, val_split: float = 0.2, seed: int = 0,
                     skipped.append(Skipped(rel, "hidden file"))
                 else:
                     candidates.append((split, c, p))
+    decoded = DecodedImages(keep_decoded)
+
+    def check(path: Path) -> str | None:
+        try:
+            decoded.offer(path, draft, load_rgb(path, draft=draft))
+        except ImageError as e:
+            return e.reason
+        return None
+
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        reasons = list(pool.map(check_image, [p for _, _, p in candidates]))
+        reasons = list(pool.map(check, [p for _, _, p in candidates]))
 
     good: dict[str, dict[str, list[Path]]] = {s: {c: [] for c in classes} for s in class_dirs}
     for (split, c, p), reason in zip(candidates, reasons, strict=True):
@@ -406,7 +465,7 @@ def scan(root: str | os.PathLike[str], *, val_split: float = 0.2, seed: int = 0,
         "val": {c: sum(s.label == index[c] for s in val) for c in classes},
     }
     report = DataReport(str(base), layout, classes, counts, skipped, used_split, used_seed)
-    return Dataset(classes, train, val, report)
+    return Dataset(classes, train, val, report, decoded)
 
 
 def _loose_reason(p: Path) -> str:
@@ -430,10 +489,12 @@ class ImageDataset:
         transform: Callable[[Any], Any] | None = None,
         *,
         draft: int | None = None,
+        decoded: DecodedImages | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.draft = draft
+        self.decoded = decoded
 
     @property
     def targets(self) -> list[int]:
@@ -446,7 +507,8 @@ class ImageDataset:
     def __getitem__(self, i: int) -> tuple[Any, int]:
         s = self.samples[i]
         try:
-            img = load_rgb(s.path, draft=self.draft)
+            img = self.decoded.take(s.path, self.draft) if self.decoded else None
+            img = img or load_rgb(s.path, draft=self.draft)
         except ImageError as e:
             raise ImageError(e.path, f"{e.reason} (it was usable when the dataset was scanned)") from None
         return (self.transform(img) if self.transform else img), s.label
@@ -468,12 +530,14 @@ class MemoryImageDataset:
         transform: Callable[[Any], Any] | None = None,
         draft: int | None = None,
         workers: int | None = None,
+        decoded: DecodedImages | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
 
         def decode(s: Sample) -> Any:
-            return prepare(load_rgb(s.path, draft=draft))
+            img = decoded.take(s.path, draft) if decoded else None
+            return prepare(img or load_rgb(s.path, draft=draft))
 
         with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
             self.images = list(pool.map(decode, self.samples))  # PIL and torchvision release the GIL here

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from graft.checkpoint import atomic_write_json
-from graft.data import ImageDataset, Sample
+from graft.data import DecodedImages, ImageDataset, Sample
 from graft.preprocess import Preprocess, eval_transform, train_transform
-from graft.runtime import autocast, inference_loader, optimize_for_inference, prepare_input, progress
+from graft.runtime import autocast, inference_loader, optimize_for_inference, prepare_input, progress, threaded_batches
 
 CACHE_VERSION = 1
 
@@ -57,6 +57,7 @@ def extract_features(
     workers: int = 0,
     desc: str = "features",
     view: int = 0,
+    decoded: DecodedImages | None = None,
 ) -> torch.Tensor:
     """``(len(samples), F)`` float32 features of ``body`` in eval mode, in sample order.
 
@@ -67,11 +68,11 @@ def extract_features(
     if view:
         torch.manual_seed(view)  # augmentations draw from the global RNG; workers derive their seeds from it
     transform = train_transform(preprocess) if view else eval_transform(preprocess)
-    loader = inference_loader(
-        ImageDataset(samples, transform, draft=preprocess.resize_size),
-        batch_size=batch_size,
-        workers=workers,
-    )
+    dataset = ImageDataset(samples, transform, draft=preprocess.resize_size, decoded=decoded)
+    if workers:
+        loader: Any = inference_loader(dataset, batch_size=batch_size, workers=workers)
+    else:
+        loader = threaded_batches(dataset, batch_size=batch_size)
     chunks = []
     for images, _ in progress(loader, desc=desc):
         with autocast(device):
@@ -179,6 +180,7 @@ def cached_features(
     workers: int = 0,
     desc: str = "features",
     view: int = 0,
+    decoded: DecodedImages | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
     only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
@@ -196,6 +198,7 @@ def cached_features(
             workers=workers,
             desc=desc,
             view=view,
+            decoded=decoded,
         ).numpy()
         store.add([identities[i] for i in missing], new)
         found.update(zip(missing, new, strict=True))

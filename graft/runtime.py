@@ -60,6 +60,32 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def threaded_batches(dataset: Any, *, batch_size: int, threads: int = 1, prefetch: int = 2) -> Iterator[Any]:
+    """Batches of ``dataset`` in order, decoded by background threads while the caller computes.
+
+    Without worker processes (which oversubscribe small machines), decoding would otherwise alternate with the
+    forward pass; PIL and torchvision release the GIL, so a thread overlaps the two.
+    """
+    import itertools
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from torch.utils.data import default_collate
+
+    def load(start: int) -> Any:
+        return default_collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        starts = iter(range(0, len(dataset), batch_size))
+        pending = deque(pool.submit(load, s) for s in itertools.islice(starts, prefetch))
+        while pending:
+            batch = pending.popleft().result()
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield batch
+
+
 def inference_loader(dataset: Any, *, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset,

