@@ -81,6 +81,12 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = parser.parse_args()
     sections = []
+    load = os.getloadavg()[0]
+    if load >= len(os.sched_getaffinity(0)) / 2:
+        sections.append(
+            f"WARNING: 1-minute load average {load:.2f} before the run: another job shares the cores, "
+            "so these times are inflated (two torch jobs on 2 cores slow each other ~10x)."
+        )
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmpdir:
         tmp = Path(tmpdir)
         if args.mode in ("freeze", "both"):
