@@ -90,16 +90,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmpdir:
         tmp = Path(tmpdir)
         if args.mode in ("freeze", "both"):
-            ref = reference(args.data, args.arch, "freeze", args.reference_measure, tmp)
+            # graft first: the reference's DataLoader workers are still exiting for a while after it ends
             cache = tmp / "cache-freeze"
             cold = graft_run(args.data, args.arch, ["--mode", "freeze", "--epochs", "10"], tmp, "freeze-cold", cache)
             warm = graft_run(args.data, args.arch, ["--mode", "freeze", "--epochs", "10"], tmp, "freeze-warm", cache)
+            ref = reference(args.data, args.arch, "freeze", args.reference_measure, tmp)
             sections.append(
                 table("frozen backbone", ref, [("graft freeze, empty cache", cold), ("graft freeze, warm cache", warm)])
             )
         if args.mode in ("finetune", "both"):
-            ref = reference(args.data, args.arch, "finetune", args.reference_measure or 3, tmp)
             run = graft_run(args.data, args.arch, args.finetune_args.split(), tmp, "finetune", tmp / "cache-ft")
+            ref = reference(args.data, args.arch, "finetune", args.reference_measure or 3, tmp)
             sections.append(table("fine-tuning", ref, [(f"graft {args.finetune_args}, empty cache", run)]))
     text = "\n\n".join(sections)
     print(text)
@@ -116,7 +117,7 @@ def table(title: str, ref: dict, runs: list[tuple[str, dict]]) -> str:
         if not ref["extrapolated"]
         else (
             f"{ref['epochs_run']} epochs measured ({', '.join(map(str, ref['epoch_seconds']))} s), "
-            f"extrapolated to 25 as setup + 25 x mean of the epochs after the first"
+            f"extrapolated to 25 as setup + e1 + 24 x mean of the later epochs"
         )
     )
     lines = [
