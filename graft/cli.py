@@ -81,6 +81,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     cfg: C.PredictConfig = _config(C.PredictConfig, args)
     names = read_category_names(cfg.category_names) if cfg.category_names else {}
+    if cfg.out is not None:
+        return _predict_to_csv(cfg, names)
     clf = load(cfg.run, device=cfg.device)
     results = []
     for r in clf.predict_paths(expand_paths(cfg.paths), top_k=cfg.top_k, batch_size=cfg.batch_size):
@@ -92,8 +94,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"{r.path}  error: {r.error}")
             else:
                 print(f"{r.path}  " + "  ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions or []))
+    figures: dict[str, Any] = {}
+    if cfg.plot or cfg.explain:
+        from graft.plots import prediction_figures
+
+        figures = prediction_figures(clf, results, cfg.plot_dir, explain=cfg.explain)
+        if not cfg.json:
+            print(f"{len(figures)} figure(s) written to {cfg.plot_dir}")
     if cfg.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+        rows = [r.to_dict() | ({"figure": str(figures[r.path])} if r.path in figures else {}) for r in results]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
+    from graft.predict import iter_paths, load, predict_to_csv
+
+    if cfg.json or cfg.plot or cfg.explain:
+        raise GraftError("--out writes a CSV file; leave out --json, --plot and --explain, or leave out --out")
+    iter_paths(cfg.paths)  # a missing input fails before the model loads
+    clf = load(cfg.run, device=cfg.device)
+    s = predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
+    print(
+        f"{s.images} images ({s.errors} unreadable) in {s.seconds:.1f}s, {s.images_per_second:.1f} images/s; "
+        f"wrote {s.path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from graft.export import export
+
+    cfg: C.ExportConfig = _config(C.ExportConfig, args)
+    result = export(
+        cfg.run,
+        format=cfg.format,
+        out=cfg.out,
+        images=cfg.images,
+        verify_images=cfg.verify_images,
+        tolerance=cfg.tolerance,
+        opset=cfg.opset,
+    )
+    if cfg.json:
+        print(json.dumps(result.info, indent=2, ensure_ascii=False))
+    else:
+        print(f"wrote {result.path} ({result.info['bytes'] / 1e6:.1f} MB) and {result.sidecar}")
+        print(result.verification.format())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from graft.serve import run_config
+
+    run_config(_config(C.ServeConfig, args))
     return 0
 
 
@@ -141,11 +195,52 @@ def cmd_archs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from graft.evaluation import evaluate
+
+    cfg: C.EvaluateConfig = _config(C.EvaluateConfig, args)
+    result = evaluate(
+        cfg.run,
+        cfg.data,
+        out=cfg.out,
+        plots=cfg.plots or cfg.report,
+        explain=cfg.explain or cfg.report,  # the report shows the top losses with Grad-CAM
+        explain_predictions=cfg.explain,
+        top_losses=cfg.top_losses,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+    )
+    if cfg.report:
+        from graft.report import write_report
+
+        write_report(cfg.run, evaluation=result)
+    if cfg.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(result.summary())
+        written = ", ".join(sorted(result.files)) + (", report.html" if cfg.report else "")
+        print(f"wrote {written} to {result.out_dir}")
+    return 0
+
+
+def cmd_show_batch(args: argparse.Namespace) -> int:
+    from graft.plots import show_batch
+
+    cfg: C.ShowBatchConfig = _config(C.ShowBatchConfig, args)
+    path = show_batch(cfg.data, out=cfg.out, n=cfg.n, arch=cfg.arch, seed=cfg.seed, val_split=cfg.val_split)
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "train": (C.TrainConfig, cmd_train, "train a classifier on an image folder"),
     "predict": (C.PredictConfig, cmd_predict, "classify images with a trained run"),
     "check": (C.CheckConfig, cmd_check, "report which images a dataset folder would use and skip"),
     "archs": (C.ArchsConfig, cmd_archs, "list architectures and whether their weights are here"),
+    "evaluate": (C.EvaluateConfig, cmd_evaluate, "accuracy, per-class metrics, confusion matrix, top losses"),
+    "show-batch": (C.ShowBatchConfig, cmd_show_batch, "save a grid of augmented training images"),
+    "export": (C.ExportConfig, cmd_export, "write a run as ONNX or TorchScript (verified against PyTorch)"),
+    "serve": (C.ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
 }
 
 

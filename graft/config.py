@@ -86,12 +86,18 @@ class TrainConfig:
     out: Path = opt(Path("runs"), "folder that holds run directories")
     name: str | None = opt(None, "run directory name (default: a fresh numbered name)")
     exist_ok: bool = opt(False, "reuse --name if the run directory exists (its files are replaced)")
+    resume: Path | None = opt(
+        None,
+        "continue the run in RUN_DIR after a crash or kill, from its last finished epoch (give the same DATA and "
+        "options as the first time)",
+    )
 
     def __post_init__(self) -> None:
         if self.data is None:
             raise ConfigError("no dataset folder given: pass DATA (e.g. graft train path/to/images)")
         self.data = Path(self.data)
         self.out = Path(self.out)
+        self.resume = Path(self.resume) if self.resume is not None else None
         self.hidden = tuple(int(h) for h in self.hidden)
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
@@ -137,10 +143,18 @@ class PredictConfig:
     json: bool = opt(False, "print JSON instead of a table")
     batch_size: int = opt(32, "images per batch")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
+    plot: bool = opt(False, "write a figure per image (the model's input and its top-k bars) to --plot-dir")
+    explain: bool = opt(False, "add a Grad-CAM overlay of the top class to each figure (implies --plot)")
+    plot_dir: Path = opt(Path("predictions"), "folder for the --plot figures")
+    out: Path | None = opt(
+        None, "write a CSV (path, label, probability, top_k, error) instead of printing; streams any number of images"
+    )
 
     def __post_init__(self) -> None:
         if self.run is None:
             raise ConfigError("no run directory given: pass RUN (e.g. graft predict runs/001-mobilenet_v2-freeze IMG)")
+        self.plot_dir = Path(self.plot_dir)
+        self.out = Path(self.out) if self.out is not None else None
         self.run = Path(self.run)
         self.paths = [Path(p) for p in self.paths]
         self.category_names = Path(self.category_names) if self.category_names else None
@@ -169,6 +183,127 @@ class ArchsConfig:
 
     json: bool = opt(False, "print JSON")
     available: bool = opt(False, "only architectures whose pretrained weights are on this machine")
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    """``graft evaluate``: accuracy (95% CI), balanced accuracy, per-class precision/recall/F1, confusion matrix
+    and top losses of a run, on its val split (default) or on another folder of class folders."""
+
+    run: Path = opt(None, "run directory written by graft train", positional=True)
+    data: Path | None = opt(
+        None,
+        "images to evaluate: a folder of class folders, or a dataset with train/ and val/ (its val folder is used); "
+        "default: the run's own val split",
+        positional=True,
+        nargs="?",
+    )
+    out: Path | None = opt(None, "output folder (default: RUN for its val split, else RUN/eval-<DATA name>)")
+    explain: bool = opt(False, "add Grad-CAM overlays to the top-loss and prediction figures")
+    plots: bool = opt(True, "write confusion_matrix.png, top_losses.png and predictions.png")
+    top_losses: int = opt(9, "images in top_losses.png")
+    report: bool = opt(False, "also (re)write RUN/report.html (val split only)")
+    batch_size: int | None = opt(None, "images per batch (default: the run's training batch size)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
+    json: bool = opt(False, "print evaluation.json instead of a summary")
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            raise ConfigError("no run directory given: pass RUN (e.g. graft evaluate runs/001-mobilenet_v2-freeze)")
+        self.run = Path(self.run)
+        self.data = Path(self.data) if self.data is not None else None
+        self.out = Path(self.out) if self.out is not None else None
+        if self.top_losses < 0:
+            raise ConfigError(f"--top-losses must be >= 0 (got {self.top_losses})")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.report and self.data is not None:
+            raise ConfigError("--report describes the run's own val split: leave out DATA, or leave out --report")
+
+
+@dataclass(kw_only=True)
+class ShowBatchConfig:
+    """``graft show-batch``: a grid of augmented training images (as training sees them), titled with their class."""
+
+    data: Path = opt(None, "dataset folder (as for graft train)", positional=True)
+    out: Path = opt(Path("batch.png"), "output image")
+    n: int = opt(16, "number of images")
+    arch: str = opt("mobilenet_v2", "architecture whose preprocessing (crop size, normalization) is shown")
+    seed: int = opt(0, "random seed of the images and augmentations drawn")
+    val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (only training images are shown)")
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            raise ConfigError("no dataset folder given: pass DATA (e.g. graft show-batch path/to/images)")
+        self.data = Path(self.data)
+        self.out = Path(self.out)
+        if self.n < 1:
+            raise ConfigError(f"--n must be >= 1 (got {self.n})")
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """``graft export``: write a run as ONNX or TorchScript plus a JSON sidecar (classes, preprocessing), verified
+    against PyTorch on real images."""
+
+    run: Path = opt(None, "run directory written by graft train", positional=True)
+    format: Literal["onnx", "torchscript"] = opt("onnx", "file format")
+    out: Path | None = opt(
+        None, "file to write (default: RUN/model.onnx or RUN/model.torchscript.pt); the sidecar is OUT.json"
+    )
+    images: Path | None = opt(None, "images to verify with (default: the run's val images)")
+    verify_images: int = opt(256, "verify on at most this many images, spread evenly (0: all)")
+    tolerance: float = opt(1e-4, "largest allowed absolute difference between exported and PyTorch logits")
+    opset: int | None = opt(None, "ONNX opset (default: the exporter's)")
+    json: bool = opt(False, "print the sidecar as JSON")
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            raise ConfigError("no run directory given: pass RUN (e.g. graft export runs/001-mobilenet_v2-freeze)")
+        self.run = Path(self.run)
+        self.out = Path(self.out) if self.out is not None else None
+        self.images = Path(self.images) if self.images is not None else None
+        if self.verify_images < 0:
+            raise ConfigError(f"--verify-images must be >= 0 (got {self.verify_images}); 0 verifies on all images")
+        if self.tolerance <= 0:
+            raise ConfigError(f"--tolerance must be > 0 (got {self.tolerance})")
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """``graft serve``: an HTTP API (POST /predict, GET /model, GET /health) and a web page (GET /) for a run."""
+
+    run: Path = opt(None, "run directory written by graft train", positional=True)
+    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 exposes the model to the network)")
+    port: int = opt(8000, "TCP port (0: any free port)")
+    top_k: int = opt(5, "classes per answer unless the request asks for ?top_k=N")
+    max_upload_mb: float = opt(20.0, "largest request body in MB (answered 413 beyond)")
+    max_pixels: int = opt(64_000_000, "largest image in pixels, checked before decoding (answered 413 beyond)")
+    timeout: float = opt(30.0, "seconds one request may take, upload included (answered 408 beyond)")
+    max_batch: int = opt(16, "most images the model runs at once (concurrent requests are batched)")
+    workers: int | None = opt(None, "threads decoding uploads (default: from the core count)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            raise ConfigError("no run directory given: pass RUN (e.g. graft serve runs/001-mobilenet_v2-freeze)")
+        self.run = Path(self.run)
+        checks = [
+            (0 <= self.port <= 65535, f"--port must be in 0..65535 (got {self.port})"),
+            (self.top_k >= 1, f"--top-k must be >= 1 (got {self.top_k})"),
+            (self.max_upload_mb > 0, f"--max-upload-mb must be > 0 (got {self.max_upload_mb})"),
+            (self.max_pixels >= 1, f"--max-pixels must be >= 1 (got {self.max_pixels})"),
+            (self.timeout > 0, f"--timeout must be > 0 (got {self.timeout})"),
+            (self.max_batch >= 1, f"--max-batch must be >= 1 (got {self.max_batch})"),
+            (self.workers is None or self.workers >= 1, f"--workers must be >= 1 (got {self.workers})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
 
 
 def to_jsonable(obj: Any) -> Any:

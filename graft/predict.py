@@ -75,8 +75,14 @@ class Classifier:
             out.extend(self._top_k(self.logits(batch), top_k))
         return out[0] if single else out
 
-    def predict_paths(self, paths: Iterable[Path], *, top_k: int = 5, batch_size: int = 32) -> Iterator[PathResult]:
-        """Stream over files in order; a bad file yields a result with ``error`` instead of stopping."""
+    def predict_paths(
+        self, paths: Iterable[Path], *, top_k: int = 5, batch_size: int = 32, workers: int | None = None
+    ) -> Iterator[PathResult]:
+        """Stream over files in order; a bad file yields a result with ``error`` instead of stopping.
+
+        ``workers`` threads decode ahead of the model (default :func:`decode_threads`; 0 decodes in this thread).
+        At most two batches of decoded images are held at a time, so memory stays constant however many files
+        ``paths`` yields (it may be a lazy iterator, e.g. :func:`iter_paths`)."""
         pending: list[tuple[Path, torch.Tensor]] = []
 
         def flush() -> Iterator[PathResult]:
@@ -85,16 +91,47 @@ class Classifier:
                 yield from (PathResult(str(p), predictions=pr) for (p, _), pr in zip(pending, preds, strict=True))
                 pending.clear()
 
-        for path in paths:
-            try:
-                pending.append((path, self._tensor(path)))
-            except ImageError as e:
+        for path, tensor, error in self._decoded(paths, workers=workers, ahead=2 * batch_size):
+            if tensor is None:
                 yield from flush()
-                yield PathResult(str(path), error=e.reason)
+                yield PathResult(str(path), error=error)
                 continue
+            pending.append((path, tensor))
             if len(pending) == batch_size:
                 yield from flush()
         yield from flush()
+
+    def tensor(self, image: ImageInput) -> torch.Tensor:
+        """One image (a path or a PIL image) as the model's input ``(3, H, W)``: what :meth:`predict` feeds
+        :meth:`logits` in a batch. An unreadable file raises :class:`graft.errors.ImageError`."""
+        return self._tensor(image)
+
+    def _decoded(
+        self, paths: Iterable[Path], *, workers: int | None, ahead: int
+    ) -> Iterator[tuple[Path, torch.Tensor | None, str | None]]:
+        """``(path, tensor, None)`` or ``(path, None, reason)`` in input order, decoded ``ahead`` files in advance."""
+        import itertools
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        def decode(path: Path) -> tuple[Path, torch.Tensor | None, str | None]:
+            try:
+                return path, self._tensor(path), None
+            except ImageError as e:
+                return path, None, e.reason
+
+        n = decode_threads() if workers is None else workers
+        if n <= 0:
+            yield from map(decode, paths)
+            return
+        it = iter(paths)
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="graft-decode") as pool:
+            window = deque(pool.submit(decode, p) for p in itertools.islice(it, max(1, ahead)))
+            while window:
+                item = window.popleft().result()
+                for p in itertools.islice(it, 1):
+                    window.append(pool.submit(decode, p))
+                yield item
 
     def _tensor(self, image: ImageInput) -> torch.Tensor:
         from PIL import Image
@@ -122,13 +159,12 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Classifier
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
-    meta = ckpt.read_json(run_dir / ckpt.META_FILE)
+    meta, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
     if meta.get("format") != ckpt.FORMAT:
         raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.get('format')!r}; this graft reads {ckpt.FORMAT}")
     spec = get_backbone(meta["arch"])
     arch_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("arch_kwargs", {}).items()}
     model = build_for_inference(spec, len(meta["classes"]), HeadSpec.from_dict(meta["head"]), arch_kwargs)
-    state = ckpt.load_weights(run_dir / meta.get("weights_file", ckpt.MODEL_FILE), sha256=meta.get("weights_sha256"))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -138,22 +174,130 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Classifier
 
 
 def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders walked recursively (sorted, hidden entries left out)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(
-                sorted(
-                    f
-                    for f in p.rglob("*")
-                    if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                )
-            )
-        elif p.exists() or p.is_symlink():
-            out.append(p)
-        else:
+    """Files as given, folders walked recursively (sorted, hidden entries left out): ``list(iter_paths(paths))``."""
+    return list(iter_paths(paths))
+
+
+def iter_paths(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Files as given, folders walked recursively, lazily: one folder's entries in memory at a time.
+
+    Entries are sorted by name within each folder (the same order as sorting the full paths); hidden entries are
+    left out; symbolic links are followed, a folder reached twice is walked once; a broken link is yielded (reading
+    it then says why it fails). A path that does not exist raises :class:`GraftError` before anything is yielded.
+    """
+    given = [Path(p) for p in paths]
+    for p in given:
+        if not (p.exists() or p.is_symlink()):
             raise GraftError(f"{p} does not exist; pass image files or folders of images")
-    return out
+    return _walk_given(given)
+
+
+def _walk_given(given: list[Path]) -> Iterator[Path]:
+    for p in given:
+        if p.is_dir():
+            yield from _walk_folder(p, set())
+        else:
+            yield p
+
+
+def _walk_folder(folder: Path, seen: set[tuple[int, int]]) -> Iterator[Path]:
+    try:
+        st = folder.stat()
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:  # an unreadable folder holds nothing we can read
+        return
+    if (st.st_dev, st.st_ino) in seen:
+        return
+    seen.add((st.st_dev, st.st_ino))
+    for e in entries:
+        try:
+            is_dir = e.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk_folder(folder / e.name, seen)
+        elif e.is_file() or e.is_symlink():
+            yield folder / e.name
+
+
+def decode_threads() -> int:
+    """Threads decoding images ahead of the model in :meth:`Classifier.predict_paths`: half the cores, 1 to 4.
+
+    The model's own threads use every core; on 2 cores one decoding thread ran the val folder ~1.5x faster than
+    none, and two were slower than one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
+
+
+@dataclass(frozen=True)
+class CsvSummary:
+    """What :func:`predict_to_csv` wrote."""
+
+    path: Path
+    images: int
+    errors: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+CSV_COLUMNS = ("path", "label", "probability", "top_k", "error")
+
+
+def predict_to_csv(
+    clf: Classifier,
+    inputs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    top_k: int = 5,
+    batch_size: int = 32,
+    workers: int | None = None,
+    names: dict[str, str] | None = None,
+) -> CsvSummary:
+    """Classify every image under ``inputs`` (files or folders) into a CSV file, streaming.
+
+    Columns: ``path``, ``label`` and ``probability`` (the top class), ``top_k`` (a JSON object mapping the top
+    ``top_k`` labels to their probabilities, best first) and ``error`` (why a file could not be read; its other
+    cells are then empty). Rows are in :func:`iter_paths` order and written batch by batch to ``OUT.partial``,
+    renamed to ``out`` at the end, so memory stays constant and an interrupted run keeps the rows it finished.
+    A progress bar shows on an interactive terminal. ``names`` maps class names to display names.
+    """
+    import csv
+    import sys
+    import time
+
+    from graft.runtime import progress
+
+    out = Path(out)
+    paths = iter_paths(inputs)
+    total = sum(1 for _ in iter_paths(inputs)) if sys.stderr.isatty() else None  # a cheap walk, for the bar only
+    partial = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = names or {}
+    images = errors = 0
+    start = time.perf_counter()
+    with open(partial, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        results = clf.predict_paths(paths, top_k=top_k, batch_size=batch_size, workers=workers)
+        for r in progress(results, desc="predict", total=total):
+            images += 1
+            if r.error is not None or not r.predictions:
+                errors += 1
+                writer.writerow([r.path, "", "", "", r.error or "no prediction"])
+            else:
+                preds = [(names.get(p.label, p.label), p.probability) for p in r.predictions]
+                top = json.dumps({label: round(prob, 6) for label, prob in preds}, ensure_ascii=False)
+                writer.writerow([r.path, preds[0][0], f"{preds[0][1]:.6f}", top, ""])
+            if images % batch_size == 0:
+                f.flush()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, out)
+    return CsvSummary(out, images, errors, time.perf_counter() - start)
 
 
 def read_category_names(path: Path) -> dict[str, str]:

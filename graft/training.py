@@ -211,6 +211,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     from graft import data as datamod
     from graft.backbones import get_backbone
     from graft.model import build_model, choose_weights
+    from graft.plots import CurvesWriter
+    from graft.report import write_run_report
 
     started = time.perf_counter()
     device = pick_device(cfg.device)
@@ -251,6 +253,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     data = _StageData(cfg, model, dataset, preprocess, device, generator, cache_key, log)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     rows: list[list[Any]] = []
+    curves = CurvesWriter(run_dir, log=log)  # redrawn after slow epochs; the report draws the final one
 
     def on_epoch(r: EpochResult, improved: bool) -> None:
         rows.append(r.row())
@@ -262,6 +265,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         )
         if improved:  # a crash later loses at most the epochs after the best one
             _save_model(run_dir, model, meta)
+        curves()
 
     fit_start = time.perf_counter()
     best_acc, best_epoch, history = -1.0, 0, []
@@ -312,6 +316,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         f"best val acc {best_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
         f"run saved to {run_dir}"
     )
+    write_run_report(run_dir, log=log)  # evaluation, figures, report.html; a failure only warns
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 

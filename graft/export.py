@@ -1,0 +1,401 @@
+"""Export a trained run for use without graft: ONNX (onnxruntime, any language) or TorchScript (libtorch).
+
+    graft export runs/001-mobilenet_v2-freeze --format onnx          # model.onnx + model.onnx.json in the run
+
+The exported network is the one ``graft predict`` runs (BatchNorm folded into the convolutions), float32, input
+``input`` of shape ``(batch, 3, H, W)`` with a dynamic batch axis, output ``logits`` of shape ``(batch, classes)``
+(softmax them for probabilities). Next to the file, ``<file>.json`` (the sidecar) holds the class names, the
+preprocessing a caller must apply, the input and output names, the file's sha256 and the verification figures; the
+same JSON is embedded in the file itself (ONNX metadata property ``graft``, TorchScript extra file ``graft.json``).
+
+Every export is verified before it is kept: the written file is loaded back (onnxruntime for ONNX, ``torch.jit``
+for TorchScript) and run on real images (by default the run's own val images) beside graft's PyTorch model, at
+batch size 1 and at full batches; the largest absolute logit difference must stay within the tolerance (1e-4 for
+float32) and the top-1 class must agree on every image. A failed verification removes the files and raises
+:class:`ExportError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from graft import checkpoint as ckpt
+from graft.errors import GraftError, ImageError
+
+ExportFormat = Literal["onnx", "torchscript"]
+EXPORT_FORMAT = "graft-export/1"
+#: Default file name per format, written into the run directory.
+DEFAULT_NAMES: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class ExportError(GraftError):
+    """A run cannot be exported, or the exported file does not reproduce the PyTorch model."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How the exported file compared with graft's PyTorch model on real images."""
+
+    images: int
+    skipped: int
+    max_abs_diff: float
+    top1_agree: int
+    tolerance: float
+    batch_sizes: list[int]
+    source: str
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.top1_agree == self.images
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        return (
+            f"verified on {self.images} images ({self.source}): max |logit difference| {self.max_abs_diff:.2e} "
+            f"(limit {self.tolerance:.0e}), top-1 agrees on {self.top1_agree}/{self.images}; "
+            f"batch sizes {', '.join(map(str, sorted(set(self.batch_sizes))))}"
+        )
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote: the model file, its JSON sidecar, and the verification figures."""
+
+    path: Path
+    sidecar: Path
+    format: str
+    verification: Verification
+    info: dict[str, Any]
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar of an exported file: ``model.onnx`` -> ``model.onnx.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def export(
+    run_dir: str | os.PathLike[str],
+    *,
+    format: ExportFormat = "onnx",
+    out: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    verify_images: int = 256,
+    tolerance: float = 1e-4,
+    opset: int | None = None,
+    batch_size: int = 32,
+) -> ExportResult:
+    """Export a run as ONNX or TorchScript, write its JSON sidecar, and verify both against PyTorch.
+
+    Args:
+        run_dir: a run directory written by ``graft train``.
+        format: ``onnx`` or ``torchscript``.
+        out: the model file to write (default ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``); the sidecar is
+            ``OUT.json``.
+        images: image files or folders to verify with (default: the run's val images, from ``data_report.json``).
+        verify_images: verify on at most this many images, spread evenly over them (0: all).
+        tolerance: the largest allowed absolute difference between exported and PyTorch logits.
+        opset: ONNX opset (default: the exporter's).
+        batch_size: batch size of the verification (batch size 1 is always checked as well).
+
+    Raises:
+        ExportError: the run is quantized (not supported yet), the exporter failed, no images to verify with,
+            or the exported file does not match (the files are then removed).
+    """
+    from graft.predict import load
+
+    if format not in DEFAULT_NAMES:
+        raise ExportError(f"unknown export format {format!r}; use one of {', '.join(DEFAULT_NAMES)}")
+    run_dir = Path(run_dir)
+    meta = ckpt.read_json(run_dir / ckpt.META_FILE)
+    if meta.get("quantized"):
+        raise ExportError(
+            f"{run_dir} is a quantized (int8) run: graft cannot export int8 runs yet (ONNX could carry them as "
+            "quantize/dequantize nodes and TorchScript as quantized ops, but that path is not written and verified "
+            "yet). Export the float32 run it was quantized from instead."
+        )
+    if verify_images < 0:
+        raise ExportError(f"--verify-images must be >= 0 (got {verify_images}); 0 verifies on all images")
+    if tolerance <= 0:
+        raise ExportError(f"--tolerance must be > 0 (got {tolerance})")
+    paths, source = _verification_paths(run_dir, images, verify_images)
+
+    clf = load(run_dir, device="cpu")
+    module = inference_module(clf)
+    size = clf.preprocess.input_size
+    path = Path(out) if out is not None else run_dir / DEFAULT_NAMES[format]
+    if path.is_dir():
+        path = path / DEFAULT_NAMES[format]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = _describe(clf, format, path)
+
+    if format == "onnx":
+        data, info["opset"] = _onnx_bytes(module, size, opset, info)
+        runner: Callable[[Any], Any] = _onnx_runner(data)
+    else:
+        data = _torchscript_bytes(module, size, info)
+        runner = _torchscript_runner(data)
+
+    verification = verify(clf, runner, paths, tolerance=tolerance, batch_size=batch_size, source=source)
+    if not verification.passed:
+        raise ExportError(
+            f"the {format} export of {run_dir} does not reproduce the PyTorch model: {verification.format()}. "
+            "Nothing was written; report this with the run's model.json (a --tolerance above 1e-4 is only right "
+            "for reduced-precision models)."
+        )
+    ckpt.atomic_write_bytes(path, data)
+    info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
+    sidecar = sidecar_path(path)
+    ckpt.atomic_write_json(sidecar, info)
+    return ExportResult(path=path, sidecar=sidecar, format=format, verification=verification, info=info)
+
+
+def inference_module(clf: Any) -> Any:
+    """The network ``graft predict`` runs, as one float32 CPU module: BatchNorm-folded body, then the head."""
+    import torch
+
+    from graft.runtime import optimize_for_inference
+
+    model = clf.model.to("cpu").float().eval()
+    return torch.nn.Sequential(optimize_for_inference(model.body), model.head).eval()
+
+
+def _describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
+    """The sidecar's content (before the file's hash and the verification are known)."""
+    import torch
+
+    import graft
+
+    meta, p = clf.meta, clf.preprocess
+    return {
+        "format": EXPORT_FORMAT,
+        "export_format": format,
+        "file": path.name,
+        "arch": meta["arch"],
+        "classes": list(clf.classes),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, p.input_size, p.input_size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(clf.classes)], "dtype": "float32", "is": "logits"},
+        "preprocess": p.to_dict(),
+        "preprocess_steps": [
+            "decode the image as 8-bit RGB (EXIF orientation applied, transparency over white)",
+            f"resize so the shorter side is {p.resize_size} pixels ({p.interpolation}, antialiased)",
+            f"centre crop {p.input_size}x{p.input_size}",
+            "scale to [0, 1] (divide by 255)",
+            f"normalize per channel: (x - mean) / std with mean {list(p.mean)} and std {list(p.std)}",
+            "lay out as float32 NCHW",
+        ],
+        "postprocess": "softmax over the class axis gives probabilities",
+        "quantized": False,
+        "source": {
+            "run": clf.run_dir.name,
+            "weights_sha256": meta.get("weights_sha256"),
+            "metrics": _read_metrics(clf.run_dir),
+        },
+        "versions": {"graft": graft.__version__, "torch": torch.__version__},
+    }
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writers and runners
+
+
+def _onnx_bytes(module: Any, size: int, opset: int | None, info: dict[str, Any]) -> tuple[bytes, int]:
+    """Serialized ONNX model (one file, weights inside) with a dynamic batch axis, and its opset."""
+    import torch
+
+    example = torch.randn(2, 3, size, size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as e:
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        raise ExportError(
+            f"the ONNX exporter failed for {info['arch']}: {type(e).__name__}: {first_line} "
+            "-- try --format torchscript, or another --opset"
+        ) from None
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "graft", json.dumps(info)
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset or 0)
+    return proto.SerializeToString(), int(opset_used)
+
+
+def _onnx_runner(data: bytes) -> Callable[[Any], Any]:
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"onnxruntime cannot load the exported model: {e}") from None
+
+    def run(batch: Any) -> Any:
+        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
+        return logits
+
+    return run
+
+
+def _torchscript_bytes(module: Any, size: int, info: dict[str, Any]) -> bytes:
+    import torch
+
+    example = torch.randn(2, 3, size, size)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, (example,))
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf, _extra_files={"graft.json": json.dumps(info)})
+    except Exception as e:
+        raise ExportError(
+            f"TorchScript tracing failed for {info['arch']}: {type(e).__name__}: {e} -- try --format onnx"
+        ) from None
+    return buf.getvalue()
+
+
+def _torchscript_runner(data: bytes) -> Callable[[Any], Any]:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
+
+    def run(batch: Any) -> Any:
+        with torch.no_grad():
+            return module(batch).numpy()
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# verification
+
+
+def verify(
+    clf: Any,
+    runner: Callable[[Any], Any],
+    paths: Sequence[Path],
+    *,
+    tolerance: float = 1e-4,
+    batch_size: int = 32,
+    source: str = "images",
+) -> Verification:
+    """Compare ``runner`` (batch tensor -> logits array) with the classifier's PyTorch logits on ``paths``.
+
+    The first image also runs alone (batch size 1), the rest in batches of ``batch_size``, so a model whose batch
+    axis is not really dynamic fails here. Unreadable files are skipped and counted."""
+    import numpy as np
+
+    max_diff, agree, count, sizes = 0.0, 0, 0, []
+    decoded = _Batches(clf, paths, batch_size)
+    for batch in decoded:
+        groups = [batch[:1], batch[1:]] if count == 0 and len(batch) > 1 else [batch]
+        for group in groups:
+            expected = clf.logits(group).numpy()
+            got = np.asarray(runner(group.contiguous()))
+            if got.shape != expected.shape:
+                raise ExportError(f"the exported model returned shape {got.shape} for a batch of {expected.shape}")
+            max_diff = max(max_diff, float(np.abs(got - expected).max()))
+            agree += int((got.argmax(1) == expected.argmax(1)).sum())
+            count += len(group)
+            sizes.append(len(group))
+    if count == 0:
+        raise ExportError(
+            f"none of the {len(paths)} verification images could be read; pass --images with a folder of images"
+        )
+    return Verification(count, decoded.skipped, max_diff, agree, tolerance, sizes, source)
+
+
+class _Batches:
+    """Preprocessed batches of the readable images in ``paths``, decoded by a few threads; ``skipped`` counts
+    the unreadable ones."""
+
+    def __init__(self, clf: Any, paths: Sequence[Path], batch_size: int) -> None:
+        self.clf, self.paths, self.batch_size, self.skipped = clf, paths, batch_size, 0
+
+    def _tensor(self, path: Path) -> Any:
+        try:
+            return self.clf.tensor(path)
+        except ImageError:
+            return None
+
+    def __iter__(self) -> Iterator[Any]:
+        import torch
+
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for start in range(0, len(self.paths), self.batch_size):
+                tensors = list(pool.map(self._tensor, self.paths[start : start + self.batch_size]))
+                good = [t for t in tensors if t is not None]
+                self.skipped += len(tensors) - len(good)
+                if good:
+                    yield torch.stack(good)
+
+
+def _verification_paths(
+    run_dir: Path, images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None, limit: int
+) -> tuple[list[Path], str]:
+    """The images to verify with (``limit`` of them, evenly spread; 0: all) and where they come from."""
+    from graft.predict import expand_paths
+
+    if images is not None:
+        given = [images] if isinstance(images, str | os.PathLike) else list(images)
+        paths = expand_paths(given)
+        source = ", ".join(str(p) for p in given)
+    else:
+        paths, source = _val_images(run_dir)
+    if not paths:
+        raise ExportError(f"no images to verify the export with in {source}; pass --images with a folder of images")
+    if limit and len(paths) > limit:
+        paths = [paths[i * len(paths) // limit] for i in range(limit)]
+    return paths, source
+
+
+def _val_images(run_dir: Path) -> tuple[list[Path], str]:
+    report_file = run_dir / "data_report.json"
+    try:
+        report = json.loads(report_file.read_text(encoding="utf-8"))
+        root, rel = Path(report["root"]), report["split"]["val"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise ExportError(
+            f"cannot find the run's val images ({report_file} is missing or damaged); "
+            "pass --images with a folder of images like the ones the model will see"
+        ) from None
+    paths = [root / r for r in rel]
+    present = [p for p in paths if p.is_file()]
+    if not present:
+        raise ExportError(
+            f"the run's val images ({len(paths)} under {root}) are not on this machine; "
+            "pass --images with a folder of images like the ones the model will see"
+        )
+    return present, f"the run's val images under {root}"
