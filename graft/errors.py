@@ -42,3 +42,15 @@ class ArchitectureError(GraftError, KeyError):
 
 class RunError(GraftError):
     """A run directory is missing, incomplete or corrupt."""
+
+
+class WriteError(RunError, OSError):
+    """A file could not be written (disk full, no permission...). Writes are atomic, so the previous version of
+    the file, if any, is intact. Also an :class:`OSError`, with the ``errno`` of the failure."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class ResourceError(GraftError):
+    """The machine ran out of something a run needs (accelerator memory); the message says what to change."""
