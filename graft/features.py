@@ -31,7 +31,7 @@ from torch import nn
 from graft.checkpoint import atomic_write_json
 from graft.data import DecodedImages, ImageDataset, Sample
 from graft.preprocess import Preprocess, eval_transform, train_transform
-from graft.runtime import autocast, inference_loader, optimize_for_inference, prepare_input, progress, threaded_batches
+from graft.runtime import autocast, fast_inference, inference_loader, prepare_input, progress, threaded_batches
 
 CACHE_VERSION = 1
 
@@ -64,7 +64,7 @@ def extract_features(
     ``view`` 0 is the eval transform (resize, centre crop); ``view`` k > 0 is a training augmentation (random
     resized crop and flip) drawn from a generator seeded with k, so each view is reproducible.
     """
-    body = optimize_for_inference(body)
+    body = fast_inference(body, device)
     if view:
         torch.manual_seed(view)  # augmentations draw from the global RNG; workers derive their seeds from it
     transform = train_transform(preprocess) if view else eval_transform(preprocess)

@@ -15,7 +15,7 @@ from graft import checkpoint as ckpt
 from graft.errors import GraftError, ImageError, RunError
 from graft.heads import HeadSpec
 from graft.preprocess import Preprocess, eval_transform
-from graft.runtime import autocast, optimize_for_inference, pick_device, prepare_input
+from graft.runtime import autocast, fast_inference, pick_device, prepare_input
 
 ImageInput = str | os.PathLike[str] | Any  # a path or a PIL image
 
@@ -48,7 +48,7 @@ class Classifier:
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path) -> None:
         self.model = model.eval()
-        self._inference = torch.nn.Sequential(optimize_for_inference(model.body), model.head).eval()
+        self._inference = torch.nn.Sequential(fast_inference(model.body, device), model.head).eval()
         self.meta = meta
         self.device = device
         self.run_dir = run_dir
@@ -159,6 +159,10 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Classifier
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
+    if (run_dir / "model.pt2").is_file():  # an int8 run (graft quantize, --int8, --mode qat)
+        from graft.quantization import load_int8
+
+        return load_int8(run_dir, ckpt.read_json(run_dir / ckpt.META_FILE), device=device)
     meta, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
     if meta.get("format") != ckpt.FORMAT:
         raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.get('format')!r}; this graft reads {ckpt.FORMAT}")

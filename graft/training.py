@@ -23,7 +23,15 @@ from graft import checkpoint as ckpt
 from graft.config import TrainConfig
 from graft.errors import ConfigError, RunError
 from graft.heads import HeadSpec
-from graft.runtime import autocast, optimize_for_inference, pick_device, prepare_input, progress, seed_everything
+from graft.runtime import (
+    autocast,
+    fast_inference,
+    optimize_for_inference,
+    pick_device,
+    prepare_input,
+    progress,
+    seed_everything,
+)
 
 RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "stage"]
 
@@ -87,8 +95,8 @@ def run_epoch(
     """One pass over ``loader``: training when an optimizer is given, else evaluation. Returns (loss, accuracy)."""
     training = optimizer is not None
     model.train(training)
-    if not training:  # the exact numerics of graft predict (BatchNorm folded), so val accuracy is reproducible
-        model = optimize_for_inference(model)
+    if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
+        model = _inference_model(model, device)
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
@@ -104,6 +112,15 @@ def run_epoch(
             correct += (logits.argmax(1) == labels).sum().item()
             seen += labels.size(0)
     return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """What :class:`graft.predict.Classifier` runs: the body through :func:`fast_inference`, the head in torch."""
+    from graft.model import GraftModel
+
+    if isinstance(model, GraftModel):
+        return nn.Sequential(fast_inference(model.body, device), model.head.eval())
+    return optimize_for_inference(model)
 
 
 def fit(
