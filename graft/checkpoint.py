@@ -78,7 +78,9 @@ def _file_mode() -> int:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """UTF-8 text, atomically. A file name that is not valid UTF-8 (held by Python as lone surrogates) is written
+    as a ``\\udcXX`` escape: in JSON that is the exact escape of the same string, which reads back unchanged."""
+    atomic_write_bytes(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

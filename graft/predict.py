@@ -283,7 +283,7 @@ def predict_to_csv(
     names = names or {}
     images = errors = 0
     start = time.perf_counter()
-    with open(partial, "w", newline="", encoding="utf-8") as f:
+    with open(partial, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:  # non-UTF-8 names
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         results = clf.predict_paths(paths, top_k=top_k, batch_size=batch_size, workers=workers)

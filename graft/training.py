@@ -7,11 +7,12 @@ image (its features are computed once, and the head trains on them).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from graft import checkpoint as ckpt
 from graft.config import TrainConfig
-from graft.errors import ConfigError, RunError
+from graft.errors import ConfigError, DataError, ResourceError, RunError
 from graft.heads import HeadSpec
 from graft.runtime import (
     autocast,
@@ -62,9 +63,14 @@ class EpochResult:
 
 @dataclass
 class FitResult:
+    """Where :func:`fit` stands: the best epoch so far and its weights, the epochs run, the epochs since the last
+    improvement. Given back as ``fit(start=...)``, it continues the stage where it stopped (``--resume``)."""
+
     best_val_acc: float
     best_epoch: int
     history: list[EpochResult] = field(default_factory=list)
+    stale: int = 0
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -134,23 +140,28 @@ def fit(
     epochs: int,
     device: torch.device,
     patience: int | None = None,
-    on_epoch: Callable[[EpochResult, bool], None] | None = None,
+    on_epoch: Callable[[EpochResult, bool, FitResult], None] | None = None,
     best_val_acc: float = -1.0,
     first_epoch: int = 1,
     stage: str = "train",
+    start: FitResult | None = None,
 ) -> FitResult:
     """Train for ``epochs`` (or until ``patience`` epochs pass without a better val accuracy), keep the weights
     of the best val accuracy and load them back into ``model`` at the end.
 
     ``best_val_acc`` and ``first_epoch`` continue an earlier stage: an epoch counts as best only when it beats
     that stage, and if none does, the model goes back to the state it started from (that stage's best).
+    ``start`` continues this stage after its ``len(start.history)`` finished epochs (model, optimizer and scheduler
+    already restored). ``on_epoch(record, improved, result)`` runs after every epoch.
     """
-    result = FitResult(best_val_acc=best_val_acc, best_epoch=0)
-    best_state = copy.deepcopy(model.state_dict())
-    stale = 0  # epochs since the last improvement
+    result = start or FitResult(best_val_acc=best_val_acc, best_epoch=0)
+    if result.best_state is None:
+        result.best_state = copy.deepcopy(model.state_dict())
     last = first_epoch + epochs - 1
-    for epoch in range(first_epoch, last + 1):
-        start = time.perf_counter()
+    for epoch in range(first_epoch + len(result.history), last + 1):
+        if patience is not None and result.stale >= patience:
+            break
+        began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(
             model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{last} train"
@@ -166,18 +177,16 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         improved = val_acc > result.best_val_acc
-        stale = 0 if improved else stale + 1
+        result.stale = 0 if improved else result.stale + 1
         if improved:
             result.best_val_acc, result.best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        seconds = time.perf_counter() - start
+            result.best_state = copy.deepcopy(model.state_dict())
+        seconds = time.perf_counter() - began
         record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, stage)
         result.history.append(record)
         if on_epoch is not None:
-            on_epoch(record, improved)
-        if patience is not None and stale >= patience:
-            break
-    model.load_state_dict(best_state)
+            on_epoch(record, improved, result)
+    model.load_state_dict(result.best_state)
     return result
 
 
@@ -225,13 +234,19 @@ def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
 
 def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
     """Run ``cfg`` end to end (see :func:`train`)."""
+    if cfg.int8 or cfg.mode == "qat":  # int8 runs: graft.quantization
+        from graft.quantization import run_int8_training
+
+        return run_int8_training(cfg, log=log)
     from graft import data as datamod
+    from graft import resume
     from graft.backbones import get_backbone
     from graft.model import build_model, choose_weights
     from graft.plots import CurvesWriter
     from graft.report import write_run_report
 
     started = time.perf_counter()
+    changed = resume.check_resumable(cfg) if cfg.resume else []  # before any work: same options as the first time
     device = pick_device(cfg.device)
     generator = seed_everything(cfg.seed)
     spec = get_backbone(cfg.arch)
@@ -246,7 +261,9 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     model, weights, pretrained = build_model(
         spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
     )
-    run_dir = _make_run_dir(cfg)
+    run_dir = cfg.resume or _make_run_dir(cfg)
+    if cfg.resume:
+        _check_same_split(run_dir, dataset)
     log(
         f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}), {cfg.mode}, "
         f"{len(dataset.train)} train / {len(dataset.val)} val images, {len(dataset.classes)} classes, {device}"
@@ -269,10 +286,17 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         }
     data = _StageData(cfg, model, dataset, preprocess, device, generator, cache_key, log)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    rows: list[list[Any]] = []
+    saver = resume.ProgressSaver(run_dir, model, generator, device)
+    progress = resume.load_progress(run_dir) if cfg.resume else None  # the last finished epoch of a killed run
+    if cfg.resume:
+        done = f"after epoch {len(progress.history)}" if progress else "from the start (no epoch had finished)"
+        log(f"resuming {run_dir} {done}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+    else:
+        saver.discard()  # a reused --name must not resume someone else's state
+    rows: list[list[Any]] = [r.row() for r in progress.history] if progress else []
     curves = CurvesWriter(run_dir, log=log)  # redrawn after slow epochs; the report draws the final one
 
-    def on_epoch(r: EpochResult, improved: bool) -> None:
+    def on_epoch(r: EpochResult, improved: bool, result: FitResult) -> None:
         rows.append(r.row())
         ckpt.write_csv(run_dir / "results.csv", RESULTS_HEADER, rows)
         log(
@@ -283,37 +307,47 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         if improved:  # a crash later loses at most the epochs after the best one
             _save_model(run_dir, model, meta)
         curves()
+        saver.save(result)  # last: the epoch is done once this is written (--resume goes on from here)
 
     fit_start = time.perf_counter()
-    best_acc, best_epoch, history = -1.0, 0, []
-    for stage, epochs, lr in stages:
-        on_features = stage == "head" and (cfg.cache_features or cfg.mode == "finetune")
-        if stage == "head":
-            model.freeze()
-        else:
-            model.unfreeze()
-        target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
-        if cfg.compile and not on_features:
-            target = torch.compile(target)  # the unwrapped model is what gets saved
-        optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad], lr)
-        result = fit(
-            target,
-            train_data,
-            val_data,
-            optimizer=optimizer,
-            scheduler=make_scheduler(cfg, optimizer, epochs),
-            criterion=criterion,
-            epochs=epochs,
-            device=device,
-            on_epoch=on_epoch,
-            patience=cfg.patience or (5 if on_features else None),
-            best_val_acc=best_acc,
-            first_epoch=len(history) + 1,
-            stage=stage,
-        )
-        history += result.history
-        if result.best_epoch:
-            best_acc, best_epoch = result.best_val_acc, result.best_epoch
+    best_acc, best_epoch, history = (-1.0, 0, []) if progress is None else progress.before_stage
+    with _memory_advice(cfg, device, run_dir):  # CUDA out of memory -> a batch size to try
+        for index, (stage, epochs, lr) in enumerate(stages):
+            if progress and index < progress.stage_index:
+                continue  # finished before the crash; its epochs are in history
+            on_features = stage == "head" and (cfg.cache_features or cfg.mode == "finetune")
+            if stage == "head":
+                model.freeze()
+            else:
+                model.unfreeze()
+            target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
+            if cfg.compile and not on_features:
+                target = torch.compile(target)  # the unwrapped model is what gets saved
+            optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad], lr)
+            scheduler = make_scheduler(cfg, optimizer, epochs)
+            start = None
+            if progress and index == progress.stage_index:
+                start = progress.restore(model, optimizer, scheduler, generator)
+            saver.stage(index, best=(best_acc, best_epoch), earlier=history, optimizer=optimizer, scheduler=scheduler)
+            result = fit(
+                target,
+                train_data,
+                val_data,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                criterion=criterion,
+                epochs=epochs,
+                device=device,
+                on_epoch=on_epoch,
+                patience=cfg.patience or (5 if on_features else None),
+                best_val_acc=best_acc,
+                first_epoch=len(history) + 1,
+                stage=stage,
+                start=start,
+            )
+            history = history + result.history
+            if result.best_epoch:
+                best_acc, best_epoch = result.best_val_acc, result.best_epoch
     fit_seconds = time.perf_counter() - fit_start
     _save_model(run_dir, model, meta)
     metrics = {
@@ -334,6 +368,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         f"run saved to {run_dir}"
     )
     write_run_report(run_dir, log=log)  # evaluation, figures, report.html; a failure only warns
+    saver.discard()  # the run is complete: nothing to resume
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
@@ -453,6 +488,32 @@ def _features(
     return feats
 
 
+def _check_same_split(run_dir: Path, dataset: Any) -> None:
+    """A resumed run must see the images its first part trained on, split the same way."""
+    saved = ckpt.read_json(run_dir / "data_report.json").get("split")
+    if saved != dataset.split_dict():
+        raise DataError(
+            f"--resume {run_dir}: the dataset changed since the run started (its train/val split differs from "
+            f"{run_dir / 'data_report.json'}); resume with the same images, or start a new run"
+        )
+
+
+@contextlib.contextmanager
+def _memory_advice(cfg: TrainConfig, device: torch.device, run_dir: Path) -> Iterator[None]:
+    """Turn an out-of-memory error of the accelerator into advice: a smaller batch size."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        smaller = max(1, cfg.batch_size // 2)
+        raise ResourceError(
+            f"out of {device.type.upper()} memory with --batch-size {cfg.batch_size} ({str(e).splitlines()[0]}). "
+            f"Try --batch-size {smaller}"
+            + (" or --mode freeze" if cfg.mode == "finetune" else "")
+            + f"; the best model so far is kept in {run_dir}, and adding --resume {run_dir} --batch-size {smaller} "
+            "continues from the last finished epoch."
+        ) from None
+
+
 def _make_run_dir(cfg: TrainConfig) -> Path:
     cfg.out.mkdir(parents=True, exist_ok=True)
     name = cfg.name or ckpt.next_run_name(cfg.out, f"{cfg.arch.replace('/', '_')}-{cfg.mode}")
@@ -493,6 +554,5 @@ def _model_meta(
 
 
 def _save_model(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Weights first, then the JSON that names their hash: a reader never sees a JSON without its weights."""
-    sha = ckpt.save_weights(run_dir / ckpt.MODEL_FILE, model.state_dict(), metadata={"format": ckpt.FORMAT})
-    ckpt.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"weights_file": ckpt.MODEL_FILE, "weights_sha256": sha})
+    """Weights (with a copy of model.json inside) first, then model.json: see :func:`graft.checkpoint.save_model`."""
+    ckpt.save_model(run_dir, model.state_dict(), meta)

@@ -309,6 +309,8 @@ def _download(url: str, filename: str, prefix: str | None) -> ResolvedWeights:
                 f"starting with {prefix}. The download was deleted; try again later, or put a good copy of "
                 f"{filename} in {folder}."
             )
+        with open(part, "rb") as f:
+            os.fsync(f.fileno())  # on disk before the rename makes it the file others read
         os.replace(part, final)
     finally:
         with contextlib.suppress(FileNotFoundError):

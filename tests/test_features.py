@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from graft.data import Sample
@@ -109,3 +110,26 @@ def test_store_reads_through_memmap(samples) -> None:
     assert not found and missing == list(range(len(samples)))
     index = store._read_index()
     assert index["dim"] == 6 and isinstance(store._matrix(6), np.memmap)
+
+
+def test_augmented_views_are_reproducible_distinct_and_stored_apart(tmp_path) -> None:
+    """--feature-views K: view k > 0 is a seeded training augmentation, so it differs from the eval view (0) and
+    from the other views, is the same every time it is computed, and has its own store entry."""
+    rng = np.random.default_rng(0)  # noisy pixels: a crop or a flip of a uniform image pools to the same features
+    samples = []
+    for i in range(3):
+        path = tmp_path / f"noise{i}.png"
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(path, 0))
+    body = CountingBody()
+    views = {k: run_view(body, samples, k) for k in (0, 1, 2)}
+    assert all(computed == len(samples) for _, computed in views.values())  # each view is its own entry
+    assert not torch.allclose(views[0][0], views[1][0]) and not torch.allclose(views[1][0], views[2][0])
+    again, computed = run_view(body, samples, 1)
+    assert computed == 0 and torch.equal(again, views[1][0])
+    fresh = extract_features(CountingBody(), samples, PRE, device=torch.device("cpu"), view=1)
+    assert torch.allclose(fresh, views[1][0])  # recomputed from scratch: the same augmentation draws
+
+
+def run_view(body: nn.Module, samples: list[Sample], view: int) -> tuple[torch.Tensor, int]:
+    return cached_features(body, samples, PRE, {"arch": "counting"}, device=torch.device("cpu"), view=view)

@@ -1,0 +1,196 @@
+"""Tests of ``graft train --resume``: a run killed at any point (SIGKILL of a real process, or a crash injected at
+every kind of moment in process) continues from its last finished epoch and ends exactly like a run that was
+never interrupted: same metrics.json (timings aside), same results.csv (seconds aside), same model file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import graft
+import graft.training
+from graft import checkpoint as ckpt
+from graft.errors import ConfigError, DataError, RunError
+from graft.resume import RESUME_FILE
+
+SMALL = {"arch": "mobilenet_v3_small", "pretrained": "none", "seed": 0, "device": "cpu", "batch_size": 4}
+# head on features (2 epochs), then all layers (1 epoch): a crash can land in either stage or between them
+STAGED = SMALL | {"mode": "finetune", "head_epochs": 2, "epochs": 1}
+TINY = {"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2}
+
+
+class Crash(BaseException):
+    """A stand-in for a kill: nothing in graft catches it."""
+
+
+@pytest.fixture(autouse=True)
+def fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, a private feature cache, and no end-of-run report (evaluation figures are tested elsewhere)."""
+    monkeypatch.setenv("GRAFT_OFFLINE", "1")
+    monkeypatch.setenv("GRAFT_NO_PROGRESS", "1")
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "feature-cache"))
+    monkeypatch.setattr("graft.report.write_run_report", lambda *a, **k: None)
+
+
+def outcome(run_dir: Path) -> tuple[dict, list[list[str]], str]:
+    """metrics.json without timings, results.csv without the seconds column, the model file's sha256."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = {k: v for k, v in metrics.items() if k not in {"train_seconds", "fit_seconds"}}
+    rows = [line.split(",") for line in (run_dir / "results.csv").read_text().splitlines()]
+    rows = [r[:6] + r[7:] for r in rows]
+    return metrics, rows, hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, call: int) -> Callable[..., Any]:
+    """Make the ``call``-th pass over the data (train and val passes alternate) die before it starts; return the
+    real ``run_epoch``."""
+    real, calls = graft.training.run_epoch, [0]
+
+    def run_epoch(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(graft.training, "run_epoch", run_epoch)
+    return real
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data, uninterrupted run) for the STAGED options."""
+    from PIL import Image
+
+    data = tmp_path_factory.mktemp("staged-data")
+    for i, (folder, n) in enumerate(TINY.items()):
+        (data / folder).mkdir(parents=True)
+        for j in range(n):
+            Image.new("RGB", (32, 32), ((40 * i) % 256, (25 * j) % 256, 128)).save(data / folder / f"{j}.jpg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_OFFLINE", "1")
+        mp.setenv("GRAFT_NO_PROGRESS", "1")
+        mp.setattr("graft.report.write_run_report", lambda *a, **k: None)
+        run = graft.train(data, out=tmp_path_factory.mktemp("runs"), name="whole", **STAGED)
+    return data, run.run_dir
+
+
+# passes: 1 train/2 val = epoch 1 (head), 3/4 = epoch 2 (head), 5/6 = epoch 3 (all layers)
+@pytest.mark.parametrize(
+    ("call", "finished"),
+    [(1, 0), (4, 1), (5, 2), (6, 2)],
+    ids=["before-any-epoch", "mid-head-stage", "between-stages", "mid-last-epoch"],
+)
+def test_crash_anywhere_then_resume_ends_like_an_uninterrupted_run(staged, tmp_path, monkeypatch, call, finished):
+    data, whole = staged
+    out = tmp_path / "runs"
+    real = crash_at(monkeypatch, call)
+    with pytest.raises(Crash):
+        graft.train(data, out=out, name="crashed", **STAGED)
+    monkeypatch.setattr(graft.training, "run_epoch", real)
+    run_dir = out / "crashed"
+    assert not (run_dir / "metrics.json").exists()
+    assert (run_dir / RESUME_FILE).exists() == (finished > 0)
+
+    logged: list[str] = []
+    from graft.config import TrainConfig
+
+    cfg = TrainConfig(data=data, out=out, name="crashed", resume=run_dir, **STAGED)
+    graft.training.run_training(cfg, log=logged.append)
+    assert any(f"resuming {run_dir} " in line for line in logged)
+    epochs_run_now = [line for line in logged if line.startswith("epoch")]
+    assert len(epochs_run_now) == 3 - finished  # only the epochs that had not finished ran again
+    assert outcome(run_dir) == outcome(whole)
+    assert not (run_dir / RESUME_FILE).exists()  # a completed run leaves no state behind
+
+
+def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) -> None:
+    """A real ``graft train`` process is SIGKILLed in the middle of its second epoch (images through the body
+    every epoch, so an epoch lasts long enough to be interrupted) and resumed with ``--resume``."""
+    data = tmp_image_folder({"train/a": 12, "train/b": 12, "val/a": 4, "val/b": 4})
+    out = tmp_path / "runs"
+    options = ["--arch", "mobilenet_v3_small", "--pretrained", "none", "--mode", "freeze", "--no-cache-features"]
+    options += ["--epochs", "3", "--batch-size", "4", "--device", "cpu", "--seed", "0", "--out", str(out)]
+    env = os.environ | {"GRAFT_OFFLINE": "1", "GRAFT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "graft", "train", str(data), *options]
+
+    proc = subprocess.Popen([*cmd, "--name", "killed"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    lines = []
+    for raw in proc.stdout:
+        lines.append(raw.decode())
+        if raw.startswith(b"epoch   1"):
+            seconds = float(re.search(rb"([\d.]+)s(  \*best)?\s*$", raw).group(1))
+            time.sleep(seconds / 2)  # half-way through epoch 2
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)
+    run_dir = out / "killed"
+    assert not (run_dir / "metrics.json").exists()
+    state = ckpt.load_state(run_dir / RESUME_FILE)
+    assert len(state["history"]) == 1  # killed during epoch 2: epoch 1 is the last finished one
+
+    resumed = subprocess.run([*cmd, "--name", "killed", "--resume", str(run_dir)], capture_output=True, env=env)
+    assert resumed.returncode == 0, resumed.stdout.decode() + resumed.stderr.decode()
+    assert f"resuming {run_dir} after epoch 1" in resumed.stdout.decode()
+
+    whole = subprocess.run([*cmd, "--name", "whole"], capture_output=True, env=env)
+    assert whole.returncode == 0, whole.stderr.decode()
+    assert outcome(run_dir) == outcome(out / "whole")
+
+
+def test_resume_needs_the_same_options_and_data(staged, tmp_path, monkeypatch) -> None:
+    data, _ = staged
+    out = tmp_path / "runs"
+    crash_at(monkeypatch, 4)
+    with pytest.raises(Crash):
+        graft.train(data, out=out, name="r", **STAGED)
+    run_dir = out / "r"
+    with pytest.raises(ConfigError, match=r"--epochs 1 \(now 5\)"):
+        graft.train(data, out=out, resume=run_dir, **(STAGED | {"epochs": 5}))
+    with pytest.raises(ConfigError, match="not a run directory"):
+        graft.train(data, out=out, resume=tmp_path, **STAGED)
+    (data / "train/a/0.jpg").rename(tmp_path / "moved.jpg")  # the split is no longer the one trained on
+    try:
+        with pytest.raises(DataError, match="dataset changed"):
+            graft.train(data, out=out, resume=run_dir, **STAGED)
+    finally:
+        (tmp_path / "moved.jpg").rename(data / "train/a/0.jpg")
+
+
+def test_a_finished_run_cannot_be_resumed(staged) -> None:
+    data, whole = staged
+    with pytest.raises(ConfigError, match="finished"):
+        graft.train(data, out=whole.parent, resume=whole, **STAGED)
+
+
+def test_a_planted_pickle_as_resume_state_is_refused_unrun(staged, tmp_path, monkeypatch) -> None:
+    """A pickle (whose unpickling would create a file) put where the resume state is expected: refused, and the
+    payload never runs."""
+    import pickle
+
+    data, _ = staged
+    out = tmp_path / "runs"
+    crash_at(monkeypatch, 4)
+    with pytest.raises(Crash):
+        graft.train(data, out=out, name="r", **STAGED)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch '{marker}'",))
+
+    (out / "r" / RESUME_FILE).write_bytes(pickle.dumps({"model": Payload()}))
+    with pytest.raises(RunError, match="not a graft training state file"):
+        graft.train(data, out=out, resume=out / "r", **STAGED)
+    assert not marker.exists()
