@@ -144,6 +144,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from graft.quantization import quantize
+
+    cfg: C.QuantizeConfig = _config(C.QuantizeConfig, args)
+    result = quantize(cfg.run, calib=cfg.calib, name=cfg.name, exist_ok=cfg.exist_ok, log=_stderr_if(cfg.json))
+    if cfg.json:
+        print(json.dumps(result.figures, indent=2))
+    return 0
+
+
+def _stderr_if(flag: bool) -> Callable[[str], None]:
+    return (lambda line: print(line, file=sys.stderr)) if flag else print
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from graft.serve import run_config
 
@@ -241,6 +255,7 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "show-batch": (C.ShowBatchConfig, cmd_show_batch, "save a grid of augmented training images"),
     "export": (C.ExportConfig, cmd_export, "write a run as ONNX or TorchScript (verified against PyTorch)"),
     "serve": (C.ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
+    "quantize": (C.QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
 }
 
 
@@ -260,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -39,8 +39,10 @@ class TrainConfig:
         None, "dataset folder: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*", positional=True
     )
     arch: str = opt("mobilenet_v2", "backbone architecture (see `graft archs`); timm models as timm/<name>")
-    mode: Literal["freeze", "finetune"] = opt(
-        "freeze", "freeze: train only the new head on a frozen backbone; finetune: train all layers"
+    mode: Literal["freeze", "finetune", "qat"] = opt(
+        "freeze",
+        "freeze: train only the new head on a frozen backbone; finetune: train all layers; qat: fine-tune with "
+        "fake quantization, then convert to int8 (CPU)",
     )
     pretrained: str = opt(
         "auto",
@@ -79,6 +81,8 @@ class TrainConfig:
         None, "stop after this many epochs without a better val accuracy (default: 5 on stored features, else off)"
     )
     compile: bool = opt(False, "torch.compile the model for image epochs (pays off for long runs, mostly on GPU)")
+    int8: bool = opt(False, "freeze mode: int8 backbone (calibrated on training images) + a float head on its features")
+    calib: int = opt(128, "--int8 / --mode qat: training images that calibrate the int8 ranges")
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (stratified, seeded)")
     seed: int = opt(0, "random seed (CPU runs with the same seed are repeatable)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
@@ -114,6 +118,8 @@ class TrainConfig:
             (self.step_size >= 1, f"--step-size must be >= 1 (got {self.step_size})"),
             (self.feature_views >= 0, f"--feature-views must be >= 0 (got {self.feature_views})"),
             (self.head_epochs >= 0, f"--head-epochs must be >= 0 (got {self.head_epochs})"),
+            (not self.int8 or self.mode == "freeze", "--int8 goes with --mode freeze; for fine-tuning use --mode qat"),
+            (self.calib >= 1, f"--calib must be >= 1 (got {self.calib})"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
         ]
         for ok, message in checks:
@@ -239,6 +245,25 @@ class ShowBatchConfig:
         self.out = Path(self.out)
         if self.n < 1:
             raise ConfigError(f"--n must be >= 1 (got {self.n})")
+
+
+@dataclass(kw_only=True)
+class QuantizeConfig:
+    """``graft quantize``: post-training int8 quantization of a float run into RUN-int8 (torchao PT2E; CPU),
+    with quantization.json comparing accuracy, size and speed."""
+
+    run: Path = opt(None, "float run directory written by graft train", positional=True)
+    calib: int = opt(128, "training images to calibrate the int8 activation ranges on")
+    name: str | None = opt(None, "folder of the int8 run, next to RUN (default: RUN-int8)")
+    exist_ok: bool = opt(False, "replace the files of an existing int8 run folder")
+    json: bool = opt(False, "print quantization.json")
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            raise ConfigError("no run directory given: pass RUN (e.g. graft quantize runs/001-mobilenet_v2-freeze)")
+        self.run = Path(self.run)
+        if self.calib < 1:
+            raise ConfigError(f"--calib must be >= 1 (got {self.calib})")
 
 
 @dataclass(kw_only=True)

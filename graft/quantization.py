@@ -1,0 +1,920 @@
+"""Int8 models: post-training quantization of a run (``graft quantize``), an int8 frozen backbone
+(``graft train --mode freeze --int8``) and quantization-aware fine-tuning (``graft train --mode qat``).
+
+One pipeline on the current API, torchao's PT2E (``torch.ao.quantization`` is deprecated in torch 2.14):
+``torch.export`` the backbone (dynamic batch) -> ``prepare_pt2e`` (or ``prepare_qat_pt2e``) with the CPU's
+quantizer -> calibrate on training images (or fine-tune with fake quantization) -> ``convert_pt2e``. The head stays
+float (the tutorial's int8 feature extractor + float head). The int8 backbone and the float head are exported
+together and saved with ``torch.export.save`` as ``model.pt2``; prediction runs it through ``torch.compile``
+(inductor, weights frozen), which lowers the quantize/dequantize patterns to oneDNN int8 kernels. In eager mode the
+same program would be slower than float: compiling is what makes int8 fast.
+
+Settings for this CPU: X86InductorQuantizer with ``reduce_range=True`` (7-bit activations) unless the CPU has VNNI.
+On the project's AVX2 EPYC without VNNI, 8-bit activations through the x86 kernels gave garbage (REFERENCE.md);
+after compiling, :func:`quantize_body` checks the compiled program against its eager reference on calibration
+images and, when they disagree, redoes the quantization with ``reduce_range=True``.
+
+Saving without pickle: ``torch.export.save`` stores the graph as JSON and plain tensors as raw bytes, but it pickles
+tensor subclasses, script objects and the example inputs, and ``torch.export.load`` unpickles whatever the archive's
+own config marks as pickled (even with ``weights_only=False``). So graft saves with no example inputs, refuses to
+write an archive with any pickled entry, and on load verifies the file's sha256 (from ``model.json``) and the
+archive's listing (:func:`check_archive`) before handing it to ``torch.export.load``. No calibration happens on load.
+
+The deprecated eager API (``torch.ao.quantization``) is not used even as a fallback: its quantized modules keep
+packed weights in script objects that only pickle can save, it needs per-architecture stubs and fusion lists, and
+with its x86 defaults it kept only 76.5% top-1 agreement with float MobileNetV2 on this CPU. An architecture that
+``torch.export`` cannot capture fails with :class:`QuantizationError` and the float run stays usable.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import platform
+import re
+import shutil
+import statistics
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft import checkpoint as ckpt
+from graft.errors import ConfigError, GraftError, RunError
+from graft.predict import Classifier
+
+PROGRAM_FILE = "model.pt2"
+QUANT_FILE = "quantization.json"
+INT8_FORMAT = "graft-int8/1"
+DEFAULT_CALIB = 128
+#: Calibration/QAT batch size and the batch size of the images/s figures.
+BENCH_BATCH = 32
+
+
+class QuantizationError(GraftError):
+    """A model cannot be quantized, or an int8 run cannot be loaded."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backend: which quantizer for this CPU
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The quantizer chosen for this machine and why."""
+
+    name: str  # "x86_inductor" | "arm_inductor"
+    reduce_range: bool
+    reason: str
+
+    def quantizer(self, *, is_qat: bool = False) -> Any:
+        if self.name == "arm_inductor":
+            from torchao.quantization.pt2e.quantizer import arm_inductor_quantizer as aiq
+
+            q = aiq.ArmInductorQuantizer()
+            return q.set_global(aiq.get_default_arm_inductor_quantization_config(is_qat=is_qat))
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+        q = xiq.X86InductorQuantizer()
+        config = xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat, reduce_range=self.reduce_range)
+        return q.set_global(config)
+
+    def with_reduce_range(self) -> Backend:
+        return Backend(self.name, True, self.reason + "; 8-bit activations disagreed with the eager reference")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "reduce_range": self.reduce_range, "reason": self.reason}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where it is not readable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_backend(machine: str | None = None, flags: set[str] | None = None) -> Backend:
+    """X86InductorQuantizer on x86-64 (``reduce_range`` unless the CPU has VNNI), ArmInductorQuantizer on ARM."""
+    machine = (machine or platform.machine()).lower()
+    flags = cpu_flags() if flags is None else flags
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+        if vnni:
+            return Backend("x86_inductor", False, "x86 CPU with VNNI: full 8-bit activations")
+        return Backend("x86_inductor", True, "x86 CPU without VNNI: 7-bit activations (reduce_range) avoid overflow")
+    if machine in ("aarch64", "arm64"):
+        return Backend("arm_inductor", False, "ARM CPU: torchao's ArmInductorQuantizer")
+    raise QuantizationError(
+        f"int8 quantization is supported on x86-64 and ARM CPUs; this machine is {machine!r}. "
+        "Use the float run (graft predict works on it) or quantize on an x86-64/ARM machine."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# export, quantize, compile
+
+
+def _batch_dim() -> Any:
+    return torch.export.Dim("batch", min=1, max=4096)
+
+
+def export_module(module: nn.Module, size: int, *, what: str) -> Any:
+    """``torch.export`` with a dynamic batch axis; a module it cannot capture raises :class:`QuantizationError`."""
+    example = (torch.randn(2, 3, size, size),)
+    try:
+        return torch.export.export(module, example, dynamic_shapes=({0: _batch_dim()},))
+    except Exception as e:  # torch.export raises many types (UserError, Unsupported, guard failures...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QuantizationError(
+            f"{what} cannot be captured by torch.export, which int8 quantization needs ({type(e).__name__}: "
+            f"{first[:300]}). Use another architecture (see graft archs; mobilenet_v2, mobilenet_v3_large, resnet18, "
+            "resnet50 and efficientnet_lite0 work), or keep the float run."
+        ) from e
+
+
+def _strip_unused(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove parameters and buffers no node reads: ``convert_pt2e`` leaves the float weights beside their int8
+    copies, and exporting them would keep the float bytes in the saved file."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*gm.named_parameters(), *gm.named_buffers()]:
+        if name not in used:
+            parent, _, leaf = name.rpartition(".")
+            owner = gm.get_submodule(parent) if parent else gm
+            delattr(owner, leaf)
+    return gm
+
+
+class Int8Program(nn.Module):
+    """A converted (int8) graph and its ``torch.compile``\\ d form; calling it runs the compiled one.
+
+    It is an inference-only module: ``train()`` does nothing, deep copies share it, and torch.fx cannot trace
+    it (graft's BatchNorm folding then leaves it as it is). Batch size 1 and batches of 2 or more are two
+    compilations (``dynamic=True``), each done once on the first call.
+    """
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+        self._compiled = torch.compile(graph, dynamic=True, options={"freezing": True})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError("int8 programs are compiled graphs; torch.fx does not trace them")
+        # Outside inference mode: inductor's oneDNN weight prepacking fails on inference tensors.
+        with torch.inference_mode(False), torch.no_grad():
+            return self._compiled(x.to(memory_format=torch.channels_last, copy=True))
+
+    def train(self, mode: bool = True) -> Int8Program:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Int8Program:
+        return self
+
+
+def _calibrate(prepared: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+
+
+def quantize_body(
+    body: nn.Module,
+    calibration: Sequence[torch.Tensor],
+    size: int,
+    *,
+    backend: Backend | None = None,
+    what: str = "the backbone",
+    log: Callable[[str], None] = print,
+) -> torch.fx.GraphModule:
+    """Post-training quantization of a float body: export, prepare, calibrate on ``calibration`` (batches of
+    preprocessed images), convert. Returns the converted graph (eager reference numerics; compile it to run fast)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    backend = backend or choose_backend()
+    body = copy.deepcopy(body).eval().cpu()
+    start = time.perf_counter()
+    graph = export_module(body, size, what=what).module()
+    prepared = prepare_pt2e(graph, backend.quantizer())
+    _calibrate(prepared, calibration)
+    converted = _strip_unused(convert_pt2e(prepared))
+    log(
+        f"int8: quantized {what} ({backend.name}, reduce_range={backend.reduce_range}) on "
+        f"{sum(len(b) for b in calibration)} images in {time.perf_counter() - start:.1f}s"
+    )
+    return converted
+
+
+def check_compiled(program: Int8Program, batch: torch.Tensor) -> dict[str, Any]:
+    """The measurement that settles the settings: the compiled int8 kernels against the eager reference graph
+    (top-1 agreement and largest difference relative to the largest output)."""
+    with torch.no_grad():
+        ref = program.graph(batch)
+        out = program(batch)
+    agreement = (ref.argmax(1) == out.argmax(1)).float().mean().item()
+    rel = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+    return {"agreement": round(agreement, 4), "max_rel_diff": round(rel, 4), "images": len(batch)}
+
+
+def checks_out(check: dict[str, Any]) -> bool:
+    """False when the compiled kernels produce garbage (seen with 8-bit activations on CPUs without VNNI)."""
+    return check["agreement"] >= 0.9 and check["max_rel_diff"] < 0.5
+
+
+def quantize_and_load(
+    body: nn.Module,
+    head: nn.Module,
+    calibration: Sequence[torch.Tensor],
+    meta: dict[str, Any],
+    out: Path,
+    *,
+    backend: Backend,
+    what: str,
+    log: Callable[[str], None],
+    converted: nn.Module | None = None,
+) -> tuple[Int8Classifier, bytes, Backend, dict[str, Any]]:
+    """Quantize ``body`` (unless ``converted`` is given), save body + head to ``out/model.pt2``, load it back the way
+    ``graft predict`` will, and check the compiled kernels; with full-range activations failing the check, start
+    over with ``reduce_range=True``."""
+    size = calibration[0].shape[-1]
+    if converted is None:
+        converted = quantize_body(body, calibration, size, backend=backend, what=what, log=log)
+    program = program_bytes(converted, head, size)
+    ckpt.atomic_write_bytes(out / PROGRAM_FILE, program)
+    int8 = Int8Classifier(load_program(out / PROGRAM_FILE, sha256=None), meta, out)
+    start = time.perf_counter()
+    check = check_compiled(int8._inference, calibration[0])
+    log(
+        f"int8: compiled ({time.perf_counter() - start:.0f}s); against the eager reference: top-1 agreement "
+        f"{check['agreement']:.3f}, max relative difference {check['max_rel_diff']:.3f}"
+    )
+    if not checks_out(check) and not backend.reduce_range and body is not None:
+        log("int8: the compiled kernels disagree with the reference; quantizing again with reduce_range=True")
+        return quantize_and_load(
+            body, head, calibration, meta, out, backend=backend.with_reduce_range(), what=what, log=log
+        )
+    return int8, program, backend, check
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# saving and loading without pickle
+
+_ALLOWED_MEMBER = re.compile(
+    r"^[^/]+/("
+    r"data/(weights|constants)/[A-Za-z0-9_]+|data/(weights|constants)/model_(weights|constants)_config\.json|models/[A-Za-z0-9_]+\.json|"
+    r"data/sample_inputs/[A-Za-z0-9_]+\.pt|archive_format|archive_version|\.data/version|byteorder|"
+    r"\.data/serialization_id)$"
+)
+
+
+def check_archive(data: bytes, *, source: str = "the program") -> None:
+    """Refuse a ``torch.export`` archive that ``torch.export.load`` would unpickle anything from: an entry marked
+    ``use_pickle``, non-empty sample inputs, an unknown member, or the legacy (pickled state dict) layout."""
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        names = z.namelist()
+    except zipfile.BadZipFile:
+        raise QuantizationError(f"{source} is not a torch.export archive (not a zip file)") from None
+    bad = [n for n in names if not _ALLOWED_MEMBER.match(n)]
+    if bad or not any(n.endswith("/archive_format") for n in names):
+        raise QuantizationError(f"{source} has unexpected members ({bad[:3]}); refusing to load it (it may unpickle)")
+    for n in names:
+        if "/data/sample_inputs/" in n and z.getinfo(n).file_size:
+            raise QuantizationError(f"{source} holds pickled example inputs ({n}); refusing to load it")
+        if n.endswith("_config.json"):
+            try:
+                entries = json.loads(z.read(n))["config"]
+            except (KeyError, ValueError):
+                raise QuantizationError(f"{source}: {n} is not a valid payload config") from None
+            pickled = [k for k, v in entries.items() if v.get("use_pickle", True)]
+            if pickled:
+                raise QuantizationError(f"{source} stores {pickled[:3]} with pickle; refusing to load it")
+
+
+def program_bytes(converted_body: nn.Module, head: nn.Module, size: int) -> bytes:
+    """``torch.export.save`` of int8 body + float head (dynamic batch, no example inputs), checked pickle-free."""
+    model = nn.Sequential(converted_body, copy.deepcopy(head).eval().cpu())
+    ep = export_module(model, size, what="the int8 model")
+    ep.example_inputs = None  # they would be pickled
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    data = buf.getvalue()
+    check_archive(data, source="the exported int8 program")
+    return data
+
+
+def load_program(path: Path, *, sha256: str | None) -> nn.Module:
+    """The saved int8 graph (hash and archive checked first; no pickle, no calibration)."""
+    import hashlib
+
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  registers the quantized_decomposed ops
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing: the int8 run did not finish saving its model") from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise RunError(
+            f"{path} does not match the sha256 recorded in {path.parent / ckpt.META_FILE}: the file was changed or "
+            "damaged. Quantize the float run again (graft quantize RUN)."
+        )
+    check_archive(data, source=str(path))
+    try:
+        return torch.export.load(io.BytesIO(data)).module()
+    except Exception as e:
+        raise RunError(
+            f"{path} cannot be loaded by this torch ({torch.__version__}): {type(e).__name__}: {e}. torch.export "
+            "files are tied to the torch version that wrote them; quantize the float run again."
+        ) from None
+
+
+def load_int8(run_dir: Path, meta: dict[str, Any], *, device: str = "auto") -> Int8Classifier:
+    """The :class:`graft.predict.Classifier` of an int8 run (``graft.predict.load`` calls this)."""
+    if not isinstance(meta.get("quantization"), dict) or meta.get("format") != ckpt.FORMAT:
+        raise RunError(f"{run_dir / ckpt.META_FILE} does not describe an int8 run of this graft ({ckpt.FORMAT})")
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"int8 runs run on the CPU; use --device cpu (or auto), not {device!r}")
+    graph = load_program(run_dir / meta.get("program_file", PROGRAM_FILE), sha256=meta.get("program_sha256"))
+    return Int8Classifier(graph, meta, run_dir)
+
+
+class Int8Classifier(Classifier):
+    """A :class:`graft.predict.Classifier` over a compiled int8 program (CPU only; no Grad-CAM)."""
+
+    def __init__(self, graph: nn.Module, meta: dict[str, Any], run_dir: Path) -> None:
+        from graft.preprocess import Preprocess, eval_transform
+
+        self.model = graph
+        self._inference = Int8Program(graph)
+        self.meta = meta
+        self.device = torch.device("cpu")
+        self.run_dir = run_dir
+        self.classes = list(meta["classes"])
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self._transform = eval_transform(self.preprocess)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a preprocessed batch ``(B, 3, H, W)`` through the compiled int8 program."""
+        return self._inference(batch.cpu()).float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# measuring
+
+
+def images_per_second(fn: Callable[[torch.Tensor], Any], batch: torch.Tensor, *, repeats: int = 3) -> float:
+    """Median images/s of ``fn`` on ``batch`` after one warm-up call."""
+    with torch.no_grad():
+        fn(batch)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(batch)
+            times.append(time.perf_counter() - start)
+    return len(batch) / statistics.median(times)
+
+
+def latency_ms(fn: Callable[[torch.Tensor], Any], image: torch.Tensor, *, repeats: int = 10) -> float:
+    """Median milliseconds of ``fn`` on a batch of one, after one warm-up call."""
+    with torch.no_grad():
+        fn(image)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(image)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def accuracy(clf: Any, paths: Sequence[Path], labels: Sequence[int], *, batch_size: int) -> float:
+    """Top-1 accuracy through ``clf.logits`` with the eval transform (what ``graft predict`` computes)."""
+    from graft.evaluation import compute_logits
+
+    logits, kept, _ = compute_logits(clf, paths, batch_size=batch_size)
+    correct = sum(int(logits[j].argmax() == labels[i]) for j, i in enumerate(kept))
+    return correct / max(len(paths), 1)
+
+
+def float_bytes(model: nn.Module) -> int:
+    """Size of the float model as graft saves it (safetensors)."""
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}))
+
+
+def measure(
+    fp32_model: nn.Module, int8: Any, fp32_acc: float, int8_acc: float, n_fp32_bytes: int, n_int8_bytes: int, size: int
+) -> dict[str, Any]:
+    """The figures of ``quantization.json`` (CPU, batch 32 for images/s, batch 1 for latency).
+
+    ``fp32_images_per_s`` is the float model in eager mode (as the tutorial runs it); ``fp32_fused_images_per_s`` is
+    graft's own float predict path (BatchNorm folded, channels_last) for an honest comparison."""
+    from graft.runtime import optimize_for_inference
+
+    torch.manual_seed(0)
+    batch = torch.randn(BENCH_BATCH, 3, size, size)
+    fp32_model = copy.deepcopy(fp32_model).cpu().eval()
+    fused = optimize_for_inference(copy.deepcopy(fp32_model))
+    cl = batch.contiguous(memory_format=torch.channels_last)
+    return {
+        "fp32_val_acc": fp32_acc,
+        "int8_val_acc": int8_acc,
+        "fp32_bytes": n_fp32_bytes,
+        "int8_bytes": n_int8_bytes,
+        "fp32_images_per_s": round(images_per_second(fp32_model, batch), 2),
+        "fp32_fused_images_per_s": round(
+            images_per_second(lambda x: fused(x.contiguous(memory_format=torch.channels_last)), cl), 2
+        ),
+        "int8_images_per_s": round(images_per_second(int8.logits, batch), 2),
+        "fp32_latency_ms": round(latency_ms(fp32_model, batch[:1]), 2),
+        "int8_latency_ms": round(latency_ms(int8.logits, batch[:1]), 2),
+        "batch_size": BENCH_BATCH,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8 run directories
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize` (``graft quantize``) and int8 training wrote."""
+
+    run_dir: Path
+    figures: dict[str, Any]
+
+    def summary(self) -> str:
+        f = self.figures
+        return (
+            f"val acc fp32 {f['fp32_val_acc']:.4f} -> int8 {f['int8_val_acc']:.4f}; size "
+            f"{f['fp32_bytes'] / 1e6:.1f} MB -> {f['int8_bytes'] / 1e6:.1f} MB "
+            f"({f['fp32_bytes'] / f['int8_bytes']:.1f}x smaller); batch {f['batch_size']}: "
+            f"fp32 eager {f['fp32_images_per_s']:.1f} img/s (fused "
+            f"{f['fp32_fused_images_per_s']:.1f}), int8 {f['int8_images_per_s']:.1f} img/s; batch 1: fp32 "
+            f"{f['fp32_latency_ms']:.1f} ms, int8 {f['int8_latency_ms']:.1f} ms"
+        )
+
+
+def split_items(run_dir: Path, classes: Sequence[str], split: str) -> tuple[list[Path], list[int]]:
+    """Paths and labels of a run's saved ``train`` or ``val`` split (``data_report.json``)."""
+    if split == "val":
+        from graft.evaluation import run_val_items
+
+        return run_val_items(run_dir, classes)
+    report = ckpt.read_json(run_dir / "data_report.json")
+    try:
+        root, rels, layout = Path(report["root"]), report["split"][split], report["layout"]
+    except (KeyError, TypeError):
+        raise RunError(f"{run_dir / 'data_report.json'} has no saved {split} split; train the run again") from None
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for rel in rels:
+        parts = Path(rel).parts
+        name = parts[1] if layout == "train/val" else parts[0]
+        if name in index:
+            paths.append(root / rel)
+            labels.append(index[name])
+    if paths and not paths[0].exists():
+        raise RunError(f"the run's training images are not under {root} any more (e.g. {paths[0]} is missing)")
+    return paths, labels
+
+
+def calibration_batches(clf: Any, paths: Sequence[Path], n: int) -> list[torch.Tensor]:
+    """``n`` training images spread evenly over the split (so every class is seen), eval transform, batches of 32."""
+    from graft.errors import ImageError
+
+    if not paths:
+        raise RunError("no training images to calibrate on")
+    n = min(n, len(paths))
+    picks = sorted({round(i * (len(paths) - 1) / max(n - 1, 1)) for i in range(n)})
+    tensors = []
+    for i in picks:
+        try:
+            tensors.append(clf.tensor(paths[i]))
+        except ImageError:
+            continue
+    if not tensors:
+        raise RunError("none of the calibration images could be read")
+    stacked = torch.stack(tensors)
+    return list(stacked.split(BENCH_BATCH))
+
+
+def _int8_dir(run_dir: Path, name: str | None, exist_ok: bool) -> Path:
+    out = run_dir.parent / (name or f"{run_dir.name}-int8")
+    if out.exists() and not exist_ok:
+        raise ConfigError(f"{out} already exists: pass --name for another folder, or --exist-ok to replace its files")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_int8_run(
+    out: Path,
+    meta: dict[str, Any],
+    program: bytes,
+    figures: dict[str, Any],
+    info: dict[str, Any],
+    *,
+    n_val: int,
+) -> None:
+    """model.pt2, then model.json naming its sha256, quantization.json and metrics.json."""
+    import hashlib
+
+    ckpt.atomic_write_bytes(out / PROGRAM_FILE, program)
+    drop = ("weights_file", "weights_sha256")
+    meta = {k: v for k, v in meta.items() if k not in drop} | {
+        "program_file": PROGRAM_FILE,
+        "program_sha256": hashlib.sha256(program).hexdigest(),
+        "quantization": info | {"format": INT8_FORMAT},
+    }
+    ckpt.atomic_write_json(out / ckpt.META_FILE, meta)
+    ckpt.atomic_write_json(out / QUANT_FILE, figures | {"quantization": info})
+    metrics = {
+        "best_val_acc": figures["int8_val_acc"],
+        "fp32_val_acc": figures["fp32_val_acc"],
+        "n_val": n_val,
+        "classes": meta["classes"],
+        "device": "cpu",
+        "int8": True,
+    }
+    ckpt.atomic_write_json(out / "metrics.json", metrics)
+
+
+def quantize(
+    run_dir: str | Path,
+    *,
+    calib: int = DEFAULT_CALIB,
+    name: str | None = None,
+    exist_ok: bool = False,
+    log: Callable[[str], None] = print,
+) -> QuantizeResult:
+    """Post-training int8 quantization of a float run into a new run directory (``RUN-int8`` by default).
+
+    Calibrates on ``calib`` of the run's training images (eval transform), then measures val accuracy (fp32 and
+    int8, through the predict path), sizes and speeds into ``quantization.json``.
+
+    Args:
+        run_dir: a float run written by ``graft train``.
+        calib: number of training images to calibrate on.
+        name: folder name of the int8 run, next to ``run_dir``.
+        exist_ok: replace the files of an existing int8 run folder.
+        log: where progress lines go.
+    """
+    from graft.predict import load
+
+    run_dir = Path(run_dir)
+    if calib < 1:
+        raise ConfigError(f"--calib must be >= 1 (got {calib})")
+    src = load(run_dir, device="cpu")
+    if isinstance(src, Int8Classifier):
+        raise QuantizationError(f"{run_dir} is already an int8 run; quantize the float run it came from")
+    backend = choose_backend()
+    train_paths, _ = split_items(run_dir, src.classes, "train")
+    val_paths, val_labels = split_items(run_dir, src.classes, "val")
+    size = src.preprocess.input_size
+    calibration = calibration_batches(src, train_paths, calib)
+    out = _int8_dir(run_dir, name, exist_ok)
+    int8, program, backend, check = quantize_and_load(
+        src.model.body, src.model.head, calibration, src.meta, out, backend=backend, what=src.meta["arch"], log=log
+    )
+    config = ckpt.read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    batch = int(config.get("batch_size", BENCH_BATCH))
+    info = {
+        "method": "ptq",
+        "source_run": str(run_dir),
+        "calibration_images": sum(len(b) for b in calibration),
+        "backend": backend.to_dict(),
+        "compiled_check": check,
+    }
+    start = time.perf_counter()
+    int8_acc = accuracy(int8, val_paths, val_labels, batch_size=batch)
+    fp32_acc = accuracy(src, val_paths, val_labels, batch_size=batch)
+    log(f"int8: val accuracy fp32 {fp32_acc:.4f}, int8 {int8_acc:.4f} ({time.perf_counter() - start:.1f}s)")
+    figures = measure(src.model, int8, fp32_acc, int8_acc, _weights_bytes(run_dir, src.model), len(program), size)
+    write_int8_run(out, src.meta, program, figures, info, n_val=len(val_paths))
+    for f in ("data_report.json", "config.json"):
+        if (run_dir / f).exists():
+            shutil.copyfile(run_dir / f, out / f)
+    result = QuantizeResult(out, figures)
+    log(f"int8: {result.summary()}; wrote {out}")
+    return result
+
+
+def _weights_bytes(run_dir: Path, model: nn.Module) -> int:
+    path = run_dir / ckpt.MODEL_FILE
+    return path.stat().st_size if path.exists() else float_bytes(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8 training: --mode freeze --int8, and --mode qat
+
+
+class _QatModel(nn.Module):
+    """A body prepared for QAT (an exported graph with fake quantization) + the float head.
+
+    ``train()``/``eval()`` switch the graph's BatchNorm and dropout the PT2E way; once ``bn_frozen`` is set,
+    BatchNorm stays in eval mode (running statistics frozen) while the weights keep training."""
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+        self.bn_frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError("QAT graphs are not traced by torch.fx")  # graft's BN folding leaves this model as is
+        return self.head(self.body(x))
+
+    def train(self, mode: bool = True) -> _QatModel:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        self.training = mode
+        self.head.train(mode)
+        (move_exported_model_to_train if mode and not self.bn_frozen else move_exported_model_to_eval)(self.body)
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _QatModel:
+        return self  # graft's eval path copies models before folding BatchNorm; this one is used as it is
+
+
+def _fit(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any,
+    *,
+    cfg: Any,
+    lr: float,
+    epochs: int,
+    stage: str,
+    first_epoch: int,
+    on_epoch: Callable[[Any, bool], None],
+    before_epoch: Callable[[int], None] | None = None,
+) -> tuple[float, list[Any]]:
+    """Train ``model`` for ``epochs``; keep and restore the weights of the best val accuracy.
+
+    Returns (best val accuracy, epoch records)."""
+    from graft.training import EpochResult, make_optimizer, make_scheduler, run_epoch
+
+    device = torch.device("cpu")
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], lr)
+    scheduler = make_scheduler(cfg, optimizer, epochs)
+    best, best_state, history = -1.0, copy.deepcopy(model.state_dict()), []
+    for i in range(epochs):
+        epoch = first_epoch + i
+        if before_epoch is not None:
+            before_epoch(i)
+        began = time.perf_counter()
+        lr_now = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = run_epoch(model, train_data, criterion, device, optimizer=optimizer)
+        val_loss, val_acc = run_epoch(model, val_data, criterion, device)
+        if scheduler is not None:
+            scheduler.step()
+        improved = val_acc > best
+        if improved:
+            best, best_state = val_acc, copy.deepcopy(model.state_dict())
+        record = EpochResult(
+            epoch, train_loss, train_acc, val_loss, val_acc, lr_now, time.perf_counter() - began, stage
+        )
+        history.append(record)
+        on_epoch(record, improved)
+    model.load_state_dict(best_state)
+    return best, history
+
+
+def freeze_schedule(epochs: int) -> tuple[int, int]:
+    """(epoch index from which BatchNorm statistics are frozen, from which observers are frozen) in QAT: late,
+    over the last third of the epochs (BatchNorm one epoch before the observers when there are 4 or more)."""
+    observers = epochs - max(1, epochs // 3)
+    bn = max(0, observers - 1) if epochs >= 4 else observers
+    return bn, observers
+
+
+def run_int8_training(cfg: Any, *, log: Callable[[str], None] = print) -> Any:
+    """``graft train --mode freeze --int8`` and ``graft train --mode qat`` (from :func:`graft.training.run_training`).
+
+    freeze --int8: the backbone is quantized (calibrated on ``cfg.calib`` training images) and a float head trains
+    on its int8 features; the same head trained on the float features gives ``fp32_val_acc``.
+    qat: the head trains first on float features (``--head-epochs``), then every layer trains with fake
+    quantization (``--epochs``), BatchNorm statistics and observers frozen over the last third; then int8.
+    """
+    from graft import data as datamod
+    from graft import training as T
+    from graft.backbones import get_backbone
+    from graft.heads import HeadSpec
+    from graft.model import build_model, choose_weights
+    from graft.runtime import seed_everything
+
+    if getattr(cfg, "resume", None):
+        raise ConfigError("--resume does not apply to int8 runs (--int8, --mode qat) yet; start the run again")
+    if cfg.device not in ("auto", "cpu"):
+        raise ConfigError(
+            f"int8 training runs on the CPU (int8 kernels are CPU kernels); use --device cpu, not {cfg.device}"
+        )
+    started = time.perf_counter()
+    backend = choose_backend()
+    device = torch.device("cpu")
+    generator = seed_everything(cfg.seed)
+    spec = get_backbone(cfg.arch)
+    chosen = choose_weights(spec, cfg.pretrained)
+    preprocess = chosen.preprocess if chosen else spec.preprocess
+    keep = min(1 << 30, int(datamod.available_memory() * 0.1))
+    dataset = datamod.scan(
+        cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=preprocess.resize_size, keep_decoded=keep
+    )
+    model, weights, pretrained = build_model(
+        spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
+    )
+    run_dir = T._make_run_dir(cfg)
+    what = "freeze --int8" if cfg.mode == "freeze" else "qat"
+    log(
+        f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}), {what}, {len(dataset.train)} train / "
+        f"{len(dataset.val)} val images, {len(dataset.classes)} classes, cpu"
+    )
+    stages = cfg.stages()
+    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
+    ckpt.atomic_write_json(run_dir / "data_report.json", dataset.report.to_dict() | {"split": dataset.split_dict()})
+    meta = T._model_meta(cfg, spec, weights, pretrained, preprocess, dataset.classes)
+    cache_key = None
+    if pretrained.sha256:
+        cache_key = {"arch": spec.name, "arch_kwargs": meta["arch_kwargs"], "weights_sha256": pretrained.sha256}
+        cache_key["device"] = "cpu"
+    fp32_model = copy.deepcopy(model)
+    n_fp32_bytes = float_bytes(model)
+    size = preprocess.input_size
+    rows: list[list[Any]] = []
+
+    def on_epoch(r: Any, improved: bool) -> None:
+        rows.append(r.row())
+        ckpt.write_csv(run_dir / "results.csv", T.RESULTS_HEADER, rows)
+        log(
+            f"epoch {r.epoch:>3} {r.stage:<4} train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
+            f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
+            + ("  *best" if improved else "")
+        )
+
+    data = T._StageData(cfg, model, dataset, preprocess, device, generator, cache_key, log)
+    train_samples = dataset.train
+    calib_paths = [s.path for s in train_samples]
+    calib_clf = _PreprocessOnly(preprocess)
+    history: list[Any] = []
+    if cfg.mode == "freeze":
+        head0 = copy.deepcopy(model.head)
+        model.freeze()
+        lr = stages[0][2]
+        fp32_acc, _ = _fit(
+            model.head,
+            *data.features(),
+            cfg=cfg,
+            lr=lr,
+            epochs=cfg.epochs,
+            stage="fp32",
+            first_epoch=1,
+            on_epoch=lambda r, imp: None,
+        )
+        log(f"fp32 head on float features (reference): val acc {fp32_acc:.4f}")
+        fp32_model = copy.deepcopy(model)
+        calibration = calibration_batches(calib_clf, calib_paths, cfg.calib)
+        body = quantize_body(model.body, calibration, size, backend=backend, what=cfg.arch, log=log)
+        int8_model = _graft_model(body, head0)
+        int8_model.freeze()
+        int8_data = T._StageData(cfg, int8_model, dataset, preprocess, device, generator, None, log)
+        _, history = _fit(
+            int8_model.head,
+            *int8_data.features(),
+            cfg=cfg,
+            lr=lr,
+            epochs=cfg.epochs,
+            stage="head",
+            first_epoch=1,
+            on_epoch=on_epoch,
+        )
+        head = int8_model.head
+        info: dict[str, Any] = {"method": "freeze-int8", "calibration_images": sum(len(b) for b in calibration)}
+    else:
+        first = 1
+        if cfg.head_epochs:
+            model.freeze()
+            _, history = _fit(
+                model.head,
+                *data.features(),
+                cfg=cfg,
+                lr=stages[0][2],
+                epochs=cfg.head_epochs,
+                stage="head",
+                first_epoch=1,
+                on_epoch=on_epoch,
+            )
+            first = len(history) + 1
+        model.unfreeze()
+        body, head, fp32_acc, qat_history, calibration = _qat(
+            cfg, model, data, backend, size, stages[-1][2], first, on_epoch, log
+        )
+        history += qat_history
+        fp32_model = model
+        bn, obs = freeze_schedule(cfg.epochs)
+        info = {"method": "qat", "bn_frozen_from_epoch": first + bn, "observers_frozen_from_epoch": first + obs}
+    int8, program, backend, check = quantize_and_load(
+        None, head, calibration, meta, run_dir, backend=backend, what=cfg.arch, log=log, converted=body
+    )
+    val_paths = [s.path for s in dataset.val]
+    val_labels = [s.label for s in dataset.val]
+    int8_acc = accuracy(int8, val_paths, val_labels, batch_size=cfg.batch_size)
+    log(f"int8 val acc {int8_acc:.4f} (fp32 {fp32_acc:.4f})")
+    figures = measure(fp32_model, int8, fp32_acc, int8_acc, n_fp32_bytes, len(program), size)
+    info |= {"backend": backend.to_dict(), "compiled_check": check}
+    write_int8_run(run_dir, meta, program, figures, info, n_val=len(val_paths))
+    metrics = ckpt.read_json(run_dir / "metrics.json") | {
+        "epochs_run": len(history),
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "n_train": len(dataset.train),
+    }
+    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    result = QuantizeResult(run_dir, figures)
+    log(f"int8: {result.summary()}; run saved to {run_dir}")
+    return T.RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _graft_model(body: nn.Module, head: nn.Module) -> nn.Module:
+    from graft.model import GraftModel
+
+    return GraftModel(Int8Program(body), head)
+
+
+class _PreprocessOnly:
+    """What :func:`calibration_batches` needs from a classifier: ``tensor(path)`` with the eval transform."""
+
+    def __init__(self, preprocess: Any) -> None:
+        from graft.preprocess import eval_transform
+
+        self.preprocess = preprocess
+        self._transform = eval_transform(preprocess)
+
+    def tensor(self, path: Path) -> torch.Tensor:
+        from graft.data import load_rgb
+
+        return self._transform(load_rgb(path, draft=self.preprocess.resize_size))
+
+
+def _qat(
+    cfg: Any,
+    model: nn.Module,
+    data: Any,
+    backend: Backend,
+    size: int,
+    lr: float,
+    first_epoch: int,
+    on_epoch: Callable[[Any, bool], None],
+    log: Callable[[str], None],
+) -> tuple[nn.Module, nn.Module, float, list[Any], dict[str, Any]]:
+    """Fine-tune every layer with fake quantization, then convert. Returns (int8 body, head, float val acc of the
+    trained weights, history, a batch of images to check the compiled program on)."""
+    from torchao.quantization.pt2e import disable_fake_quant, disable_observer, move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    from graft.training import run_epoch
+
+    model.train()
+    graph = export_module(model.body, size, what=cfg.arch).module()
+    qat = _QatModel(prepare_qat_pt2e(graph, backend.quantizer(is_qat=True)), model.head)
+    train_data, val_data = data.images()
+    bn_epoch, obs_epoch = freeze_schedule(cfg.epochs)
+
+    def before_epoch(i: int) -> None:
+        if i == bn_epoch and not qat.bn_frozen:
+            qat.bn_frozen = True
+            log(f"qat: BatchNorm statistics frozen from epoch {first_epoch + i}")
+        if i == obs_epoch:
+            qat.body.apply(disable_observer)
+            log(f"qat: observers frozen from epoch {first_epoch + i} (quantization ranges fixed)")
+
+    _, history = _fit(
+        qat,
+        train_data,
+        val_data,
+        cfg=cfg,
+        lr=lr,
+        epochs=cfg.epochs,
+        stage="qat",
+        first_epoch=first_epoch,
+        on_epoch=on_epoch,
+        before_epoch=before_epoch,
+    )
+    # The float accuracy of the trained weights: the same graph with fake quantization switched off.
+    qat.body.apply(disable_fake_quant)
+    _, fp32_acc = run_epoch(qat, val_data, nn.CrossEntropyLoss(), torch.device("cpu"))
+    from torchao.quantization.pt2e import enable_fake_quant
+
+    qat.body.apply(enable_fake_quant)
+    move_exported_model_to_eval(qat.body)
+    body = _strip_unused(convert_pt2e(qat.body))
+    return body, qat.head, fp32_acc, history, [next(iter(val_data))[0]]
