@@ -142,22 +142,50 @@ def _payload_sha256(data: bytes) -> str:
     return hashlib.sha256(memoryview(data)[8 + n :]).hexdigest()
 
 
+#: torch dtype name -> safetensors dtype tag (the dtypes graft's models and states hold).
+_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}
+
+
 def _serialize(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes whose metadata also holds the sha256 of the tensor bytes (``graft.tensors_sha256``)."""
-    from safetensors.torch import save
+    """safetensors bytes whose metadata also holds the sha256 of the tensor bytes (``graft.tensors_sha256``).
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}  # no shared storage
-    payload = _payload_sha256(save(tensors))  # the tensor bytes do not depend on the metadata
-    return _canonical(save(tensors, metadata=metadata | {"graft.tensors_sha256": payload}))
+    Written here rather than by ``safetensors.torch.save``: that one needs fresh copies of tensors that share
+    storage and a second pass for the metadata, 80 ms for MobileNetV2 against 15 ms here, paid after every
+    improved epoch. The layout is safetensors' own (little-endian header length, JSON header with sorted keys
+    padded to 8 bytes, tensors back to back in name order), read by ``safetensors.torch.load``.
+    """
+    import torch
 
-
-def _canonical(data: bytes) -> bytes:
-    """The same safetensors bytes with the header's keys sorted: safetensors writes the metadata in hash-map
-    order, which varies between processes, and a run's files must not (equal runs give equal files)."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # tensor data stays 8-byte aligned, as safetensors writes it
-    return struct.pack("<Q", len(header)) + header + data[8 + n :]
+    header: dict[str, Any] = {}
+    chunks: list[Any] = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach()
+        tag = _DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if tag is None:
+            raise TypeError(f"cannot store a {t.dtype} tensor ({name}) in a safetensors file")
+        raw = t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()  # a view, copied once by join
+        header[name] = {"dtype": tag, "shape": list(t.shape), "data_offsets": [offset, offset + raw.nbytes]}
+        chunks.append(raw)
+        offset += raw.nbytes
+    payload = b"".join(chunks)
+    header["__metadata__"] = metadata | {"graft.tensors_sha256": hashlib.sha256(payload).hexdigest()}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # tensor data 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + payload
 
 
 def save_model(run_dir: Path, state_dict: dict[str, Any], meta: dict[str, Any]) -> str:

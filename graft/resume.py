@@ -3,8 +3,11 @@
 After every finished epoch, ``RUN_DIR/resume.safetensors`` is rewritten atomically (no pickle: tensors as
 safetensors, everything else as JSON in its metadata, see :func:`graft.checkpoint.save_state`) with what the next
 epoch needs: the model's weights, the optimizer's and the scheduler's state, every RNG state (Python, NumPy, torch,
-the data-order generator), the stage, the best weights and accuracy so far and every epoch's results. That file is
-the commit point of an epoch: a kill at any moment loses at most the epoch in progress, and the files written after
+the data-order generator), the stage, the best weights and accuracy so far and every epoch's results. During a head
+stage (frozen body) only the head's weights are stored, with the sha256 of the body's: the body is what the run
+started from (its weights file, or the seeded random init), rebuilt identically on resume and checked against
+that sha256, so an epoch's state is kilobytes, not two copies of the network. That file is the commit point of an
+epoch: a kill at any moment loses at most the epoch in progress, and the files written after
 it (results.csv, the best model) are rewritten identically when that epoch runs again.
 
 A resumed CPU run without decoding worker processes (the default on small machines) ends with the same weights and
@@ -26,7 +29,9 @@ from graft.config import TrainConfig
 from graft.errors import ConfigError, RunError
 
 RESUME_FILE = "resume.safetensors"
-VERSION = 1
+VERSION = 2
+#: State-dict prefix of the part of a :class:`graft.model.GraftModel` that a head stage leaves unchanged.
+FIXED = "body."
 
 #: Options that only say where the run is: they may differ when resuming.
 _WHERE = {"out", "name", "exist_ok", "resume"}
@@ -89,18 +94,33 @@ class Progress:
         passed to ``fit(start=...)``."""
         from graft.training import FitResult
 
-        model.load_state_dict(self.state["model"])
+        fixed = self.state.get("fixed")
+        if fixed is None:
+            model.load_state_dict(self.state["model"])
+        else:  # a head stage: the body is the one the run started from, as rebuilt now
+            if fixed_sha256(model) != fixed["sha256"]:
+                raise RunError(
+                    "the frozen backbone's weights differ from those the run started with (another weights file "
+                    "for --pretrained?): the run cannot be resumed; start it again without --resume"
+                )
+            keys = model.load_state_dict(self.state["model"], strict=False)
+            if keys.unexpected_keys or any(not k.startswith(FIXED) for k in keys.missing_keys):
+                raise RunError(f"the saved state does not fit the model ({keys}); start the run again")
         optimizer.load_state_dict(self.state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(self.state["scheduler"])
         _set_rng(self.state["rng"], generator)
         fit = self.state["fit"]
+        best_state = fit["best_state"]
+        if fit.get("best_state_fixed"):  # stored without the body: add the (unchanged) body back
+            body = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(FIXED)}
+            best_state = body | best_state
         return FitResult(
             best_val_acc=fit["best_val_acc"],
             best_epoch=fit["best_epoch"],
             history=self.history[self.stage_first_epoch - 1 :],
             stale=fit["stale"],
-            best_state=fit["best_state"],
+            best_state=best_state,
         )
 
 
@@ -141,8 +161,11 @@ class ProgressSaver:
         self.path.unlink(missing_ok=True)
 
     def stage(self, index: int, *, best: tuple[float, int], earlier: list[Any], optimizer: Any, scheduler: Any) -> None:
-        """A stage starts (or resumes): ``best`` (accuracy, epoch) and ``earlier`` epochs are those before it."""
+        """A stage starts (or resumes): ``best`` (accuracy, epoch) and ``earlier`` epochs are those before it.
+        When the model's body is frozen, its sha256 is taken now, once for the stage's epochs."""
+        frozen = _body_frozen(self.model)
         self._stage = {
+            "fixed": {"prefix": FIXED, "sha256": fixed_sha256(self.model)} if frozen else None,
             "index": index,
             "first_epoch": len(earlier) + 1,
             "best": best,
@@ -154,6 +177,11 @@ class ProgressSaver:
     def save(self, result: Any) -> None:
         """Write the state after an epoch of the current stage (``result``: fit's ``FitResult`` so far)."""
         s = self._stage
+        model, best, best_fixed = self.model.state_dict(), result.best_state, False
+        if s["fixed"] is not None:  # a head stage: the body is not stored, see the module's docstring
+            model = {k: v for k, v in model.items() if not k.startswith(FIXED)}
+            if best is not None and any(k.startswith(FIXED) for k in best):
+                best, best_fixed = {k: v for k, v in best.items() if not k.startswith(FIXED)}, True
         ckpt.save_state(
             self.path,
             {
@@ -166,14 +194,35 @@ class ProgressSaver:
                     "best_val_acc": result.best_val_acc,
                     "best_epoch": result.best_epoch,
                     "stale": result.stale,
-                    "best_state": result.best_state,
+                    "best_state": best,
+                    "best_state_fixed": best_fixed,
                 },
-                "model": self.model.state_dict(),
+                "fixed": s["fixed"],
+                "model": model,
                 "optimizer": s["optimizer"].state_dict(),
                 "scheduler": s["scheduler"].state_dict() if s["scheduler"] is not None else None,
                 "rng": _get_rng(self.generator, self.device),
             },
         )
+
+
+def _body_frozen(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a :class:`graft.model.GraftModel` whose body does not train (a head stage)."""
+    body = getattr(model, "body", None)
+    return isinstance(body, torch.nn.Module) and not any(p.requires_grad for p in body.parameters())
+
+
+def fixed_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the body's state (names, dtypes, shapes, bytes): what a head stage's saved state relies on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if name.startswith(FIXED):
+            t = t.detach().to("cpu").contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _get_rng(generator: torch.Generator, device: torch.device) -> dict[str, Any]:

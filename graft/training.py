@@ -295,6 +295,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         saver.discard()  # a reused --name must not resume someone else's state
     rows: list[list[Any]] = [r.row() for r in progress.history] if progress else []
     curves = CurvesWriter(run_dir, log=log)  # redrawn after slow epochs; the report draws the final one
+    saved_epoch = [0]  # the epoch whose weights model.safetensors holds (0: none saved by this process)
 
     def on_epoch(r: EpochResult, improved: bool, result: FitResult) -> None:
         rows.append(r.row())
@@ -306,6 +307,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         )
         if improved:  # a crash later loses at most the epochs after the best one
             _save_model(run_dir, model, meta)
+            saved_epoch[0] = r.epoch
         curves()
         saver.save(result)  # last: the epoch is done once this is written (--resume goes on from here)
 
@@ -349,7 +351,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             if result.best_epoch:
                 best_acc, best_epoch = result.best_val_acc, result.best_epoch
     fit_seconds = time.perf_counter() - fit_start
-    _save_model(run_dir, model, meta)
+    if not best_epoch or saved_epoch[0] != best_epoch:  # else the file already holds the best weights
+        _save_model(run_dir, model, meta)
     metrics = {
         "best_val_acc": best_acc,
         "best_epoch": best_epoch,

@@ -261,6 +261,7 @@ NON_ATOMIC_ALLOWED = {
     "features.py": "append-only feature matrix (a crash leaves a partial row, dropped; rows carry a crc32) and a "
     "lock file; its index is written atomically",
     "predict.py": "predict --out streams rows to OUT.partial, fsyncs it and renames it to OUT",
+    "distributed.py": "the merged predict --out of several processes: OUT.partial, fsync, rename to OUT",
     "serve.py": "an upload's scratch copy in a private temporary folder",
 }
 

@@ -194,3 +194,27 @@ def test_a_planted_pickle_as_resume_state_is_refused_unrun(staged, tmp_path, mon
     with pytest.raises(RunError, match="not a graft training state file"):
         graft.train(data, out=out, resume=out / "r", **STAGED)
     assert not marker.exists()
+
+
+def test_head_stage_state_holds_the_head_only_and_checks_the_body(staged, tmp_path, monkeypatch) -> None:
+    """In a head stage the body is fixed: the per-epoch state stores the head (kilobytes, not the network) with the
+    body's sha256, and a resumed run whose rebuilt body differs is refused rather than silently continued."""
+    from graft import resume
+
+    data, _ = staged
+    out = tmp_path / "runs"
+    crash_at(monkeypatch, 4)  # killed during epoch 2 of the head stage
+    with pytest.raises(Crash):
+        graft.train(data, out=out, name="r", **STAGED)
+    path = out / "r" / RESUME_FILE
+    state = ckpt.load_state(path)
+    assert state["model"] and all(k.startswith("head.") for k in state["model"])
+    assert all(not k.startswith("body.") for k in state["fit"]["best_state"])
+    assert len(state["fixed"]["sha256"]) == 64
+    assert path.stat().st_size < 100_000  # mobilenet_v3_small's body alone is ~4 MB
+
+    state["fixed"]["sha256"] = "0" * 64  # as if --pretrained now resolved to another weights file
+    ckpt.save_state(path, state)
+    with pytest.raises(RunError, match="frozen backbone's weights differ"):
+        graft.train(data, out=out, name="r", resume=out / "r", **STAGED)
+    assert state["version"] == resume.VERSION
