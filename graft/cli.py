@@ -70,9 +70,16 @@ def _config(cls: type, args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from graft import distributed as dist
     from graft.training import run_training
 
-    run_training(_config(C.TrainConfig, args))
+    cfg: C.TrainConfig = _config(C.TrainConfig, args)
+    if cfg.nproc is not None and cfg.nproc > 1:
+        if dist.launched():
+            raise GraftError("--nproc launches torchrun itself: under torchrun, leave it out")
+        return dist.relaunch(args.argv, cfg.nproc)  # this command again, as N processes
+    run_training(cfg)
+    dist.shutdown()
     return 0
 
 
@@ -83,6 +90,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names = read_category_names(cfg.category_names) if cfg.category_names else {}
     if cfg.out is not None:
         return _predict_to_csv(cfg, names)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GraftError("under torchrun, graft predict shares the files out only with --out FILE.csv; add --out")
     clf = load(cfg.run, device=cfg.device)
     results = []
     for r in clf.predict_paths(expand_paths(cfg.paths), top_k=cfg.top_k, batch_size=cfg.batch_size):
@@ -108,13 +117,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
+    from graft import distributed as dist
     from graft.predict import iter_paths, load, predict_to_csv
 
     if cfg.json or cfg.plot or cfg.explain:
         raise GraftError("--out writes a CSV file; leave out --json, --plot and --explain, or leave out --out")
     iter_paths(cfg.paths)  # a missing input fails before the model loads
-    clf = load(cfg.run, device=cfg.device)
-    s = predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
+    if dist.launched():  # under torchrun: each process classifies its share of the files, rank 0 merges
+        from graft.runtime import pick_device
+
+        clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))))
+        s = dist.predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
+        dist.shutdown()
+        if not dist.is_main():
+            return 0
+    else:
+        clf = load(cfg.run, device=cfg.device)
+        s = predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
     print(
         f"{s.images} images ({s.errors} unreadable) in {s.seconds:.1f}s, {s.images_per_second:.1f} images/s; "
         f"wrote {s.path}",
@@ -279,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # graft train --nproc runs the command again
     try:
         return args.func(args)
     except GraftError as e:

@@ -87,6 +87,11 @@ class TrainConfig:
     seed: int = opt(0, "random seed (CPU runs with the same seed are repeatable)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
     workers: int | None = opt(None, "image-decoding worker processes (default: from the core count)")
+    nproc: int | None = opt(
+        None,
+        "train with N processes on this machine (DDP through torchrun: one per GPU with nccl, or CPU processes with "
+        "gloo); --batch-size stays the global batch. For several machines run torchrun yourself (see the README)",
+    )
     out: Path = opt(Path("runs"), "folder that holds run directories")
     name: str | None = opt(None, "run directory name (default: a fresh numbered name)")
     exist_ok: bool = opt(False, "reuse --name if the run directory exists (its files are replaced)")
@@ -121,6 +126,7 @@ class TrainConfig:
             (not self.int8 or self.mode == "freeze", "--int8 goes with --mode freeze; for fine-tuning use --mode qat"),
             (self.calib >= 1, f"--calib must be >= 1 (got {self.calib})"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
+            (self.nproc is None or self.nproc >= 1, f"--nproc must be >= 1 (got {self.nproc})"),
         ]
         for ok, message in checks:
             if not ok:

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,15 +181,20 @@ def cached_features(
     desc: str = "features",
     view: int = 0,
     decoded: DecodedImages | None = None,
+    extract: Callable[..., torch.Tensor] = extract_features,
+    write: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
     only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
+
+    ``extract`` computes the missing rows (``graft.distributed.sharded`` splits them across torchrun's processes);
+    ``write=False`` leaves the store as it is (ranks other than 0, which stores the rows of all).
     """
     store = FeatureStore({"version": CACHE_VERSION, **key, "preprocess": preprocess.to_dict(), "view": view})
     identities = [file_identity(s.path) for s in samples]
     found, missing = store.lookup(identities)
     if missing:
-        new = extract_features(
+        new = extract(
             body,
             [samples[i] for i in missing],
             preprocess,
@@ -200,7 +205,8 @@ def cached_features(
             view=view,
             decoded=decoded,
         ).numpy()
-        store.add([identities[i] for i in missing], new)
+        if write:
+            store.add([identities[i] for i in missing], new)
         found.update(zip(missing, new, strict=True))
     if not samples:
         return torch.empty(0), 0

@@ -260,6 +260,7 @@ def predict_to_csv(
     batch_size: int = 32,
     workers: int | None = None,
     names: dict[str, str] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> CsvSummary:
     """Classify every image under ``inputs`` (files or folders) into a CSV file, streaming.
 
@@ -268,16 +269,21 @@ def predict_to_csv(
     cells are then empty). Rows are in :func:`iter_paths` order and written batch by batch to ``OUT.partial``,
     renamed to ``out`` at the end, so memory stays constant and an interrupted run keeps the rows it finished.
     A progress bar shows on an interactive terminal. ``names`` maps class names to display names.
+    ``shard=(i, n)`` classifies only every ``n``-th file from the ``i``-th (one process's share under torchrun,
+    see :func:`graft.distributed.predict_to_csv`).
     """
     import csv
+    import itertools
     import sys
     import time
 
     from graft.runtime import progress
 
     out = Path(out)
-    paths = iter_paths(inputs)
+    index, count = shard
+    paths = itertools.islice(iter_paths(inputs), index, None, count)
     total = sum(1 for _ in iter_paths(inputs)) if sys.stderr.isatty() else None  # a cheap walk, for the bar only
+    total = len(range(index, total, count)) if total is not None else None
     partial = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
     names = names or {}

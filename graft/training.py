@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from graft import checkpoint as ckpt
+from graft import distributed as dist
 from graft.config import TrainConfig
 from graft.errors import ConfigError, DataError, ResourceError, RunError
 from graft.heads import HeadSpec
@@ -102,7 +103,7 @@ def run_epoch(
     training = optimizer is not None
     model.train(training)
     if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
-        model = _inference_model(model, device)
+        model = _inference_model(dist.unwrap(model), device)
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
@@ -117,6 +118,8 @@ def run_epoch(
             total_loss += loss.item() * labels.size(0)
             correct += (logits.argmax(1) == labels).sum().item()
             seen += labels.size(0)
+    # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
+    total_loss, correct, seen = dist.epoch_totals(loader, total_loss, correct, seen)
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
@@ -237,6 +240,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     if cfg.int8 or cfg.mode == "qat":  # int8 runs: graft.quantization
         from graft.quantization import run_int8_training
 
+        dist.refuse("--int8 / --mode qat")
         return run_int8_training(cfg, log=log)
     from graft import data as datamod
     from graft import resume
@@ -247,7 +251,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
 
     started = time.perf_counter()
     changed = resume.check_resumable(cfg) if cfg.resume else []  # before any work: same options as the first time
-    device = pick_device(cfg.device)
+    # under torchrun: join the process group; this rank's GPU
+    device = dist.setup(pick_device(cfg.device), nproc=cfg.nproc)
+    if not dist.is_main():
+        log = _silent  # rank 0 speaks for all
     generator = seed_everything(cfg.seed)
     spec = get_backbone(cfg.arch)
     chosen = choose_weights(spec, cfg.pretrained)
@@ -261,7 +268,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     model, weights, pretrained = build_model(
         spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
     )
-    run_dir = cfg.resume or _make_run_dir(cfg)
+    run_dir = cfg.resume or dist.on_main(lambda: _make_run_dir(cfg))  # rank 0 picks the name for all
     if cfg.resume:
         _check_same_split(run_dir, dataset)
     log(
@@ -271,8 +278,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     if dataset.report.skipped:
         log(f"skipped {len(dataset.report.skipped)} file(s), see {run_dir / 'data_report.json'}")
     stages = cfg.stages()
-    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
-    ckpt.atomic_write_json(run_dir / "data_report.json", dataset.report.to_dict() | {"split": dataset.split_dict()})
+    if dist.is_main():  # only rank 0 writes the run directory
+        config = cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages}
+        ckpt.atomic_write_json(run_dir / "config.json", config)
+        ckpt.atomic_write_json(run_dir / "data_report.json", dataset.report.to_dict() | {"split": dataset.split_dict()})
 
     meta = _model_meta(cfg, spec, weights, pretrained, preprocess, dataset.classes)
     model.to(device)
@@ -291,13 +300,15 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     if cfg.resume:
         done = f"after epoch {len(progress.history)}" if progress else "from the start (no epoch had finished)"
         log(f"resuming {run_dir} {done}" + (f"; changed: {', '.join(changed)}" if changed else ""))
-    else:
+    elif dist.is_main():
         saver.discard()  # a reused --name must not resume someone else's state
     rows: list[list[Any]] = [r.row() for r in progress.history] if progress else []
     curves = CurvesWriter(run_dir, log=log)  # redrawn after slow epochs; the report draws the final one
     saved_epoch = [0]  # the epoch whose weights model.safetensors holds (0: none saved by this process)
 
     def on_epoch(r: EpochResult, improved: bool, result: FitResult) -> None:
+        if not dist.is_main():
+            return
         rows.append(r.row())
         ckpt.write_csv(run_dir / "results.csv", RESULTS_HEADER, rows)
         log(
@@ -325,6 +336,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
             if cfg.compile and not on_features:
                 target = torch.compile(target)  # the unwrapped model is what gets saved
+            if not on_features:  # under torchrun: DDP (a head on stored features trains on every rank alike)
+                target = dist.wrap(target, device)
             optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad], lr)
             scheduler = make_scheduler(cfg, optimizer, epochs)
             start = None
@@ -350,8 +363,9 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             history = history + result.history
             if result.best_epoch:
                 best_acc, best_epoch = result.best_val_acc, result.best_epoch
+            best_acc, best_epoch = dist.broadcast_object((best_acc, best_epoch))  # ranks decide alike from here
     fit_seconds = time.perf_counter() - fit_start
-    if not best_epoch or saved_epoch[0] != best_epoch:  # else the file already holds the best weights
+    if dist.is_main() and (not best_epoch or saved_epoch[0] != best_epoch):  # else the file holds the best weights
         _save_model(run_dir, model, meta)
     metrics = {
         "best_val_acc": best_acc,
@@ -364,7 +378,9 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
         "n_val": len(dataset.val),
         "classes": dataset.classes,
         "device": str(device),
-    }
+    } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
+    if not dist.is_main():
+        return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
     ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
     log(
         f"best val acc {best_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
@@ -449,7 +465,7 @@ class _StageData:
                 val = ImageDataset(ds.val, eval_transform(p), draft=p.resize_size)
                 workers = self.workers
             ds.decoded.clear()  # what the scan kept and no stage took
-            self._images = (
+            self._images = dist.shard_loaders(  # under torchrun: each rank its share
                 train_loader(train, batch_size=cfg.batch_size, workers=workers, generator=self.generator),
                 inference_loader(val, batch_size=cfg.batch_size, workers=workers),
             )
@@ -483,12 +499,21 @@ def _features(
         "decoded": decoded,
     }
     if cache_key is None:
-        return extract_features(model.body, samples, preprocess, **kwargs)
+        return dist.sharded(extract_features)(model.body, samples, preprocess, **kwargs)
     start = time.perf_counter()
-    feats, computed = cached_features(model.body, samples, preprocess, cache_key, **kwargs)
+    # under torchrun: the ranks compute shares of the missing rows, rank 0 stores them all, the others wait for it
+    extract, write = dist.sharded(extract_features), dist.is_main()
+    feats, computed = cached_features(
+        model.body, samples, preprocess, cache_key, extract=extract, write=write, **kwargs
+    )
+    dist.barrier()
     seconds = time.perf_counter() - start
     log(f"{name}: {len(samples) - computed} from cache, {computed} computed ({seconds:.1f}s)")
     return feats
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _check_same_split(run_dir: Path, dataset: Any) -> None:
