@@ -36,6 +36,11 @@ IMAGE_FORMATS: frozenset[str] = frozenset(
 #: Images declaring more pixels than this are refused unopened (Pillow's own error threshold).
 MAX_PIXELS: int = 89_478_485 * 2
 
+#: Longest side / shortest side kept by :func:`load_rgb`: a longer image is cropped to its centre. Every later step
+#: resizes the shorter side to ~256 pixels, so a 20000x1 PNG of a few hundred bytes would become gigabytes (a cheap
+#: way to exhaust a server's memory); the crop is invisible to the centre crop the model sees.
+MAX_ASPECT: int = 16
+
 #: Placeholder graphics that are valid images but not photos of anything: sha256 -> description.
 KNOWN_PLACEHOLDERS: dict[str, str] = {
     "6b4966252973c581b521f804453c6a0649ea6a2ce7e3e5c7deeb7d80623de231": (
@@ -91,7 +96,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image.Image:
     """Open an image by its content and return it fully decoded as 8-bit RGB.
 
-    EXIF orientation is applied; animations give their first frame; grayscale, 16-bit, float, palette, CMYK,
+    EXIF orientation is applied; animations give their first frame; an image more than :data:`MAX_ASPECT` times
+    longer than wide (or the reverse) is cropped to its centre; grayscale, 16-bit, float, palette, CMYK,
     YCbCr and LAB images are converted (16-bit and float data are scaled to 0..255, not clipped); transparent
     pixels are composited over white.
 
@@ -135,7 +141,7 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
                 frame = ImageOps.exif_transpose(im)
             except Exception:  # a malformed EXIF block should not reject an otherwise good photo
                 frame = im.copy()
-            return _to_rgb(frame)
+            return _to_rgb(_limit_aspect(frame))
     except ImageError:
         raise
     except PermissionError as e:
@@ -150,6 +156,18 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
         if "truncated" in msg.lower():
             raise ImageError(p, "truncated image data: the file ends early (incomplete download or copy?)") from None
         raise ImageError(p, f"corrupt image data ({msg})") from None
+
+
+def _limit_aspect(im: Image.Image) -> Image.Image:
+    """``im`` cropped to its centre when one side is more than :data:`MAX_ASPECT` times the other."""
+    w, h = im.size
+    if w > MAX_ASPECT * h:
+        left = (w - MAX_ASPECT * h) // 2
+        return im.crop((left, 0, left + MAX_ASPECT * h, h))
+    if h > MAX_ASPECT * w:
+        top = (h - MAX_ASPECT * w) // 2
+        return im.crop((0, top, w, top + MAX_ASPECT * w))
+    return im
 
 
 def _bomb_reason(size: str) -> str:

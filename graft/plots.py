@@ -40,9 +40,32 @@ def _save(fig: Any, path: str | Path, *, dpi: int = 100) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
+    _printable(fig)
     fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 3})
     ckpt.atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+def _printable(fig: Any) -> None:
+    """Make every text of ``fig`` drawable: a file or class name that is not UTF-8 is held by Python with lone
+    surrogates, which matplotlib's font code refuses (a crash of the whole figure); they are shown as ``\\xNN``."""
+    from matplotlib.text import Text
+    from matplotlib.ticker import FixedFormatter
+
+    def clean(text: str) -> str:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+    for t in fig.findobj(Text):
+        t.set_text(clean(str(t.get_text())))
+    for ax in fig.axes:  # tick labels are made from the formatter when drawn
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, FixedFormatter):
+                formatter.seq = [clean(str(x)) for x in formatter.seq]
 
 
 def _hwc(image: Any) -> np.ndarray:
