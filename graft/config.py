@@ -81,6 +81,11 @@ class TrainConfig:
         None, "stop after this many epochs without a better val accuracy (default: 5 on stored features, else off)"
     )
     compile: bool = opt(False, "torch.compile the model for image epochs (pays off for long runs, mostly on GPU)")
+    checkpoint_budget: float = opt(
+        0.1,
+        "share of the training time that checkpoints (best model, resume state) may take: after every epoch, "
+        "unless epochs are so fast (GPU) that this would cost more, then spaced out; 1 saves after every epoch",
+    )
     int8: bool = opt(False, "freeze mode: int8 backbone (calibrated on training images) + a float head on its features")
     calib: int = opt(128, "--int8 / --mode qat: training images that calibrate the int8 ranges")
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (stratified, seeded)")
@@ -124,6 +129,7 @@ class TrainConfig:
             (self.feature_views >= 0, f"--feature-views must be >= 0 (got {self.feature_views})"),
             (self.head_epochs >= 0, f"--head-epochs must be >= 0 (got {self.head_epochs})"),
             (not self.int8 or self.mode == "freeze", "--int8 goes with --mode freeze; for fine-tuning use --mode qat"),
+            (0 < self.checkpoint_budget <= 1, f"--checkpoint-budget must be in (0, 1] (got {self.checkpoint_budget})"),
             (self.calib >= 1, f"--calib must be >= 1 (got {self.calib})"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.nproc is None or self.nproc >= 1, f"--nproc must be >= 1 (got {self.nproc})"),

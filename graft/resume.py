@@ -36,7 +36,7 @@ FIXED = "body."
 #: Options that only say where the run is: they may differ when resuming.
 _WHERE = {"out", "name", "exist_ok", "resume"}
 #: Options that change how, not what, is computed: allowed to differ (the resumed run is then not bit-identical).
-_HOW = {"batch_size", "device", "workers", "compile"}
+_HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget"}
 
 
 def check_resumable(cfg: TrainConfig) -> list[str]:

@@ -104,7 +104,10 @@ def run_epoch(
     model.train(training)
     if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
         model = _inference_model(dist.unwrap(model), device)
-    total_loss, correct, seen = 0.0, 0, 0
+    # Sums stay on the device: reading them back per batch would make a GPU wait for every batch.
+    total_loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
             inputs, labels = prepare_input(inputs, device), labels.to(device)
@@ -115,12 +118,12 @@ def run_epoch(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            total_loss += loss.item() * labels.size(0)
-            correct += (logits.argmax(1) == labels).sum().item()
+            total_loss += loss.detach() * labels.size(0)
+            correct += (logits.argmax(1) == labels).sum()
             seen += labels.size(0)
     # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
-    total_loss, correct, seen = dist.epoch_totals(loader, total_loss, correct, seen)
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+    loss_sum, hits, seen = dist.epoch_totals(loader, total_loss.item(), correct.item(), seen)
+    return loss_sum / max(seen, 1), hits / max(seen, 1)
 
 
 def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -305,6 +308,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     rows: list[list[Any]] = [r.row() for r in progress.history] if progress else []
     curves = CurvesWriter(run_dir, log=log)  # redrawn after slow epochs; the report draws the final one
     saved_epoch = [0]  # the epoch whose weights model.safetensors holds (0: none saved by this process)
+    pacer = _Pacer(cfg.checkpoint_budget)
 
     def on_epoch(r: EpochResult, improved: bool, result: FitResult) -> None:
         if not dist.is_main():
@@ -316,11 +320,13 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
             + ("  *best" if improved else "")
         )
-        if improved:  # a crash later loses at most the epochs after the best one
-            _save_model(run_dir, model, meta)
-            saved_epoch[0] = r.epoch
         curves()
-        saver.save(result)  # last: the epoch is done once this is written (--resume goes on from here)
+        if pacer.due():  # after every epoch, unless epochs are much faster than saving (see _Pacer)
+            with pacer.timed():
+                if result.best_epoch > saved_epoch[0]:  # a crash later loses at most the epochs after the best one
+                    _save_model(run_dir, model, meta, best=None if improved else result.best_state)
+                    saved_epoch[0] = result.best_epoch
+                saver.save(result)  # last: the epoch is done once this is written (--resume goes on from here)
 
     fit_start = time.perf_counter()
     best_acc, best_epoch, history = (-1.0, 0, []) if progress is None else progress.before_stage
@@ -440,6 +446,7 @@ class _StageData:
 
     def images(self) -> tuple[Any, Any]:
         from graft.data import ImageDataset, MemoryImageDataset, available_memory, estimated_decoded_bytes
+        from graft.gpu import DeviceBatches, fits_on_device
         from graft.preprocess import eval_crop, eval_transform, normalize, resize_shorter, train_transform
         from graft.runtime import inference_loader, train_loader
 
@@ -447,18 +454,42 @@ class _StageData:
             cfg, p, ds = self.cfg, self.preprocess, self.dataset
             keep = round(p.resize_size * 1.25)  # room for RandomResizedCrop without upsampling most crops
             need = estimated_decoded_bytes(ds.train, keep) + len(ds.val) * 3 * p.input_size**2
-            if need < min(4 << 30, available_memory() * 0.3):
+            # augmented on the GPU (graft.gpu); DDP ranks shard DataLoaders instead
+            on_gpu = fits_on_device(need, self.device) and not dist.is_distributed()
+            if on_gpu or need < min(4 << 30, available_memory() * 0.3):
                 start = time.perf_counter()
                 train = MemoryImageDataset(
-                    ds.train, prepare=resize_shorter(keep, p.interpolation), transform=train_transform(p), draft=keep
+                    ds.train,
+                    prepare=resize_shorter(keep, p.interpolation),
+                    transform=None if on_gpu else train_transform(p),
+                    draft=keep,
                 )
                 val = MemoryImageDataset(
-                    ds.val, prepare=eval_crop(p), transform=normalize(p), draft=p.resize_size, decoded=ds.decoded
+                    ds.val,
+                    prepare=eval_crop(p),
+                    transform=None if on_gpu else normalize(p),
+                    draft=p.resize_size,
+                    decoded=ds.decoded,
                 )
                 self.log(
-                    f"decoded {len(train) + len(val)} images into memory "
+                    f"decoded {len(train) + len(val)} images into {'GPU ' if on_gpu else ''}memory "
                     f"({(train.nbytes + val.nbytes) / 2**20:.0f} MiB, {time.perf_counter() - start:.1f}s)"
                 )
+                if on_gpu:
+                    ds.decoded.clear()
+                    self._images = tuple(
+                        DeviceBatches(
+                            part.images,
+                            [s.label for s in part.samples],
+                            preprocess=p,
+                            batch_size=cfg.batch_size,
+                            device=self.device,
+                            augment=augment,
+                            generator=self.generator,
+                        )
+                        for part, augment in ((train, True), (val, False))
+                    )
+                    return self._images
                 workers = 0  # only crops and flips remain per epoch: cheaper in-process than in workers
             else:
                 train = ImageDataset(ds.train, train_transform(p), draft=p.resize_size)
@@ -581,6 +612,38 @@ def _model_meta(
     }
 
 
-def _save_model(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Weights (with a copy of model.json inside) first, then model.json: see :func:`graft.checkpoint.save_model`."""
-    ckpt.save_model(run_dir, model.state_dict(), meta)
+def _save_model(
+    run_dir: Path, model: nn.Module, meta: dict[str, Any], *, best: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Weights (with a copy of model.json inside) first, then model.json: see :func:`graft.checkpoint.save_model`.
+
+    ``best``: a state dict kept by :func:`fit` for an earlier epoch (of the whole model, or of the head during a
+    head stage, possibly under a DDP ``module.`` prefix) to save instead of the model's current weights."""
+    state = model.state_dict()
+    if best is not None:
+        best = {k.removeprefix("module."): v for k, v in best.items()}
+        state = state | (best if best.keys() <= state.keys() else {f"head.{k}": v for k, v in best.items()})
+    ckpt.save_model(run_dir, state, meta)
+
+
+class _Pacer:
+    """When to checkpoint: after every epoch, unless that would take more than ``budget`` of the training time.
+
+    A ResNet-18 fine-tune on a GPU runs an epoch of hymenoptera in 0.15 s and writes its checkpoint (the model, the
+    best model and the optimizer, with fsync) in ~0.5 s: saving after every epoch would make training 4x slower.
+    Checkpoints are then spaced so that the time since the last one is at least ``cost / budget``; a crash loses at
+    most that much work (a few seconds), and slower epochs (any CPU fine-tune) are still saved every time.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget, self.cost, self.last = budget, 0.0, time.perf_counter()
+
+    def due(self) -> bool:
+        return self.budget >= 1 or time.perf_counter() - self.last >= self.cost / self.budget
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.last = time.perf_counter()
+        self.cost = self.last - start

@@ -22,6 +22,7 @@ from graft.errors import GraftError, ResourceError, RunError, WriteError
 
 GRAFT = Path(graft.__file__).parent
 SMALL = {"arch": "mobilenet_v3_small", "pretrained": "none", "seed": 0, "device": "cpu", "batch_size": 4}
+SMALL["checkpoint_budget"] = 1.0  # a checkpoint after every epoch, however fast: the tests count on it
 TINY = {"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2}
 
 
@@ -196,8 +197,8 @@ def test_nan_loss_stops_with_advice_and_keeps_the_best_model(tmp_image_folder, t
     saved: dict[str, str] = {}
     real_save = graft.training._save_model
 
-    def save_model(*args):
-        real_save(*args)
+    def save_model(*args, **kwargs):
+        real_save(*args, **kwargs)
         saved.update({k: v for k, v in files(run_dir).items() if k.startswith("model.")})
 
     monkeypatch.setattr(graft.training, "_save_model", save_model)
