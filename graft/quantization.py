@@ -189,6 +189,20 @@ class Int8Program(nn.Module):
         return self
 
 
+def _separate_module_calls(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give each call of a module that runs more than once (torchvision's BasicBlock/Bottleneck call one
+    ``self.relu`` two or three times) its own name in the metadata the quantizer groups nodes by. Otherwise the
+    calls form one "partition" with several outputs and X86InductorQuantizer fails on every ResNet ("Input
+    partition has more than one output node", torchao 0.18 + torch 2.14 non-strict export)."""
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and stack:
+            key, (fqn, cls) = list(stack.items())[-1]
+            if "@" in key:  # the second and later calls: "layer1.0.relu@1"
+                stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", cls)
+    return gm
+
+
 def quantize_body(
     body: nn.Module,
     calibration: Sequence[torch.Tensor],
@@ -204,7 +218,8 @@ def quantize_body(
 
     body = copy.deepcopy(body).eval().cpu()
     start = time.perf_counter()
-    prepared = prepare_pt2e(export_module(body, size, what=what).module(), backend.quantizer())
+    graph = _separate_module_calls(export_module(body, size, what=what).module())
+    prepared = prepare_pt2e(graph, backend.quantizer())
     with torch.no_grad():
         for batch in calibration:
             prepared(batch)
@@ -897,7 +912,7 @@ def _qat(
     from graft.training import run_epoch
 
     model.train()
-    graph = export_module(model.body, size, what=cfg.arch).module()
+    graph = _separate_module_calls(export_module(model.body, size, what=cfg.arch).module())
     qat = _QatModel(prepare_qat_pt2e(graph, backend.quantizer(is_qat=True)), model.head)
     bn_index, obs_index = freeze_schedule(cfg.epochs)
     bn_epoch, obs_epoch = first_epoch + bn_index, first_epoch + obs_index

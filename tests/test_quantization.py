@@ -1,0 +1,247 @@
+"""Int8: the quantizer choice, the architecture contract, pickle-free saving and loading, and a real
+post-training quantization of a frozen mobilenet_v2 run on hymenoptera that ``graft predict`` reproduces."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from graft import quantization as Q
+from graft.backbones import get_backbone
+from graft.errors import RunError
+from graft.heads import HeadSpec
+from graft.model import build_model
+
+NAMED = ["mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_lite0"]
+SIZE = 64  # small input: the contract is about graphs, not accuracy
+
+
+def _random_model(name: str) -> nn.Module:
+    """Random weights with BatchNorm statistics set from random images (random init + default statistics make
+    activations vanish through 50 layers, and int8 of nothing says nothing)."""
+    torch.manual_seed(0)
+    model, _, _ = build_model(get_backbone(name), 2, head=HeadSpec(), pretrained="none")
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, SIZE, SIZE))
+    return model.eval()
+
+
+def _calibration() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(8, 3, SIZE, SIZE, generator=g) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def small_program(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """resnet18 (random weights) quantized, saved with its head as model.pt2; its eager reference outputs."""
+    model = _random_model("resnet18")
+    converted = Q.quantize_body(model.body, _calibration(), SIZE, backend=Q.choose_backend(), log=lambda _: None)
+    data = Q.program_bytes(converted, model.head, SIZE)
+    path = tmp_path_factory.mktemp("int8") / Q.PROGRAM_FILE
+    path.write_bytes(data)
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = model.head(converted(x))
+    return {"path": path, "data": data, "sha256": hashlib.sha256(data).hexdigest(), "x": x, "reference": reference}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the quantizer for this CPU
+
+
+def test_backend_follows_the_cpu() -> None:
+    assert Q.choose_backend("x86_64", {"avx2"}).reduce_range is True
+    assert Q.choose_backend("x86_64", {"avx2", "avx512_vnni"}).reduce_range is False
+    assert Q.choose_backend("aarch64", set()).name == "arm_inductor"
+    with pytest.raises(Q.QuantizationError, match="x86-64 and ARM"):
+        Q.choose_backend("riscv64", set())
+    backend = Q.choose_backend()
+    assert backend.quantizer() is not None and backend.quantizer(is_qat=True) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# architectures
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_named_architectures_quantize(name: str) -> None:
+    """Export, prepare, calibrate, convert at a small input: features of the declared width, close to float."""
+    model = _random_model(name)
+    converted = Q.quantize_body(model.body, _calibration(), SIZE, backend=Q.choose_backend(), log=lambda _: None)
+    x = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, out = model.body(x), converted(x)
+    assert out.shape == ref.shape == (4, get_backbone(name).in_features)
+    assert out.dtype == torch.float32  # dequantized before the float head
+    cosine = nn.functional.cosine_similarity(out, ref, dim=1)
+    assert cosine.min() > 0.8, cosine
+    int8_weights = [t for t in converted.state_dict().values() if t.dtype == torch.int8]
+    assert int8_weights, "no int8 weights in the converted graph"
+
+
+def test_uncapturable_model_fails_clearly() -> None:
+    class DataDependent(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean((2, 3)) if x.sum() > 0 else -x.mean((2, 3))  # a branch on the values
+
+    with pytest.raises(Q.QuantizationError, match=r"cannot be captured by torch.export.*mobilenet_v2.*float run"):
+        Q.quantize_body(DataDependent(), _calibration(), SIZE, backend=Q.choose_backend(), what="odd_arch")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# saving and loading: no pickle, nothing executed from the file
+
+
+def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("unpickling during int8 load")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(torch._C, "_pickle_load_obj", forbidden)
+    graph = Q.load_program(small_program["path"], sha256=small_program["sha256"])
+    with torch.no_grad():
+        out = graph(small_program["x"])
+    torch.testing.assert_close(out, small_program["reference"])
+    names = zipfile.ZipFile(small_program["path"]).namelist()
+    assert all(zipfile.ZipFile(small_program["path"]).getinfo(n).compress_type == zipfile.ZIP_DEFLATED for n in names)
+
+
+def test_changed_file_is_refused(small_program: dict[str, Any]) -> None:
+    with pytest.raises(RunError, match="does not match the sha256"):
+        Q.load_program(small_program["path"], sha256="0" * 64)
+
+
+def _rewrite(data: bytes, edit: Any) -> bytes:
+    """The archive with ``edit(name, bytes) -> bytes | None`` applied to each member (None drops it) and
+    ``edit("", None)`` -> extra members ``{name: bytes}``."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            new = edit(name, src.read(name))
+            if new is not None:
+                dst.writestr(name, new)
+        for name, content in (edit("", None) or {}).items():
+            dst.writestr(name, content)
+    return out.getvalue()
+
+
+def _json_edit(suffix: str, change: Any) -> Any:
+    def edit(name: str, content: bytes | None) -> Any:
+        if not name:
+            return None
+        if name.endswith(suffix):
+            obj = json.loads(content)
+            change(obj)
+            return json.dumps(obj).encode()
+        return content
+
+    return edit
+
+
+def _plant_pickled_weight(cfg: dict[str, Any]) -> None:
+    first = next(iter(cfg["config"].values()))
+    first["use_pickle"] = True
+
+
+def _plant_node(program: dict[str, Any], target: str) -> None:
+    program["graph_module"]["graph"]["nodes"][0]["target"] = target
+
+
+def _plant_sym(program: dict[str, Any]) -> None:
+    program["range_constraints"]["__import__('os').system('true')"] = {"min_val": 1, "max_val": 2}
+
+
+PLANTED = {
+    "pickled weight": (_json_edit("model_weights_config.json", _plant_pickled_weight), "with pickle"),
+    "guard code": (_json_edit("models/model.json", lambda p: p.update(guards_code=["import os"])), "guard code"),
+    "foreign call": (_json_edit("models/model.json", lambda p: _plant_node(p, "torch.os.system")), "other than"),
+    "sympy eval": (_json_edit("models/model.json", _plant_sym), "not plain arithmetic"),
+    "sample inputs": (lambda n, c: c if n else {"archive/data/sample_inputs/x.pt": b"\x80"}, "unexpected"),
+}
+
+
+@pytest.mark.parametrize("case", PLANTED)
+def test_planted_code_is_refused(small_program: dict[str, Any], tmp_path: Path, case: str) -> None:
+    edit, message = PLANTED[case]
+    data = _rewrite(small_program["data"], edit)
+    path = tmp_path / Q.PROGRAM_FILE
+    path.write_bytes(data)
+    with pytest.raises(Q.QuantizationError, match=message):
+        Q.load_program(path, sha256=hashlib.sha256(data).hexdigest())  # the hash matches: the archive check refuses
+
+
+def test_pickled_sample_inputs_are_refused(small_program: dict[str, Any]) -> None:
+    def edit(name: str, content: bytes | None) -> Any:
+        if name.endswith("sample_inputs/model.pt"):
+            buf = io.BytesIO()
+            torch.save(((torch.zeros(1),), {}), buf)
+            return buf.getvalue()
+        return content if name else None
+
+    with pytest.raises(Q.QuantizationError, match="pickled example inputs"):
+        Q.check_archive(_rewrite(small_program["data"], edit))
+
+
+def test_not_an_int8_run(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="does not describe an int8 run"):
+        Q.load_int8(tmp_path, {"classes": ["a", "b"]})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the real thing: graft quantize of a frozen mobilenet_v2 run, then graft predict on it
+
+
+FIELDS = [
+    "fp32_val_acc",
+    "int8_val_acc",
+    "fp32_bytes",
+    "int8_bytes",
+    "fp32_images_per_s",
+    "int8_images_per_s",
+    "int8_latency_ms",
+]
+
+
+@pytest.mark.slow
+def test_quantize_frozen_run_and_predict(frozen_run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from graft.cli import main
+
+    monkeypatch.setenv("GRAFT_OFFLINE", "1")
+    run = frozen_run.run_dir
+    assert main(["quantize", str(run), "--calib", "32", "--name", f"{run.name}-q8", "--exist-ok"]) == 0
+    out = run.parent / f"{run.name}-q8"
+    figures = json.loads((out / Q.QUANT_FILE).read_text())
+    assert all(isinstance(figures[k], int | float) and figures[k] > 0 for k in FIELDS), figures
+    assert figures["fp32_val_acc"] == pytest.approx(frozen_run.best_val_acc)
+    assert figures["int8_val_acc"] >= figures["fp32_val_acc"] - 0.03  # 32 calibration images here (128 by default)
+    assert figures["int8_bytes"] <= figures["fp32_bytes"] / 3.5
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["program_sha256"] == hashlib.sha256((out / Q.PROGRAM_FILE).read_bytes()).hexdigest()
+    assert not (out / "model.safetensors").exists()
+
+    # graft predict over the val images reproduces int8_val_acc
+    report = json.loads((run / "data_report.json").read_text())
+    val = [Path(report["root"]) / rel for rel in report["split"]["val"]]
+    table = tmp_path / "predictions.csv"
+    assert main(["predict", str(out), *sorted({str(p.parent) for p in val}), "--out", str(table)]) == 0
+    rows = {r["path"]: r for r in csv.DictReader(table.open())}
+    correct = sum(rows[str(p)]["label"] == p.parent.name for p in val)
+    assert correct / len(val) == pytest.approx(figures["int8_val_acc"])
