@@ -32,9 +32,10 @@ def train_step_rate(arch: str, batch: int, *, fast: bool, compile: bool, steps: 
     """Training images/s of ``arch`` (random weights, 1000 classes) on random device-resident batches."""
     from graft.backbones import get_backbone
     from graft.model import build_model
-    from graft.runtime import autocast, pick_device
+    from graft.runtime import autocast, pick_device, tune_convolutions
 
-    device = pick_device("cuda")  # turns on cuDNN benchmark and TF32
+    device = pick_device("cuda")  # turns on TF32
+    tune_convolutions(device, steps=100_000)  # what graft does for a long training run
     if not fast:  # the plain baseline: exact fp32 everywhere
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -75,7 +76,7 @@ def train_step_rate(arch: str, batch: int, *, fast: bool, compile: bool, steps: 
 
 def finetune_run(data: Path, arch: str, epochs: int, extra: list[str]) -> dict:
     """A whole ``graft train`` process: the tutorial's fine-tuning schedule for ``epochs`` epochs."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # cold: a fresh feature cache and run folder
         cmd = [
             sys.executable, "-m", "graft", "train", str(data), "--arch", arch, "--mode", "finetune",
             "--head-epochs", "0", "--epochs", str(epochs), "--optimizer", "sgd", "--lr", "0.001",

@@ -8,7 +8,6 @@ image (its features are computed once, and the head trains on them).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import platform
 import time
@@ -33,6 +32,7 @@ from graft.runtime import (
     prepare_input,
     progress,
     seed_everything,
+    tune_convolutions,
 )
 
 RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "stage"]
@@ -162,7 +162,7 @@ def fit(
     """
     result = start or FitResult(best_val_acc=best_val_acc, best_epoch=0)
     if result.best_state is None:
-        result.best_state = copy.deepcopy(model.state_dict())
+        result.best_state = _snapshot(model)
     last = first_epoch + epochs - 1
     for epoch in range(first_epoch + len(result.history), last + 1):
         if patience is not None and result.stale >= patience:
@@ -186,7 +186,7 @@ def fit(
         result.stale = 0 if improved else result.stale + 1
         if improved:
             result.best_val_acc, result.best_epoch = val_acc, epoch
-            result.best_state = copy.deepcopy(model.state_dict())
+            result.best_state = _snapshot(model)
         seconds = time.perf_counter() - began
         record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, stage)
         result.history.append(record)
@@ -194,6 +194,12 @@ def fit(
             on_epoch(record, improved, result)
     model.load_state_dict(result.best_state)
     return result
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights, on its device (a tensor clone each; ``copy.deepcopy`` of a ResNet-18 state
+    dict spent 0.1 s per best epoch in Python on a GPU run of 0.15 s epochs)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -340,6 +346,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             else:
                 model.unfreeze()
             target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
+            if not on_features:
+                tune_convolutions(device, steps=epochs * len(train_data))
             if cfg.compile and not on_features:
                 target = torch.compile(target)  # the unwrapped model is what gets saved
             if not on_features:  # under torchrun: DDP (a head on stored features trains on every rank alike)
