@@ -4,30 +4,31 @@
 One pipeline on the current API, torchao's PT2E (``torch.ao.quantization`` is deprecated in torch 2.14):
 ``torch.export`` the backbone (dynamic batch) -> ``prepare_pt2e`` (or ``prepare_qat_pt2e``) with the CPU's
 quantizer -> calibrate on training images (or fine-tune with fake quantization) -> ``convert_pt2e``. The head stays
-float (the tutorial's int8 feature extractor + float head). The int8 backbone and the float head are exported
-together and saved with ``torch.export.save`` as ``model.pt2``; prediction runs it through ``torch.compile``
-(inductor, weights frozen), which lowers the quantize/dequantize patterns to oneDNN int8 kernels. In eager mode the
-same program would be slower than float: compiling is what makes int8 fast.
+float (the tutorial's int8 feature extractor + float head). Body and head are exported together and saved with
+``torch.export.save`` as ``model.pt2``; prediction runs it through ``torch.compile`` (inductor, weights frozen),
+which lowers the quantize/dequantize patterns to oneDNN int8 kernels. Eager, the same graph is slower than float:
+compiling is what makes int8 fast.
 
-Settings for this CPU: X86InductorQuantizer with ``reduce_range=True`` (7-bit activations) unless the CPU has VNNI.
-On the project's AVX2 EPYC without VNNI, 8-bit activations through the x86 kernels gave garbage (REFERENCE.md);
-after compiling, :func:`quantize_body` checks the compiled program against its eager reference on calibration
-images and, when they disagree, redoes the quantization with ``reduce_range=True``.
+Settings by measurement: X86InductorQuantizer with 8-bit activations where the CPU has VNNI, 7-bit
+(``reduce_range``) where it has not (8-bit activations through the x86 kernels gave garbage on an AVX2 CPU without
+VNNI, REFERENCE.md); ArmInductorQuantizer on ARM. After compiling, :func:`quantize_checked` measures the compiled
+program against its eager reference on calibration images and, when they disagree, quantizes again with
+``reduce_range=True``. The check is recorded in ``quantization.json``.
 
-Saving without pickle: ``torch.export.save`` stores the graph as JSON and plain tensors as raw bytes, but it pickles
-tensor subclasses, script objects and the example inputs, and ``torch.export.load`` unpickles whatever the archive's
-own config marks as pickled (even with ``weights_only=False``). So graft saves with no example inputs, refuses to
-write an archive with any pickled entry, and on load verifies the file's sha256 (from ``model.json``) and the
-archive's listing (:func:`check_archive`) before handing it to ``torch.export.load``. No calibration happens on load.
+Loading without pickle or code from the file: see :func:`check_archive` for what ``torch.export.load`` would
+otherwise unpickle or execute; graft saves nothing of that kind, verifies the file's sha256 (from ``model.json``)
+and refuses any archive that holds it. No calibration happens on load.
 
-The deprecated eager API (``torch.ao.quantization``) is not used even as a fallback: its quantized modules keep
-packed weights in script objects that only pickle can save, it needs per-architecture stubs and fusion lists, and
-with its x86 defaults it kept only 76.5% top-1 agreement with float MobileNetV2 on this CPU. An architecture that
-``torch.export`` cannot capture fails with :class:`QuantizationError` and the float run stays usable.
+The deprecated eager API is not used, not even as a fallback: its quantized modules keep packed weights in script
+objects that only pickle can save, it needs per-architecture stubs and fusion lists, and with its x86 defaults it
+kept only 76.5% top-1 agreement with float MobileNetV2 on the AVX2 CPU of REFERENCE.md. An architecture that
+``torch.export``, the quantizer or inductor cannot handle fails with :class:`QuantizationError`; its float run
+stays usable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -39,7 +40,7 @@ import statistics
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,22 @@ def _separate_module_calls(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+@contextlib.contextmanager
+def _failure_says(what: str, stage: str) -> Iterator[None]:
+    """Any failure of ``stage`` as a :class:`QuantizationError` naming the architecture and what to do."""
+    try:
+        yield
+    except GraftError:
+        raise
+    except Exception as e:  # torchao and inductor raise many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise QuantizationError(
+            f"{what} cannot be quantized: {stage} failed ({type(e).__name__}: {first[:300]}). Use another "
+            "architecture (mobilenet_v2, mobilenet_v3_large, resnet18, resnet50 and efficientnet_lite0 are tested), "
+            "or keep the float run (graft predict works on it)."
+        ) from e
+
+
 def quantize_body(
     body: nn.Module,
     calibration: Sequence[torch.Tensor],
@@ -219,11 +236,12 @@ def quantize_body(
     body = copy.deepcopy(body).eval().cpu()
     start = time.perf_counter()
     graph = _separate_module_calls(export_module(body, size, what=what).module())
-    prepared = prepare_pt2e(graph, backend.quantizer())
-    with torch.no_grad():
-        for batch in calibration:
-            prepared(batch)
-    converted = _strip_unused(convert_pt2e(prepared))
+    with _failure_says(what, f"torchao's {backend.name} quantizer"):
+        prepared = prepare_pt2e(graph, backend.quantizer())
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+        converted = _strip_unused(convert_pt2e(prepared))
     log(
         f"int8: quantized {what} ({backend.name}, reduce_range={backend.reduce_range}) on "
         f"{sum(len(b) for b in calibration)} images in {time.perf_counter() - start:.1f}s"
@@ -263,9 +281,10 @@ def quantize_checked(
     failing that check, quantized again with ``reduce_range=True``.
     Returns (converted graph, the compiled program, the backend used, the check)."""
     converted = quantize_body(body, calibration, size, backend=backend, what=what, log=log)
-    program = finish(converted)
     start = time.perf_counter()
-    check = check_compiled(program, calibration[0])
+    with _failure_says(what, "compiling the int8 program (torch.compile)"):
+        program = finish(converted)
+        check = check_compiled(program, calibration[0])
     log(
         f"int8: compiled ({time.perf_counter() - start:.0f}s); against the eager reference: top-1 agreement "
         f"{check['agreement']:.3f}, relative L2 difference {check['rel_l2_diff']:.3f}"
@@ -934,6 +953,9 @@ def _qat(
     freeze_due(first_epoch)
     fit = _fit(qat, data.images(), cfg, lr, cfg.epochs, on_epoch=after_epoch, stage="qat", first_epoch=first_epoch)
     val_data = data.images()[1]
+    # The best epoch's state may predate the observer freeze, and the observers' on/off flags are buffers that came
+    # back with it: without this, the passes below would move the quantization ranges on val images.
+    qat.body.apply(disable_observer)
     # The float accuracy of the trained weights: the same graph with fake quantization switched off.
     qat.body.apply(disable_fake_quant)
     _, fp32_acc = run_epoch(qat, val_data, nn.CrossEntropyLoss(), torch.device("cpu"))
