@@ -27,6 +27,7 @@ from graft.heads import HeadSpec
 from graft.runtime import (
     autocast,
     fast_inference,
+    one_thread,
     optimize_for_inference,
     pick_device,
     prepare_input,
@@ -358,22 +359,23 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
             if progress and index == progress.stage_index:
                 start = progress.restore(model, optimizer, scheduler, generator)
             saver.stage(index, best=(best_acc, best_epoch), earlier=history, optimizer=optimizer, scheduler=scheduler)
-            result = fit(
-                target,
-                train_data,
-                val_data,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                criterion=criterion,
-                epochs=epochs,
-                device=device,
-                on_epoch=on_epoch,
-                patience=cfg.patience or (5 if on_features else None),
-                best_val_acc=best_acc,
-                first_epoch=len(history) + 1,
-                stage=stage,
-                start=start,
-            )
+            with one_thread() if on_features else contextlib.nullcontext():
+                result = fit(
+                    target,
+                    train_data,
+                    val_data,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    criterion=criterion,
+                    epochs=epochs,
+                    device=device,
+                    on_epoch=on_epoch,
+                    patience=cfg.patience or (5 if on_features else None),
+                    best_val_acc=best_acc,
+                    first_epoch=len(history) + 1,
+                    stage=stage,
+                    start=start,
+                )
             history = history + result.history
             if result.best_epoch:
                 best_acc, best_epoch = result.best_val_acc, result.best_epoch
