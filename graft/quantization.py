@@ -950,6 +950,12 @@ def _qat(
         on_epoch(record, improved, result)
         freeze_due(record.epoch + 1)
 
+    # Start from post-training-quantization ranges (calibration images, BatchNorm in eval mode) rather than from
+    # the first augmented training batches: measured on hymenoptera, QAT from fresh observers ended below PTQ.
+    qat.eval()
+    with torch.no_grad():
+        for batch in calibration_batches(data.preprocess, [s.path for s in data.dataset.train], cfg.calib):
+            qat.body(batch)
     freeze_due(first_epoch)
     fit = _fit(qat, data.images(), cfg, lr, cfg.epochs, on_epoch=after_epoch, stage="qat", first_epoch=first_epoch)
     val_data = data.images()[1]

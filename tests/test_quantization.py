@@ -245,3 +245,41 @@ def test_quantize_frozen_run_and_predict(frozen_run: Any, tmp_path: Path, monkey
     rows = {r["path"]: r for r in csv.DictReader(table.open())}
     correct = sum(rows[str(p)]["label"] == p.parent.name for p in val)
     assert correct / len(val) == pytest.approx(figures["int8_val_acc"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# int8 training modes, on a few tiny images (the hymenoptera figures come from benchmarks/bench_quantize.py)
+
+
+@pytest.mark.parametrize("mode", ["freeze", "qat"])
+def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training logic, with the int8 graph run eagerly and no timings: compiling (tested on hymenoptera above)
+    and timing would cost minutes here."""
+    import graft
+
+    monkeypatch.setattr(Q.Int8Program, "forward", lambda self, x: self.graph(x).detach())
+
+    def figures(fp32: Any, int8: Any, fp32_acc: float, int8_acc: float, fp32_file: bytes, int8_file: bytes) -> dict:
+        speeds = ("fp32_images_per_s", "fp32_graft_images_per_s", "int8_images_per_s")
+        timings = dict.fromkeys([*speeds, "fp32_latency_ms", "int8_latency_ms"], 1.0)
+        sizes = {"fp32_bytes": len(fp32_file), "int8_bytes": len(int8_file)}
+        return {"fp32_val_acc": fp32_acc, "int8_val_acc": int8_acc, **sizes, **timings, "batch_size": 32}
+
+    monkeypatch.setattr(Q, "measure", figures)
+    data = tmp_image_folder({"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2})
+    options = {"int8": True} if mode == "freeze" else {"head_epochs": 0}
+    run = graft.train(
+        data, arch="resnet18", pretrained="none", mode=mode, epochs=2, batch_size=4, calib=8,
+        out=tmp_path, name=mode, **options,
+    )  # fmt: skip
+    figures = json.loads((run.run_dir / Q.QUANT_FILE).read_text())
+    assert set(FIELDS) <= set(figures) and figures["quantization"]["method"] == (
+        "qat" if mode == "qat" else "freeze-int8"
+    )
+    assert run.metrics["best_val_acc"] == figures["int8_val_acc"]
+    if mode == "qat":  # 2 QAT epochs: BatchNorm statistics and observers frozen for the last one
+        info = figures["quantization"]
+        assert (info["bn_frozen_from_epoch"], info["observers_frozen_from_epoch"]) == (2, 2)
+    clf = graft.load(run.run_dir)
+    assert isinstance(clf, Q.Int8Classifier)
+    assert len(clf.predict(sorted((data / "val/a").iterdir()), top_k=1)) == 2
