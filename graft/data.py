@@ -10,6 +10,7 @@ are skipped and listed with a reason in the :class:`DataReport`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -309,6 +310,67 @@ class Dataset:
         }
 
 
+class ScanVerdicts:
+    """What the scan found for each file of a dataset (usable, or the reason it is skipped), remembered by path,
+    size and mtime in the cache folder (``$GRAFT_CACHE_DIR/scan``): a later scan of unchanged files skips their
+    validating decode, which is most of a warm run's scan (0.7 s of 400 JPEGs on 2 cores). The feature store
+    trusts the same file identity. An unreadable or foreign cache file is ignored and rewritten.
+    """
+
+    VERSION = 1
+
+    def __init__(self, base: Path) -> None:
+        from graft.features import cache_root
+
+        key = hashlib.sha256(str(base).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        self.path = cache_root() / "scan" / f"{key}.json"
+        self.base = _json_safe(str(base))
+        self.known: dict[str, list[Any]] = {}
+        self.changed = False
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved.get("version") == self.VERSION and saved.get("base") == self.base:
+                self.known = saved["files"]
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            pass  # no cache yet, or one that cannot be read: everything is decoded
+
+    def get(self, path: Path) -> tuple[bool, str | None]:
+        """(known, skip reason or None) for ``path`` as it is now on disk."""
+        entry = self.known.get(_json_safe(str(path)))
+        try:
+            st = path.stat()
+        except OSError:
+            return False, None
+        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+            return True, entry[2]
+        return False, None
+
+    def put(self, path: Path, reason: str | None) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            return  # gone or unreadable: decide again next time
+        self.known[_json_safe(str(path))] = [st.st_size, st.st_mtime_ns, reason]
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        from graft.checkpoint import atomic_write_json
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, {"version": self.VERSION, "base": self.base, "files": self.known})
+        except OSError:
+            pass  # a read-only cache folder only costs the next scan its decodes
+
+
+def _json_safe(text: str) -> str:
+    """File names that are not UTF-8 (lone surrogates in Python) as JSON-safe text."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
@@ -431,18 +493,24 @@ def scan(
                 else:
                     candidates.append((split, c, p))
     decoded = DecodedImages(keep_decoded)
+    verdicts = ScanVerdicts(base)
 
     def check(path: Path) -> str | None:
+        known, reason = verdicts.get(path)
+        if known:
+            return reason
         try:
             decoded.offer(path, draft, load_rgb(path, draft=draft))
         except ImageError as e:
-            return e.reason
-        return None
+            reason = e.reason
+        verdicts.put(path, reason)
+        return reason
 
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         reasons = list(pool.map(check, [p for _, _, p in candidates]))
 
+    verdicts.save()
     good: dict[str, dict[str, list[Path]]] = {s: {c: [] for c in classes} for s in class_dirs}
     for (split, c, p), reason in zip(candidates, reasons, strict=True):
         if reason is None:

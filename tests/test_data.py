@@ -346,3 +346,40 @@ def test_image_dataset_file_changed_after_scan(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as e:
         ds[0]
     assert e.value.path == str(path) and "not an image" in e.value.reason
+
+
+def test_a_second_scan_of_unchanged_files_does_not_decode_them(tmp_image_folder, tmp_path, monkeypatch) -> None:
+    """Scan verdicts are remembered by path, size and mtime: unchanged files are not decoded again, a changed or
+    new file is, and a damaged verdict file is ignored."""
+    import graft.data as datamod
+
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_image_folder({"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
+    (root / "train/a/notes.jpg").write_text("not an image")
+    decoded: list[str] = []
+    real = datamod.load_rgb
+
+    def counting(path, **kw):
+        decoded.append(Path(path).name)
+        return real(path, **kw)
+
+    monkeypatch.setattr(datamod, "load_rgb", counting)
+    first = datamod.scan(root)
+    assert len(decoded) == 9
+    decoded.clear()
+    again = datamod.scan(root)
+    assert decoded == [] and again.report.to_dict() == first.report.to_dict()  # the skip reason is remembered too
+    assert [s.path for s in again.train] == [s.path for s in first.train]
+
+    changed = root / "train/b/img001.jpg"
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(changed)
+    os.utime(changed, ns=(1, 1))
+    (root / "val/b/new.jpg").write_bytes((root / "val/a/img000.jpg").read_bytes())
+    datamod.scan(root)
+    assert sorted(decoded) == ["img001.jpg", "new.jpg"]
+
+    decoded.clear()
+    for f in (tmp_path / "cache" / "scan").iterdir():
+        f.write_text("{broken")
+    datamod.scan(root)
+    assert len(decoded) == 10  # nothing trusted from a damaged file
