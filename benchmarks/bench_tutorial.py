@@ -87,6 +87,12 @@ def main() -> int:
             f"WARNING: 1-minute load average {load:.2f} before the run: another job shares the cores, "
             "so these times are inflated (two torch jobs on 2 cores slow each other ~10x)."
         )
+    # Read the libraries and the images once before timing anything: this machine's page cache is reclaimed when
+    # idle, and whichever process ran first would otherwise also pay for reading torch from disk.
+    timed([sys.executable, "-c", "import torch, torchvision.models, PIL, onnxruntime"], os.environ.copy())
+    for path in args.data.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmpdir:
         tmp = Path(tmpdir)
         if args.mode in ("freeze", "both"):

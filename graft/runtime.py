@@ -231,6 +231,7 @@ class OnnxRuntimeModule(torch.nn.Module):
                 options.intra_op_num_threads = torch.get_num_threads()
                 options.inter_op_num_threads = 1
                 options.log_severity_level = 3
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
                 (got,) = session.run(None, {"input": example.numpy()})
                 want = self.module(example).float()
