@@ -135,7 +135,10 @@ def _grid(
     cols: int,
     note: str | None = None,
 ) -> Path:
-    """Images in a grid (each followed by its Grad-CAM overlay when it has one), framed in ``colours``."""
+    """Images in a grid (each followed by its Grad-CAM overlay when it has one), framed in ``colours``.
+
+    The tiles are pasted as pixels (``Figure.figimage``) with their titles as figure text: one axes per image made
+    the end-of-training report ~0.5 s slower for the same picture."""
     with_cams = any(it.cam is not None for it in items)
     per = 2 if with_cams else 1
     cols = max(1, min(cols, len(items)))
@@ -145,32 +148,50 @@ def _grid(
     title_h = 0.15 * lines + 0.1
     head = 0.45 + (0.25 if note else 0)
     height = head + rows * (CELL + title_h) + 0.1
-    fig = _figure(CELL * cols * per, height)
-    fig.subplots_adjust(
-        left=0.01,
-        right=0.99,
-        bottom=0.1 / height,
-        top=1 - (head + title_h) / height,
-        wspace=0.05,
-        hspace=title_h / CELL,
-    )
+    width = CELL * cols * per
+    fig = _figure(width, height)
     fig.suptitle(title, fontsize=12, y=1 - 0.1 / height, va="top")
     if note:
         fig.text(0.5, 1 - 0.4 / height, note, ha="center", va="top", fontsize=9, color="#555555")
+    gap = 0.05  # inches between tiles
+    side = int((CELL - gap) * fig.dpi)
     for k, (it, text, colour) in enumerate(zip(items, titles, colours, strict=True)):
-        ax = fig.add_subplot(rows, cols * per, k * per + 1)
-        ax.imshow(_hwc(it.image))
-        ax.set_title(text, fontsize=8.5, color=colour or "black")
-        _frame(ax, colour)
+        row, col = divmod(k, cols)
+        top = height - head - row * (CELL + title_h) - title_h  # top of this row's images, inches from the bottom
+        panels = [(it.image, text, colour or "black", colour)]
         if with_cams:
-            cax = fig.add_subplot(rows, cols * per, k * per + 2)
-            if it.cam is not None:
-                cax.imshow(overlay(it.image, it.cam))
-                cax.set_title(f"Grad-CAM: {it.predicted}" if it.predicted else "Grad-CAM", fontsize=8.5)
-            _frame(cax, None)
+            cam = overlay(it.image, it.cam) if it.cam is not None else None
+            label = (f"Grad-CAM: {it.predicted}" if it.predicted else "Grad-CAM") if cam is not None else ""
+            panels.append((cam, label, "black", None))
+        for j, (image, label, text_colour, frame) in enumerate(panels):
+            left = (col * per + j) * CELL + gap / 2
+            if image is not None:
+                fig.figimage(_tile(image, side, frame), xo=left * fig.dpi, yo=(top - CELL + gap) * fig.dpi)
+            if label:
+                x = (left + (CELL - gap) / 2) / width
+                fig.text(x, (top + 0.04) / height, label, ha="center", va="bottom", fontsize=8.5, color=text_colour)
     if not items:
         fig.text(0.5, 0.5, "nothing to show", ha="center", va="center", fontsize=12)
     return _save(fig, path)
+
+
+def _tile(image: Any, side: int, frame: str | None, border: int = 3) -> np.ndarray:
+    """``image`` fitted into a white ``side`` x ``side`` square (aspect kept), framed in ``frame``: uint8 HWC."""
+    from PIL import Image, ImageColor
+
+    a = _hwc(image)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    im = Image.fromarray(a)
+    scale = (side - 2 * border) / max(im.size)
+    # PIL's bilinear filter widens with the scale when shrinking (no aliasing); tiny images are enlarged blockwise
+    resample = Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.NEAREST
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
+    canvas = Image.new("RGB", (side, side), ImageColor.getrgb(frame) if frame else (255, 255, 255))
+    if frame:
+        canvas.paste((255, 255, 255), (border, border, side - border, side - border))
+    canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return np.asarray(canvas)
 
 
 def plot_predictions(
