@@ -31,7 +31,15 @@ from torch import nn
 from graft.checkpoint import atomic_write_json
 from graft.data import DecodedImages, ImageDataset, Sample
 from graft.preprocess import Preprocess, eval_transform, train_transform
-from graft.runtime import autocast, fast_inference, inference_loader, prepare_input, progress, threaded_batches
+from graft.runtime import (
+    autocast,
+    fast_inference,
+    inference_loader,
+    prepare_input,
+    progress,
+    release_freed_memory,
+    threaded_batches,
+)
 
 CACHE_VERSION = 1
 
@@ -74,9 +82,12 @@ def extract_features(
     else:
         loader = threaded_batches(dataset, batch_size=batch_size)
     chunks = []
-    for images, _ in progress(loader, desc=desc):
+    for step, (images, _) in enumerate(progress(loader, desc=desc), 1):
         with autocast(device):
             chunks.append(body(prepare_input(images, device)).float().cpu())
+        del images
+        if step % 8 == 0:  # memory stays flat however many images (see release_freed_memory)
+            release_freed_memory()
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 

@@ -39,6 +39,31 @@ def _cuda() -> torch.device:
     return torch.device("cuda")
 
 
+def release_freed_memory() -> None:
+    """Give memory that the process has freed back to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    Feature extraction frees a ~19 MB input batch per step from one thread while ONNX Runtime's threads allocate:
+    glibc kept the freed blocks, and the process grew by ~0.8 MB per image (10.5 GB of RSS over 16k images) though
+    its live data stayed under 1.3 GB. Trimming every few batches keeps it flat (1.34 GB at 16k images)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None  # musl has no malloc_trim
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch's CPU ops on one thread: a head on stored features does matrix products of a few hundred KFLOPs,
