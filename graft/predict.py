@@ -48,8 +48,7 @@ class Classifier:
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path) -> None:
         self.model = model.eval()
-        # built at the first batch: an evaluation from a frozen run's stored features never runs the body
-        self._inference: torch.nn.Module | None = None
+        self._inference = torch.nn.Sequential(fast_inference(model.body, device), model.head).eval()
         self.meta = meta
         self.device = device
         self.run_dir = run_dir
@@ -60,8 +59,6 @@ class Classifier:
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits of a preprocessed batch ``(B, 3, H, W)``."""
-        if self._inference is None:
-            self._inference = torch.nn.Sequential(fast_inference(self.model.body, self.device), self.model.head)
         with autocast(self.device):
             return self._inference(prepare_input(batch, self.device)).float().cpu()
 

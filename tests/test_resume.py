@@ -115,8 +115,10 @@ def test_crash_anywhere_then_resume_ends_like_an_uninterrupted_run(staged, tmp_p
 
 
 def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) -> None:
-    """A real ``graft train`` process is SIGKILLed in the middle of its second epoch (images through the body
-    every epoch, so an epoch lasts long enough to be interrupted) and resumed with ``--resume``."""
+    """A real ``graft train`` process is SIGKILLed in the middle of its second epoch and resumed with ``--resume``.
+
+    The killed process is the real CLI with one change: its third pass over the data (epoch 2's train pass) first
+    sleeps, so the kill lands mid-epoch however fast the machine is."""
     data = tmp_image_folder({"train/a": 12, "train/b": 12, "val/a": 4, "val/b": 4})
     out = tmp_path / "runs"
     options = ["--arch", "mobilenet_v3_small", "--pretrained", "none", "--mode", "freeze", "--no-cache-features"]
@@ -124,19 +126,30 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) 
     options += ["--checkpoint-budget", "1"]  # a checkpoint after every epoch
     env = os.environ | {"GRAFT_OFFLINE": "1", "GRAFT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "graft", "train", str(data), *options]
-
-    proc = subprocess.Popen([*cmd, "--name", "killed"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    slow_second_epoch = (
+        "import sys, time, graft.training as t\n"
+        "real, calls = t.run_epoch, [0]\n"
+        "def run_epoch(*a, **k):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 3:\n"
+        "        time.sleep(60)\n"
+        "    return real(*a, **k)\n"
+        "t.run_epoch = run_epoch\n"
+        "from graft.cli import entry\n"
+        "sys.argv = ['graft', *sys.argv[1:]]\n"
+        "entry()\n"
+    )
+    killed = [sys.executable, "-c", slow_second_epoch, "train", str(data), *options, "--name", "killed"]
+    proc = subprocess.Popen(killed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     lines = []
     for raw in proc.stdout:
         lines.append(raw.decode())
         if raw.startswith(b"epoch   1"):
-            # Epoch 1 is committed once its resume state is on disk (written just after this line); epoch 2
-            # (over a second of image passes) is then under way. The first epoch's time says nothing about the
-            # second's: it includes one-off work (the val runner's export).
+            # epoch 1 is committed once its resume state is on disk (written just after this line)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not (out / "killed" / RESUME_FILE).exists():
                 time.sleep(0.01)
-            time.sleep(0.2)
+            time.sleep(0.2)  # into epoch 2's sleeping train pass
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
