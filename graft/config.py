@@ -41,8 +41,8 @@ class TrainConfig:
     arch: str = opt("mobilenet_v2", "backbone architecture (see `graft archs`); timm models as timm/<name>")
     mode: Literal["freeze", "finetune", "qat"] = opt(
         "freeze",
-        "freeze: train only the new head on a frozen backbone; finetune: train all layers; qat: fine-tune with "
-        "fake quantization, then convert to int8 (CPU)",
+        "freeze: train only the new head on a frozen backbone; finetune: train all layers; qat: fine-tune as "
+        "finetune, then --qat-epochs with fake quantization, then convert to int8 (CPU)",
     )
     pretrained: str = opt(
         "auto",
@@ -88,6 +88,11 @@ class TrainConfig:
     )
     int8: bool = opt(False, "freeze mode: int8 backbone (calibrated on training images) + a float head on its features")
     calib: int = opt(128, "--int8 / --mode qat: training images that calibrate the int8 ranges")
+    qat_epochs: int = opt(
+        2,
+        "--mode qat: epochs of quantization-aware training after the float fine-tuning, at a tenth of its learning "
+        "rate (an epoch is kept only if it beats the calibrated start)",
+    )
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (stratified, seeded)")
     seed: int = opt(0, "random seed (CPU runs with the same seed are repeatable)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
@@ -131,6 +136,7 @@ class TrainConfig:
             (not self.int8 or self.mode == "freeze", "--int8 goes with --mode freeze; for fine-tuning use --mode qat"),
             (0 < self.checkpoint_budget <= 1, f"--checkpoint-budget must be in (0, 1] (got {self.checkpoint_budget})"),
             (self.calib >= 1, f"--calib must be >= 1 (got {self.calib})"),
+            (self.qat_epochs >= 1, f"--qat-epochs must be >= 1 (got {self.qat_epochs})"),
             (self.workers is None or self.workers >= 0, f"--workers must be >= 0 (got {self.workers})"),
             (self.nproc is None or self.nproc >= 1, f"--nproc must be >= 1 (got {self.nproc})"),
         ]

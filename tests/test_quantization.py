@@ -267,7 +267,7 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
 
     monkeypatch.setattr(Q, "measure", figures)
     data = tmp_image_folder({"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2})
-    options = {"int8": True} if mode == "freeze" else {"head_epochs": 0}
+    options = {"int8": True} if mode == "freeze" else {"head_epochs": 0, "qat_epochs": 2}
     run = graft.train(
         data, arch="resnet18", pretrained="none", mode=mode, epochs=2, batch_size=4, calib=8,
         out=tmp_path, name=mode, **options,
@@ -277,9 +277,17 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
         "qat" if mode == "qat" else "freeze-int8"
     )
     assert run.metrics["best_val_acc"] == figures["int8_val_acc"]
-    if mode == "qat":  # 2 QAT epochs: BatchNorm statistics and observers frozen for the last one
+    if mode == "qat":  # 2 float epochs of every layer, then 2 QAT epochs at a tenth of the learning rate
         info = figures["quantization"]
-        assert (info["bn_frozen_from_epoch"], info["observers_frozen_from_epoch"]) == (2, 2)
+        rows = list(csv.DictReader((run.run_dir / "results.csv").open()))
+        assert [r["stage"] for r in rows] == ["all", "all", "qat", "qat"] and info["qat_lr"] == pytest.approx(2e-5)
+        # the calibrated start competes as epoch 0: a QAT epoch is kept only when it beats it
+        qat_accs = {int(r["epoch"]): float(r["val_acc"]) for r in rows if r["stage"] == "qat"}
+        start, kept = info["calibrated_start_val_acc"], info["best_qat_epoch"]
+        if kept is None:
+            assert all(acc <= start for acc in qat_accs.values())
+        else:
+            assert qat_accs[kept] == max(qat_accs.values()) > start
     clf = graft.load(run.run_dir)
     assert isinstance(clf, Q.Int8Classifier)
     assert len(clf.predict(sorted((data / "val/a").iterdir()), top_k=1)) == 2
