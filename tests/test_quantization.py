@@ -123,6 +123,26 @@ def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], mon
     assert all(zipfile.ZipFile(small_program["path"]).getinfo(n).compress_type == zipfile.ZIP_DEFLATED for n in names)
 
 
+def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, Any]) -> None:
+    """``graft predict`` loads a saved program in a process that never quantized anything: the int8 fusion passes
+    must still apply (they once did not, and the program ran the decomposed reference ops, 3-4x slower)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from torch._dynamo.utils import counters\n"
+        "from graft import quantization as Q\n"
+        "graph = Q.load_program(Q.Path(sys.argv[1]), sha256=sys.argv[2])\n"
+        "Q.Int8Program(graph)(torch.randn(2, 3, int(sys.argv[3]), int(sys.argv[3])))\n"
+        "print('prepacked convs', counters['inductor']['qconv_weight_prepack_matcher_count'])\n"
+    )
+    args = [str(small_program["path"]), small_program["sha256"], str(SIZE)]
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prepacked convs 20" in done.stdout  # every conv of ResNet-18 became a oneDNN int8 conv
+
+
 def test_changed_file_is_refused(small_program: dict[str, Any]) -> None:
     with pytest.raises(RunError, match="does not match the sha256"):
         Q.load_program(small_program["path"], sha256="0" * 64)
