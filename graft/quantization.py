@@ -153,10 +153,8 @@ def register_int8_lowering() -> None:
     reference ops: MobileNetV2 at 85 instead of 330-500 images/s on this machine's 2 cores."""
     import importlib
 
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        importlib.import_module("torchao.quantization.pt2e.quantizer.arm_inductor_quantizer")
-    else:
-        importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    name = choose_backend().name  # "x86_inductor" | "arm_inductor"
+    importlib.import_module(f"torchao.quantization.pt2e.quantizer.{name}_quantizer")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -774,13 +772,14 @@ def quantize(
 class _QatModel(nn.Module):
     """A body prepared for QAT (an exported graph with fake quantization) + the float head.
 
-    ``train()``/``eval()`` switch the graph's BatchNorm the PT2E way (exported graphs ignore ``module.train``);
-    once ``bn_frozen`` is set, BatchNorm stays in eval mode (running statistics frozen) while the weights train."""
+    The body's BatchNorm stays in eval mode (running statistics fixed) while the weights train: exported graphs
+    ignore ``module.train``, so it is switched the PT2E way once, here; ``train()``/``eval()`` only reach the head."""
 
     def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
         super().__init__()
-        self.body, self.head = body, head
-        self.bn_frozen = False
+        self.body, self.head = move_exported_model_to_eval(body), head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(x, torch.fx.Proxy):
@@ -788,11 +787,8 @@ class _QatModel(nn.Module):
         return self.head(self.body(x))
 
     def train(self, mode: bool = True) -> _QatModel:
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
-
         self.training = mode
         self.head.train(mode)
-        (move_exported_model_to_train if mode and not self.bn_frozen else move_exported_model_to_eval)(self.body)
         return self
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _QatModel:
@@ -963,15 +959,14 @@ def _qat(
     The calibrated start is evaluated first and competes as "epoch 0": QAT keeps an epoch only when its
     fake-quantized val accuracy beats that start, as every graft stage keeps its best epoch.
     """
-    from torchao.quantization.pt2e import HistogramObserver, move_exported_model_to_eval
+    from torchao.quantization.pt2e import HistogramObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     from graft.training import run_epoch
 
     model.train()  # exported in training mode, so that the QAT patterns (conv + BatchNorm) match
     graph = _separate_module_calls(export_module(model.body, size, what=cfg.arch).module())
-    qat = _QatModel(prepare_qat_pt2e(graph, backend.quantizer(is_qat=True)), model.head)
-    qat.eval()
+    qat = _QatModel(prepare_qat_pt2e(graph, backend.quantizer(is_qat=True)), model.head).eval()
     calibration = calibration_batches(data.preprocess, [s.path for s in data.dataset.train], cfg.calib)
     with torch.no_grad():
         for batch in calibration:
@@ -979,7 +974,6 @@ def _qat(
     for module in qat.body.modules():  # activation ranges fixed from here (the weights' follow the weights)
         if isinstance(getattr(module, "activation_post_process", None), HistogramObserver):
             module.disable_observer()
-    qat.bn_frozen = True
     train_data, val_data = data.images()
     _, start_acc = run_epoch(qat, val_data, nn.CrossEntropyLoss(), torch.device("cpu"))
     log(f"qat: calibrated start (activation ranges and BatchNorm statistics fixed): val acc {start_acc:.4f}")
@@ -988,8 +982,7 @@ def _qat(
         first_epoch=first_epoch, best_val_acc=start_acc,
     )  # fmt: skip
     if not fit.best_epoch:
-        log(f"qat: no epoch beat the calibrated start ({start_acc:.4f}): it is kept (post-training quantization)")
-    move_exported_model_to_eval(qat.body)
+        log(f"qat: no epoch beat the calibrated start ({start_acc:.4f}): it is kept")
     body = _strip_unused(convert_pt2e(qat.body))
     info = {
         "method": "qat",
