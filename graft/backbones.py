@@ -190,7 +190,9 @@ def _family_of(name: str) -> str | None:
 
 
 def _torchvision_weights(name: str, family: _Family) -> tuple[WeightsSpec, ...]:
-    from torchvision import models
+    from graft._imports import import_torchvision
+
+    models = import_torchvision().models
 
     enum = models.get_model_weights(name)
     default = enum.DEFAULT
@@ -223,7 +225,9 @@ def _torchvision_factories() -> dict[str, Callable[[], BackboneSpec]]:
     """name -> a function building its spec (specs are built on first use: reading 80 weights enums costs ~0.5 s)."""
     import warnings
 
-    from torchvision import models
+    from graft._imports import import_torchvision
+
+    models = import_torchvision().models
 
     def factory(name: str, family: _Family) -> Callable[[], BackboneSpec]:
         return lambda: BackboneSpec(

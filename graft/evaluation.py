@@ -319,6 +319,7 @@ def compute_logits(
     from graft.preprocess import eval_transform
     from graft.runtime import threaded_batches
 
+    clf.prepare()  # before the decoding thread starts (see Classifier.prepare)
     transform = eval_transform(clf.preprocess)
     size = clf.preprocess.input_size
 
@@ -425,7 +426,7 @@ def evaluate(
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    clf = load(run_dir, device=device)
+    clf = load(run_dir, device=device, prepare=False)  # stored val features need only the head
     config = _read_optional(run_dir / "config.json")
     metrics = _read_optional(run_dir / "metrics.json")
     batch_size = batch_size or int(config.get("batch_size", 32))

@@ -84,7 +84,7 @@ def extract_features(
     chunks = []
     for step, (images, _) in enumerate(progress(loader, desc=desc), 1):
         with autocast(device):
-            chunks.append(body(prepare_input(images, device)).float().cpu())
+            chunks.append(body(prepare_input(images, device, body)).float().cpu())
         del images
         if step % 8 == 0:  # memory stays flat however many images (see release_freed_memory)
             release_freed_memory()

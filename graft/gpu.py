@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from graft._imports import import_torchvision
 from graft.preprocess import Preprocess
 
 
@@ -72,7 +73,7 @@ class DeviceBatches:
         return math.ceil(len(self.data) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from torchvision.ops import roi_align
+        roi_align = import_torchvision().ops.roi_align
 
         n = len(self.data)
         order = torch.randperm(n, generator=self.generator) if self.augment else torch.arange(n)

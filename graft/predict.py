@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,21 +47,37 @@ class PathResult:
 class Classifier:
     """A trained run, ready to predict. Build it with :func:`load`."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path) -> None:
+    def __init__(
+        self, model: torch.nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path, *, prepare: bool = True
+    ) -> None:
         self.model = model.eval()
-        self._inference = torch.nn.Sequential(fast_inference(model.body, device), model.head).eval()
         self.meta = meta
         self.device = device
         self.run_dir = run_dir
         self.classes: list[str] = list(meta["classes"])
         self.preprocess = Preprocess.from_dict(meta["preprocess"])
         self._transform = eval_transform(self.preprocess)
+        if prepare:
+            self.prepare()
+
+    def prepare(self) -> Classifier:
+        """Build the runner of the body now (:func:`graft.runtime.fast_inference`: BatchNorm folded by torch.fx).
+
+        :func:`load` does this unless told not to (a run's report reads the stored val features and needs only
+        the head). It must happen before images are decoded on other threads: torch.fx's tracing patches
+        ``nn.Module.__call__`` for the whole process, and would catch a transform running meanwhile."""
+        self._inference  # noqa: B018
+        return self
+
+    @functools.cached_property
+    def _inference(self) -> torch.nn.Sequential:
+        return torch.nn.Sequential(fast_inference(self.model.body, self.device), self.model.head).eval()
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits of a preprocessed batch ``(B, 3, H, W)``."""
         with autocast(self.device):
-            return self._inference(prepare_input(batch, self.device)).float().cpu()
+            return self._inference(prepare_input(batch, self.device, self._inference[0])).float().cpu()
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5, batch_size: int = 32
@@ -151,8 +168,11 @@ class Classifier:
         ]
 
 
-def load(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Classifier:
-    """Rebuild a trained model from its run directory (``model.json`` + ``model.safetensors``; no pickle)."""
+def load(run_dir: str | os.PathLike[str], *, device: str = "auto", prepare: bool = True) -> Classifier:
+    """Rebuild a trained model from its run directory (``model.json`` + ``model.safetensors``; no pickle).
+
+    ``prepare=False`` leaves the body's runner to :meth:`Classifier.prepare` (for callers that may need only the
+    head)."""
     from graft.backbones import get_backbone
     from graft.model import build_for_inference
 
@@ -174,7 +194,7 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "auto") -> Classifier
     except RuntimeError as e:
         raise RunError(f"{run_dir / ckpt.MODEL_FILE} does not fit the model described in model.json: {e}") from None
     dev = pick_device(device)
-    return Classifier(model.to(dev), meta, dev, run_dir)
+    return Classifier(model.to(dev), meta, dev, run_dir, prepare=prepare)
 
 
 def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:

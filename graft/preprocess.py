@@ -46,7 +46,17 @@ class Preprocess:
         return Preprocess(size, round(size * ratio), self.mean, self.std, self.interpolation)
 
 
+def _v2() -> Any:
+    from graft._imports import import_torchvision
+
+    import_torchvision()  # first, so that torchvision comes in without torch._dynamo (see there)
+    from torchvision.transforms import v2
+
+    return v2
+
+
 def _interp(name: str) -> Any:
+    _v2()
     from torchvision.transforms import InterpolationMode
 
     return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[name]
@@ -54,8 +64,7 @@ def _interp(name: str) -> Any:
 
 def eval_crop(p: Preprocess) -> Callable[[Any], Any]:
     """PIL RGB image -> uint8 tensor (3, input_size, input_size): resize, centre crop (the tutorial's val path)."""
-    from torchvision.transforms import v2
-
+    v2 = _v2()
     return v2.Compose(
         [
             v2.ToImage(),
@@ -68,8 +77,8 @@ def eval_crop(p: Preprocess) -> Callable[[Any], Any]:
 def normalize(p: Preprocess) -> Callable[[Any], Any]:
     """uint8 tensor -> float tensor scaled to [0, 1] and normalized with the weights' mean and std."""
     import torch
-    from torchvision.transforms import v2
 
+    v2 = _v2()
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(p.mean), std=list(p.std))])
 
 
@@ -78,23 +87,21 @@ def eval_transform(p: Preprocess) -> Callable[[Any], Any]:
 
     Training's val phase and ``graft predict`` both go through these two steps, so they agree exactly.
     """
-    from torchvision.transforms import v2
-
+    v2 = _v2()
     return v2.Compose([eval_crop(p), normalize(p)])
 
 
 def resize_shorter(size: int, interpolation: str = "bilinear") -> Callable[[Any], Any]:
     """PIL RGB image -> uint8 tensor whose shorter side is ``size`` (images are kept this size in memory)."""
-    from torchvision.transforms import v2
-
+    v2 = _v2()
     return v2.Compose([v2.ToImage(), v2.Resize(size, interpolation=_interp(interpolation), antialias=True)])
 
 
 def train_transform(p: Preprocess) -> Callable[[Any], Any]:
     """PIL RGB image -> augmented normalized tensor: random resized crop and horizontal flip."""
     import torch
-    from torchvision.transforms import v2
 
+    v2 = _v2()
     return v2.Compose(
         [
             v2.ToImage(),

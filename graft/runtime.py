@@ -166,10 +166,14 @@ def train_loader(
     )
 
 
-def prepare_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move a batch to the device; image batches in channels_last (faster convolutions on CPU and GPU)."""
+def prepare_input(images: torch.Tensor, device: torch.device, runner: torch.nn.Module | None = None) -> torch.Tensor:
+    """Move a batch to the device; image batches in channels_last (faster convolutions on CPU and GPU), except for
+    an :class:`OnnxRuntimeModule` ``runner``, which takes the collated NCHW layout as it is (converting there and
+    back cost ~0.3 s of a 2-core CPU per 250 images)."""
     images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+    if images.dim() != 4 or isinstance(runner, OnnxRuntimeModule):
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device) -> Any:

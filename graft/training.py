@@ -21,6 +21,7 @@ from torch import nn
 
 from graft import checkpoint as ckpt
 from graft import distributed as dist
+from graft._imports import import_torchvision
 from graft.config import TrainConfig
 from graft.errors import ConfigError, DataError, ResourceError, RunError
 from graft.heads import HeadSpec
@@ -598,9 +599,9 @@ def _make_run_dir(cfg: TrainConfig) -> Path:
 def _model_meta(
     cfg: TrainConfig, spec: Any, weights: Any, pretrained: Any, preprocess: Any, classes: list[str]
 ) -> dict[str, Any]:
-    import torchvision
-
     import graft
+
+    torchvision = import_torchvision()
 
     return {
         "format": ckpt.FORMAT,
