@@ -30,7 +30,7 @@ from torch import nn
 
 from graft.checkpoint import atomic_write_json
 from graft.data import DecodedImages, ImageDataset, Sample
-from graft.preprocess import Preprocess, eval_transform, train_transform
+from graft.preprocess import Preprocess, eval_crop, normalize, train_crop
 from graft.runtime import (
     autocast,
     fast_inference,
@@ -75,14 +75,18 @@ def extract_features(
     body = fast_inference(body, device)
     if view:
         torch.manual_seed(view)  # augmentations draw from the global RNG; workers derive their seeds from it
-    transform = train_transform(preprocess) if view else eval_transform(preprocess)
-    dataset = ImageDataset(samples, transform, draft=preprocess.resize_size, decoded=decoded)
+    # uint8 crops per image, normalized a batch at a time: the same values as eval_transform/train_transform, a
+    # quarter of the bytes to collate, and one vectorized pass instead of a slower one per image
+    crop = train_crop(preprocess) if view else eval_crop(preprocess)
+    to_float = normalize(preprocess)
+    dataset = ImageDataset(samples, crop, draft=preprocess.resize_size, decoded=decoded)
     if workers:
         loader: Any = inference_loader(dataset, batch_size=batch_size, workers=workers)
     else:
         loader = threaded_batches(dataset, batch_size=batch_size)
     chunks = []
     for step, (images, _) in enumerate(progress(loader, desc=desc), 1):
+        images = to_float(images.to(device, non_blocking=True))  # uint8 moves a quarter of the bytes
         with autocast(device):
             chunks.append(body(prepare_input(images, device, body)).float().cpu())
         del images

@@ -62,12 +62,24 @@ def _interp(name: str) -> Any:
     return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[name]
 
 
+def pil_to_uint8(image: Any) -> Any:
+    """PIL RGB image -> uint8 tensor (3, H, W) holding one copy of its pixels (a channels-last view).
+
+    The values and layout of ``v2.ToImage()``, without wrapping each image in a ``tv_tensors.Image`` that every
+    later transform unwraps and wraps again: ~1 ms less per image on a 2-core CPU, where the feature pass of a
+    frozen run spends ~2 ms per image on preprocessing."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
 def eval_crop(p: Preprocess) -> Callable[[Any], Any]:
     """PIL RGB image -> uint8 tensor (3, input_size, input_size): resize, centre crop (the tutorial's val path)."""
     v2 = _v2()
     return v2.Compose(
         [
-            v2.ToImage(),
+            pil_to_uint8,
             v2.Resize(p.resize_size, interpolation=_interp(p.interpolation), antialias=True),
             v2.CenterCrop(p.input_size),
         ]
@@ -75,7 +87,8 @@ def eval_crop(p: Preprocess) -> Callable[[Any], Any]:
 
 
 def normalize(p: Preprocess) -> Callable[[Any], Any]:
-    """uint8 tensor -> float tensor scaled to [0, 1] and normalized with the weights' mean and std."""
+    """uint8 tensor (3, H, W), or a batch (B, 3, H, W) -> float tensor scaled to [0, 1] and normalized with the
+    weights' mean and std. Element-wise, so a batch gets exactly the values of its images one by one."""
     import torch
 
     v2 = _v2()
@@ -97,20 +110,22 @@ def resize_shorter(size: int, interpolation: str = "bilinear") -> Callable[[Any]
     return v2.Compose([v2.ToImage(), v2.Resize(size, interpolation=_interp(interpolation), antialias=True)])
 
 
-def train_transform(p: Preprocess) -> Callable[[Any], Any]:
-    """PIL RGB image -> augmented normalized tensor: random resized crop and horizontal flip."""
-    import torch
-
+def train_crop(p: Preprocess) -> Callable[[Any], Any]:
+    """PIL RGB image -> augmented uint8 tensor (3, input_size, input_size): random resized crop, horizontal flip."""
     v2 = _v2()
     return v2.Compose(
         [
             v2.ToImage(),
             v2.RandomResizedCrop(p.input_size, interpolation=_interp(p.interpolation), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(p.mean), std=list(p.std)),
         ]
     )
+
+
+def train_transform(p: Preprocess) -> Callable[[Any], Any]:
+    """PIL RGB image -> augmented normalized tensor: :func:`train_crop` then :func:`normalize`."""
+    v2 = _v2()
+    return v2.Compose([train_crop(p), normalize(p)])
 
 
 def denormalize(x: Any, p: Preprocess) -> Any:
