@@ -146,7 +146,8 @@ def import_torchvision() -> types.ModuleType:
 
 
 def _is_compile_supported(device_type: Any) -> Any:
-    return real_dynamo().utils.is_compile_supported(device_type)
+    real_dynamo()
+    return importlib.import_module("torch._dynamo.utils").is_compile_supported(device_type)
 
 
 def _remove(module: types.ModuleType) -> None:
