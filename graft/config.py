@@ -54,7 +54,7 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd"] = opt("adamw", "optimizer (sgd uses --momentum, as in the tutorial)")
     lr: float | None = opt(
         None,
-        "learning rate (default: 1e-3 for freeze, 2e-4 for finetune; scaled linearly with batch size / 32 for sgd)",
+        "learning rate (default with adamw: 1e-3 for head stages, 2e-4 for all layers; with sgd: 1e-2 / 1e-3)",
     )
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "weight decay")
