@@ -1,8 +1,9 @@
-"""GPU figures of the speed and scale-out issues (run where a CUDA GPU is present):
+"""GPU figures (run where a CUDA GPU is present):
 
 1. training images/s of a backbone (default resnet50, batch 256) on device-resident random images: plain fp32
-   (NCHW, PyTorch's default backend settings) against graft's GPU path (bf16 autocast + channels_last + cuDNN benchmark), optionally also
-   with torch.compile. Each figure is the median of timed windows after warm-up, with the GPU synchronized.
+   (NCHW, PyTorch's default backend settings) against graft's GPU path (bf16 autocast + channels_last + cuDNN
+   benchmark), optionally also with torch.compile. Each figure is the median of timed windows after warm-up, with
+   the GPU synchronized.
 2. ``graft train`` fine-tuning resnet18 for 25 epochs on hymenoptera with the tutorial's schedule (SGD momentum,
    StepLR, no head stage), as a whole process and as graft's own ``train_seconds``.
 
@@ -146,7 +147,11 @@ def main() -> int:
             )
             print(lines[-1])
     if args.record:
-        record("GPU training (bench_gpu)", "\n".join(lines))
+        headline = (
+            f"{name}: {args.arch} batch {args.batch}: {fast:,.0f} images/s bf16 + channels_last vs {plain:,.0f} fp32 "
+            "with PyTorch's defaults"
+        )
+        record("GPU training (bench_gpu)", "\n".join(lines), {"GPU training (bench_gpu)": headline})
     return 0
 
 

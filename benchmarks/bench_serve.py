@@ -176,7 +176,16 @@ def main() -> int:
             "(`graft serve`, default limits, one process) and the client threads (one process, httpx, raw-body "
             "POSTs of the 153 val images in turn) share the machine's cores; mobilenet_v2 frozen run, CPU."
         )
-        record("graft serve under load (mobilenet_v2, hymenoptera val images)", table + note)
+        headline = (
+            f"{args.clients} clients x {result['elapsed']:.0f} s: {errors} errors, p50 {percentile(ms, 50):.0f} ms / "
+            f"p99 {percentile(ms, 99):.0f} ms, {n / result['elapsed']:.1f} images/s served vs "
+            f"{max(rates):.1f} in process"
+        )
+        record(
+            "graft serve under load (mobilenet_v2, hymenoptera val images)",
+            table + note,
+            {"graft serve under load (bench_serve)": headline},
+        )
     return 1 if errors else 0
 
 

@@ -7,11 +7,14 @@ benchmarks/tutorial_reference.py), graft ``--mode freeze --epochs 10`` ``--repea
 cache each (a fresh ``GRAFT_CACHE_DIR``: no features, no scan verdicts, no exported backbone), then ``--repeat``
 times with the last one's warm cache; the ratio is taken from the median. finetune: the reference's 25-epoch
 fine-tuning (extrapolated from K epochs by default) and graft ``--mode finetune`` (staged: head on stored
-features, then all layers) with an empty cache.
+features, then all layers) with an empty cache. Time-to-result rows set graft's own recipe (fewer epochs) against the
+reference's 25 epochs; the same-work rows run graft with the reference's recipe and its 25 epochs (``--optimizer sgd
+--lr 0.001 --scheduler step --step-size 7 --gamma 0.1 --batch-size 4 --epochs 25``, no early stop; fine-tuning without
+the head stage), so the ratio there compares the same work. ``--no-same-work`` leaves them out.
 
-Page cache: this machine's kernel reclaims file pages left idle for ~30 s, after which the first process to
-import torch reads ~300 MB of its libraries from disk again (``import torch`` alone: 6.4 s instead of 1.8 s,
-measured 2026-11-23). So before timing anything, one untimed graft run (throwaway cache) and a read of the
+Page cache: the kernel of the virtual machines this was measured on reclaims file pages left idle for ~30 s, after
+which the first process to import torch reads ~300 MB of its libraries from disk again (``import torch`` alone:
+6.4 s instead of 1.8 s). So before timing anything, one untimed graft run (throwaway cache) and a read of the
 images bring the libraries, the weights and the data into memory, for graft and for the reference alike; the
 measured graft runs then follow each other without idle gaps. ``--cold-pages`` adds one graft run after 60 s of
 idling, to show that cost.
@@ -75,6 +78,13 @@ def graft_run(data: Path, arch: str, args: list[str], tmp: Path, name: str, cach
     return {"wall_seconds": round(wall, 2), "best_val_acc": metrics["best_val_acc"], "args": " ".join(args)}
 
 
+#: The reference's recipe as graft options, for the same-work rows (``--patience 25``: no early stop in 25 epochs).
+TUTORIAL_RECIPE = [
+    *("--optimizer", "sgd", "--lr", "0.001", "--momentum", "0.9", "--scheduler", "step"),
+    *("--step-size", "7", "--gamma", "0.1", "--batch-size", "4", "--epochs", "25", "--patience", "25"),
+]
+
+
 def repeated(runs: list[dict]) -> dict:
     """Several runs of one command as one table row: the median time (all times listed), the worst accuracy."""
     times = sorted(r["wall_seconds"] for r in runs)
@@ -99,9 +109,13 @@ def main() -> int:
     parser.add_argument("--finetune-args", default="--mode finetune --epochs 2")
     parser.add_argument("--repeat", type=int, default=3, help="graft freeze runs of each kind (median reported)")
     parser.add_argument("--cold-pages", action="store_true", help="also one graft run after 60 s of idling")
+    parser.add_argument(
+        "--no-same-work", action="store_true", help="leave out graft running the reference's recipe and 25 epochs"
+    )
     parser.add_argument("--record", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = parser.parse_args()
-    sections = []
+    sections: list[str] = []
+    headlines: dict[str, str] = {}
     load = os.getloadavg()[0]
     if load >= len(os.sched_getaffinity(0)) / 2:
         sections.append(
@@ -128,45 +142,92 @@ def main() -> int:
                 time.sleep(60)
                 idle = graft_run(args.data, args.arch, freeze, tmp, "cold-pages", tmp / "cache-cold-pages")
                 rows.append(("graft freeze, empty cache, after 60 s idle (page cache reclaimed)", idle))
+            if not args.no_same_work:
+                same = graft_run(args.data, args.arch, ["--mode", "freeze", *TUTORIAL_RECIPE], tmp, "same", cache)
+                rows.append(("graft freeze, the reference's recipe and 25 epochs, warm cache (same work)", same))
             ref = reference(args.data, args.arch, "freeze", args.reference_measure, tmp)
             sections.append(table("frozen backbone", ref, rows))
+            headlines["graft vs the tutorial, frozen (bench_tutorial)"] = headline(ref, rows[0])
         if args.mode in ("finetune", "both"):
             run = graft_run(args.data, args.arch, args.finetune_args.split(), tmp, "finetune", tmp / "cache-ft")
+            rows = [(f"graft {args.finetune_args}, empty cache (time to result)", run)]
+            if not args.no_same_work:
+                recipe = ["--mode", "finetune", "--head-epochs", "0", *TUTORIAL_RECIPE]
+                same = graft_run(args.data, args.arch, recipe, tmp, "finetune-same", tmp / "cache-ft-same")
+                rows.append(("graft finetune, the reference's recipe and 25 epochs, empty cache (same work)", same))
             ref = reference(args.data, args.arch, "finetune", args.reference_measure or 3, tmp)
-            sections.append(table("fine-tuning", ref, [(f"graft {args.finetune_args}, empty cache", run)]))
+            sections.append(table("fine-tuning", ref, rows))
+            headlines["graft vs the tutorial, fine-tuning (bench_tutorial)"] = headline(ref, rows[0], rows[1:])
     text = "\n\n".join(sections)
     print(text)
     if args.record:
         from benchmarks.results import record
 
-        record(f"graft vs the tutorial algorithm ({args.arch}, hymenoptera, whole processes)", text)
+        record(f"graft vs the tutorial algorithm ({args.arch}, hymenoptera, whole processes)", text, headlines)
     return 0
+
+
+def reference_rows(ref: dict) -> tuple[list[str], str]:
+    """The reference's table rows (what was measured; the 25-epoch extrapolation on its own row) and the label of
+    the time the ratios divide."""
+    mode = ref["mode"]
+    if not ref["extrapolated"]:
+        acc = f"{ref['best_val_acc']:.4f}"
+        return [
+            f"| tutorial algorithm, {mode}, 25 epochs (measured) | {ref['seconds_25']:.1f} | {acc} | 1.0 |"
+        ], "measured"
+    k = ref["epochs_run"]
+    return [
+        f"| tutorial algorithm, {mode}, {k} epochs (measured, whole process) | {ref['wall_seconds']:.1f} | "
+        f"{ref['best_val_acc']:.4f} | |",
+        f"| tutorial algorithm, {mode}, 25 epochs (**extrapolated** from the {k} measured) | {ref['seconds_25']:.1f} | "
+        f"(not measured) | 1.0 |",
+    ], "extrapolated"
 
 
 def table(title: str, ref: dict, runs: list[tuple[str, dict]]) -> str:
     how = (
-        "measured"
+        "all 25 epochs measured"
         if not ref["extrapolated"]
         else (
             f"{ref['epochs_run']} epochs measured ({', '.join(map(str, ref['epoch_seconds']))} s), "
             f"extrapolated to 25 as setup + e1 + 24 x mean of the later epochs"
         )
     )
+    ref_lines, basis = reference_rows(ref)
     lines = [
         f"**{title}** (reference: {how}; its best val acc is over the epochs it ran)",
         "",
-        "| run | wall s | best val acc | reference time / graft time |",
+        "| run | wall s | best val acc | reference's 25 epochs / graft time |",
         "| --- | ---: | ---: | ---: |",
-        f"| tutorial algorithm, 25 epochs, {ref['mode']} | {ref['seconds_25']:.1f} | {ref['best_val_acc']:.4f} | 1.0 |",
+        *ref_lines,
     ]
     for name, r in runs:
-        ratio = f"{ref['seconds_25'] / r['wall_seconds']:.1f}x"
+        ratio = f"{ref['seconds_25'] / r['wall_seconds']:.1f}x" + (
+            " (vs extrapolated)" if basis == "extrapolated" else ""
+        )
         wall = f"{r['wall_seconds']:.1f}"
         if len(r.get("all_seconds", [])) > 1:
             wall = f"{wall} (median of {' / '.join(f'{t:.1f}' for t in r['all_seconds'])})"
             ratio += f" (slowest: {ref['seconds_25'] / max(r['all_seconds']):.1f}x)"
         lines.append(f"| {name} | {wall} | {r['best_val_acc']:.4f} | {ratio} |")
     return "\n".join(lines)
+
+
+def headline(ref: dict, result: tuple[str, dict], same: list[tuple[str, dict]] | None = None) -> str:
+    """One line for the top of RESULTS.md: graft's time to result, the reference's time (saying when it is
+    extrapolated), the ratio, and the same-work ratio when it was run."""
+    name, r = result
+    basis = f"25 epochs extrapolated from {ref['epochs_run']} measured" if ref["extrapolated"] else "25 epochs measured"
+    t25 = ref["seconds_25"]
+    text = (
+        f"{name}: {r['wall_seconds']:.1f} s vs the reference's {t25:.1f} s ({basis}) = "
+        f"{t25 / r['wall_seconds']:.1f}x; best val acc {r['best_val_acc']:.4f} vs {ref['best_val_acc']:.4f}"
+    )
+    for _, s in (same or [])[:1]:
+        seconds = s["wall_seconds"]
+        text += f"; same work (25 epochs, the reference's recipe): {seconds:.1f} s = {t25 / seconds:.1f}x"
+    return text
 
 
 if __name__ == "__main__":
