@@ -75,7 +75,12 @@ def graft_run(data: Path, arch: str, args: list[str], tmp: Path, name: str, cach
     cmd = [sys.executable, "-m", "graft", "train", str(data), "--arch", arch, *args, "--out", str(tmp), "--name", name]
     wall, _ = timed(cmd, env)
     metrics = json.loads((tmp / name / "metrics.json").read_text())
-    return {"wall_seconds": round(wall, 2), "best_val_acc": metrics["best_val_acc"], "args": " ".join(args)}
+    return {
+        "wall_seconds": round(wall, 2),
+        "best_val_acc": metrics["best_val_acc"],
+        "epochs": metrics.get("epochs_run"),
+        "args": " ".join(args),
+    }
 
 
 #: The reference's recipe as graft options, for the same-work rows (``--patience 25``: no early stop in 25 epochs).
@@ -89,6 +94,7 @@ def repeated(runs: list[dict]) -> dict:
     """Several runs of one command as one table row: the median time (all times listed), the worst accuracy."""
     times = sorted(r["wall_seconds"] for r in runs)
     return {
+        "epochs": runs[0].get("epochs"),
         "wall_seconds": times[len(times) // 2],
         "all_seconds": [r["wall_seconds"] for r in runs],
         "best_val_acc": min(r["best_val_acc"] for r in runs),
@@ -150,7 +156,9 @@ def main() -> int:
             headlines["graft vs the tutorial, frozen (bench_tutorial)"] = headline(ref, rows[0])
         if args.mode in ("finetune", "both"):
             run = graft_run(args.data, args.arch, args.finetune_args.split(), tmp, "finetune", tmp / "cache-ft")
-            rows = [(f"graft {args.finetune_args}, empty cache (time to result)", run)]
+            rows = [
+                (f"graft {args.finetune_args} (epochs: head stage + all layers), empty cache (time to result)", run)
+            ]
             if not args.no_same_work:
                 recipe = ["--mode", "finetune", "--head-epochs", "0", *TUTORIAL_RECIPE]
                 same = graft_run(args.data, args.arch, recipe, tmp, "finetune-same", tmp / "cache-ft-same")
@@ -178,9 +186,9 @@ def reference_rows(ref: dict) -> tuple[list[str], str]:
         ], "measured"
     k = ref["epochs_run"]
     return [
-        f"| tutorial algorithm, {mode}, {k} epochs (measured, whole process) | {ref['wall_seconds']:.1f} | "
+        f"| tutorial algorithm, {mode} (measured, whole process) | {k} | {ref['wall_seconds']:.1f} | "
         f"{ref['best_val_acc']:.4f} | |",
-        f"| tutorial algorithm, {mode}, 25 epochs (**extrapolated** from the {k} measured) | {ref['seconds_25']:.1f} | "
+        f"| tutorial algorithm, {mode} (**extrapolated** from the {k} measured) | 25 | {ref['seconds_25']:.1f} | "
         f"(not measured) | 1.0 |",
     ], "extrapolated"
 
@@ -198,8 +206,8 @@ def table(title: str, ref: dict, runs: list[tuple[str, dict]]) -> str:
     lines = [
         f"**{title}** (reference: {how}; its best val acc is over the epochs it ran)",
         "",
-        "| run | wall s | best val acc | reference's 25 epochs / graft time |",
-        "| --- | ---: | ---: | ---: |",
+        "| run | epochs | wall s | best val acc | reference's 25 epochs / graft time |",
+        "| --- | ---: | ---: | ---: | ---: |",
         *ref_lines,
     ]
     for name, r in runs:
@@ -210,7 +218,8 @@ def table(title: str, ref: dict, runs: list[tuple[str, dict]]) -> str:
         if len(r.get("all_seconds", [])) > 1:
             wall = f"{wall} (median of {' / '.join(f'{t:.1f}' for t in r['all_seconds'])})"
             ratio += f" (slowest: {ref['seconds_25'] / max(r['all_seconds']):.1f}x)"
-        lines.append(f"| {name} | {wall} | {r['best_val_acc']:.4f} | {ratio} |")
+        epochs = r.get("epochs") or ""
+        lines.append(f"| {name} | {epochs} | {wall} | {r['best_val_acc']:.4f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -221,7 +230,7 @@ def headline(ref: dict, result: tuple[str, dict], same: list[tuple[str, dict]] |
     basis = f"25 epochs extrapolated from {ref['epochs_run']} measured" if ref["extrapolated"] else "25 epochs measured"
     t25 = ref["seconds_25"]
     text = (
-        f"{name}: {r['wall_seconds']:.1f} s vs the reference's {t25:.1f} s ({basis}) = "
+        f"{name}, {r.get('epochs')} epochs: {r['wall_seconds']:.1f} s vs the reference's {t25:.1f} s ({basis}) = "
         f"{t25 / r['wall_seconds']:.1f}x; best val acc {r['best_val_acc']:.4f} vs {ref['best_val_acc']:.4f}"
     )
     for _, s in (same or [])[:1]:
