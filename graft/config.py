@@ -317,7 +317,9 @@ class ServeConfig:
     """``graft serve``: an HTTP API (POST /predict, GET /model, GET /health) and a web page (GET /) for a run."""
 
     run: Path = opt(None, "run directory written by graft train", positional=True)
-    host: str = opt("127.0.0.1", "address to listen on (0.0.0.0 exposes the model to the network)")
+    host: str = opt(
+        "127.0.0.1", "address to listen on (0.0.0.0 exposes the model to the network: it then needs an API key)"
+    )
     port: int = opt(8000, "TCP port (0: any free port)")
     top_k: int = opt(5, "classes per answer unless the request asks for ?top_k=N")
     max_upload_mb: float = opt(20.0, "largest request body in MB (answered 413 beyond)")
@@ -326,11 +328,30 @@ class ServeConfig:
     max_batch: int = opt(16, "most images the model runs at once (concurrent requests are batched)")
     workers: int | None = opt(None, "threads decoding uploads (default: from the core count)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
+    api_key: str | None = field(  # repr=False: the key never shows in a printed config or a traceback
+        default=None,
+        repr=False,
+        metadata={
+            "help": "key that requests must send (Authorization: Bearer KEY or X-API-Key: KEY; GET /health and the "
+            "page stay open, the page asks for the key); required with a --host other than loopback. Prefer the "
+            "GRAFT_API_KEY environment variable: a key on the command line is visible to other users in ps "
+            "(default: $GRAFT_API_KEY, else none)"
+        },
+    )
+    auth: bool = opt(
+        True,
+        "--no-auth: serve a --host other than loopback without an API key (anyone who reaches it can use the model); "
+        "GRAFT_API_KEY is then ignored",
+    )
 
     def __post_init__(self) -> None:
         if self.run is None:
             raise ConfigError("no run directory given: pass RUN (e.g. graft serve runs/001-mobilenet_v2-freeze)")
         self.run = Path(self.run)
+        if self.api_key is not None and not self.auth:
+            raise ConfigError("--api-key and --no-auth contradict each other: keep one of them")
+        if self.api_key is not None and (problem := api_key_problem(self.api_key)):
+            raise ConfigError(f"--api-key {problem}")
         checks = [
             (0 <= self.port <= 65535, f"--port must be in 0..65535 (got {self.port})"),
             (self.top_k >= 1, f"--top-k must be >= 1 (got {self.top_k})"),
@@ -347,6 +368,15 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an API key (it travels in an HTTP header), or None; the key itself is never quoted."""
+    if not key:
+        return "is empty: give a key, e.g. one from python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if not all("!" <= c <= "~" for c in key):
+        return "must be printable ASCII without spaces (it travels in an HTTP header)"
+    return None
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -15,6 +15,12 @@ content (sniffed, never the declared type or name: 415 when it is not a supporte
 request (``--timeout``, 408). Errors answer ``{"detail": "..."}``. Decoding runs in a thread pool and the model in
 its own thread, batching the requests that arrive while it is busy, so the event loop never blocks and concurrent
 requests share the model. The server listens on loopback unless ``--host`` says otherwise.
+
+With an API key (``--api-key KEY``, better ``$GRAFT_API_KEY``: a command line shows in ``ps``), every request but
+``GET /health`` (for load balancers) and the page itself (static, the same for every server) must carry it, as
+``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; otherwise it is answered 401 with ``WWW-Authenticate: Bearer``.
+The page asks for the key when ``/model`` answers 401 and keeps it in the tab's ``sessionStorage``. A ``--host`` other
+than loopback needs a key, or an explicit ``--no-auth``: without either the server refuses to start.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
+import hmac
 import ipaddress
 import json
 import os
@@ -31,13 +39,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graft.config import ServeConfig
+from graft.config import ServeConfig, api_key_problem
 from graft.errors import GraftError, ImageError
 
 try:  # at module level: FastAPI reads the endpoints' annotations from this module's globals
@@ -62,6 +70,10 @@ _REASON_STATUS: tuple[tuple[str, int], ...] = (
     ("unsupported image format", 415),
 )
 _DRAIN_FACTOR = 4  # an oversize body up to this many times the limit is read (and dropped) so the client sees 413
+API_KEY_ENV = "GRAFT_API_KEY"
+#: Paths answered without the key: liveness for load balancers, and the static page (it holds no model data and a
+#: browser cannot add a header to a navigation; what it fetches, /model and /predict, needs the key).
+OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})
 
 
 class ServeError(GraftError):
@@ -370,10 +382,20 @@ def create_app(clf: Classifier, cfg: ServeConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    key = cfg.api_key.encode("ascii") if cfg.auth and cfg.api_key is not None else None
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
+    async def guard(request: Request, call_next: Any) -> Any:
+        """The API key check (before any of the request is read), then the security headers on every answer."""
+        refusal = None if key is None or request.url.path in OPEN_PATHS else check_key(request.headers, key)
+        if refusal is not None:
+            response = JSONResponse(
+                {"detail": refusal},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"},
+            )
+        else:
+            response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -425,6 +447,50 @@ def create_app(clf: Classifier, cfg: ServeConfig) -> FastAPI:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the API key
+
+
+def check_key(headers: Mapping[str, str], key: bytes) -> str | None:
+    """None when ``headers`` carry ``key`` (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), else why not.
+
+    Compared in constant time; the answer never quotes what was sent."""
+    sent = []
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        sent.append(token.strip())
+    if headers.get("x-api-key", "").strip():
+        sent.append(headers["x-api-key"].strip())
+    how = "send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+    if not sent:
+        return f"this server needs an API key: {how} (GET /health needs none)"
+    # latin-1: the header's own bytes (Starlette decodes headers as latin-1); every candidate is compared
+    if any([hmac.compare_digest(s.encode("latin-1"), key) for s in sent]):
+        return None
+    return f"wrong API key: {how}, with the key the server was started with"
+
+
+def resolve_api_key(cfg: ServeConfig, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key the server will require: ``--api-key``, else ``$GRAFT_API_KEY``, none with ``--no-auth``.
+
+    Refuses (:class:`ServeError`) a ``--host`` other than loopback with no key and no ``--no-auth``; checked before
+    the model loads or a socket is bound."""
+    if not cfg.auth:
+        return None
+    key = cfg.api_key
+    if key is None and environ.get(API_KEY_ENV):
+        key = environ[API_KEY_ENV]
+        if problem := api_key_problem(key):
+            raise ServeError(f"${API_KEY_ENV} {problem}")
+    if key is None and not is_loopback(cfg.host):
+        raise ServeError(
+            f"--host {cfg.host} lets other machines reach the server, and no API key is set: export "
+            f"{API_KEY_ENV}=<a long random key> (or --api-key KEY, visible in ps), or pass --no-auth to serve "
+            "without authentication, or use --host 127.0.0.1"
+        )
+    return key
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # running it
 
 
@@ -466,10 +532,13 @@ def serve(
     max_batch: int = 16,
     workers: int | None = None,
     device: str = "auto",
+    api_key: str | None = None,
+    auth: bool = True,
 ) -> None:
     """Serve a run until interrupted (Ctrl-C or SIGTERM). Prints the address it listens on to stderr.
 
-    The options are those of :class:`graft.config.ServeConfig` (``graft serve --help``)."""
+    The options are those of :class:`graft.config.ServeConfig` (``graft serve --help``); ``api_key=None`` takes
+    ``$GRAFT_API_KEY``, and ``auth=False`` is ``--no-auth``."""
     cfg = ServeConfig(
         run=Path(run_dir),
         host=host,
@@ -481,6 +550,8 @@ def serve(
         max_batch=max_batch,
         workers=workers,
         device=device,  # type: ignore[arg-type]
+        api_key=api_key,
+        auth=auth,
     )
     run_config(cfg)
 
@@ -489,20 +560,23 @@ def run_config(cfg: ServeConfig) -> None:
     """:func:`serve` with a :class:`ServeConfig`."""
     from graft.predict import load
 
+    cfg = dataclasses.replace(cfg, api_key=resolve_api_key(cfg))  # a refusal comes before any slow work
+    if not cfg.auth and not is_loopback(cfg.host):
+        print(
+            f"warning: --no-auth on {cfg.host}: anyone who can reach this machine can use the model; "
+            f"set {API_KEY_ENV} instead, or use --host 127.0.0.1 to keep it local",
+            file=sys.stderr,
+            flush=True,
+        )
     clf = load(cfg.run, device=cfg.device)
     app = create_app(clf, cfg)
     sock = bind(cfg.host, cfg.port)
     actual_port = sock.getsockname()[1]
     shown_host = f"[{cfg.host.strip('[]')}]" if ":" in cfg.host else cfg.host
-    if not is_loopback(cfg.host):
-        print(
-            f"warning: listening on {cfg.host}: anyone who can reach this machine can use the model "
-            "(there is no authentication); use --host 127.0.0.1 to keep it local",
-            file=sys.stderr,
-        )
+    access = "API key required" if cfg.api_key is not None else "no API key"
     print(
         f"graft serve: {clf.run_dir.name} ({clf.meta['arch']}, {len(clf.classes)} classes) "
-        f"on http://{shown_host}:{actual_port}/ (Ctrl-C stops)",
+        f"on http://{shown_host}:{actual_port}/ ({access}; Ctrl-C stops)",
         file=sys.stderr,
         flush=True,
     )

@@ -1,16 +1,20 @@
-"""Tests of graft.serve: the real server in a subprocess on loopback (valid images, every refusal, concurrency),
-the page in headless Chromium, and the request time limit in process."""
+"""Tests of graft.serve: the real server in a subprocess on loopback, with an API key (valid images, every
+refusal, the key checks, concurrency), the page in headless Chromium (with and without a key), the refusal to
+start on a non-loopback host without a key, and the request time limit in process."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
+import secrets
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -23,20 +27,35 @@ import pytest
 import graft
 from graft.config import ServeConfig
 from graft.errors import ConfigError
-from graft.serve import ServeError, bind, is_loopback
+from graft.serve import ServeError, bind, create_app, is_loopback, resolve_api_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+KEY = secrets.token_urlsafe(24)  # the module server's key, given as $GRAFT_API_KEY
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TEST_NET = "192.0.2.1"  # documentation-only address (RFC 5737): not on this machine, so binding it fails
+
+
+def serve_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``graft serve`` subprocess: offline, and no API key unless given here."""
+    env = {k: v for k, v in os.environ.items() if k != "GRAFT_API_KEY"}
+    return env | {"GRAFT_OFFLINE": "1", "GRAFT_NO_PROGRESS": "1"} | extra
 
 
 @pytest.fixture(scope="module")
-def server(frozen_run, tmp_path_factory) -> Iterator[str]:
-    """``graft serve RUN --port 0`` in a subprocess, with the default limits; yields its base URL."""
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = os.environ | {"GRAFT_OFFLINE": "1", "GRAFT_NO_PROGRESS": "1"}
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(frozen_run, server_log) -> Iterator[str]:
+    """``graft serve RUN --port 0`` in a subprocess with ``GRAFT_API_KEY=KEY`` and the default limits; yields its
+    base URL."""
+    log = server_log
+    env = serve_env(GRAFT_API_KEY=KEY)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "graft", "serve", str(frozen_run.run_dir), "--port", "0"],
+            [sys.executable, "-m", "graft", "serve", str(frozen_run.run_dir), "--port", "0", "--device", "cpu"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -64,11 +83,41 @@ def server(frozen_run, tmp_path_factory) -> Iterator[str]:
     # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal so the parent sees how it ended
     assert proc.returncode in (0, -signal.SIGTERM), log.read_text(errors="replace")
     assert "Application shutdown complete" in log.read_text(errors="replace")
+    assert KEY not in log.read_text(errors="replace")  # every request of the module went by, 401s included
 
 
 @pytest.fixture(scope="module")
 def clf(frozen_run):
     return graft.load(frozen_run.run_dir, device="cpu")
+
+
+@contextlib.contextmanager
+def serving(clf, cfg: ServeConfig) -> Iterator[str]:
+    """``create_app(clf, cfg)`` on a real loopback socket, served by uvicorn in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(clf, cfg), log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start in a thread"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+    assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def open_server(clf, frozen_run) -> Iterator[str]:
+    """The app without a key (loopback's default), on a real loopback socket."""
+    with serving(clf, ServeConfig(run=frozen_run.run_dir, device="cpu")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +140,7 @@ def a_png_declaring(width: int, height: int) -> bytes:
 
 
 def check_serving(url: str, bee: Path) -> None:
-    r = httpx.post(f"{url}/predict", content=bee.read_bytes(), timeout=30)
+    r = httpx.post(f"{url}/predict", content=bee.read_bytes(), headers=AUTH, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["label"] == "bees"
 
@@ -100,7 +149,7 @@ def check_serving(url: str, bee: Path) -> None:
 
 
 def test_valid_images_give_graft_labels(server, samples) -> None:
-    with httpx.Client(base_url=server, timeout=30) as client:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
         for path, label, probability in samples:
             raw = client.post("/predict", content=path.read_bytes())
             assert raw.status_code == 200, raw.text
@@ -141,7 +190,7 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(server, hy
         "multipart without a file": {"files": {"note": (None, b"hello")}},  # a form with a text field only
         "empty multipart file": {"files": {"file": ("bee.jpg", b"", "image/jpeg")}},
     }[name]
-    r = httpx.post(f"{server}/predict", timeout=60, **kwargs)
+    r = httpx.post(f"{server}/predict", headers=AUTH, timeout=60, **kwargs)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
     check_serving(server, bee)
@@ -150,7 +199,7 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(server, hy
 def test_health_and_model(server, frozen_run) -> None:
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["model"] == frozen_run.run_dir.name
-    model = httpx.get(f"{server}/model").json()
+    model = httpx.get(f"{server}/model", headers=AUTH).json()
     assert model["classes"] == ["ants", "bees"] and model["arch"] == "mobilenet_v2" and model["mode"] == "freeze"
     assert model["metrics"]["best_val_acc"] == frozen_run.metrics["best_val_acc"]
     assert model["preprocess"]["input_size"] == 224 and model["top_k"] == 2
@@ -163,11 +212,97 @@ def test_health_and_model(server, frozen_run) -> None:
     assert "file" not in model["pretrained"]  # no local paths leak
 
 
+# --- the API key ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/predict"), ("GET", "/model"), ("GET", "/openapi.json")])
+def test_requests_without_the_right_key_get_401(server, hymenoptera, method, path) -> None:
+    bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
+    wrong = secrets.token_urlsafe(24)
+    cases = {
+        "no key": ({}, "needs an API key"),
+        "wrong Bearer": ({"Authorization": f"Bearer {wrong}"}, "wrong API key"),
+        "wrong X-API-Key": ({"X-API-Key": wrong}, "wrong API key"),
+        "the key under another scheme": ({"Authorization": f"Basic {KEY}"}, "needs an API key"),
+        "a prefix of the key": ({"X-API-Key": KEY[:-1]}, "wrong API key"),
+        "Bearer without a token": ({"Authorization": "Bearer"}, "needs an API key"),
+    }
+    for case, (headers, words) in cases.items():
+        r = httpx.request(method, f"{server}{path}", headers=headers, content=bee if method == "POST" else None)
+        assert r.status_code == 401, (case, r.text)
+        assert r.headers["www-authenticate"] == "Bearer" and r.headers["content-type"] == "application/json", case
+        assert words in r.json()["detail"] and "X-API-Key: KEY" in r.json()["detail"], case
+        assert KEY not in r.text and wrong not in r.text, case
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store", case
+
+
+def test_the_key_is_accepted_as_bearer_or_x_api_key(server, hymenoptera) -> None:
+    bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
+    for headers in (AUTH, {"X-API-Key": KEY}, {"authorization": f"bearer {KEY}"}):
+        r = httpx.post(f"{server}/predict", content=bee, headers=headers, timeout=30)
+        assert r.status_code == 200, (headers.keys(), r.text)
+        assert r.json()["label"] == "bees"
+        assert httpx.get(f"{server}/model", headers=headers).json()["classes"] == ["ants", "bees"]
+    # one right credential is enough, whichever header holds it
+    wrong = {"Authorization": "Bearer not-the-key", "X-API-Key": KEY}
+    assert httpx.post(f"{server}/predict", content=bee, headers=wrong, timeout=30).status_code == 200
+
+
+def test_a_refused_upload_is_answered_before_its_body_is_read(server) -> None:
+    r = httpx.post(f"{server}/predict", content=os.urandom(8_000_000), headers={"X-API-Key": "nope"}, timeout=60)
+    assert r.status_code == 401 and "wrong API key" in r.json()["detail"]
+
+
+def test_health_and_the_page_stay_open(server) -> None:
+    health = httpx.get(f"{server}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    page = httpx.get(f"{server}/")
+    assert page.status_code == 200 and 'id="keyform"' in page.text  # static; the page asks for the key itself
+    assert KEY not in page.text
+    assert httpx.get(f"{server}/favicon.ico").status_code == 204
+    assert httpx.get(f"{server}/no-such-page").status_code == 401  # no route list without the key
+
+
+def test_the_key_is_never_shown(server, server_log, hymenoptera) -> None:
+    # the key came from $GRAFT_API_KEY: not in the banner, the access log, the model's description or the schema
+    bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
+    assert httpx.post(f"{server}/predict", content=bee, headers={"X-API-Key": KEY[::-1]}).status_code == 401
+    assert httpx.post(f"{server}/predict", content=bee, headers=AUTH, timeout=30).status_code == 200
+    deadline = time.monotonic() + 10
+    while 'HTTP/1.1" 200' not in server_log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the access log line follows the answer
+    text = server_log.read_text(errors="replace")
+    assert re.search(r"on http://127\.0\.0\.1:\d+/ \(API key required; Ctrl-C stops\)", text), text
+    assert 'POST /predict HTTP/1.1" 401' in text and 'POST /predict HTTP/1.1" 200' in text  # requests were logged
+    assert KEY not in text
+    for path in ("/model", "/openapi.json", "/health"):
+        assert KEY not in httpx.get(f"{server}{path}", headers=AUTH).text
+
+
+def test_without_a_key_loopback_serves_everyone(open_server, hymenoptera) -> None:
+    bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
+    r = httpx.post(f"{open_server}/predict", content=bee, timeout=30)
+    assert r.status_code == 200 and r.json()["label"] == "bees"
+    assert httpx.get(f"{open_server}/model").status_code == 200
+    # a key sent to a server without one is ignored
+    assert httpx.post(f"{open_server}/predict", content=bee, headers=AUTH, timeout=30).status_code == 200
+
+
+def test_an_api_key_in_the_config_protects_a_loopback_server(clf, frozen_run, hymenoptera) -> None:
+    key = secrets.token_hex(16)
+    bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
+    with serving(clf, ServeConfig(run=frozen_run.run_dir, device="cpu", api_key=key)) as url:
+        assert httpx.post(f"{url}/predict", content=bee, timeout=30).status_code == 401
+        assert httpx.post(f"{url}/predict", content=bee, headers=AUTH, timeout=30).status_code == 401
+        assert httpx.post(f"{url}/predict", content=bee, headers={"X-API-Key": key}, timeout=30).status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
 def test_concurrent_requests_are_all_served(server, samples) -> None:
     payloads = [(path.read_bytes(), label) for path, label, _ in samples]
 
     def client(i: int) -> list[bool]:
-        with httpx.Client(base_url=server, timeout=60) as c:
+        with httpx.Client(base_url=server, headers=AUTH, timeout=60) as c:
             return [c.post("/predict", content=data).json()["label"] == label for data, label in payloads[i % 2 :: 2]]
 
     with ThreadPoolExecutor(8) as pool:
@@ -219,16 +354,67 @@ def browser(tmp_path_factory) -> Iterator[object]:
         driver.quit()
 
 
-def test_page_classifies_an_uploaded_bee(server, browser, hymenoptera, frozen_run, tmp_path) -> None:
+def test_page_asks_for_the_key_then_classifies_an_uploaded_bee(
+    server, browser, hymenoptera, frozen_run, tmp_path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = browser
     driver.get(f"{server}/")
     wait = WebDriverWait(driver, 30)
+    key_field = driver.find_element(By.ID, "key")
+    wait.until(lambda d: key_field.is_displayed())  # /model answered 401: the page asks for the key
+    assert driver.find_element(By.ID, "title").text == "graft" and "API key" in driver.find_element(By.ID, "about").text
+
+    key_field.send_keys("not-the-key\n")
+    wait.until(lambda d: "refused" in d.find_element(By.ID, "keymsg").text)
+    assert key_field.is_displayed() and key_field.get_attribute("value") == ""
+    assert driver.execute_script("return sessionStorage.getItem('graft-api-key')") is None  # a refused key is dropped
+
+    key_field.send_keys(KEY + "\n")
     wait.until(lambda d: d.find_element(By.ID, "title").text == frozen_run.run_dir.name)  # /model was fetched
     assert "mobilenet_v2" in driver.find_element(By.ID, "about").text
+    assert not key_field.is_displayed() and driver.find_element(By.ID, "forget").is_displayed()
+    assert driver.execute_script("return sessionStorage.getItem('graft-api-key')") == KEY  # this tab only
+    assert KEY not in driver.page_source  # the field was cleared; the key is nowhere in the document
 
+    classify_a_bee_then_a_text_file(driver, hymenoptera, tmp_path)
+
+    driver.refresh()  # the tab keeps the key
+    wait.until(lambda d: d.find_element(By.ID, "title").text == frozen_run.run_dir.name)
+    assert not driver.find_element(By.ID, "key").is_displayed()
+    driver.find_element(By.ID, "forget").click()
+    wait.until(lambda d: d.find_element(By.ID, "key").is_displayed())
+    assert driver.execute_script("return sessionStorage.getItem('graft-api-key')") is None
+    assert not driver.find_element(By.ID, "forget").is_displayed()
+    severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    # the only errors are the refusals the test provoked (Chromium logs every 4xx answer to fetch)
+    assert [m for m in severe if not re.search(r"/(model|predict)\S* - Failed to load resource.* 4(01|15)", m)] == []
+
+
+def test_page_without_a_key_classifies_at_once(open_server, browser, hymenoptera, frozen_run, tmp_path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    driver.get(f"{open_server}/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "title").text == frozen_run.run_dir.name)
+    assert not driver.find_element(By.ID, "key").is_displayed()
+    assert not driver.find_element(By.ID, "forget").is_displayed()
+    classify_a_bee_then_a_text_file(driver, hymenoptera, tmp_path)
+    severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert [m for m in severe if "predict" not in m] == []
+
+
+def classify_a_bee_then_a_text_file(driver, hymenoptera: Path, tmp_path: Path) -> None:
+    """Drop a bee on the page (the file input), then a text file: the bars, then the server's refusal."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 30)
     bee = hymenoptera / "val/bees/72100438_73de9f17af.jpg"
     driver.find_element(By.ID, "file").send_keys(str(bee))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
@@ -245,7 +431,6 @@ def test_page_classifies_an_uploaded_bee(server, browser, hymenoptera, frozen_ru
     wait.until(lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"))
     assert "not an image" in driver.find_element(By.ID, "status").text
     assert driver.find_elements(By.CSS_SELECTOR, "#results li") == []
-    assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "predict" not in e["message"]] == []
 
 
 # --- in process: the time limit, configuration, binding ----------------------------------------------------------
@@ -254,9 +439,7 @@ def test_page_classifies_an_uploaded_bee(server, browser, hymenoptera, frozen_ru
 def test_a_request_over_the_time_limit_gets_408(clf, frozen_run, hymenoptera) -> None:
     from fastapi.testclient import TestClient
 
-    from graft.serve import create_app
-
-    app = create_app(clf, ServeConfig(run=frozen_run.run_dir, timeout=1e-4))
+    app = create_app(clf, ServeConfig(run=frozen_run.run_dir, timeout=1e-4, device="cpu"))
     with TestClient(app) as client:
         r = client.post("/predict", content=(hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes())
         assert r.status_code == 408 and "--timeout" in r.json()["detail"]
@@ -276,3 +459,83 @@ def test_serve_config_and_binding() -> None:
             bind("127.0.0.1", sock.getsockname()[1])
     finally:
         sock.close()
+
+
+def test_api_key_options() -> None:
+    run = Path("runs/x")
+    key = secrets.token_urlsafe(24)
+    assert key not in repr(ServeConfig(run=run, api_key=key))  # a printed config or a traceback shows no key
+    with pytest.raises(ConfigError, match="--api-key and --no-auth contradict"):
+        ServeConfig(run=run, api_key=key, auth=False)
+    for bad in ("", "two words", "clé"):
+        with pytest.raises(ConfigError, match=r"--api-key (is empty|must be printable ASCII)") as e:
+            ServeConfig(run=run, api_key=bad)
+        assert bad == "" or bad not in str(e.value)
+
+    env = {"GRAFT_API_KEY": key}
+    # the command line first, then the environment; --no-auth ignores both
+    assert resolve_api_key(ServeConfig(run=run, api_key="from-the-command-line"), env) == "from-the-command-line"
+    assert resolve_api_key(ServeConfig(run=run), env) == key
+    assert resolve_api_key(ServeConfig(run=run, host="0.0.0.0"), env) == key
+    assert resolve_api_key(ServeConfig(run=run, host="0.0.0.0", auth=False), env) is None
+    assert resolve_api_key(ServeConfig(run=run), {}) is None  # loopback may go without
+    assert resolve_api_key(ServeConfig(run=run, auth=False), {}) is None
+    for host in ("0.0.0.0", "::", "192.168.1.4", "example.org", ""):
+        with pytest.raises(ServeError, match=r"GRAFT_API_KEY=.*--no-auth"):
+            resolve_api_key(ServeConfig(run=run, host=host), {"GRAFT_API_KEY": ""})  # empty counts as unset
+    with pytest.raises(ServeError, match=r"\$GRAFT_API_KEY must be printable ASCII") as e:
+        resolve_api_key(ServeConfig(run=run), {"GRAFT_API_KEY": "secret with spaces"})
+    assert "secret" not in str(e.value)
+
+
+def graft_serve(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``graft serve ARGS`` as a user runs it, to its exit (these cases never get to listen)."""
+    return subprocess.run(
+        [sys.executable, "-m", "graft", "serve", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", TEST_NET])
+def test_a_non_loopback_host_without_a_key_refuses_to_start(frozen_run, host) -> None:
+    proc = graft_serve(str(frozen_run.run_dir), "--host", host, "--port", "0", "--device", "cpu", env=serve_env())
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"error: --host {host} "), proc.stderr
+    assert "GRAFT_API_KEY=" in proc.stderr and "--no-auth" in proc.stderr and "--host 127.0.0.1" in proc.stderr
+    assert "Application startup" not in proc.stderr and proc.stdout == ""
+
+
+def test_bad_key_options_are_one_error_line(frozen_run) -> None:
+    key = secrets.token_urlsafe(24)
+    run = str(frozen_run.run_dir)
+    cases = [
+        (["--api-key", key, "--no-auth"], serve_env(), "error: --api-key and --no-auth contradict each other"),
+        (["--api-key", ""], serve_env(), "error: --api-key is empty"),
+        ([], serve_env(GRAFT_API_KEY=f"{key} {key}"), "error: $GRAFT_API_KEY must be printable ASCII"),
+    ]
+    for args, env, words in cases:
+        proc = graft_serve(run, "--port", "0", "--device", "cpu", *args, env=env)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(words), proc.stderr
+        assert key not in proc.stderr
+
+
+@pytest.mark.parametrize("how", ["--no-auth", "--api-key", "GRAFT_API_KEY"])
+def test_a_non_loopback_host_starts_with_a_key_or_no_auth(frozen_run, how) -> None:
+    """Past the key check, the server loads the model and binds: on an address this machine does not have, binding
+    fails (so nothing listens beyond loopback), which shows that the key check let it through."""
+    key = secrets.token_urlsafe(24)
+    args = {"--no-auth": ["--no-auth"], "--api-key": ["--api-key", key], "GRAFT_API_KEY": []}[how]
+    env = serve_env(GRAFT_API_KEY=key) if how == "GRAFT_API_KEY" else serve_env()
+    proc = graft_serve(str(frozen_run.run_dir), "--host", TEST_NET, "--port", "0", "--device", "cpu", *args, env=env)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and lines[-1].startswith(f"error: cannot listen on {TEST_NET}:0"), proc.stderr
+    warnings = [line for line in lines if line.startswith("warning:")]
+    if how == "--no-auth":  # one line, before the model loads
+        assert lines[0] == warnings[0] and len(warnings) == 1, proc.stderr
+        assert f"--no-auth on {TEST_NET}: anyone who can reach this machine can use the model" in warnings[0]
+    else:
+        assert warnings == [], proc.stderr
+    assert key not in proc.stderr + proc.stdout
