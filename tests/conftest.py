@@ -1,13 +1,31 @@
-"""Shared fixtures: the real hymenoptera dataset and a factory of small synthetic image folders."""
+"""Shared fixtures: the real hymenoptera dataset, a factory of small synthetic image folders, and one real run.
+
+Every test is hermetic: before any test runs, ``GRAFT_CACHE_DIR`` points at a fresh folder for the whole session
+(never the user's ``~/.cache/graft``: neither its stored features nor its scan verdicts leak in), and
+``GRAFT_OFFLINE=1``. Subprocesses inherit both. Tests that need a cache of their own still set one.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+#: The session's feature and scan cache (set in pytest_configure, removed at the end).
+SESSION_CACHE = Path()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global SESSION_CACHE
+    SESSION_CACHE = Path(tempfile.mkdtemp(prefix="graft-test-cache-"))
+    os.environ["GRAFT_CACHE_DIR"] = str(SESSION_CACHE)
+    os.environ["GRAFT_OFFLINE"] = "1"
+    config.add_cleanup(lambda: shutil.rmtree(SESSION_CACHE, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")
@@ -43,17 +61,20 @@ def tmp_image_folder(tmp_path: Path) -> Callable[..., Path]:
 def frozen_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory):
     """One frozen mobilenet_v2 run on the real data, shared by every test that needs a trained run.
 
-    Offline, and with a fresh feature cache, so that the run computes its features itself."""
+    On the CPU: with ``auto`` a CUDA host would train in bf16, and every comparison with CPU numbers would drift.
+    Its features go to the session's cache (whatever a test has set meanwhile), where ``evaluate()`` later finds
+    the very val rows that training's val phase used."""
     import graft
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFT_OFFLINE", "1")
-        mp.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+        mp.setenv("GRAFT_CACHE_DIR", str(SESSION_CACHE))
         return graft.train(
             hymenoptera,
             arch="mobilenet_v2",
             mode="freeze",
             epochs=5,
+            device="cpu",
             out=tmp_path_factory.mktemp("runs"),
             name="frozen",
             seed=0,

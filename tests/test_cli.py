@@ -61,7 +61,7 @@ def assert_one_error(proc: subprocess.CompletedProcess[str], *fragments: str) ->
 
 def test_predict_json(cli_env, frozen_run, hymenoptera) -> None:
     ant = sorted((hymenoptera / "val/ants").glob("*.jpg"))[0]
-    proc = graft_cli(cli_env, "predict", frozen_run.run_dir, hymenoptera / BEE, ant, "--json")
+    proc = graft_cli(cli_env, "predict", frozen_run.run_dir, hymenoptera / BEE, ant, "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert [r["path"] for r in results] == [str(hymenoptera / BEE), str(ant)]
@@ -80,7 +80,7 @@ def test_predict_top_k_category_names_and_bad_files(cli_env, frozen_run, hymenop
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a picture")
     bee = hymenoptera / BEE
-    args = ["predict", frozen_run.run_dir, bee, notes, "--top-k", "1", "--category-names", names]
+    args = ["predict", frozen_run.run_dir, bee, notes, "--top-k", "1", "--category-names", names, "--device", "cpu"]
     proc = graft_cli(cli_env, *args, "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
@@ -204,6 +204,8 @@ def test_train_from_the_command_line(cli_env, tmp_path) -> None:
         "--no-cache-features",
         "--scheduler",
         "none",
+        "--device",
+        "cpu",
         "--out",
         tmp_path / "runs",
         "--name",

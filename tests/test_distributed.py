@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numerics import LOGIT_ATOL, LOGIT_RTOL, assert_accuracy_within_one_image, assert_prediction_csvs_match
 
 import graft
 from graft import distributed as dist
@@ -60,9 +61,13 @@ def run_files(run_dir: Path) -> set[str]:
     return {p.name for p in run_dir.iterdir()} - RUN_FILES_IGNORED
 
 
-def val_accuracies(run_dir: Path) -> list[float]:
+def results(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "results.csv") as f:
-        return [float(row["val_acc"]) for row in csv.DictReader(f)]
+        return list(csv.DictReader(f))
+
+
+def val_accuracies(run_dir: Path) -> list[float]:
+    return [float(row["val_acc"]) for row in results(run_dir)]
 
 
 def stored_rows(cache: Path) -> int:
@@ -71,13 +76,19 @@ def stored_rows(cache: Path) -> int:
 
 
 def assert_matches_single(run_dir: Path, single: RunResult) -> None:
-    """The acceptance of issue 8: the same files as a single process, best val accuracy within 1 point."""
+    """The same files as a single process, and every epoch's val accuracy within one image of it: the features
+    were computed in shares, one thread per process, so they differ from the single process's in the last digits,
+    and a near-tie image may fall the other way."""
     assert run_files(run_dir) == run_files(single.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2
-    assert abs(metrics["best_val_acc"] - single.best_val_acc) <= 0.01
-    assert metrics["n_train"] == single.metrics["n_train"] and metrics["n_val"] == single.metrics["n_val"]
-    assert val_accuracies(run_dir) == pytest.approx(val_accuracies(single.run_dir), abs=0.01)
+    n_val = single.metrics["n_val"]
+    assert metrics["n_train"] == single.metrics["n_train"] and metrics["n_val"] == n_val
+    assert_accuracy_within_one_image(metrics["best_val_acc"], single.best_val_acc, n_val)
+    many, one = val_accuracies(run_dir), val_accuracies(single.run_dir)
+    assert len(many) == len(one)
+    for got, want in zip(many, one, strict=True):
+        assert_accuracy_within_one_image(got, want, n_val)
     graft.load(run_dir, device="cpu")  # the saved model loads (weights and model.json agree)
 
 
@@ -85,13 +96,14 @@ def assert_matches_single(run_dir: Path, single: RunResult) -> None:
 # real launches
 
 
+@pytest.mark.numerics
 def test_two_gloo_processes_match_one(frozen_run, hymenoptera: Path, tmp_path: Path) -> None:
     """torchrun --nproc_per_node=2: features extracted in shares and gathered, the head trained alike on every
     rank, rank 0 alone writing; then graft predict --out with the files shared out gives the same CSV."""
     cache = tmp_path / "cache"
     env = env_for(cache)
     command = torchrun("--nproc_per_node=2", "--master-port", free_port(), "-m", "graft", "train", hymenoptera)
-    proc = run([*command, "--epochs", 5, "--seed", 0, "--out", tmp_path, "--name", "ddp"], env)
+    proc = run([*command, "--epochs", 5, "--seed", 0, "--device", "cpu", "--out", tmp_path, "--name", "ddp"], env)
     run_dir = tmp_path / "ddp"
     assert_matches_single(run_dir, frozen_run)
     assert proc.stdout.count("best val acc") == 1  # only rank 0 logs
@@ -100,8 +112,10 @@ def test_two_gloo_processes_match_one(frozen_run, hymenoptera: Path, tmp_path: P
     single_csv, shared_csv = tmp_path / "one.csv", tmp_path / "two.csv"
     predict_to_csv(graft.load(run_dir, device="cpu"), [hymenoptera / "val"], single_csv)
     command = torchrun("--nproc_per_node=2", "--master-port", free_port(), "-m", "graft", "predict", run_dir)
-    run([*command, hymenoptera / "val", "--out", shared_csv], env)
-    assert shared_csv.read_text() == single_csv.read_text()  # rows merged back in input order
+    run([*command, hymenoptera / "val", "--out", shared_csv, "--device", "cpu"], env)
+    # rows merged back in input order; each process batched its own share with one thread, so the probabilities
+    # match to rounding (a wrong merge order or a wrong model would move labels and probabilities by far more)
+    assert_prediction_csvs_match(shared_csv, single_csv)
     assert sorted(p.name for p in tmp_path.glob("two.csv*")) == ["two.csv"]  # part files removed
 
 
@@ -111,7 +125,8 @@ def test_two_node_launch_on_loopback(frozen_run, hymenoptera: Path, tmp_path: Pa
     port = free_port()
     common = ["--nnodes", 2, "--nproc-per-node", 1, "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
     common += ["--rdzv-id", "graft-test", "--local-addr", "127.0.0.1"]
-    train = ["-m", "graft", "train", hymenoptera, "--epochs", 5, "--seed", 0, "--out", tmp_path, "--name", "nodes"]
+    train = ["-m", "graft", "train", hymenoptera, "--epochs", 5, "--seed", 0, "--device", "cpu", "--out", tmp_path]
+    train += ["--name", "nodes"]
     nodes = [
         subprocess.Popen(
             [str(c) for c in torchrun(*common, "--node-rank", rank, "--rdzv-conf", f"is_host={rank == 0:d}", *train)],
@@ -132,6 +147,7 @@ def test_two_node_launch_on_loopback(frozen_run, hymenoptera: Path, tmp_path: Pa
     assert_matches_single(tmp_path / "nodes", frozen_run)
 
 
+@pytest.mark.numerics
 def test_finetune_with_nproc(hymenoptera: Path, tmp_path: Path) -> None:
     """graft train --nproc 2 relaunches itself under torchrun; a fine-tune (a head stage on features of a random
     body, then DDP on images with sharded loaders and all-reduced metrics) writes what a single process writes."""
@@ -142,7 +158,7 @@ def test_finetune_with_nproc(hymenoptera: Path, tmp_path: Path) -> None:
             for f in sorted((hymenoptera / split / cls).glob("*.jpg"))[:n]:
                 (data / split / cls / f.name).symlink_to(f)
     options = ["--mode", "finetune", "--arch", "mobilenet_v3_small", "--pretrained", "none", "--head-epochs", 1]
-    options += ["--epochs", 1, "--batch-size", 8, "--out", tmp_path]
+    options += ["--epochs", 1, "--batch-size", 8, "--device", "cpu", "--out", tmp_path]
     env = env_for(tmp_path / "cache")
     command = [sys.executable, "-m", "graft", "train", data, *options]
     run([*command, "--name", "one"], env)
@@ -151,8 +167,14 @@ def test_finetune_with_nproc(hymenoptera: Path, tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "two/metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
     assert run_files(tmp_path / "two") == run_files(tmp_path / "one")
-    one, two = val_accuracies(tmp_path / "one"), val_accuracies(tmp_path / "two")
-    assert one[0] == pytest.approx(two[0], abs=1e-6)  # the head stage is the single-process one
+    # The head stage is the single-process one, on features of the random body computed in shares (other batches):
+    # its losses agree to rounding, as logits do; its val accuracy (12 images, a random body: near-ties) within one
+    # image.
+    one, two = results(tmp_path / "one")[0], results(tmp_path / "two")[0]
+    assert one["stage"] == two["stage"] == "head"
+    for column in ("train_loss", "val_loss"):
+        assert float(two[column]) == pytest.approx(float(one[column]), rel=LOGIT_RTOL, abs=LOGIT_ATOL), column
+    assert_accuracy_within_one_image(float(two["val_acc"]), float(one["val_acc"]), 12)
     assert json.loads((tmp_path / "two/config.json").read_text())["nproc"] is None  # stripped for the workers
     assert proc.stdout.count("epoch   2 all") == 1
 

@@ -23,6 +23,7 @@ from graft.errors import GraftError, ResourceError, RunError, WriteError
 GRAFT = Path(graft.__file__).parent
 SMALL = {"arch": "mobilenet_v3_small", "pretrained": "none", "seed": 0, "device": "cpu", "batch_size": 4}
 SMALL["checkpoint_budget"] = 1.0  # a checkpoint after every epoch, however fast: the tests count on it
+SMALL["workers"] = 0  # images decoded in-process: then a resumed run is exact on any machine (see the README)
 TINY = {"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2}
 
 
@@ -148,6 +149,7 @@ def test_files_keep_the_usual_permissions(run) -> None:
 # --- training under faults ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_a_full_disk_during_training_keeps_the_best_model_and_resumes(tmp_image_folder, tmp_path, monkeypatch) -> None:
     """results.csv cannot be written at epoch 3 (disk full): the run stops with a clear error, everything written
     at epoch 2 is intact, and --resume finishes the run as if nothing had happened."""
@@ -175,6 +177,7 @@ def test_a_full_disk_during_training_keeps_the_best_model_and_resumes(tmp_image_
     graft.load(run_dir, device="cpu")
 
     graft.train(data, out=out, name="full", resume=run_dir, **options)
+    # exactly: the whole run and the resumed one are this process on the CPU (same batches, threads, kernels)
     assert (run_dir / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (whole, run_dir)]
     untimed = [{k: v for k, v in m.items() if "seconds" not in k} for m in metrics]

@@ -46,6 +46,7 @@ def test_crop_boxes_fall_back_to_a_centre_crop_of_the_allowed_ratio() -> None:
     assert (y1, y2) == (0, 1) and x2 - x1 == 1 and x1 == math.floor((100 - 1) / 2)
 
 
+@pytest.mark.numerics
 def test_device_batches_normalize_shuffle_and_keep_labels() -> None:
     colours = [10, 60, 110, 160, 210]
     images = [torch.full((3, 12 + i, 16), c, dtype=torch.uint8) for i, c in enumerate(colours)]
@@ -94,6 +95,7 @@ def test_device_batches_augment_real_content() -> None:
     assert torch.equal(x, first(3)) and not torch.equal(x, first(4))
 
 
+@pytest.mark.numerics
 def test_val_batches_are_the_images_in_order() -> None:
     images = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(3)]
     batches = DeviceBatches(images, [2, 0, 1], preprocess=PRE, batch_size=2, device=torch.device("cpu"), augment=False)

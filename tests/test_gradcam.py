@@ -22,7 +22,7 @@ from graft.plots import load_crops
 def clf(frozen_run):
     import graft
 
-    return graft.load(frozen_run.run_dir)
+    return graft.load(frozen_run.run_dir, device="cpu")
 
 
 def test_gradcam_maps_of_the_trained_run(clf, hymenoptera) -> None:
@@ -101,7 +101,7 @@ def test_evaluation_says_when_gradcam_is_unavailable(frozen_run, hymenoptera, tm
             shutil.copy(src, data / name / src.name)
     spec = get_backbone("mobilenet_v2")
     monkeypatch.setitem(backbones._REGISTRY, "mobilenet_v2", dataclasses.replace(spec, gradcam_layer=None))
-    result = evaluate(frozen_run.run_dir, data, out=tmp_path / "out", explain=True, grid=4)
+    result = evaluate(frozen_run.run_dir, data, out=tmp_path / "out", explain=True, grid=4, device="cpu")
     saved = json.loads((tmp_path / "out/evaluation.json").read_text())
     assert saved["explained"] == {"top_losses": False, "predictions": False}
     assert any("mobilenet_v2 has no spatial feature map" in n for n in saved["notes"])

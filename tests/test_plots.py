@@ -26,6 +26,7 @@ def decode_png(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+@pytest.mark.numerics
 def test_denormalize_inverts_normalize() -> None:
     p = Preprocess()
     x = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
@@ -80,7 +81,7 @@ def test_confusion_matrix_many_classes(tmp_path) -> None:
 def test_predict_plot_and_explain(frozen_run, hymenoptera, tmp_path, capsys) -> None:
     images = sorted((hymenoptera / "val/bees").glob("*.jpg"))[:2]
     plot_dir = tmp_path / "figs"
-    args = ["predict", str(frozen_run.run_dir), *map(str, images), "--top-k", "2", "--json"]
+    args = ["predict", str(frozen_run.run_dir), *map(str, images), "--top-k", "2", "--device", "cpu", "--json"]
     assert main([*args, "--explain", "--plot-dir", str(plot_dir)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [Path(r["figure"]).name for r in rows] == [f"{p.stem}.png" for p in images]

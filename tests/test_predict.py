@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from numerics import PROB_ATOL, assert_accuracy_within_one_image
 from PIL import Image
 
 import graft
@@ -50,16 +51,20 @@ def test_predict_one_bee(clf, hymenoptera) -> None:
     assert preds[0].to_dict() == {"label": "bees", "probability": preds[0].probability}
 
 
+@pytest.mark.numerics
 def test_predicting_the_val_folder_reproduces_best_val_acc(clf, frozen_run, hymenoptera) -> None:
+    """Through the backbone again (training's val phase read its stored features): the same accuracy, to one
+    near-tie image."""
     paths = expand_paths([hymenoptera / "val"])
     assert len(paths) == 153
     results = list(clf.predict_paths(paths, top_k=1))
     assert [r.path for r in results] == [str(p) for p in paths]
     assert all(r.error is None for r in results)
     correct = sum(r.predictions[0].label == Path(r.path).parent.name for r in results)
-    assert correct / len(results) == frozen_run.metrics["best_val_acc"]
+    assert_accuracy_within_one_image(correct / len(results), frozen_run.metrics["best_val_acc"], 153)
 
 
+@pytest.mark.numerics
 def test_predict_pil_image_and_lists(clf, hymenoptera) -> None:
     path = hymenoptera / "val/bees/72100438_73de9f17af.jpg"
     from_path = clf.predict(path, top_k=2)
@@ -75,8 +80,10 @@ def test_predict_pil_image_and_lists(clf, hymenoptera) -> None:
     assert isinstance(batch, list) and len(batch) == 3
     assert all(isinstance(b, list) and len(b) == 1 and isinstance(b[0], Prediction) for b in batch)
     assert batch[0][0].label == batch[2][0].label == "bees"
-    assert batch[0][0].probability == pytest.approx(batch[2][0].probability, abs=1e-5)
-    assert clf.predict((path,), top_k=1) == [clf.predict(path, top_k=1)]  # a tuple is a list of images too
+    # the same image in a batch of two, then alone: other batch shapes, so equal to rounding
+    assert batch[0][0].probability == pytest.approx(batch[2][0].probability, abs=PROB_ATOL)
+    # a tuple is a list of images too; exactly: both are one batch of this one image, in this process
+    assert clf.predict((path,), top_k=1) == [clf.predict(path, top_k=1)]
 
     clipped = clf.predict(path, top_k=10)
     check_top_k(clipped, 2)
@@ -136,29 +143,29 @@ def test_tampered_weights_are_refused(run_copy) -> None:
 
 def test_missing_run_dir(tmp_path) -> None:
     with pytest.raises(RunError, match="does not exist"):
-        graft.load(tmp_path / "no-such-run")
+        graft.load(tmp_path / "no-such-run", device="cpu")
 
 
 def test_missing_or_damaged_files(run_copy) -> None:
     (run_copy / "model.safetensors").unlink()
     with pytest.raises(RunError, match=r"model\.safetensors"):
-        graft.load(run_copy)
+        graft.load(run_copy, device="cpu")
     (run_copy / "model.json").write_text("{ not json")
     with pytest.raises(RunError, match=r"model\.json"):
-        graft.load(run_copy)
+        graft.load(run_copy, device="cpu")
     (run_copy / "model.json").unlink()
     with pytest.raises(RunError, match=r"model\.json"):
-        graft.load(run_copy)
+        graft.load(run_copy, device="cpu")
 
 
 def test_model_json_that_does_not_fit_the_weights(run_copy) -> None:
     meta = json.loads((run_copy / "model.json").read_text())
     (run_copy / "model.json").write_text(json.dumps(meta | {"classes": ["ants", "bees", "wasps"]}))
     with pytest.raises(RunError, match="does not fit"):
-        graft.load(run_copy)
+        graft.load(run_copy, device="cpu")
     (run_copy / "model.json").write_text(json.dumps(meta | {"format": "graft-run/99"}))
     with pytest.raises(RunError, match="format"):
-        graft.load(run_copy)
+        graft.load(run_copy, device="cpu")
 
 
 def unpickling_uses(source: str) -> list[str]:

@@ -303,7 +303,7 @@ def test_fit_restores_best_epoch_weights() -> None:
     assert len(result.history) == 10
 
     loss, acc = run_epoch(model, val, criterion, CPU)
-    assert acc == result.best_val_acc
+    assert acc == result.best_val_acc  # exactly: epoch 1's weights restored, the same val batches in this process
     assert loss == pytest.approx(result.history[0].val_loss)
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k])
@@ -360,10 +360,10 @@ def untimed(run) -> tuple[dict, list[dict[str, str]], str]:
 def test_same_seed_same_run(tmp_image_folder, tmp_path, cache_features) -> None:
     data = tmp_image_folder(TINY)
     out = tmp_path / "runs"
-    common = {"epochs": 2, "batch_size": 4, "cache_features": cache_features, "lr": 1e-2}
+    common = {"epochs": 2, "batch_size": 4, "cache_features": cache_features, "lr": 1e-2, "workers": 0}
     first = untimed(tiny_train(data, out, name="first", **common))
     second = untimed(tiny_train(data, out, name="second", **common))
-    assert first == second
+    assert first == second  # exactly: one process, one CPU, the same seed, batches, threads and kernels
     assert len(first[1]) == 2
     if cache_features:  # a different seed starts from other weights: the comparison above can fail
         other = untimed(tiny_train(data, out, name="other", seed=1, **common))
@@ -415,7 +415,7 @@ def test_mlp_head_is_saved_and_rebuilt(tmp_image_folder, tmp_path) -> None:
     preds = clf.predict(image, top_k=2)
     assert sorted(p.label for p in preds) == ["a", "b"]
     assert sum(p.probability for p in preds) == pytest.approx(1.0, abs=1e-5)
-    assert clf.predict(image, top_k=2) == preds  # dropout is off at inference
+    assert clf.predict(image, top_k=2) == preds  # exactly (the same batch twice in this process): dropout is off
 
 
 # --- a folder full of odd and broken files ---------------------------------------------------------------------
