@@ -352,26 +352,29 @@ def stored_val_logits(clf: Any, run_dir: Path, paths: Sequence[Path], *, batch_s
 
     In frozen mode with stored features, training's val accuracy is the head applied to these very rows (in
     batches of ``batch_size``), so this reproduces it by construction and skips the backbone (the feature store
-    is only read here, never written).
+    is only read here, never written). The rows are those of the engine this process would compute them with
+    (:func:`graft.features.planned_engine`), as training read and wrote them. A classifier without a float head
+    for stored features (an int8 run, whose body is part of its compiled program) never reads them.
     """
     import torch
 
-    from graft.features import CACHE_VERSION, FeatureStore, file_identity
+    from graft.features import FeatureStore, file_identity, planned_engine, store_key
     from graft.runtime import autocast
 
+    model = clf.float_model()
     meta, config = clf.meta, _read_optional(run_dir / "config.json")
     sha = (meta.get("pretrained") or {}).get("sha256")
-    if meta.get("mode") != "freeze" or not sha or not config.get("cache_features", False) or not paths:
+    if model is None or meta.get("mode") != "freeze" or not sha or not config.get("cache_features", False) or not paths:
         return None
-    key = {
-        "version": CACHE_VERSION,
-        "arch": meta["arch"],
-        "arch_kwargs": meta.get("arch_kwargs", {}),
-        "weights_sha256": sha,
-        "device": clf.device.type,
-        "preprocess": clf.preprocess.to_dict(),
-        "view": 0,
-    }
+    key = store_key(
+        arch=meta["arch"],
+        arch_kwargs=meta.get("arch_kwargs", {}),
+        weights_sha256=sha,
+        device=clf.device.type,
+        preprocess=clf.preprocess,
+        view=0,
+        engine=planned_engine(clf.device),
+    )
     try:
         found, missing = FeatureStore(key).lookup([file_identity(p) for p in paths])
     except OSError:
@@ -379,7 +382,7 @@ def stored_val_logits(clf: Any, run_dir: Path, paths: Sequence[Path], *, batch_s
     if missing:
         return None
     features = torch.from_numpy(np.stack([found[i] for i in range(len(paths))]))
-    head = clf.model.head.eval()
+    head = model.head.eval()
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(paths), batch_size):
@@ -408,7 +411,8 @@ def evaluate(
         run_dir: a run directory written by ``graft train``.
         data: images to evaluate: a folder of class folders, or a dataset with train/ and val/ (its val folder).
             Default: the run's own val split, whose accuracy then equals the run's ``best_val_acc`` (from the
-            stored val features when a frozen run's are all still there, else through the backbone).
+            stored val features when a frozen run's are all still there, else through the backbone; for an int8
+            run, its ``int8_val_acc``, through the int8 program).
         out: folder for the outputs. Default: ``run_dir`` for the val split, else ``run_dir/eval-<data name>``.
         plots: write ``confusion_matrix.png``, ``top_losses.png`` and ``predictions.png`` (needs matplotlib).
         explain: add Grad-CAM overlays to the top-loss and prediction figures.
@@ -444,6 +448,9 @@ def evaluate(
     if stored is not None:
         logits, kept, unreadable = stored, list(range(len(paths))), []
     else:
+        # An int8 run's int8_val_acc (its best_val_acc) was measured by graft.quantization.accuracy: this very
+        # function on the same val paths in the same order, at the run's batch size, through the same saved
+        # program, so the accuracy here equals it by construction.
         logits, kept, unreadable = compute_logits(clf, paths, batch_size=batch_size)
     result = EvaluationResult(
         run_dir=run_dir,

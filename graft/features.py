@@ -2,9 +2,11 @@
 
 A frozen backbone maps an image to the same vector in every epoch, so graft runs it once per image (eval mode,
 no grad, batched, channels_last) and trains the head on the stored vectors. The store is keyed by everything
-the vector depends on: architecture, builder kwargs, sha256 of the starting weights, preprocessing and view;
-a file is identified by its absolute path, size and modification time, so an edited image is recomputed.
-A second run, another head or another seed reuses the features.
+the vector depends on (:func:`store_key`): architecture, builder kwargs, sha256 of the starting weights, device,
+preprocessing, view, and the engine that ran the body (ONNX Runtime or torch, whose rows differ in the last bits:
+one store never mixes them, so a run's val rows are the very rows ``graft evaluate`` reads back); a file is
+identified by its absolute path, size and modification time, so an edited image is recomputed. A second run,
+another head or another seed reuses the features.
 
 Layout of one store (``$GRAFT_CACHE_DIR/features/<key>/``): ``features.f32``, a raw float32 matrix appended
 to and read through ``numpy.memmap`` (memory does not grow with the number of images beyond the matrix that is
@@ -17,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +32,10 @@ import torch
 from torch import nn
 
 from graft.checkpoint import atomic_write_json
-from graft.data import DecodedImages, ImageDataset, Sample
+from graft.data import DecodedImages, ImageDataset, Sample, load_rgb
 from graft.preprocess import Preprocess, eval_crop, normalize, train_crop
 from graft.runtime import (
+    OnnxRuntimeModule,
     autocast,
     fast_inference,
     inference_loader,
@@ -42,6 +46,65 @@ from graft.runtime import (
 )
 
 CACHE_VERSION = 1
+#: The engines a body's rows can come from (see :func:`graft.runtime.fast_inference`).
+ENGINES = ("onnxruntime", "torch")
+
+
+def store_key(
+    *,
+    arch: str,
+    preprocess: Preprocess,
+    view: int,
+    engine: str,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    weights_sha256: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The key of one feature store: everything its rows depend on. Training and ``graft evaluate`` both build
+    keys here, so evaluation finds exactly the rows training's val phase used.
+
+    ``engine`` is the engine that computed the rows (``"onnxruntime"`` or ``"torch"``): both run the same
+    BatchNorm-folded body, but their kernels round differently, and rows of both in one matrix would make a run's
+    val accuracy a mixture that neither engine reproduces."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown feature engine {engine!r}; one of {', '.join(ENGINES)}")
+    return {
+        "version": CACHE_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "weights_sha256": weights_sha256,
+        "device": device,
+        "preprocess": preprocess.to_dict(),
+        "view": view,
+        "engine": engine,
+    }
+
+
+def planned_engine(device: torch.device) -> str:
+    """The engine :func:`graft.runtime.fast_inference` gives a body that torch.fx traces: ONNX Runtime on the CPU
+    when it is installed and ``GRAFT_ENGINE`` is not ``torch``, else torch. Known without building anything, so a
+    store can be read without running the body; a body that falls back to torch is settled by :func:`body_engine`."""
+    if device.type != "cpu" or os.environ.get("GRAFT_ENGINE", "auto") == "torch":
+        return "torch"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+def body_engine(body: nn.Module, samples: Sequence[Sample], preprocess: Preprocess, device: torch.device) -> str:
+    """The engine that computes ``body``'s rows in this process: that of its :func:`fast_inference` runner.
+
+    An ONNX Runtime runner decides at its first image batch whether it stays on ONNX Runtime (the export and a
+    check against torch) or falls back to torch; that decision is made here on the first two of ``samples`` (eval
+    view), the first images the extraction would feed it, and ``fast_inference`` hands the same runner to the
+    extraction that follows (same weights)."""
+    runner = fast_inference(body, device)
+    if not isinstance(runner, OnnxRuntimeModule):
+        return "torch"
+    if not runner._tried and samples:
+        crop = eval_crop(preprocess)
+        example = torch.stack([crop(load_rgb(s.path, draft=preprocess.resize_size)) for s in samples[:2]])
+        with torch.inference_mode():
+            runner(prepare_input(normalize(preprocess)(example), device, runner))
+    return "onnxruntime" if runner._session is not None else "torch"
 
 
 def cache_root() -> Path:
@@ -105,7 +168,8 @@ def _row_checksum(row: np.ndarray) -> int:
 
 
 class FeatureStore:
-    """One append-only feature matrix for one (backbone, weights, preprocessing, view) key."""
+    """One append-only feature matrix for one key (:func:`store_key`: backbone, weights, preprocessing, view,
+    engine)."""
 
     def __init__(self, key: dict[str, Any], root: Path | None = None) -> None:
         canonical = json.dumps(key, sort_keys=True)
@@ -202,12 +266,23 @@ def cached_features(
     """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
     only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
 
+    ``key`` names the body (``arch``, ``arch_kwargs``, ``weights_sha256``, ``device``: the fields of
+    :func:`store_key` that the caller knows). The rows are read from, and added to, the store of the engine that
+    computes them here: the planned one (:func:`planned_engine`) unless rows are missing and the body's runner
+    turns out to run on torch (:func:`body_engine`), whose store is then used for every row.
+
     ``extract`` computes the missing rows (``graft.distributed.sharded`` splits them across torchrun's processes);
     ``write=False`` leaves the store as it is (ranks other than 0, which stores the rows of all).
     """
-    store = FeatureStore({"version": CACHE_VERSION, **key, "preprocess": preprocess.to_dict(), "view": view})
+    engine = planned_engine(device)
+    store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=engine))
     identities = [file_identity(s.path) for s in samples]
     found, missing = store.lookup(identities)
+    if missing:
+        used = body_engine(body, [samples[i] for i in missing], preprocess, device)
+        if used != engine:  # rows found under the planned engine are not this body's rows here: none is kept
+            store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=used))
+            found, missing = store.lookup(identities)
     if missing:
         new = extract(
             body,

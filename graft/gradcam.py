@@ -4,10 +4,11 @@ The activations of the architecture's declared layer (``BackboneSpec.gradcam_lay
 the body) are weighted by the spatial mean of the gradient of the class score with respect to them, summed over
 channels and rectified; the map is upsampled to the input and scaled to [0, 1].
 
-It runs on the *eager* model (``Classifier.model``, BatchNorm not folded) in eval mode. The layer's output is
+It runs on the *eager* model (``Classifier.float_model()``, BatchNorm not folded) in eval mode. The layer's output is
 replaced, through a forward hook, by a detached copy that requires grad, so only the layers after it are
 differentiated and the model's parameters are never touched. Architectures without a spatial layer (ViT) have
-``gradcam_layer = None``: :class:`GradCAMUnavailable` says so, and the figures print that instead of a map.
+``gradcam_layer = None``: :class:`GradCAMUnavailable` says so, and the figures print that instead of a map. So
+do int8 runs, whose compiled program has no float layers to differentiate.
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ def target_layer(body: nn.Module, layer: str | None, arch: str = "this architect
     """The module at the dotted path ``layer`` in ``body`` (the last child of a ModuleList, which is never
     called itself)."""
     if layer is None:
-        raise GradCAMUnavailable(
-            f"{arch} has no spatial feature map to explain (no gradcam_layer in the registry, e.g. a vision "
-            "transformer); predictions are shown without Grad-CAM"
-        )
+        raise _no_spatial_layer(arch)
     try:
         module = body.get_submodule(layer)
     except AttributeError:
@@ -43,6 +41,13 @@ def target_layer(body: nn.Module, layer: str | None, arch: str = "this architect
     while isinstance(module, nn.ModuleList | nn.ModuleDict) and len(module):
         module = list(module.children())[-1]
     return module
+
+
+def _no_spatial_layer(arch: str) -> GradCAMUnavailable:
+    return GradCAMUnavailable(
+        f"{arch} has no spatial feature map to explain (no gradcam_layer in the registry, e.g. a vision "
+        "transformer); predictions are shown without Grad-CAM"
+    )
 
 
 def _as_nchw(act: torch.Tensor) -> torch.Tensor:
@@ -120,18 +125,28 @@ def gradcam(
         One ``(S, S)`` float32 map in [0, 1] per image.
 
     Raises:
-        GradCAMUnavailable: the architecture declares no Grad-CAM layer, or it is not a spatial map.
+        GradCAMUnavailable: the architecture declares no Grad-CAM layer, or it is not a spatial map, or the run has
+            no eager float model to differentiate (an int8 run).
     """
     from graft.backbones import get_backbone
     from graft.preprocess import normalize
 
     arch = clf.meta["arch"]
-    layer = target_layer(clf.model.body, get_backbone(arch).gradcam_layer, arch)
+    declared = get_backbone(arch).gradcam_layer
+    if declared is None:  # true of every run of the architecture: said before anything run-specific
+        raise _no_spatial_layer(arch)
+    model = clf.float_model()
+    if model is None:
+        raise GradCAMUnavailable(
+            f"{clf.run_dir.name} runs a compiled int8 program, which Grad-CAM cannot differentiate; "
+            "Grad-CAM works on float runs (such as the run a graft quantize run came from)"
+        )
+    layer = target_layer(model.body, declared, arch)
     norm = normalize(clf.preprocess)
     maps: list[np.ndarray] = []
     for start in range(0, len(crops), batch_size):
         batch = torch.stack([norm(c) for c in crops[start : start + batch_size]]).to(clf.device)
         chunk = None if targets is None else targets[start : start + batch_size]
-        cams, _ = grad_cam(clf.model, layer, batch, chunk)
+        cams, _ = grad_cam(model, layer, batch, chunk)
         maps.extend(cams)
     return maps

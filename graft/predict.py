@@ -69,6 +69,12 @@ class Classifier:
         self._inference  # noqa: B018
         return self
 
+    def float_model(self) -> torch.nn.Module | None:
+        """The eager float model, whose ``body`` and ``head`` can be used apart: the head on a frozen run's stored
+        features (``graft evaluate``), the body's layers for Grad-CAM. None for a classifier that runs one compiled
+        program with no such parts (an int8 run)."""
+        return self.model
+
     @functools.cached_property
     def _inference(self) -> torch.nn.Sequential:
         return torch.nn.Sequential(fast_inference(self.model.body, self.device), self.model.head).eval()
@@ -168,6 +174,25 @@ class Classifier:
         ]
 
 
+def is_int8(meta: dict[str, Any]) -> bool:
+    """Whether ``model.json`` content ``meta`` describes an int8 run (``graft quantize``, ``graft train --int8``,
+    ``--mode qat``): their writer (:func:`graft.quantization.finish_int8_run`) records the program file and a
+    ``quantization`` block with its format. The one test every command uses."""
+    info = meta.get("quantization")
+    quantized = isinstance(info, dict) and str(info.get("format", "")).startswith("graft-int8/")
+    return quantized or bool(meta.get("program_file"))
+
+
+def read_meta(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/model.json`` as a dict, or None when it is missing, unreadable or not an object (a float run's
+    loader then recovers it from the weights file, see :func:`graft.checkpoint.load_model`)."""
+    try:
+        meta = ckpt.read_json(run_dir / ckpt.META_FILE)
+    except RunError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def load(run_dir: str | os.PathLike[str], *, device: str = "auto", prepare: bool = True) -> Classifier:
     """Rebuild a trained model from its run directory (``model.json`` + ``model.safetensors``; no pickle).
 
@@ -179,10 +204,11 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "auto", prepare: bool
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
-    if (run_dir / "model.pt2").is_file():  # an int8 run (graft quantize, --int8, --mode qat)
+    meta = read_meta(run_dir)
+    if meta is not None and is_int8(meta):
         from graft.quantization import load_int8
 
-        return load_int8(run_dir, ckpt.read_json(run_dir / ckpt.META_FILE), device=device)
+        return load_int8(run_dir, meta, device=device)
     meta, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
     if meta.get("format") != ckpt.FORMAT:
         raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.get('format')!r}; this graft reads {ckpt.FORMAT}")

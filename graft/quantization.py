@@ -520,6 +520,11 @@ class Int8Classifier(Classifier):
         """Logits of a preprocessed batch ``(B, 3, H, W)`` through the compiled int8 program."""
         return self._inference(batch.cpu()).float()
 
+    def float_model(self) -> None:
+        """None: body and head are one compiled int8 program, with no float head for stored float features (they
+        are not this program's features) and no float layers for Grad-CAM to differentiate."""
+        return None
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # measuring

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
+import importlib.util
 import os
 import platform
 import time
@@ -50,7 +51,10 @@ def write_report(
     run_dir = Path(run_dir)
     figures = True
     try:
-        plots.plot_curves(run_dir / "results.csv", run_dir / "curves.png")
+        if (run_dir / "results.csv").is_file():  # a graft quantize run trained no epochs: it has no curves
+            plots.plot_curves(run_dir / "results.csv", run_dir / "curves.png")
+        elif importlib.util.find_spec("matplotlib") is None:
+            raise plots.PlotError("figures need matplotlib: pip install 'graft[plots]' (or pip install matplotlib)")
     except plots.PlotError as e:  # no matplotlib: the page is still written, its figures marked missing
         figures = False
         if log is not None:
@@ -124,6 +128,10 @@ def _size(n: float) -> str:
 
 
 def _model_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    from graft.predict import is_int8
+
+    if is_int8(meta):
+        return _program_size(run_dir, meta)
     path = run_dir / meta.get("weights_file", ckpt.MODEL_FILE)
     if not path.is_file():
         return [("weights file", "missing")]
@@ -146,6 +154,25 @@ def _model_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ("of which the head", f"{head:,}"),
         ("weights sha256", meta.get("weights_sha256", "?")),
     ]
+
+
+def _program_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The model rows of an int8 run: its program file (int8 body and float head in one) and how it was made."""
+    info = meta.get("quantization") or {}
+    backend = info.get("backend") or {}
+    path = run_dir / meta.get("program_file", "model.pt2")
+    rows: list[tuple[str, Any]] = [
+        ("int8 program file", f"{path.name}, {_size(path.stat().st_size)}" if path.is_file() else "missing"),
+        ("program sha256", meta.get("program_sha256", "?")),
+        (
+            "quantization",
+            f"{info.get('method', '?')}, {backend.get('name', '?')} (reduce_range {backend.get('reduce_range', '?')}), "
+            f"{info.get('calibration_images', '?')} calibration images",
+        ),
+    ]
+    if info.get("source_run"):
+        rows.append(("quantized from", info["source_run"]))
+    return rows
 
 
 def _environment(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -279,6 +306,8 @@ def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -
     """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
     import json
 
+    from graft.predict import is_int8
+
     run_dir = Path(run_dir)
     config = _read(run_dir / "config.json") or {}
     metrics = _read(run_dir / "metrics.json") or {}
@@ -300,6 +329,11 @@ def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -
         ("architecture", f"{meta.get('arch', config.get('arch', '?'))} ({config.get('mode', '?')})"),
         ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
     ]
+    if is_int8(meta):  # its accuracy is the int8 program's; the float model's is the reference beside it
+        fp32 = metrics.get("fp32_val_acc")
+        cards[0] = ("int8 val accuracy", cards[0][1])
+        cards[1] = ("float val accuracy", f"{fp32:.4f}" if isinstance(fp32, float) else "?")
+        cards[2] = (cards[2][0], f"{meta.get('arch', '?')} ({config.get('mode', '?')}, int8)")
     if ev:
         lo, hi = ev["accuracy_ci95"]
         cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))

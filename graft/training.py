@@ -298,6 +298,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> Run
     model.to(device)
     cache_key = None
     if pretrained.sha256:  # the body's weights are known exactly: its features can be stored and reused
+        # which body; graft.features.store_key adds preprocessing, view and the engine that computes the rows
         cache_key = {
             "arch": spec.name,
             "arch_kwargs": meta["arch_kwargs"],

@@ -240,14 +240,33 @@ FIELDS = [
 ]
 
 
-@pytest.mark.slow
-def test_quantize_frozen_run_and_predict(frozen_run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def ptq_run(frozen_run: Any) -> Path:
+    """``graft quantize`` of the frozen mobilenet_v2 run (32 calibration images), next to it."""
     from graft.cli import main
 
-    monkeypatch.setenv("GRAFT_OFFLINE", "1")
     run = frozen_run.run_dir
     assert main(["quantize", str(run), "--calib", "32", "--name", f"{run.name}-q8", "--exist-ok"]) == 0
-    out = run.parent / f"{run.name}-q8"
+    return run.parent / f"{run.name}-q8"
+
+
+@pytest.fixture(scope="module")
+def int8_trained_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``graft train --mode freeze --int8`` of mobilenet_v2 on hymenoptera (2 epochs, 32 calibration images)."""
+    import graft
+
+    run = graft.train(
+        hymenoptera, arch="mobilenet_v2", mode="freeze", int8=True, epochs=2, calib=32, device="cpu",
+        out=tmp_path_factory.mktemp("int8-runs"), name="freeze-int8", seed=0,
+    )  # fmt: skip
+    return run.run_dir
+
+
+@pytest.mark.slow
+def test_quantize_frozen_run_and_predict(frozen_run: Any, ptq_run: Path, tmp_path: Path) -> None:
+    from graft.cli import main
+
+    run, out = frozen_run.run_dir, ptq_run
     figures = json.loads((out / Q.QUANT_FILE).read_text())
     assert all(isinstance(figures[k], int | float) and figures[k] > 0 for k in FIELDS), figures
     assert figures["fp32_val_acc"] == pytest.approx(frozen_run.best_val_acc)
@@ -311,3 +330,71 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
     clf = graft.load(run.run_dir)
     assert isinstance(clf, Q.Int8Classifier)
     assert len(clf.predict(sorted((data / "val/a").iterdir()), top_k=1)) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# every command on real int8 runs: graft quantize's and graft train --int8's
+
+
+@pytest.fixture(params=["ptq", "freeze-int8"])
+def int8_run(request: pytest.FixtureRequest) -> Path:
+    """Each real int8 run in turn: graft quantize's, then graft train --mode freeze --int8's."""
+    return request.getfixturevalue("ptq_run" if request.param == "ptq" else "int8_trained_run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_refuses_int8_runs_in_one_line(
+    int8_run: Path, fmt: str, frozen_run: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No exported file of the int8 program can be verified against it: one ``error:`` line says so, names the
+    run, and says what to export instead (the float run it was quantized from, when there is one)."""
+    from graft.cli import main
+    from graft.predict import is_int8
+
+    meta = json.loads((int8_run / "model.json").read_text())
+    assert is_int8(meta) and "quantized" not in meta  # what the writers record
+    capsys.readouterr()
+    assert main(["export", str(int8_run), "--format", fmt]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    err = captured.err
+    assert f"{int8_run} is an int8 run" in err and "Traceback" not in err
+    if meta["quantization"]["method"] == "ptq":
+        assert f"graft export {frozen_run.run_dir} --format {fmt}" in err
+    else:
+        assert "graft train without --int8" in err
+    assert not [p for p in int8_run.iterdir() if p.name.startswith(("model.onnx", "model.torchscript"))]
+
+
+@pytest.mark.slow
+def test_evaluate_int8_run_reproduces_its_int8_accuracy(int8_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``graft evaluate RUN-int8 --report`` runs the int8 program (never the float run's stored features), and its
+    accuracy is the run's int8_val_acc exactly: both are graft.evaluation.compute_logits on the same val images, in
+    the same order and batches, through the same saved program. Grad-CAM, which the report asks for, is skipped
+    with a note."""
+    from graft.cli import main
+
+    assert main(["evaluate", str(int8_run), "--report", "--device", "cpu"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    figures = json.loads((int8_run / Q.QUANT_FILE).read_text())
+    metrics = json.loads((int8_run / "metrics.json").read_text())
+    evaluation = json.loads((int8_run / "evaluation.json").read_text())
+    assert evaluation["features"] == "computed" and evaluation["n"] == 153
+    assert evaluation["accuracy"] == figures["int8_val_acc"] == metrics["best_val_acc"]
+    assert any("Grad-CAM not shown" in n and "int8" in n for n in evaluation["notes"])
+    assert evaluation["explained"] == {"top_losses": False, "predictions": False}
+    page = (int8_run / "report.html").read_text()
+    assert "int8 val accuracy" in page and "model.pt2" in page and "Grad-CAM not shown" in page
+
+
+@pytest.mark.slow
+def test_gradcam_says_int8_runs_are_not_explained(ptq_run: Path) -> None:
+    """``graft predict --explain`` and the figures catch GradCAMUnavailable and print its reason."""
+    import graft
+    from graft.gradcam import GradCAMUnavailable, gradcam
+
+    clf = graft.load(ptq_run, device="cpu")
+    assert isinstance(clf, Q.Int8Classifier) and clf.float_model() is None
+    with pytest.raises(GradCAMUnavailable, match="compiled int8 program"):
+        gradcam(clf, [torch.zeros(3, 224, 224, dtype=torch.uint8)])
