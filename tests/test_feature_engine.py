@@ -60,6 +60,7 @@ def rows_in_store(engine: str, samples: list[Sample]) -> int:
     return len(found)
 
 
+@pytest.mark.numerics
 def test_rows_of_one_engine_are_never_read_for_the_other(samples: list[Sample], monkeypatch) -> None:
     assert body_engine(ConvBody().eval(), samples, PRE, CPU) == "onnxruntime"  # the premise: ONNX Runtime runs it
     ort_rows, computed = features(ConvBody(), samples)
@@ -90,6 +91,7 @@ def test_a_body_that_falls_back_to_torch_stores_and_finds_torch_rows(samples: li
     assert computed == 0 and torch.equal(again, first)
 
 
+@pytest.mark.numerics
 def test_evaluate_reads_stored_val_rows_only_through_their_engine(frozen_run: Any, tmp_path: Path, monkeypatch) -> None:
     """The frozen run's val rows were computed by ONNX Runtime: ``evaluate`` reads them back under that engine
     (so its accuracy is training's exactly), and with ``GRAFT_ENGINE=torch`` runs the backbone instead."""
