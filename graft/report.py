@@ -60,7 +60,7 @@ def write_report(
         if log is not None:
             log(f"warning: the report has no figures: {e}")
     if evaluation is None:
-        evaluate(run_dir, plots=figures, explain=explain, explain_predictions=False)
+        evaluate(run_dir, plots=figures, explain=explain, explain_predictions=False, device=_trained_on(run_dir))
     path = run_dir / REPORT_FILE
     ckpt.atomic_write_text(path, render_report(run_dir, report_seconds=time.perf_counter() - started))
     if log is not None:
@@ -79,6 +79,16 @@ def write_run_report(run_dir: str | Path, *, log: Callable[[str], None] = print)
             f"Retry with: graft evaluate {run_dir} --report"
         )
         return None
+
+
+def _trained_on(run_dir: Path) -> str:
+    """The device type the run was trained on when this machine has it, else ``auto``: evaluated there, the val
+    phase's numerics (and a frozen run's stored val features, which are keyed by device) are the training's."""
+    import torch
+
+    device = str((_read(run_dir / "metrics.json") or {}).get("device") or "auto").split(":")[0]
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    return device if present.get(device) else "auto"
 
 
 # ----------------------------------------------------------------------------------------------------------------

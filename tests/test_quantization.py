@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from numerics import assert_accuracy_within_one_image
 from torch import nn
 
 from graft import quantization as Q
@@ -263,13 +264,17 @@ def int8_trained_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.mark.slow
+@pytest.mark.numerics
 def test_quantize_frozen_run_and_predict(frozen_run: Any, ptq_run: Path, tmp_path: Path) -> None:
     from graft.cli import main
 
     run, out = frozen_run.run_dir, ptq_run
     figures = json.loads((out / Q.QUANT_FILE).read_text())
     assert all(isinstance(figures[k], int | float) and figures[k] > 0 for k in FIELDS), figures
-    assert figures["fp32_val_acc"] == pytest.approx(frozen_run.best_val_acc)
+    # fp32_val_acc goes through the predict path (its own batches and engine), best_val_acc through the stored
+    # features of training: other float summation orders, so one near-tie image may flip.
+    n_val = json.loads((run / "metrics.json").read_text())["n_val"]
+    assert_accuracy_within_one_image(figures["fp32_val_acc"], frozen_run.best_val_acc, n_val)
     assert figures["int8_val_acc"] >= figures["fp32_val_acc"] - 0.03  # 32 calibration images here (128 by default)
     assert figures["int8_bytes"] <= figures["fp32_bytes"] / 3.5
     meta = json.loads((out / "model.json").read_text())
@@ -283,7 +288,8 @@ def test_quantize_frozen_run_and_predict(frozen_run: Any, ptq_run: Path, tmp_pat
     assert main(["predict", str(out), *sorted({str(p.parent) for p in val}), "--out", str(table)]) == 0
     rows = {r["path"]: r for r in csv.DictReader(table.open())}
     correct = sum(rows[str(p)]["label"] == p.parent.name for p in val)
-    assert correct / len(val) == pytest.approx(figures["int8_val_acc"])
+    # graft predict batches the folders its own way: the int8 kernels round per batch, so allow one near-tie image
+    assert_accuracy_within_one_image(correct / len(val), figures["int8_val_acc"], len(val))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,7 +315,7 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
     options = {"int8": True} if mode == "freeze" else {"head_epochs": 0, "qat_epochs": 2}
     run = graft.train(
         data, arch="resnet18", pretrained="none", mode=mode, epochs=2, batch_size=4, calib=8,
-        out=tmp_path, name=mode, **options,
+        out=tmp_path, name=mode, device="cpu", **options,
     )  # fmt: skip
     figures = json.loads((run.run_dir / Q.QUANT_FILE).read_text())
     assert set(FIELDS) <= set(figures) and figures["quantization"]["method"] == (
@@ -327,7 +333,7 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
             assert all(acc <= start for acc in qat_accs.values())
         else:
             assert qat_accs[kept] == max(qat_accs.values()) > start
-    clf = graft.load(run.run_dir)
+    clf = graft.load(run.run_dir, device="cpu")
     assert isinstance(clf, Q.Int8Classifier)
     assert len(clf.predict(sorted((data / "val/a").iterdir()), top_k=1)) == 2
 
