@@ -1,12 +1,12 @@
 """The reference: the PyTorch "transfer learning for computer vision" tutorial algorithm, written independently.
 
-Faithful to the tutorial (pytorch.org, "Transfer Learning for Computer Vision Tutorial"): ImageFolder datasets (whose extension list has no
-.gif, so hymenoptera's imageNotFound.gif is silently ignored, as in the tutorial), RandomResizedCrop(224) + flip
-for train, Resize(256) + CenterCrop(224) for val, ImageNet normalization, batch 4, shuffle, num_workers 4,
-CrossEntropyLoss, SGD(lr=0.001, momentum=0.9), StepLR(7, 0.1), a train then a val phase per epoch, the best val
-accuracy's weights kept. ``--mode freeze`` sets requires_grad=False on all but the new head and, like the
-tutorial, still calls model.train() (BatchNorm statistics drift). graft is imported only to locate the offline
-weights file.
+Faithful to the tutorial (pytorch.org, "Transfer Learning for Computer Vision Tutorial"): ImageFolder datasets
+(whose extension list has no .gif, so hymenoptera's imageNotFound.gif is silently ignored, as in the tutorial),
+RandomResizedCrop(224) + flip for train, Resize(256) + CenterCrop(224) for val, ImageNet normalization, batch 4,
+shuffle, num_workers 4, CrossEntropyLoss, SGD(lr=0.001, momentum=0.9), StepLR(7, 0.1), a train then a val phase per
+epoch, the best val accuracy's weights kept. ``--mode freeze`` sets requires_grad=False on all but the new head and,
+like the tutorial, still calls model.train() (BatchNorm statistics drift). graft is imported only to locate the
+offline weights file.
 
     python -m benchmarks.tutorial_reference DATA --mode freeze --epochs 25 [--measure K] --json out.json
 
