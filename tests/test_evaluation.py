@@ -80,7 +80,7 @@ def test_evaluate_reproduces_best_val_acc(evaluation, frozen_run) -> None:
     metrics = frozen_run.metrics
     assert evaluation.source == "val split"
     assert evaluation.n == metrics["n_val"] == 153
-    # Exactly: the head on the val feature rows that training stored in this session's cache, in the same batches
+    # Exactly: the head on the val feature rows that training stored in the test run's cache, in the same batches
     # of 32 in this process, is training's val phase itself (no backbone pass that could round differently).
     assert evaluation.features == "stored by training"
     assert evaluation.accuracy == metrics["best_val_acc"]
