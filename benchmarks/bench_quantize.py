@@ -1,10 +1,12 @@
 """fp32 vs int8 on hymenoptera: post-training quantization of a freeze and a finetune run, and a QAT run.
 
     python -m benchmarks.bench_quantize [--data DIR] [--out DIR] [--freeze RUN] [--finetune RUN] [--qat RUN]
-                                        [--calib N] [--remeasure] [--record]
+                                        [--calib N] [--activation-bits auto,7,8] [--remeasure] [--record]
 
 Runs not given are trained here (mobilenet_v2; freeze: defaults; finetune: --epochs 4; qat: the same schedule
-with --mode qat). Each float run goes through ``graft quantize`` unless its int8 run exists; ``graft predict --out``
+with --mode qat). Each float run goes through ``graft quantize`` once per ``--activation-bits`` value (auto: the
+CPU's choice; 7 or 8 forced; RUN-int8, RUN-int8-a7, RUN-int8-a8) unless that int8 run exists; a forced setting
+the CPU's kernels get wrong (8 without VNNI) is a row that says so. ``graft predict --out``
 over the int8 run's val images checks that it reproduces ``int8_val_acc``. ``--remeasure`` times the int8 runs
 (and their float models) again, in this process, and rewrites the speed figures of their quantization.json: what
 to do when the machine was busy while they were made. Prints (and with --record appends to RESULTS.md) one row per
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--finetune", type=Path)
     parser.add_argument("--qat", type=Path)
     parser.add_argument("--calib", type=int, default=128)
+    parser.add_argument("--activation-bits", default="auto", help="comma-separated auto, 7, 8: one PTQ run each")
     parser.add_argument("--remeasure", action="store_true")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
@@ -98,34 +101,46 @@ def main() -> None:
     freeze = args.freeze or train(args.data, args.out, "freeze", "--mode", "freeze")
     finetune = args.finetune or train(args.data, args.out, "finetune", "--mode", "finetune", "--epochs", "4")
     qat = args.qat or train(args.data, args.out, "qat", "--mode", "qat", "--epochs", "4", "--calib", str(args.calib))
-    int8_runs = []
+    int8_runs, failed = [], []
     for run in (freeze, finetune):
-        int8_run = run.parent / f"{run.name}-int8"
-        if not (int8_run / "quantization.json").exists():
-            sh([*GRAFT, "quantize", str(run), "--calib", str(args.calib), "--exist-ok"])
-        int8_runs.append((f"PTQ of {run.name}", int8_run, run))
+        for bits in args.activation_bits.split(","):
+            int8_run = run.parent / (f"{run.name}-int8" if bits == "auto" else f"{run.name}-int8-a{bits}")
+            label = f"PTQ of {run.name}" + ("" if bits == "auto" else f", --activation-bits {bits}")
+            if not (int8_run / "quantization.json").exists():
+                try:
+                    sh([*GRAFT, "quantize", str(run), "--calib", str(args.calib), "--activation-bits", bits,
+                        "--name", int8_run.name, "--exist-ok"])  # fmt: skip
+                except subprocess.CalledProcessError:  # the error line above says why (e.g. 8 bits without VNNI)
+                    failed.append(label)
+                    continue
+            int8_runs.append((label, int8_run, run))
     int8_runs.append(("QAT", qat, None))
     if args.remeasure:
         for _, int8_run, float_run in int8_runs:
             remeasure(int8_run, float_run)
     header = (
-        "| run | fp32 val acc | int8 val acc | predict acc | fp32 MB | int8 MB | fp32/int8 size | fp32 eager img/s "
-        "| fp32 graft img/s | int8 img/s | int8/fp32 eager | fp32 ms (b1) | int8 ms (b1) | load |\n|" + " --- |" * 14
+        "| run | act bits | fp32 val acc | int8 val acc | predict acc | fp32 MB | int8 MB | fp32/int8 size "
+        "| fp32 eager img/s | fp32 graft img/s | int8 img/s | int8/fp32 eager | int8/fp32 graft | fp32 ms (b1) "
+        "| int8 ms (b1) | load |\n|" + " --- |" * 16
     )
     lines = [header]
     for label, run, _ in int8_runs:
         q = json.loads((run / "quantization.json").read_text())
         acc = predict_accuracy(run, args.out)
+        bits = q["quantization"].get("activation_bits", "?")
         lines.append(
-            f"| {label} | {q['fp32_val_acc']:.4f} | {q['int8_val_acc']:.4f} | {acc:.4f} | {q['fp32_bytes'] / 1e6:.2f} "
-            f"| {q['int8_bytes'] / 1e6:.2f} | {q['fp32_bytes'] / q['int8_bytes']:.2f}x | {q['fp32_images_per_s']:.1f} "
-            f"| {q['fp32_graft_images_per_s']:.1f} | {q['int8_images_per_s']:.1f} "
-            f"| {q['int8_images_per_s'] / q['fp32_images_per_s']:.2f}x | {q['fp32_latency_ms']:.1f} "
+            f"| {label} | {bits} | {q['fp32_val_acc']:.4f} | {q['int8_val_acc']:.4f} | {acc:.4f} "
+            f"| {q['fp32_bytes'] / 1e6:.2f} | {q['int8_bytes'] / 1e6:.2f} | {q['fp32_bytes'] / q['int8_bytes']:.2f}x "
+            f"| {q['fp32_images_per_s']:.1f} | {q['fp32_graft_images_per_s']:.1f} | {q['int8_images_per_s']:.1f} "
+            f"| {q['int8_images_per_s'] / q['fp32_images_per_s']:.2f}x "
+            f"| {q['int8_images_per_s'] / q['fp32_graft_images_per_s']:.2f}x | {q['fp32_latency_ms']:.1f} "
             f"| {q['int8_latency_ms']:.1f} | {q.get('load_average_1min')} |"
         )
+    lines += [f"| {label} | failed: the compiled kernels disagree with the reference |" + " |" * 14 for label in failed]
     body = "\n".join(lines) + (
         "\n\nmobilenet_v2 (IMAGENET1K_V1) on hymenoptera (244 train / 153 val), CPU, 2 threads, batch 32 "
-        f"(latency: batch 1), {args.calib} calibration images, torchao PT2E X86InductorQuantizer + torch.compile "
+        f"(latency: batch 1), {args.calib} calibration images (activation ranges: 99.99th percentile), torchao PT2E "
+        "X86InductorQuantizer + torch.compile "
         "(inductor, freezing). 'fp32 eager' is the float model as the tutorial runs it (the issue's reference); "
         "'fp32 graft' is graft's float predict path (BatchNorm folded, ONNX Runtime). 'predict acc' is "
         "`graft predict` over the val images of the int8 run. 'load' is the 1-minute load average when timed."

@@ -167,7 +167,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from graft.quantization import quantize
 
     cfg: C.QuantizeConfig = _config(C.QuantizeConfig, args)
-    result = quantize(cfg.run, calib=cfg.calib, name=cfg.name, exist_ok=cfg.exist_ok, log=_stderr_if(cfg.json))
+    result = quantize(
+        cfg.run,
+        calib=cfg.calib,
+        name=cfg.name,
+        exist_ok=cfg.exist_ok,
+        activation_bits=cfg.activation_bits,
+        log=_stderr_if(cfg.json),
+    )
     if cfg.json:
         print(json.dumps(result.figures, indent=2))
     return 0

@@ -88,6 +88,9 @@ class TrainConfig:
     )
     int8: bool = opt(False, "freeze mode: int8 backbone (calibrated on training images) + a float head on its features")
     calib: int = opt(128, "--int8 / --mode qat: training images that calibrate the int8 ranges")
+    activation_bits: Literal["auto", "7", "8"] = opt(
+        "auto", "--int8 / --mode qat: int8 activation bits (auto: 8 on CPUs with VNNI or AMX, else 7)"
+    )
     qat_epochs: int = opt(
         2,
         "--mode qat: epochs of quantization-aware training after the float fine-tuning, at a tenth of its learning "
@@ -272,6 +275,9 @@ class QuantizeConfig:
 
     run: Path = opt(None, "float run directory written by graft train", positional=True)
     calib: int = opt(128, "training images to calibrate the int8 activation ranges on")
+    activation_bits: Literal["auto", "7", "8"] = opt(
+        "auto", "int8 activation bits: auto is 8 on CPUs with VNNI (or AMX), else 7 (8 overflows their kernels)"
+    )
     name: str | None = opt(None, "folder of the int8 run, next to RUN (default: RUN-int8)")
     exist_ok: bool = opt(False, "replace the files of an existing int8 run folder")
     json: bool = opt(False, "print quantization.json")
