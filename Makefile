@@ -37,7 +37,7 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 demo: install
-	$(PY) -m graft.demo
+	$(PY) -m graft.commands.demo
 
 test: install browser
 	$(VENV)/bin/ruff check graft tests benchmarks

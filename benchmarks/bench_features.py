@@ -45,10 +45,10 @@ def child(data: Path) -> dict[str, float]:
     """Scan and extract features of every image in ``data`` (mobilenet_v2, CPU); report times and peak RSS."""
     import torch
 
-    from graft.backbones import get_backbone
     from graft.data import scan
     from graft.features import cached_features, extract_features
-    from graft.model import build_model
+    from graft.models.backbones import get_backbone
+    from graft.models.model import build_model
 
     t0 = time.perf_counter()
     ds = scan(data, val_split=0.2, seed=0)

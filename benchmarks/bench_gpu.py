@@ -39,9 +39,9 @@ TORCH_DEFAULTS = {
 
 def train_step_rate(arch: str, batch: int, *, fast: bool, compile: bool, steps: int = 20, windows: int = 3) -> float:
     """Training images/s of ``arch`` (random weights, 1000 classes) on random device-resident batches."""
-    from graft.backbones import get_backbone
-    from graft.model import build_model
-    from graft.runtime import autocast, pick_device, tune_convolutions
+    from graft.core.runtime import autocast, pick_device, tune_convolutions
+    from graft.models.backbones import get_backbone
+    from graft.models.model import build_model
 
     device = pick_device("cuda")  # turns on TF32
     tune_convolutions(device, steps=100_000)  # what graft does for a long training run

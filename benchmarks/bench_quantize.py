@@ -57,12 +57,12 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
     import torch
 
     import graft
-    from graft import checkpoint as ckpt
-    from graft import quantization as Q
-    from graft.backbones import get_backbone
-    from graft.heads import HeadSpec
-    from graft.model import build_for_inference
-    from graft.predict import Classifier
+    from graft import int8 as Q
+    from graft.core import checkpoint as ckpt
+    from graft.core.heads import HeadSpec
+    from graft.inference.floatrun import FloatClassifier
+    from graft.models.backbones import get_backbone
+    from graft.models.model import build_for_inference
 
     int8 = graft.load(int8_run)
     if float_run is not None:
@@ -73,7 +73,7 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
         model = build_for_inference(
             get_backbone(meta["arch"]), len(meta["classes"]), HeadSpec.from_dict(meta["head"]), kwargs
         )
-        fp32, fp32_file = Classifier(model.eval(), meta, torch.device("cpu"), int8_run), Q._float_file(model)
+        fp32, fp32_file = FloatClassifier(model.eval(), meta, torch.device("cpu"), int8_run), Q.float_file(model)
     path = int8_run / Q.QUANT_FILE
     old = json.loads(path.read_text())
     new = Q.measure(

@@ -115,7 +115,8 @@ def main() -> int:
     import httpx
 
     import graft
-    from graft.predict import expand_paths, predict_to_csv
+    from graft.inference.csvout import predict_to_csv
+    from graft.inference.paths import expand_paths
 
     with tempfile.TemporaryDirectory(prefix="graft-bench-serve-") as tmp:
         run = args.run

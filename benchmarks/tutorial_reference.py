@@ -36,7 +36,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 def build(arch: str, n_classes: int) -> tuple[nn.Module, nn.Module]:
     """Pretrained model with its last Linear replaced; returns (model, new head)."""
-    from graft.weights import resolve  # only to find the offline file
+    from graft.models.weights import resolve  # only to find the offline file
 
     files = {"mobilenet_v2": "mobilenet_v2-b0353104.pth", "resnet18": "resnet18-f37072fd.pth"}
     model = getattr(models, arch)()

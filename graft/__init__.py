@@ -12,22 +12,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from graft.core.version import __version__
 
 __all__ = ["Classifier", "TrainConfig", "__version__", "list_backbones", "load", "train"]
 
 if TYPE_CHECKING:
-    from graft.backbones import list_backbones
-    from graft.config import TrainConfig
-    from graft.predict import Classifier, load
-    from graft.training import train
+    from graft.commands.train import train
+    from graft.core.config import TrainConfig
+    from graft.inference.classifier import Classifier
+    from graft.inference.load import load
+    from graft.models.backbones import list_backbones
 
 _LAZY = {
-    "train": "graft.training",
-    "load": "graft.predict",
-    "Classifier": "graft.predict",
-    "TrainConfig": "graft.config",
-    "list_backbones": "graft.backbones",
+    "train": "graft.commands.train",
+    "load": "graft.inference.load",
+    "Classifier": "graft.inference.classifier",
+    "TrainConfig": "graft.core.config",
+    "list_backbones": "graft.models.backbones",
 }
 
 

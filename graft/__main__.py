@@ -1,3 +1,3 @@
-from graft.cli import entry
+from graft.commands.cli import entry
 
 entry()

@@ -7,10 +7,10 @@ import torch
 import torchvision
 from torch import nn
 
-from graft.backbones import get_backbone, list_backbones, register
-from graft.errors import ArchitectureError
-from graft.heads import HeadSpec, build_head
-from graft.model import GraftModel, make_body
+from graft.core.errors import ArchitectureError
+from graft.core.heads import HeadSpec, build_head
+from graft.models.backbones import get_backbone, list_backbones, register
+from graft.models.model import GraftModel, make_body
 
 TIMM_SAMPLES = [
     "timm/resnet18",

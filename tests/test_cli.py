@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch.hub
 
-from graft.backbones import get_backbone
-from graft.errors import WeightsError
-from graft.model import load_pretrained
+from graft.core.errors import WeightsError
+from graft.models.backbones import get_backbone
+from graft.models.model import load_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 BEE = "val/bees/72100438_73de9f17af.jpg"

@@ -28,9 +28,9 @@ import pytest
 from PIL import Image
 
 import graft
-from graft import cli
+from graft.commands import cli
 from graft.data import MAX_ASPECT, load_rgb
-from graft.predict import iter_paths
+from graft.inference.paths import iter_paths
 
 # Class folders with a space and with non-ASCII letters (one of the kinds).
 GOOD, OTHER = "honey bees", "guêpes ü"
@@ -311,7 +311,7 @@ def test_train_uses_the_good_kinds_and_reports_the_rest(run, corpus) -> None:
 
 
 def test_evaluate_on_the_corpus(run, corpus, unreadable_as_root) -> None:
-    from graft.evaluation import evaluate
+    from graft.insight.evaluation import evaluate
 
     own = evaluate(run.run_dir, plots=False, device="cpu")
     assert own.n == 2 * 4 + len(USED)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from graft.core.errors import DataError, ImageError
+from graft.core.preprocess import Preprocess, eval_transform
 from graft.data import (
     MAX_PIXELS,
     DataReport,
@@ -23,8 +25,6 @@ from graft.data import (
     load_rgb,
     scan,
 )
-from graft.errors import DataError, ImageError
-from graft.preprocess import Preprocess, eval_transform
 
 GIF = "train/ants/imageNotFound.gif"
 

@@ -1,4 +1,4 @@
-"""Tests of graft.distributed: training and prediction under torchrun, as real gloo processes on the CPU.
+"""Tests of graft.core.distributed: training and prediction under torchrun, as real gloo processes on the CPU.
 
 Each launch is 2 processes with one thread each (``OMP_NUM_THREADS=1``), so the file runs in ~2-3 minutes on a
 2-core machine. The single-process reference is the shared ``frozen_run`` (frozen mobilenet_v2, 5 epochs, seed 0).
@@ -19,9 +19,9 @@ import torch
 from numerics import LOGIT_ATOL, LOGIT_RTOL, assert_accuracy_within_one_image, assert_prediction_csvs_match
 
 import graft
-from graft import distributed as dist
-from graft.errors import ConfigError
-from graft.predict import predict_to_csv
+from graft.core import distributed as dist
+from graft.core.errors import ConfigError
+from graft.inference.csvout import predict_to_csv
 from graft.training import RunResult
 
 RUN_FILES_IGNORED = {"resume.safetensors"}

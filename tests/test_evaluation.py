@@ -14,9 +14,9 @@ import pytest
 from numerics import assert_accuracy_within_one_image, assert_labels_match
 from PIL import Image
 
-from graft.cli import main
-from graft.errors import DataError, RunError
-from graft.evaluation import (
+from graft.commands.cli import main
+from graft.core.errors import DataError, RunError
+from graft.insight.evaluation import (
     balanced_accuracy,
     confusion_matrix,
     evaluate,

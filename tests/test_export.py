@@ -1,4 +1,4 @@
-"""Tests of graft.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
+"""Tests of graft.commands.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
 (``graft predict RUN FOLDER --out preds.csv``), the two offline halves of shipping a run."""
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from numerics import (
 )
 
 import graft
-from graft.cli import main
-from graft.export import ExportError, export, sidecar_path
-from graft.predict import Classifier, expand_paths, iter_paths
+from graft.commands.cli import main
+from graft.commands.export import ExportError, export, sidecar_path
+from graft.inference.classifier import Classifier
+from graft.inference.paths import expand_paths, iter_paths
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +67,7 @@ def test_onnx_export_matches_pytorch_on_all_val_images(onnx_export, frozen_run, 
     session = ort.InferenceSession(str(onnx_export.path), providers=["CPUExecutionProvider"])
     paths = expand_paths([hymenoptera / "val"])
     with ThreadPoolExecutor(2) as pool:
-        batch = torch.stack(list(pool.map(clf.tensor, paths)))  # what graft.predict feeds its model
+        batch = torch.stack(list(pool.map(clf.tensor, paths)))  # what graft.inference feeds its model
     graft_logits = clf.logits(batch).numpy()
     graft_top1 = [clf.classes[i] for i in graft_logits.argmax(1)]
     graft_probs = torch.from_numpy(graft_logits).softmax(1).tolist()
@@ -141,7 +142,7 @@ def test_torchscript_export_from_the_cli(frozen_run, tmp_path, capsys) -> None:
 
 
 def test_export_verifies_on_given_images_and_keeps_nothing_unverified(run_copy, hymenoptera, tmp_path, monkeypatch):
-    import graft.export as gx
+    import graft.commands.export as gx
 
     report = json.loads((run_copy / "data_report.json").read_text())
     (run_copy / "data_report.json").write_text(json.dumps(report | {"root": str(tmp_path / "moved")}))
@@ -237,5 +238,5 @@ def test_iter_paths_is_lazy_and_sorted(tmp_path) -> None:
     assert not isinstance(it, list)
     names = [p.relative_to(tmp_path).as_posix() for p in it]
     assert names == ["a/b/c.jpg", "a/z.jpg", "a.jpg", "b.jpg", "broken.jpg", "c.jpg"]
-    with pytest.raises(graft.errors.GraftError, match="does not exist"):
+    with pytest.raises(graft.core.errors.GraftError, match="does not exist"):
         iter_paths([tmp_path, tmp_path / "missing"])  # raised at the call, before anything is read

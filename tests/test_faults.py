@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import graft
-import graft.training
-from graft import checkpoint as ckpt
-from graft.errors import GraftError, ResourceError, RunError, WriteError
+import graft.core.rundir
+import graft.training.loop
+from graft.core import checkpoint as ckpt
+from graft.core.errors import GraftError, ResourceError, RunError, WriteError
 
 GRAFT = Path(graft.__file__).parent
 SMALL = {"arch": "mobilenet_v3_small", "pretrained": "none", "seed": 0, "device": "cpu", "batch_size": 4}
@@ -32,7 +33,7 @@ def fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAFT_OFFLINE", "1")
     monkeypatch.setenv("GRAFT_NO_PROGRESS", "1")
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "feature-cache"))
-    monkeypatch.setattr("graft.report.write_run_report", lambda *a, **k: None)
+    monkeypatch.setattr("graft.insight.report.write_run_report", lambda *a, **k: None)
 
 
 def files(run_dir: Path) -> dict[str, str]:
@@ -170,7 +171,7 @@ def test_a_full_disk_during_training_keeps_the_best_model_and_resumes(tmp_image_
     with pytest.raises(WriteError, match=r"results\.csv"):
         graft.train(data, out=out, name="full", **options)
     monkeypatch.undo()
-    monkeypatch.setattr("graft.report.write_run_report", lambda *a, **k: None)
+    monkeypatch.setattr("graft.insight.report.write_run_report", lambda *a, **k: None)
     run_dir = out / "full"
     assert files(run_dir) == snapshot  # as after epoch 2: results.csv, model, resume state
     assert len((run_dir / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
@@ -185,7 +186,7 @@ def test_a_full_disk_during_training_keeps_the_best_model_and_resumes(tmp_image_
 
 
 def test_nan_loss_stops_with_advice_and_keeps_the_best_model(tmp_image_folder, tmp_path, monkeypatch) -> None:
-    real, calls = graft.training.run_epoch, [0]
+    real, calls = graft.training.loop.run_epoch, [0]
 
     def run_epoch(model, loader, criterion, device, *, optimizer=None, desc=""):
         loss, acc = real(model, loader, criterion, device, optimizer=optimizer, desc=desc)
@@ -195,16 +196,16 @@ def test_nan_loss_stops_with_advice_and_keeps_the_best_model(tmp_image_folder, t
                 return float("nan"), acc
         return loss, acc
 
-    monkeypatch.setattr(graft.training, "run_epoch", run_epoch)
+    monkeypatch.setattr(graft.training.loop, "run_epoch", run_epoch)
     run_dir = tmp_path / "runs/nan"
     saved: dict[str, str] = {}
-    real_save = graft.training._save_model
+    real_save = graft.core.rundir.save_model
 
     def save_model(*args, **kwargs):
         real_save(*args, **kwargs)
         saved.update({k: v for k, v in files(run_dir).items() if k.startswith("model.")})
 
-    monkeypatch.setattr(graft.training, "_save_model", save_model)
+    monkeypatch.setattr(graft.core.rundir, "save_model", save_model)
     with pytest.raises(RunError) as info:
         graft.train(tmp_image_folder(TINY), out=tmp_path / "runs", name="nan", epochs=5, **SMALL)
     message = str(info.value)
@@ -218,7 +219,7 @@ def test_out_of_memory_suggests_a_batch_size(tmp_image_folder, tmp_path, monkeyp
     def run_epoch(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total)")
 
-    monkeypatch.setattr(graft.training, "run_epoch", run_epoch)
+    monkeypatch.setattr(graft.training.loop, "run_epoch", run_epoch)
     with pytest.raises(ResourceError) as info:
         graft.train(tmp_image_folder(TINY), out=tmp_path / "runs", name="oom", epochs=2, **(SMALL | {"batch_size": 8}))
     message = str(info.value)
@@ -259,7 +260,7 @@ def test_a_planted_pickle_as_model_weights_is_refused_unrun(run, tmp_path, as_to
 
 # --- every writer is atomic ---------------------------------------------------------------------------------------
 
-#: Writes that do not go through graft.checkpoint's atomic helpers, and why they are safe.
+#: Writes that do not go through graft.core.checkpoint's atomic helpers, and why they are safe.
 NON_ATOMIC_ALLOWED = {
     "checkpoint.py": "the atomic helpers themselves",
     "features.py": "append-only feature matrix (a crash leaves a partial row, dropped; rows carry a crc32) and a "

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from graft.core.preprocess import Preprocess
 from graft.data import Sample
 from graft.features import FeatureStore, body_engine, cached_features, file_identity, store_key
-from graft.preprocess import Preprocess
 
 PRE = Preprocess(input_size=32, resize_size=36)
 CPU = torch.device("cpu")
@@ -95,7 +95,7 @@ def test_a_body_that_falls_back_to_torch_stores_and_finds_torch_rows(samples: li
 def test_evaluate_reads_stored_val_rows_only_through_their_engine(frozen_run: Any, tmp_path: Path, monkeypatch) -> None:
     """The frozen run's val rows were computed by ONNX Runtime: ``evaluate`` reads them back under that engine
     (so its accuracy is training's exactly), and with ``GRAFT_ENGINE=torch`` runs the backbone instead."""
-    from graft.evaluation import evaluate
+    from graft.insight.evaluation import evaluate
 
     monkeypatch.delenv("GRAFT_ENGINE", raising=False)
     stored = evaluate(frozen_run.run_dir, out=tmp_path / "auto", plots=False, device="cpu")

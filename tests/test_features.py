@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from graft.core.preprocess import Preprocess
 from graft.data import Sample
 from graft.features import FeatureStore, cached_features, extract_features, store_key
-from graft.preprocess import Preprocess
 
 PRE = Preprocess(input_size=32, resize_size=36)
 

@@ -3,7 +3,7 @@
 in process, through ``fastapi.testclient.TestClient``).
 
 The property: whatever the bytes, the loader returns an 8-bit RGB image within the size limits or raises
-:class:`graft.errors.ImageError` (nothing else), and the server answers 200 with a label or a 4xx with a JSON
+:class:`graft.core.errors.ImageError` (nothing else), and the server answers 200 with a label or a 4xx with a JSON
 ``detail``, never a 5xx, and goes on serving.
 
 Inputs are valid images of several formats mutated (bit flips, byte overwrites with boundary values, truncation,
@@ -34,9 +34,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import graft
+from graft.core.errors import ImageError
+from graft.core.preprocess import Preprocess, eval_crop
 from graft.data import MAX_ASPECT, MAX_PIXELS, load_rgb
-from graft.errors import ImageError
-from graft.preprocess import Preprocess, eval_crop
 
 EXAMPLES = int(os.environ.get("GRAFT_FUZZ_EXAMPLES", "60"))
 SECONDS = float(os.environ.get("GRAFT_FUZZ_SECONDS", "0"))
@@ -201,8 +201,8 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """``graft serve``'s app on a tiny random-weight run, in process."""
     from fastapi.testclient import TestClient
 
-    from graft.config import ServeConfig
-    from graft.serve import create_app
+    from graft.commands.serve import create_app
+    from graft.core.config import ServeConfig
 
     data = tmp_path_factory.mktemp("fuzz-data")
     for split, n in (("train", 2), ("val", 1)):
@@ -214,7 +214,7 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         mp.setenv("GRAFT_OFFLINE", "1")
         mp.setenv("GRAFT_NO_PROGRESS", "1")
         mp.setenv("GRAFT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setattr("graft.report.write_run_report", lambda *a, **k: None)
+        mp.setattr("graft.insight.report.write_run_report", lambda *a, **k: None)
         run = graft.train(
             data,
             arch="mobilenet_v3_small",

@@ -1,4 +1,4 @@
-"""The GPU fast path's batches (graft.gpu). Its kernels are device-agnostic, so the CPU checks the arithmetic."""
+"""The GPU fast path's batches (graft.data.device). Kernels are device-agnostic, so the CPU checks the arithmetic."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from graft.gpu import DeviceBatches, crop_boxes, fits_on_device
-from graft.preprocess import Preprocess
+from graft.core.preprocess import Preprocess
+from graft.data.device import DeviceBatches, crop_boxes, fits_on_device
 
 PRE = Preprocess(input_size=8, resize_size=10, mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from graft.backbones import get_backbone, list_backbones
-from graft.gradcam import GradCAMUnavailable, grad_cam, gradcam, target_layer
-from graft.heads import HeadSpec, build_head
-from graft.model import GraftModel, make_body
-from graft.plots import load_crops
+from graft.core.heads import HeadSpec, build_head
+from graft.insight.gradcam import GradCAMUnavailable, grad_cam, gradcam, target_layer
+from graft.insight.plots import load_crops
+from graft.models.backbones import get_backbone, list_backbones
+from graft.models.model import GraftModel, make_body
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,8 @@ def test_evaluation_says_when_gradcam_is_unavailable(frozen_run, hymenoptera, tm
     """A registry entry without a gradcam_layer: the figures are drawn without maps and say why."""
     import shutil
 
-    from graft import backbones
-    from graft.evaluation import evaluate
+    from graft.insight.evaluation import evaluate
+    from graft.models import backbones
 
     data = tmp_path / "data"
     for name in ("ants", "bees"):

@@ -1,4 +1,4 @@
-"""graft._imports: torch._dynamo deferred until something compiles, and nothing behaves differently for it.
+"""graft.core.deps: torch._dynamo deferred until something compiles, and nothing behaves differently for it.
 
 Each test runs in a fresh interpreter: this pytest process has long since imported the real dynamo.
 """
@@ -33,7 +33,7 @@ def run(code: str, **env: str) -> dict:
 TRAIN_A_HEAD = """
     import json, sys
     import torch
-    from graft._imports import import_torchvision, dynamo_deferred
+    from graft.core.deps import import_torchvision, dynamo_deferred
     tv = import_torchvision()
     from torchvision.transforms import v2
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def test_deferring_changes_no_number() -> None:
 COMPILE_AFTER_DEFERRAL = """
     import json, sys
     import torch
-    from graft._imports import import_torchvision, dynamo_deferred
+    from graft.core.deps import import_torchvision, dynamo_deferred
     import_torchvision()
     before = dynamo_deferred()
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def test_torchvision_ops_still_work_with_the_stand_in() -> None:
         """
         import json
         import torch
-        from graft._imports import import_torchvision, dynamo_deferred
+        from graft.core.deps import import_torchvision, dynamo_deferred
         tv = import_torchvision()
         x = torch.arange(16.0).reshape(1, 1, 4, 4)
         out = tv.ops.roi_align(x, [torch.tensor([[0.0, 0.0, 3.0, 3.0]])], output_size=1, aligned=True)
@@ -142,7 +142,7 @@ def test_a_frozen_run_never_imports_dynamo(hymenoptera: Path, tmp_path: Path) ->
         f"""
         import json, sys
         from graft import train
-        from graft._imports import dynamo_deferred
+        from graft.core.deps import dynamo_deferred
         result = train({str(hymenoptera)!r}, mode="freeze", epochs=2, device="cpu", out={str(tmp_path)!r}, name="r")
         print(json.dumps({{"deferred": dynamo_deferred(), "acc": result.metrics["best_val_acc"]}}))
         """,

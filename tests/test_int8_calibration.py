@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import graft
-from graft import quantization as Q
-from graft.errors import ConfigError
+from graft import int8 as Q
+from graft.core.errors import ConfigError
 
 VNNI = bool(Q.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 X86 = Q.cpu_info()["machine"].lower() in ("x86_64", "amd64")
@@ -104,7 +104,7 @@ def test_seven_bits_stay_within_one_point(seven_bit: dict[str, Any]) -> None:
 
 
 class _Eager:
-    """The eager reference graph as :func:`graft.quantization.accuracy` runs a classifier (no compile)."""
+    """The eager reference graph as :func:`graft.int8.ptq.accuracy` runs a classifier (no compile)."""
 
     def __init__(self, model: torch.nn.Module, src: Any) -> None:
         self.model, self.preprocess, self.classes = model, src.preprocess, src.classes
@@ -122,7 +122,7 @@ def test_eight_bits_stay_within_one_point(run: Path) -> None:
     """8-bit activations: on a CPU with VNNI the compiled program is measured; without VNNI its kernels overflow,
     so the numerics a VNNI CPU would compute are checked on the eager reference graph (the same quantized graph,
     reference kernels), with the run's val split."""
-    from graft.predict import load
+    from graft.inference.load import load
 
     if VNNI:
         Q.quantize(run, name="mnv2-a8", activation_bits="8", log=lambda _: None)

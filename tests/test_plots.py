@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from graft import plots
-from graft.cli import main
-from graft.preprocess import Preprocess, denormalize, normalize
+from graft.commands.cli import main
+from graft.core.preprocess import Preprocess, denormalize, normalize
+from graft.insight import plots
 
 
 def decode_png(path: Path) -> Image.Image:
@@ -99,7 +99,7 @@ def test_headless_without_display(tmp_path) -> None:
     """No DISPLAY, no MPLBACKEND: figures are still drawn (Agg, no pyplot)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     code = (
-        "import sys, numpy as np; from graft import plots; "
+        "import sys, numpy as np; from graft.insight import plots; "
         "plots.plot_confusion(np.array([[3, 1], [0, 4]]), ['a', 'b'], sys.argv[1]); "
         "import sys; assert 'matplotlib.pyplot' not in sys.modules"
     )

@@ -1,4 +1,4 @@
-"""Tests of graft.predict: loading a run, top-k predictions, streaming over files, refusing damaged runs."""
+"""Tests of graft.inference: loading a run, top-k predictions, streaming over files, refusing damaged runs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 from PIL import Image
 
 import graft
-from graft.errors import GraftError, ImageError, RunError
-from graft.predict import Classifier, Prediction, expand_paths
+from graft.core.errors import GraftError, ImageError, RunError
+from graft.inference.classifier import Classifier, Prediction
+from graft.inference.paths import expand_paths
 
 GRAFT = Path(graft.__file__).parent
 

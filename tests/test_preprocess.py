@@ -1,4 +1,4 @@
-"""graft.preprocess: graft's faster steps give torchvision's values exactly (features, val accuracy and
+"""graft.core.preprocess: graft's faster steps give torchvision's values exactly (features, val accuracy and
 ``graft predict`` all depend on it)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from graft.core.preprocess import Preprocess, eval_crop, eval_transform, normalize, train_crop, train_transform
 from graft.data import load_rgb
-from graft.preprocess import Preprocess, eval_crop, eval_transform, normalize, train_crop, train_transform
 
 P = Preprocess(224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
 

@@ -17,11 +17,11 @@ import torch
 from numerics import assert_accuracy_within_one_image
 from torch import nn
 
-from graft import quantization as Q
-from graft.backbones import get_backbone
-from graft.errors import RunError
-from graft.heads import HeadSpec
-from graft.model import build_model
+from graft import int8 as Q
+from graft.core.errors import RunError
+from graft.core.heads import HeadSpec
+from graft.models.backbones import get_backbone
+from graft.models.model import build_model
 
 NAMED = ["mobilenet_v2", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_lite0"]
 SIZE = 64  # small input: the contract is about graphs, not accuracy
@@ -133,10 +133,10 @@ def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, 
     import sys
 
     script = (
-        "import sys, torch\n"
+        "import pathlib, sys, torch\n"
         "from torch._dynamo.utils import counters\n"
-        "from graft import quantization as Q\n"
-        "graph = Q.load_program(Q.Path(sys.argv[1]), sha256=sys.argv[2])\n"
+        "from graft import int8 as Q\n"
+        "graph = Q.load_program(pathlib.Path(sys.argv[1]), sha256=sys.argv[2])\n"
         "Q.Int8Program(graph)(torch.randn(2, 3, int(sys.argv[3]), int(sys.argv[3])))\n"
         "print('prepacked convs', counters['inductor']['qconv_weight_prepack_matcher_count'])\n"
     )
@@ -246,7 +246,7 @@ FIELDS = [
 @pytest.fixture(scope="module")
 def ptq_run(frozen_run: Any) -> Path:
     """``graft quantize`` of the frozen mobilenet_v2 run (32 calibration images), next to it."""
-    from graft.cli import main
+    from graft.commands.cli import main
 
     run = frozen_run.run_dir
     assert main(["quantize", str(run), "--calib", "32", "--name", f"{run.name}-q8", "--exist-ok"]) == 0
@@ -268,7 +268,7 @@ def int8_trained_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_quantize_frozen_run_and_predict(frozen_run: Any, ptq_run: Path, tmp_path: Path) -> None:
-    from graft.cli import main
+    from graft.commands.cli import main
 
     run, out = frozen_run.run_dir, ptq_run
     figures = json.loads((out / Q.QUANT_FILE).read_text())
@@ -357,8 +357,8 @@ def test_export_refuses_int8_runs_in_one_line(
 ) -> None:
     """No exported file of the int8 program can be verified against it: one ``error:`` line says so, names the
     run, and says what to export instead (the float run it was quantized from, when there is one)."""
-    from graft.cli import main
-    from graft.predict import is_int8
+    from graft.commands.cli import main
+    from graft.inference.load import is_int8
 
     meta = json.loads((int8_run / "model.json").read_text())
     assert is_int8(meta) and "quantized" not in meta  # what the writers record
@@ -378,10 +378,10 @@ def test_export_refuses_int8_runs_in_one_line(
 @pytest.mark.slow
 def test_evaluate_int8_run_reproduces_its_int8_accuracy(int8_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``graft evaluate RUN-int8 --report`` runs the int8 program (never the float run's stored features), and its
-    accuracy is the run's int8_val_acc exactly: both are graft.evaluation.compute_logits on the same val images, in
-    the same order and batches, through the same saved program. Grad-CAM, which the report asks for, is skipped
+    accuracy is the run's int8_val_acc exactly: both are graft.inference.logits.compute_logits on the same val
+    images, in the same order and batches, through the same saved program. Grad-CAM, which the report asks for, is skipped
     with a note."""
-    from graft.cli import main
+    from graft.commands.cli import main
 
     assert main(["evaluate", str(int8_run), "--report", "--device", "cpu"]) == 0
     assert "Traceback" not in capsys.readouterr().err
@@ -400,7 +400,7 @@ def test_evaluate_int8_run_reproduces_its_int8_accuracy(int8_run: Path, capsys: 
 def test_gradcam_says_int8_runs_are_not_explained(ptq_run: Path) -> None:
     """``graft predict --explain`` and the figures catch GradCAMUnavailable and print its reason."""
     import graft
-    from graft.gradcam import GradCAMUnavailable, gradcam
+    from graft.insight.gradcam import GradCAMUnavailable, gradcam
 
     clf = graft.load(ptq_run, device="cpu")
     assert isinstance(clf, Q.Int8Classifier) and clf.float_model() is None

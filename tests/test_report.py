@@ -15,7 +15,7 @@ import pytest
 from browser import chromium, console_errors, full_page_screenshot
 from PIL import Image
 
-from graft.report import render_report, write_run_report
+from graft.insight.report import render_report, write_run_report
 
 
 @pytest.mark.numerics
@@ -100,7 +100,7 @@ def test_report_without_matplotlib(frozen_run, tmp_path, monkeypatch) -> None:
     """No matplotlib: the page is still written (figures marked missing) and the run says why."""
     import sys
 
-    from graft.report import write_report
+    from graft.insight.report import write_report
 
     run = tmp_path / "run"
     shutil.copytree(frozen_run.run_dir, run)

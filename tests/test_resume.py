@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 import graft
-import graft.training
-from graft import checkpoint as ckpt
-from graft.errors import ConfigError, DataError, RunError
-from graft.resume import RESUME_FILE
+import graft.training.loop
+import graft.training.pipeline
+from graft.core import checkpoint as ckpt
+from graft.core.errors import ConfigError, DataError, RunError
+from graft.training.resume import RESUME_FILE
 
 SMALL = {"arch": "mobilenet_v3_small", "pretrained": "none", "seed": 0, "device": "cpu", "batch_size": 4}
 SMALL["checkpoint_budget"] = 1.0  # a checkpoint after every epoch, however fast: the tests count on it
@@ -41,7 +42,7 @@ def fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAFT_OFFLINE", "1")
     monkeypatch.setenv("GRAFT_NO_PROGRESS", "1")
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "feature-cache"))
-    monkeypatch.setattr("graft.report.write_run_report", lambda *a, **k: None)
+    monkeypatch.setattr("graft.insight.report.write_run_report", lambda *a, **k: None)
 
 
 def outcome(run_dir: Path) -> tuple[dict, list[list[str]], str]:
@@ -56,7 +57,7 @@ def outcome(run_dir: Path) -> tuple[dict, list[list[str]], str]:
 def crash_at(monkeypatch: pytest.MonkeyPatch, call: int) -> Callable[..., Any]:
     """Make the ``call``-th pass over the data (train and val passes alternate) die before it starts; return the
     real ``run_epoch``."""
-    real, calls = graft.training.run_epoch, [0]
+    real, calls = graft.training.loop.run_epoch, [0]
 
     def run_epoch(*args, **kwargs):
         calls[0] += 1
@@ -64,7 +65,7 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, call: int) -> Callable[..., Any]:
             raise Crash
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(graft.training, "run_epoch", run_epoch)
+    monkeypatch.setattr(graft.training.loop, "run_epoch", run_epoch)
     return real
 
 
@@ -81,7 +82,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFT_OFFLINE", "1")
         mp.setenv("GRAFT_NO_PROGRESS", "1")
-        mp.setattr("graft.report.write_run_report", lambda *a, **k: None)
+        mp.setattr("graft.insight.report.write_run_report", lambda *a, **k: None)
         run = graft.train(data, out=tmp_path_factory.mktemp("runs"), name="whole", **STAGED)
     return data, run.run_dir
 
@@ -99,13 +100,13 @@ def test_crash_anywhere_then_resume_ends_like_an_uninterrupted_run(staged, tmp_p
     real = crash_at(monkeypatch, call)
     with pytest.raises(Crash):
         graft.train(data, out=out, name="crashed", **STAGED)
-    monkeypatch.setattr(graft.training, "run_epoch", real)
+    monkeypatch.setattr(graft.training.loop, "run_epoch", real)
     run_dir = out / "crashed"
     assert not (run_dir / "metrics.json").exists()
     assert (run_dir / RESUME_FILE).exists() == (finished > 0)
 
     logged: list[str] = []
-    from graft.config import TrainConfig
+    from graft.core.config import TrainConfig
 
     cfg = TrainConfig(data=data, out=out, name="crashed", resume=run_dir, **STAGED)
     graft.training.run_training(cfg, log=logged.append)
@@ -139,7 +140,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) 
         "        time.sleep(60)\n"
         "    return real(*a, **k)\n"
         "t.run_epoch = run_epoch\n"
-        "from graft.cli import entry\n"
+        "from graft.commands.cli import entry\n"
         "sys.argv = ['graft', *sys.argv[1:]]\n"
         "entry()\n"
     )
@@ -224,7 +225,7 @@ def test_a_planted_pickle_as_resume_state_is_refused_unrun(staged, tmp_path, mon
 def test_head_stage_state_holds_the_head_only_and_checks_the_body(staged, tmp_path, monkeypatch) -> None:
     """In a head stage the body is fixed: the per-epoch state stores the head (kilobytes, not the network) with the
     body's sha256, and a resumed run whose rebuilt body differs is refused rather than silently continued."""
-    from graft import resume
+    from graft.training import resume
 
     data, _ = staged
     out = tmp_path / "runs"

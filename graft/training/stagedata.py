@@ -1,0 +1,159 @@
+"""What a stage trains on: the frozen body's stored features (a head stage) or images (in memory when they fit,
+on the GPU when they fit there, else decoded per epoch by loader workers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from graft.core import distributed as dist
+from graft.core.config import TrainConfig
+
+
+class StageData:
+    """The two kinds of training data, each built once on first use: the frozen body's features (for a head
+    stage) and images (decoded once and kept in memory when they fit, else decoded per epoch)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: Any,
+        dataset: Any,
+        preprocess: Any,
+        device: torch.device,
+        generator: torch.Generator,
+        cache_key: dict[str, Any] | None,
+        log: Callable[[str], None],
+    ) -> None:
+        from graft.core.runtime import default_workers
+
+        self.cfg, self.model, self.dataset, self.preprocess = cfg, model, dataset, preprocess
+        self.device, self.generator, self.cache_key, self.log = device, generator, cache_key, log
+        self.workers = default_workers() if cfg.workers is None else cfg.workers
+        self._features: tuple[Any, Any] | None = None
+        self._images: tuple[Any, Any] | None = None
+
+    def features(self) -> tuple[Any, Any]:
+        from graft.core.runtime import inference_loader, train_loader
+
+        if self._features is None:
+            cfg, ds = self.cfg, self.dataset
+            tensors = {}
+            for split, views in (("train", range(cfg.feature_views + 1)), ("val", range(1))):
+                samples = getattr(ds, split)
+                args = (self.model, samples, self.preprocess, self.cache_key, cfg, self.device, self.workers, self.log)
+                tensors[split] = (
+                    torch.cat([_features(*args, split, view, ds.decoded if view == 0 else None) for view in views]),
+                    torch.tensor([s.label for s in samples] * len(views)),
+                )
+            self._features = (
+                train_loader(
+                    torch.utils.data.TensorDataset(*tensors["train"]),
+                    batch_size=cfg.batch_size,
+                    workers=0,
+                    generator=self.generator,
+                ),
+                inference_loader(torch.utils.data.TensorDataset(*tensors["val"]), batch_size=cfg.batch_size, workers=0),
+            )
+        return self._features
+
+    def images(self) -> tuple[Any, Any]:
+        from graft.core.preprocess import eval_crop, eval_transform, normalize, resize_shorter, train_transform
+        from graft.core.runtime import inference_loader, train_loader
+        from graft.data.datasets import ImageDataset, MemoryImageDataset, available_memory, estimated_decoded_bytes
+        from graft.data.device import DeviceBatches, fits_on_device
+
+        if self._images is None:
+            cfg, p, ds = self.cfg, self.preprocess, self.dataset
+            keep = round(p.resize_size * 1.25)  # room for RandomResizedCrop without upsampling most crops
+            need = estimated_decoded_bytes(ds.train, keep) + len(ds.val) * 3 * p.input_size**2
+            # augmented on the GPU (graft.data.device); DDP ranks shard DataLoaders instead
+            on_gpu = fits_on_device(need, self.device) and not dist.is_distributed()
+            if on_gpu or need < min(4 << 30, available_memory() * 0.3):
+                start = time.perf_counter()
+                train = MemoryImageDataset(
+                    ds.train,
+                    prepare=resize_shorter(keep, p.interpolation),
+                    transform=None if on_gpu else train_transform(p),
+                    draft=keep,
+                )
+                val = MemoryImageDataset(
+                    ds.val,
+                    prepare=eval_crop(p),
+                    transform=None if on_gpu else normalize(p),
+                    draft=p.resize_size,
+                    decoded=ds.decoded,
+                )
+                self.log(
+                    f"decoded {len(train) + len(val)} images into {'GPU ' if on_gpu else ''}memory "
+                    f"({(train.nbytes + val.nbytes) / 2**20:.0f} MiB, {time.perf_counter() - start:.1f}s)"
+                )
+                if on_gpu:
+                    ds.decoded.clear()
+                    self._images = tuple(
+                        DeviceBatches(
+                            part.images,
+                            [s.label for s in part.samples],
+                            preprocess=p,
+                            batch_size=cfg.batch_size,
+                            device=self.device,
+                            augment=augment,
+                            generator=self.generator,
+                        )
+                        for part, augment in ((train, True), (val, False))
+                    )
+                    return self._images
+                workers = 0  # only crops and flips remain per epoch: cheaper in-process than in workers
+            else:
+                train = ImageDataset(ds.train, train_transform(p), draft=p.resize_size)
+                val = ImageDataset(ds.val, eval_transform(p), draft=p.resize_size)
+                workers = self.workers
+            ds.decoded.clear()  # what the scan kept and no stage took
+            self._images = dist.shard_loaders(  # under torchrun: each rank its share
+                train_loader(train, batch_size=cfg.batch_size, workers=workers, generator=self.generator),
+                inference_loader(val, batch_size=cfg.batch_size, workers=workers),
+            )
+        return self._images
+
+
+def _features(
+    model: Any,
+    samples: Any,
+    preprocess: Any,
+    cache_key: dict[str, Any] | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    workers: int,
+    log: Callable[[str], None],
+    split: str,
+    view: int = 0,
+    decoded: Any = None,
+) -> torch.Tensor:
+    """The frozen body's features of ``samples``: from the on-disk store when the starting weights are known
+    (random weights differ per seed, so they are not stored)."""
+    from graft.features.store import cached_features, extract_features
+
+    name = f"{split} features" + (f" (view {view})" if view else "")
+    kwargs = {
+        "device": device,
+        "batch_size": cfg.batch_size,
+        "workers": workers,
+        "desc": name,
+        "view": view,
+        "decoded": decoded,
+    }
+    if cache_key is None:
+        return dist.sharded(extract_features)(model.body, samples, preprocess, **kwargs)
+    start = time.perf_counter()
+    # under torchrun: the ranks compute shares of the missing rows, rank 0 stores them all, the others wait for it
+    extract, write = dist.sharded(extract_features), dist.is_main()
+    feats, computed = cached_features(
+        model.body, samples, preprocess, cache_key, extract=extract, write=write, **kwargs
+    )
+    dist.barrier()
+    seconds = time.perf_counter() - start
+    log(f"{name}: {len(samples) - computed} from cache, {computed} computed ({seconds:.1f}s)")
+    return feats
