@@ -58,7 +58,7 @@ FUZZ_SECONDS  ?= 300
 FUZZ_EXAMPLES ?= 500
 fuzz: install
 	GRAFT_FUZZ_SECONDS=$(FUZZ_SECONDS) GRAFT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GRAFT_FUZZ_REPORT=fuzz-report.json \
-		$(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/data/test_fuzz.py
 
 lint: install
 	$(VENV)/bin/ruff check graft tests benchmarks

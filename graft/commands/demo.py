@@ -68,14 +68,15 @@ def hymenoptera(cache: Path | None = None) -> Path:
 
 
 def main() -> int:
-    import graft
+    from graft.commands.train import train
     from graft.core.errors import GraftError
+    from graft.inference.load import load
 
     try:
         data = hymenoptera()
         print(f"data: {data}")
-        run = graft.train(data, arch="mobilenet_v2", mode="freeze", epochs=10, name="demo", exist_ok=True)
-        clf = graft.load(run.run_dir)
+        run = train(data, arch="mobilenet_v2", mode="freeze", epochs=10, name="demo", exist_ok=True)
+        clf = load(run.run_dir)
         val = data / "val"
         samples = [sorted((val / c).iterdir())[0] for c in ("ants", "bees")] + [val / "bees/72100438_73de9f17af.jpg"]
         print(f"\nbest val accuracy: {run.best_val_acc:.4f} (epoch {run.metrics['best_epoch']})")

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.errors import GraftError
+from graft.core.version import __version__
 
 ExportFormat = Literal["onnx", "torchscript"]
 EXPORT_FORMAT = "graft-export/1"
@@ -211,8 +212,6 @@ def _describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
     """The sidecar's content (before the file's hash and the verification are known)."""
     import torch
 
-    import graft
-
     meta, p = clf.meta, clf.preprocess
     return {
         "format": EXPORT_FORMAT,
@@ -238,7 +237,7 @@ def _describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
             "weights_sha256": meta.get("weights_sha256"),
             "metrics": ckpt.read_json_or(clf.run_dir / "metrics.json"),
         },
-        "versions": {"graft": graft.__version__, "torch": torch.__version__},
+        "versions": {"graft": __version__, "torch": torch.__version__},
     }
 
 

@@ -475,7 +475,7 @@ def test_is_available_does_not_import_torch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=60,

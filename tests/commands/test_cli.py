@@ -16,7 +16,7 @@ from graft.core.errors import WeightsError
 from graft.models.backbones import get_backbone
 from graft.models.model import load_pretrained
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BEE = "val/bees/72100438_73de9f17af.jpg"
 
 
