@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.insight.plots import CurvesWriter
 from graft.insight import report
+from graft.insight.plots import CurvesWriter
 from graft.training.callbacks import Callback
 from graft.training.loop import EpochResult, FitResult
 

@@ -1,0 +1,31 @@
+"""``graft.evaluation``: the public path of :mod:`graft.insight.evaluation`."""
+
+from graft.insight.evaluation import (
+    Z95,
+    ClassMetrics,
+    EvaluationResult,
+    balanced_accuracy,
+    confusion_matrix,
+    evaluate,
+    folder_items,
+    grid_indices,
+    per_class_metrics,
+    wilson_interval,
+    write_figures,
+    write_tables,
+)
+
+__all__ = [
+    "Z95",
+    "ClassMetrics",
+    "EvaluationResult",
+    "balanced_accuracy",
+    "confusion_matrix",
+    "evaluate",
+    "folder_items",
+    "grid_indices",
+    "per_class_metrics",
+    "wilson_interval",
+    "write_figures",
+    "write_tables",
+]
