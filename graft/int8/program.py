@@ -1,5 +1,4 @@
-"""Int8 models: post-training quantization of a run (``graft quantize``), an int8 frozen backbone
-(``graft train --mode freeze --int8``) and quantization-aware fine-tuning (``graft train --mode qat``).
+"""An int8 program: export, quantize, compile, check, save and load (``model.pt2``), and the classifier over it.
 
 One pipeline on the current API, torchao's PT2E (``torch.ao.quantization`` is deprecated in torch 2.14):
 ``torch.export`` the backbone (dynamic batch) -> ``prepare_pt2e`` (or ``prepare_qat_pt2e``) with the CPU's
@@ -7,26 +6,14 @@ quantizer -> calibrate on training images (or fine-tune with fake quantization) 
 float (the tutorial's int8 feature extractor + float head). Body and head are exported together and saved with
 ``torch.export.save`` as ``model.pt2``; prediction runs it through ``torch.compile`` (inductor, weights frozen),
 which lowers the quantize/dequantize patterns to oneDNN int8 kernels. Eager, the same graph is slower than float:
-compiling is what makes int8 fast.
-
-Settings by measurement: X86InductorQuantizer with 8-bit activations where the CPU has VNNI, 7-bit
-(``reduce_range``) where it has not (without VNNI the int8 kernels add pairs of u8 x s8 products in 16 bits, which
-8-bit activations overflow); ArmInductorQuantizer on ARM; ``activation_bits`` ("7"/"8") forces one. Weights are
-per-channel symmetric int8 (the quantizer's default); each activation's range is the 99.99th percentile of its
-calibration histogram (:data:`ACT_PERCENTILE`). After compiling, :func:`quantize_checked` measures the compiled
-program against its eager reference on calibration images and, when they disagree, quantizes again with
-``reduce_range=True`` (or fails, when the bits were forced). The check, the activation bits and the CPU are
-recorded in ``quantization.json``.
-
-Loading without pickle or code from the file: see :func:`check_archive` for what ``torch.export.load`` would
-otherwise unpickle or execute; graft saves nothing of that kind, verifies the file's sha256 (from ``model.json``)
-and refuses any archive that holds it. No calibration happens on load.
+compiling is what makes int8 fast. After compiling, :func:`quantize_checked` measures the compiled program against
+its eager reference on calibration images and, when they disagree, quantizes again with ``reduce_range=True`` (or
+fails, when the bits were forced).
 
 The deprecated eager API is not used, not even as a fallback: its quantized modules keep packed weights in script
 objects that only pickle can save, it needs per-architecture stubs and fusion lists, and with its x86 defaults it
-kept only 76.5% top-1 agreement with float MobileNetV2 on the AVX2 CPU of REFERENCE.md. An architecture that
-``torch.export``, the quantizer or inductor cannot handle fails with :class:`QuantizationError`; its float run
-stays usable.
+kept only 76.5% top-1 agreement with float MobileNetV2 on an AVX2 CPU. An architecture that ``torch.export``, the
+quantizer or inductor cannot handle fails with :class:`QuantizationError`; its float run stays usable.
 """
 
 from __future__ import annotations
