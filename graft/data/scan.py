@@ -22,6 +22,10 @@ from graft.core.errors import DataError, ImageError
 from graft.data.images import SCAN_DRAFT, DecodedImages, load_rgb
 
 _VAL_DIR_NAMES = ("val", "valid", "validation")
+_LAYOUT_HELP = (
+    "A dataset is a folder with one sub-folder per class (e.g. data/cats/*.jpg, data/dogs/*.jpg), "
+    "or with train/ and val/ folders that each hold the same class sub-folders."
+)
 
 
 @dataclass(frozen=True)
@@ -229,39 +233,63 @@ def scan(
         DataError: the folder cannot be used; the message says what is wrong and what to do.
     """
     base = Path(os.path.abspath(os.path.expanduser(root)))
-    layout_help = (
-        "A dataset is a folder with one sub-folder per class (e.g. data/cats/*.jpg, data/dogs/*.jpg), "
-        "or with train/ and val/ folders that each hold the same class sub-folders."
-    )
     if not base.exists():
-        raise DataError(f"Data folder {base} does not exist. Check the path. {layout_help}")
+        raise DataError(f"Data folder {base} does not exist. Check the path. {_LAYOUT_HELP}")
     if not base.is_dir():
-        raise DataError(f"Data path {base} is not a folder. {layout_help}")
+        raise DataError(f"Data path {base} is not a folder. {_LAYOUT_HELP}")
+    layout, splits = _layout(base, val_split)
+    used_split, used_seed = (val_split, seed) if layout == "split" else (None, None)
 
+    skipped: list[Skipped] = []
+    class_dirs = _class_folders(base, layout, splits, skipped)
+    classes = sorted(next(iter(class_dirs.values())))
+    if len(classes) < 2:
+        raise DataError(
+            f"Found only one class ({classes[0]}) in {base}: a classifier needs at least 2 classes. " + _LAYOUT_HELP
+        )
+
+    decoded = DecodedImages(keep_decoded)
+    good = _validate(base, class_dirs, classes, skipped, decoded, workers=workers, draft=draft)
+    _check_class_sizes(base, layout, class_dirs, classes, good, skipped)
+    train, val = _split_samples(layout, classes, good, val_split, seed)
+
+    index = {c: i for i, c in enumerate(classes)}
+    counts = {
+        "train": {c: sum(s.label == index[c] for s in train) for c in classes},
+        "val": {c: sum(s.label == index[c] for s in val) for c in classes},
+    }
+    report = DataReport(str(base), layout, classes, counts, skipped, used_split, used_seed)
+    return Dataset(classes, train, val, report, decoded)
+
+
+def _layout(base: Path, val_split: float) -> tuple[str, dict[str, Path]]:
+    """``("train/val", {"train": ..., "val": ...})`` or ``("split", {"all": base})``, or why neither fits."""
     top = {d.name.lower(): d for d in _subdirs(base)}
     train_dir, vals = top.get("train"), [top[n] for n in _VAL_DIR_NAMES if n in top]
     if train_dir and len(vals) > 1:
         names = ", ".join(v.name + "/" for v in vals)
         raise DataError(f"{base} has several validation folders ({names}). Keep only one of them.")
     if train_dir and vals:
-        layout, splits = "train/val", {"train": train_dir, "val": vals[0]}
-        used_split, used_seed = None, None
-    else:
-        # a lone train/ or val/ holding class folders is half a train/val layout; holding images, a class
-        half = train_dir or (vals[0] if vals else None)
-        if half and _subdirs(half):
-            missing = "val/" if train_dir else "train/"
-            raise DataError(
-                f"{base} has a {half.name}/ folder but no {missing} folder. Add {missing} with the same "
-                f"class sub-folders, or put the class folders directly in {base} to have graft split them."
-            )
-        if not 0 < val_split < 1:
-            raise DataError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
-        layout, splits = "split", {"all": base}
-        used_split, used_seed = val_split, seed
+        return "train/val", {"train": train_dir, "val": vals[0]}
+    # a lone train/ or val/ holding class folders is half a train/val layout; holding images, a class
+    half = train_dir or (vals[0] if vals else None)
+    if half and _subdirs(half):
+        missing = "val/" if train_dir else "train/"
+        raise DataError(
+            f"{base} has a {half.name}/ folder but no {missing} folder. Add {missing} with the same "
+            f"class sub-folders, or put the class folders directly in {base} to have graft split them."
+        )
+    if not 0 < val_split < 1:
+        raise DataError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
+    return "split", {"all": base}
 
-    skipped: list[Skipped] = []
-    class_dirs: dict[str, dict[str, Path]] = {}  # split -> class -> folder
+
+def _class_folders(
+    base: Path, layout: str, splits: dict[str, Path], skipped: list[Skipped]
+) -> dict[str, dict[str, Path]]:
+    """split -> class -> folder; loose files beside the class folders go to ``skipped``. Both splits of a
+    train/val layout must have the same classes."""
+    class_dirs: dict[str, dict[str, Path]] = {}
     for split, folder in splits.items():
         for p in sorted(folder.iterdir(), key=lambda p: p.name):
             if not p.is_dir():
@@ -269,7 +297,7 @@ def scan(
         class_dirs[split] = {d.name: d for d in _subdirs(folder)}
         if not class_dirs[split]:
             where = folder if split != "all" else base
-            raise DataError(f"No class folders found in {where}. {layout_help}")
+            raise DataError(f"No class folders found in {where}. {_LAYOUT_HELP}")
     if layout == "train/val":
         only_train = sorted(class_dirs["train"].keys() - class_dirs["val"].keys())
         only_val = sorted(class_dirs["val"].keys() - class_dirs["train"].keys())
@@ -280,12 +308,21 @@ def scan(
                 f"only in {splits['val'].name}: {', '.join(only_val) or '(none)'}. "
                 "Every class needs a folder in both (check the spelling), or remove the extra folders."
             )
-    classes = sorted(next(iter(class_dirs.values())))
-    if len(classes) < 2:
-        raise DataError(
-            f"Found only one class ({classes[0]}) in {base}: a classifier needs at least 2 classes. " + layout_help
-        )
+    return class_dirs
 
+
+def _validate(
+    base: Path,
+    class_dirs: dict[str, dict[str, Path]],
+    classes: list[str],
+    skipped: list[Skipped],
+    decoded: DecodedImages,
+    *,
+    workers: int | None,
+    draft: int,
+) -> dict[str, dict[str, list[Path]]]:
+    """split -> class -> usable images, each decoded once (or known good from the verdict cache); every other
+    file goes to ``skipped`` with its reason, and ``skipped`` ends sorted by path."""
     candidates: list[tuple[str, str, Path]] = []  # (split, class, path)
     for split, dirs in class_dirs.items():
         for c in classes:
@@ -295,7 +332,6 @@ def scan(
                     skipped.append(Skipped(rel, "hidden file"))
                 else:
                     candidates.append((split, c, p))
-    decoded = DecodedImages(keep_decoded)
     verdicts = ScanVerdicts(base)
 
     def check(path: Path) -> str | None:
@@ -321,7 +357,18 @@ def scan(
         else:
             skipped.append(Skipped(p.relative_to(base).as_posix(), reason))
     skipped.sort(key=lambda s: s.path)
+    return good
 
+
+def _check_class_sizes(
+    base: Path,
+    layout: str,
+    class_dirs: dict[str, dict[str, Path]],
+    classes: list[str],
+    good: dict[str, dict[str, list[Path]]],
+    skipped: list[Skipped],
+) -> None:
+    """Every class folder needs a usable image (two in the split layout: one to train, one to validate)."""
     for split, dirs in class_dirs.items():
         for c in classes:
             n = len(good[split][c])
@@ -333,6 +380,11 @@ def scan(
                 why = f" {len(bad)} file(s) there were skipped: {_skip_summary(bad)}." if bad else ""
                 raise DataError(f"Class {c!r} ({dirs[c]}) has {what}.{why} Add {need} to it, or remove the folder.")
 
+
+def _split_samples(
+    layout: str, classes: list[str], good: dict[str, dict[str, list[Path]]], val_split: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """The train and val samples: the folders' own split, or ``val_split`` of each class held out."""
     index = {c: i for i, c in enumerate(classes)}
     train: list[Sample] = []
     val: list[Sample] = []
@@ -348,13 +400,7 @@ def scan(
             held = set(random.Random(f"{seed}/{c}").sample(range(len(files)), n_val))
             train += [Sample(p, index[c]) for i, p in enumerate(files) if i not in held]
             val += [Sample(p, index[c]) for i, p in enumerate(files) if i in held]
-
-    counts = {
-        "train": {c: sum(s.label == index[c] for s in train) for c in classes},
-        "val": {c: sum(s.label == index[c] for s in val) for c in classes},
-    }
-    report = DataReport(str(base), layout, classes, counts, skipped, used_split, used_seed)
-    return Dataset(classes, train, val, report, decoded)
+    return train, val
 
 
 def _loose_reason(p: Path) -> str:
