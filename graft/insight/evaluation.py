@@ -325,24 +325,10 @@ def evaluate(
     config = ckpt.read_json_or(run_dir / "config.json", {})
     metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
     batch_size = batch_size or int(config.get("batch_size", 32))
-    if data is None:
-        paths, labels = run_val_items(run_dir, clf.classes)
-        source = "val split"
-        out_dir = Path(out) if out is not None else run_dir
-    else:
-        paths, labels = folder_items(Path(data), clf.classes)
-        source = str(data)
-        out_dir = Path(out) if out is not None else run_dir / f"eval-{Path(data).resolve().name}"
+    paths, labels, source, out_dir = _items_and_out_dir(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    stored = stored_val_logits(clf, run_dir, paths, batch_size=batch_size) if data is None else None
-    if stored is not None:
-        logits, kept, unreadable = stored, list(range(len(paths))), []
-    else:
-        # An int8 run's int8_val_acc (its best_val_acc) was measured by graft.int8.ptq.accuracy: this very
-        # function on the same val paths in the same order, at the run's batch size, through the same saved
-        # program, so the accuracy here equals it by construction.
-        logits, kept, unreadable = compute_logits(clf, paths, batch_size=batch_size)
+    logits, kept, unreadable, features = _logits(clf, run_dir, paths, val_split=data is None, batch_size=batch_size)
     result = EvaluationResult(
         run_dir=run_dir,
         out_dir=out_dir,
@@ -353,7 +339,7 @@ def evaluate(
         logits=logits,
         unreadable=unreadable,
         best_val_acc=metrics.get("best_val_acc"),
-        features="stored by training" if stored is not None else "computed",
+        features=features,
     )
     result.grid = grid_indices(result, grid)
     write_tables(result)  # before the figures: a plotting failure leaves the numbers written
@@ -370,6 +356,34 @@ def evaluate(
     if log is not None:
         log(result.summary())
     return result
+
+
+def _items_and_out_dir(
+    run_dir: Path, data: str | Path | None, out: str | Path | None, classes: Sequence[str]
+) -> tuple[list[Path], list[int], str, Path]:
+    """(paths, labels, source, output folder) of :func:`evaluate`: the run's val split into ``run_dir``, or the
+    images of ``data`` into ``run_dir/eval-<data name>``; ``out`` overrides the folder."""
+    if data is None:
+        paths, labels = run_val_items(run_dir, classes)
+        return paths, labels, "val split", Path(out) if out is not None else run_dir
+    paths, labels = folder_items(Path(data), classes)
+    out_dir = Path(out) if out is not None else run_dir / f"eval-{Path(data).resolve().name}"
+    return paths, labels, str(data), out_dir
+
+
+def _logits(
+    clf: Any, run_dir: Path, paths: list[Path], *, val_split: bool, batch_size: int
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]], str]:
+    """(logits, indices of the images read, unreadable files, where the features came from): a frozen run's val
+    split from the features its training stored when they are all there, else through the model."""
+    stored = stored_val_logits(clf, run_dir, paths, batch_size=batch_size) if val_split else None
+    if stored is not None:
+        return stored, list(range(len(paths))), [], "stored by training"
+    # An int8 run's int8_val_acc (its best_val_acc) was measured by graft.int8.ptq.accuracy: this very
+    # function on the same val paths in the same order, at the run's batch size, through the same saved
+    # program, so the accuracy here equals it by construction.
+    logits, kept, unreadable = compute_logits(clf, paths, batch_size=batch_size)
+    return logits, kept, unreadable, "computed"
 
 
 def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int]:
