@@ -12,6 +12,7 @@ import base64
 import contextlib
 import html
 import importlib.util
+import json
 import os
 import platform
 import time
@@ -287,6 +288,71 @@ def _evaluation_section(run_dir: Path, ev: dict[str, Any] | None) -> str:
     )
 
 
+def _summary_cards(
+    config: dict[str, Any], metrics: dict[str, Any], meta: dict[str, Any], ev: dict[str, Any] | None
+) -> str:
+    """The headline figures at the top of the page: accuracy (and its interval), best epoch, model, time."""
+    from graft.inference.load import is_int8
+
+    best = metrics.get("best_val_acc")
+    cards = [
+        ("best val accuracy", f"{best:.4f}" if isinstance(best, float) else "?"),
+        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs_run', '?')}"),
+        ("architecture", f"{meta.get('arch', config.get('arch', '?'))} ({config.get('mode', '?')})"),
+        ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
+    ]
+    if is_int8(meta):  # its accuracy is the int8 program's; the float model's is the reference beside it
+        fp32 = metrics.get("fp32_val_acc")
+        cards[0] = ("int8 val accuracy", cards[0][1])
+        cards[1] = ("float val accuracy", f"{fp32:.4f}" if isinstance(fp32, float) else "?")
+        cards[2] = (cards[2][0], f"{meta.get('arch', '?')} ({config.get('mode', '?')}, int8)")
+    if ev:
+        lo, hi = ev["accuracy_ci95"]
+        cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))
+    return "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards)
+
+
+def _curves_section(run_dir: Path, results: list[dict[str, Any]]) -> str:
+    """``curves.png`` and the table of ``results.csv``, one row per epoch."""
+    epoch_rows = [
+        [int(r["epoch"]), r.get("stage", ""), f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
+         f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}", f"{r['lr']:.3g}", f"{r['seconds']:.2f}"]
+        for r in results
+    ]  # fmt: skip
+    return _img(run_dir / "curves.png", "training curves: loss, accuracy and learning rate per epoch") + _table(
+        ["epoch", "stage", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"],
+        epoch_rows,
+        numeric_from=2,
+    )
+
+
+def _timing_rows(
+    metrics: dict[str, Any], ev: dict[str, Any] | None, report_seconds: float | None
+) -> list[tuple[str, Any]]:
+    timing: list[tuple[str, Any]] = [
+        ("whole run (scan, features, training, saving)", f"{metrics.get('train_seconds', 0):.2f} s"),
+        ("training epochs", f"{metrics.get('fit_seconds', 0):.2f} s"),
+        ("epochs run", metrics.get("epochs_run", "?")),
+    ]
+    if ev:
+        timing.append(("evaluation and figures", f"{ev.get('seconds', 0):.2f} s"))
+    if report_seconds is not None:
+        timing.append(("this report, all included", f"{report_seconds:.2f} s"))
+    return timing
+
+
+def _model_rows(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    pretrained = meta.get("pretrained", {})
+    return [
+        ("architecture", f"{meta.get('arch', '?')} ({meta.get('arch_source', '?')})"),
+        ("starting weights", f"{pretrained.get('tag') or ''} {pretrained.get('source', '')}".strip() or "?"),
+        ("head", json.dumps(meta.get("head", {}))),
+        ("preprocessing", json.dumps(meta.get("preprocess", {}))),
+        ("classes", ", ".join(meta.get("classes", []))),
+        *_model_size(run_dir, meta),
+    ]
+
+
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1400px;
        padding: 1.5em 2em; color: #222; line-height: 1.4; }
@@ -307,10 +373,6 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -> str:
     """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
-    import json
-
-    from graft.inference.load import is_int8
-
     run_dir = Path(run_dir)
     config = ckpt.read_json_or(run_dir / "config.json") or {}
     metrics = ckpt.read_json_or(run_dir / "metrics.json") or {}
@@ -323,61 +385,16 @@ def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -
 
         results = read_results(run_dir / "results.csv")
 
-    pretrained = meta.get("pretrained", {})
     name = run_dir.resolve().name
-    best = metrics.get("best_val_acc")
-    cards = [
-        ("best val accuracy", f"{best:.4f}" if isinstance(best, float) else "?"),
-        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs_run', '?')}"),
-        ("architecture", f"{meta.get('arch', config.get('arch', '?'))} ({config.get('mode', '?')})"),
-        ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
-    ]
-    if is_int8(meta):  # its accuracy is the int8 program's; the float model's is the reference beside it
-        fp32 = metrics.get("fp32_val_acc")
-        cards[0] = ("int8 val accuracy", cards[0][1])
-        cards[1] = ("float val accuracy", f"{fp32:.4f}" if isinstance(fp32, float) else "?")
-        cards[2] = (cards[2][0], f"{meta.get('arch', '?')} ({config.get('mode', '?')}, int8)")
-    if ev:
-        lo, hi = ev["accuracy_ci95"]
-        cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))
-    summary = "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards)
-
-    epoch_rows = [
-        [int(r["epoch"]), r.get("stage", ""), f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
-         f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}", f"{r['lr']:.3g}", f"{r['seconds']:.2f}"]
-        for r in results
-    ]  # fmt: skip
-    timing = [
-        ("whole run (scan, features, training, saving)", f"{metrics.get('train_seconds', 0):.2f} s"),
-        ("training epochs", f"{metrics.get('fit_seconds', 0):.2f} s"),
-        ("epochs run", metrics.get("epochs_run", "?")),
-    ]
-    if ev:
-        timing.append(("evaluation and figures", f"{ev.get('seconds', 0):.2f} s"))
-    if report_seconds is not None:
-        timing.append(("this report, all included", f"{report_seconds:.2f} s"))
-
+    summary = _summary_cards(config, metrics, meta, ev)
+    curves = _curves_section(run_dir, results)
+    timing = _timing_rows(metrics, ev, report_seconds)
     config_rows = [(k, json.dumps(v) if isinstance(v, list | dict) else v) for k, v in config.items()]
-    model_rows = [
-        ("architecture", f"{meta.get('arch', '?')} ({meta.get('arch_source', '?')})"),
-        ("starting weights", f"{pretrained.get('tag') or ''} {pretrained.get('source', '')}".strip() or "?"),
-        ("head", json.dumps(meta.get("head", {}))),
-        ("preprocessing", json.dumps(meta.get("preprocess", {}))),
-        ("classes", ", ".join(meta.get("classes", []))),
-        *_model_size(run_dir, meta),
-    ]
+    model_rows = _model_rows(run_dir, meta)
     sections = [
         ("Summary", f'<div class="summary">{summary}</div>'),
         ("Data", _data_section(data, metrics)),
-        (
-            "Training curves",
-            _img(run_dir / "curves.png", "training curves: loss, accuracy and learning rate per epoch")
-            + _table(
-                ["epoch", "stage", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"],
-                epoch_rows,
-                numeric_from=2,
-            ),
-        ),
+        ("Training curves", curves),
         ("Evaluation on the val split", _evaluation_section(run_dir, ev)),
         ("Timing", _kv(timing)),
         ("Model", _kv(model_rows)),
