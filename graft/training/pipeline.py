@@ -22,7 +22,7 @@ from graft.core import checkpoint as ckpt
 from graft.core import distributed as dist
 from graft.core import rundir
 from graft.core.config import TrainConfig
-from graft.core.errors import ResourceError
+from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
 from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.data.datasets import available_memory
@@ -93,6 +93,11 @@ def set_up(cfg: TrainConfig) -> RunSetup:
 
 def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callbacks: list[Callback] = ()) -> RunResult:
     """Train ``cfg`` (a float run) end to end; ``callbacks`` listen after graft's own (results log, checkpoints)."""
+    if cfg.int8 or cfg.mode == "qat":
+        raise ConfigError(
+            "run_training trains float runs; --int8 and --mode qat runs go through graft.train "
+            "(or graft.training.int8.run_int8_training)"
+        )
     started = time.perf_counter()
     changed = check_resumable(cfg) if cfg.resume else []  # before any work: same options as the first time
     # under torchrun: join the process group; this rank's GPU

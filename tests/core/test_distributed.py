@@ -21,7 +21,7 @@ from numerics import LOGIT_ATOL, LOGIT_RTOL, assert_accuracy_within_one_image, a
 import graft
 from graft.core import distributed as dist
 from graft.core.errors import ConfigError
-from graft.inference.csvout import predict_to_csv
+from graft.inference.csvout import merge_parts, predict_to_csv
 from graft.training import RunResult
 
 RUN_FILES_IGNORED = {"resume.safetensors"}
@@ -244,6 +244,6 @@ def test_merge_parts_restores_input_order(tmp_path: Path) -> None:
         parts.append(tmp_path / f"out.csv.rank{r}")
         with open(parts[-1], "w", newline="") as f:
             csv.writer(f, lineterminator="\n").writerows([["path", "label"], *rows[r::3]])
-    dist._merge_parts(parts, tmp_path / "out.csv")
+    merge_parts(parts, tmp_path / "out.csv")
     with open(tmp_path / "out.csv", newline="") as f:
         assert list(csv.reader(f)) == [["path", "label"], *rows]
