@@ -14,18 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 from graft.core.version import __version__
 
-__all__ = ["Classifier", "TrainConfig", "__version__", "list_backbones", "load", "train"]
+__all__ = ["Classifier", "TrainConfig", "__version__", "doctor", "list_backbones", "load", "train"]
 
 if TYPE_CHECKING:
     from graft.commands.train import train
     from graft.core.config import TrainConfig
     from graft.inference.classifier import Classifier
-    from graft.inference.load import load
+    from graft.inference.loading import load
+    from graft.insight.doctor import doctor
     from graft.models.backbones import list_backbones
 
 _LAZY = {
     "train": "graft.commands.train",
-    "load": "graft.inference.load",
+    "doctor": "graft.insight.doctor",
+    "load": "graft.inference.loading",
     "Classifier": "graft.inference.classifier",
     "TrainConfig": "graft.core.config",
     "list_backbones": "graft.models.backbones",

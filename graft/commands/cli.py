@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from graft.inference.csvout import read_category_names
-    from graft.inference.load import load
+    from graft.inference.loading import load
     from graft.inference.paths import expand_paths
 
     cfg: C.PredictConfig = _config(C.PredictConfig, args)
@@ -121,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
     from graft.core import distributed as dist
     from graft.inference.csvout import predict_to_csv, predict_to_csv_sharded
-    from graft.inference.load import load
+    from graft.inference.loading import load
     from graft.inference.paths import iter_paths
 
     if cfg.json or cfg.plot or cfg.explain:
@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from graft.data.scan import scan
+    from graft.data.folders import scan
 
     cfg: C.CheckConfig = _config(C.CheckConfig, args)
     report = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed).report
@@ -276,6 +276,16 @@ def cmd_show_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from graft.insight.doctor.api import run_doctor
+
+    cfg: C.DoctorConfig = _config(C.DoctorConfig, args)
+    result = run_doctor(cfg, log=_stderr_if(cfg.json))
+    print(json.dumps(result.summary, indent=2, ensure_ascii=False) if cfg.json else result.format())
+    print(f"wrote {', '.join(result.written.values())}", file=sys.stderr if cfg.json else sys.stdout)
+    return result.exit_code
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "train": (C.TrainConfig, cmd_train, "train a classifier on an image folder"),
     "predict": (C.PredictConfig, cmd_predict, "classify images with a trained run"),
@@ -286,6 +296,7 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "export": (C.ExportConfig, cmd_export, "write a run as ONNX or TorchScript (verified against PyTorch)"),
     "serve": (C.ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
     "quantize": (C.QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
+    "doctor": (C.DoctorConfig, cmd_doctor, "find duplicates, train/val leakage, label errors, outliers, bad images"),
 }
 
 

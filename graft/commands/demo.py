@@ -70,7 +70,7 @@ def hymenoptera(cache: Path | None = None) -> Path:
 def main() -> int:
     from graft.commands.train import train
     from graft.core.errors import GraftError
-    from graft.inference.load import load
+    from graft.inference.loading import load
 
     try:
         data = hymenoptera()

@@ -129,7 +129,7 @@ def export(
         ExportError: the run is an int8 run, the exporter failed, no images to verify with, or the exported file
             does not match (the files are then removed).
     """
-    from graft.inference.load import is_int8, load, read_meta
+    from graft.inference.loading import is_int8, load, read_meta
 
     if format not in DEFAULT_NAMES:
         raise ExportError(f"unknown export format {format!r}; use one of {', '.join(DEFAULT_NAMES)}")

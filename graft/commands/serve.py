@@ -303,7 +303,7 @@ def serve(
 
 def run_config(cfg: ServeConfig) -> None:
     """:func:`serve` with a :class:`ServeConfig`."""
-    from graft.inference.load import load
+    from graft.inference.loading import load
 
     cfg = dataclasses.replace(cfg, api_key=resolve_api_key(cfg))  # a refusal comes before any slow work
     if not cfg.auth and not is_loopback(cfg.host):

@@ -97,6 +97,11 @@ class TrainConfig:
         "rate (an epoch is kept only if it beats the calibrated start)",
     )
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (stratified, seeded)")
+    exclude: Path | None = opt(
+        None,
+        "file of images to leave out, path<TAB>reason per line (graft doctor --exclude-list writes one); they are "
+        "listed in data_report.json with the reason",
+    )
     seed: int = opt(0, "random seed (CPU runs with the same seed are repeatable)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
     workers: int | None = opt(None, "image-decoding worker processes (default: from the core count)")
@@ -120,6 +125,7 @@ class TrainConfig:
         self.data = Path(self.data)
         self.out = Path(self.out)
         self.resume = Path(self.resume) if self.resume is not None else None
+        self.exclude = Path(self.exclude) if self.exclude is not None else None
         self.hidden = tuple(int(h) for h in self.hidden)
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
@@ -396,3 +402,41 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     return obj
+
+
+_TRAIN_DEFAULTS = {f: TrainConfig.__dataclass_fields__[f].default for f in ("arch", "pretrained", "batch_size")}
+
+
+@dataclass(kw_only=True)
+class DoctorConfig:
+    """``graft doctor``: exact and near duplicates, train/val leakage, likely label errors, outliers, image quality
+    and class balance of a dataset, from the backbone features that training stores (computed once for both).
+    Exit status 0 when nothing serious was found, 3 when val images leak from train or identical images carry
+    different labels."""
+
+    data: Path = opt(None, "dataset folder (as for graft train)", positional=True)
+    arch: str = opt(_TRAIN_DEFAULTS["arch"], "backbone whose features compare the images (the training default)")
+    pretrained: str = opt(_TRAIN_DEFAULTS["pretrained"], "its weights, as for graft train")
+    out: Path | None = opt(None, "output folder (default: doctor/<name of DATA>)")
+    exclude_list: Path | None = opt(
+        None,
+        "also write the files to leave out (one copy per duplicate group, train copies of val images, confident "
+        "label errors, unreadable files): path<TAB>reason per line, for graft train --exclude",
+    )
+    html: bool = opt(True, "write doctor.html (a gallery per kind of finding)")
+    val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (as for graft train)")
+    seed: int = opt(0, "random seed of the split and of the label folds")
+    batch_size: int = opt(_TRAIN_DEFAULTS["batch_size"], "images per batch of the feature pass")
+    device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
+    json: bool = opt(False, "print doctor.json's summary as JSON instead of text")
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            raise ConfigError("no dataset folder given: pass DATA (e.g. graft doctor path/to/images)")
+        self.data = Path(self.data)
+        self.out = Path(self.out) if self.out is not None else Path("doctor") / self.data.resolve().name
+        self.exclude_list = Path(self.exclude_list) if self.exclude_list is not None else None
+        if not 0 < self.val_split < 1:
+            raise ConfigError(f"--val-split must be between 0 and 1 (got {self.val_split})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")

@@ -41,12 +41,14 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any) -> None:
+def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any, **found: Any) -> None:
     """What a run records before its first epoch: the resolved options (config.json) and the data it found and
-    how it split it (data_report.json, whose ``split`` every later command reads back)."""
+    how it split it (data_report.json, whose ``split`` every later command reads back). ``found``: what the run
+    learnt about its data later (the val images with a near-copy in train), written again with the rest."""
     stages = cfg.stages()
     ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
-    ckpt.atomic_write_json(run_dir / DATA_REPORT, dataset.report.to_dict() | {"split": dataset.split_dict()})
+    report = dataset.report.to_dict() | {"split": dataset.split_dict()} | found
+    ckpt.atomic_write_json(run_dir / DATA_REPORT, report)
 
 
 def check_same_split(run_dir: Path, dataset: Any) -> None:

@@ -3,6 +3,7 @@ decodes one file safely; the datasets feed training. Internal modules import the
 re-exports the public names."""
 
 from graft.data.datasets import ImageDataset, MemoryImageDataset, available_memory, estimated_decoded_bytes
+from graft.data.folders import DataReport, Dataset, Sample, Skipped, scan
 from graft.data.images import (
     IMAGE_FORMATS,
     KNOWN_PLACEHOLDERS,
@@ -12,7 +13,6 @@ from graft.data.images import (
     check_image,
     load_rgb,
 )
-from graft.data.scan import DataReport, Dataset, Sample, Skipped, scan
 
 __all__ = [
     "IMAGE_FORMATS",

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from graft.core.errors import ImageError
+from graft.data.folders import Sample
 from graft.data.images import DecodedImages, load_rgb
-from graft.data.scan import Sample
 
 
 class ImageDataset:

@@ -45,8 +45,8 @@ from graft.core.runtime import (
     threaded_batches,
 )
 from graft.data.datasets import ImageDataset
+from graft.data.folders import Sample
 from graft.data.images import DecodedImages, load_rgb
-from graft.data.scan import Sample
 
 CACHE_VERSION = 1
 #: The engines a body's rows can come from (see :func:`graft.core.runtime.fast_inference`).

@@ -317,7 +317,7 @@ def evaluate(
     Returns:
         An :class:`EvaluationResult`.
     """
-    from graft.inference.load import load
+    from graft.inference.loading import load
 
     started = time.perf_counter()
     run_dir = Path(run_dir)

@@ -427,8 +427,8 @@ def show_batch(
     import torch
 
     from graft.core.preprocess import denormalize, train_transform
+    from graft.data.folders import scan
     from graft.data.images import load_rgb
-    from graft.data.scan import scan
     from graft.models.backbones import get_backbone
     from graft.models.model import choose_weights
 

@@ -132,7 +132,7 @@ def _size(n: float) -> str:
 
 
 def _model_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
-    from graft.inference.load import is_int8
+    from graft.inference.loading import is_int8
 
     if is_int8(meta):
         return _program_size(run_dir, meta)
@@ -292,7 +292,7 @@ def _summary_cards(
     config: dict[str, Any], metrics: dict[str, Any], meta: dict[str, Any], ev: dict[str, Any] | None
 ) -> str:
     """The headline figures at the top of the page: accuracy (and its interval), best epoch, model, time."""
-    from graft.inference.load import is_int8
+    from graft.inference.loading import is_int8
 
     best = metrics.get("best_val_acc")
     cards = [

@@ -276,7 +276,7 @@ def load_program(path: Path, *, sha256: str | None) -> nn.Module:
 
 
 def load_int8(run_dir: Path, meta: dict[str, Any], *, device: str = "auto") -> Int8Classifier:
-    """The :class:`graft.inference.Classifier` of an int8 run (``graft.inference.load`` calls this)."""
+    """The :class:`graft.inference.Classifier` of an int8 run (``graft.inference.loading`` calls this)."""
     info = meta.get("quantization")
     if not isinstance(info, dict) or info.get("format") != INT8_FORMAT or not meta.get("program_sha256"):
         raise RunError(

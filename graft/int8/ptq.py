@@ -224,7 +224,7 @@ def quantize(
         activation_bits: ``"auto"`` (8 on CPUs with VNNI, else 7), ``"7"`` or ``"8"``; see :func:`choose_backend`.
         log: where progress lines go.
     """
-    from graft.inference.load import load
+    from graft.inference.loading import load
 
     run_dir = Path(run_dir)
     if calib < 1:

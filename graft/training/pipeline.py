@@ -26,7 +26,7 @@ from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
 from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.data.datasets import available_memory
-from graft.data.scan import scan
+from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model, choose_weights
@@ -84,7 +84,15 @@ def set_up(cfg: TrainConfig) -> RunSetup:
     # The scan decodes every image to validate it; up to 1 GiB of them is kept for the first pass over the
     # data (features or the in-memory image store), so that a run decodes each image once.
     keep = min(1 << 30, int(available_memory() * 0.1))
-    dataset = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=preprocess.resize_size, keep_decoded=keep)
+    exclude = read_exclude_list(cfg.exclude) if cfg.exclude else None
+    dataset = scan(
+        cfg.data,
+        val_split=cfg.val_split,
+        seed=cfg.seed,
+        draft=preprocess.resize_size,
+        keep_decoded=keep,
+        exclude=exclude,
+    )
     model, weights, pretrained = build_model(
         spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained
     )
@@ -145,6 +153,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         "classes": s.dataset.classes,
         "device": str(device),
     } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
+    if data.leakage is not None:  # val images with a near-copy in train (computed where features were)
+        metrics["val_near_copies_in_train"] = len(data.leakage)
+        if dist.is_main():
+            rundir.write_start(run_dir, cfg, s.dataset, val_near_copies_in_train=data.leakage)
     if not dist.is_main():
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
     ckpt.atomic_write_json(run_dir / "metrics.json", metrics)

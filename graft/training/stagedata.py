@@ -11,6 +11,7 @@ import torch
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.features.similarity import Hashes, leaked
 
 
 class StageData:
@@ -35,6 +36,8 @@ class StageData:
         self.workers = default_workers() if cfg.workers is None else cfg.workers
         self._features: tuple[Any, Any] | None = None
         self._images: tuple[Any, Any] | None = None
+        #: val images with a near-copy in train, found on the features of the first head stage (None: not looked)
+        self.leakage: list[dict[str, Any]] | None = None
 
     def features(self) -> tuple[Any, Any]:
         from graft.core.runtime import inference_loader, train_loader
@@ -49,6 +52,7 @@ class StageData:
                     torch.cat([_features(*args, split, view, ds.decoded if view == 0 else None) for view in views]),
                     torch.tensor([s.label for s in samples] * len(views)),
                 )
+            self.leakage = leakage(ds, tensors["train"][0][: len(ds.train)], tensors["val"][0], self.log)
             self._features = (
                 train_loader(
                     torch.utils.data.TensorDataset(*tensors["train"]),
@@ -157,3 +161,24 @@ def _features(
     seconds = time.perf_counter() - start
     log(f"{name}: {len(samples) - computed} from cache, {computed} computed ({seconds:.1f}s)")
     return feats
+
+
+def leakage(dataset: Any, train: torch.Tensor, val: torch.Tensor, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Val images whose nearest train image is a near-copy (graft doctor's rule, on the features just computed and
+    the hashes the scan took); warns when there are any."""
+    m, n_train = dataset.measures, len(dataset.train)
+    samples = dataset.train + dataset.val
+    hashes = None
+    if all(s.path in m for s in samples):
+        h = Hashes.of([m[s.path]["phash"] for s in samples], [m[s.path]["phash_flip"] for s in samples])
+        hashes = (h.take(range(n_train, len(samples))), h.take(range(n_train)))
+    pairs = leaked(train, val, hashes=hashes)
+    if pairs:
+        log(
+            f"warning: {len(pairs)} of {len(val)} val images have a near-copy in train: the val accuracy is "
+            f"optimistic (graft doctor {dataset.report.root} lists them)"
+        )
+    split = dataset.split_dict()
+    return [
+        {"val": split["val"][p.a], "train": split["train"][p.b], "similarity": round(p.similarity, 4)} for p in pairs
+    ]

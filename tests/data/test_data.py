@@ -351,7 +351,7 @@ def test_image_dataset_file_changed_after_scan(tmp_path: Path) -> None:
 def test_a_second_scan_of_unchanged_files_does_not_decode_them(tmp_image_folder, tmp_path, monkeypatch) -> None:
     """Scan verdicts are remembered by path, size and mtime: unchanged files are not decoded again, a changed or
     new file is, and a damaged verdict file is ignored."""
-    import graft.data.scan as datamod
+    import graft.data.folders as datamod
 
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_image_folder({"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})

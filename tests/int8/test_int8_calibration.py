@@ -122,7 +122,7 @@ def test_eight_bits_stay_within_one_point(run: Path) -> None:
     """8-bit activations: on a CPU with VNNI the compiled program is measured; without VNNI its kernels overflow,
     so the numerics a VNNI CPU would compute are checked on the eager reference graph (the same quantized graph,
     reference kernels), with the run's val split."""
-    from graft.inference.load import load
+    from graft.inference.loading import load
 
     if VNNI:
         Q.quantize(run, name="mnv2-a8", activation_bits="8", log=lambda _: None)

@@ -358,7 +358,7 @@ def test_export_refuses_int8_runs_in_one_line(
     """No exported file of the int8 program can be verified against it: one ``error:`` line says so, names the
     run, and says what to export instead (the float run it was quantized from, when there is one)."""
     from graft.commands.cli import main
-    from graft.inference.load import is_int8
+    from graft.inference.loading import is_int8
 
     meta = json.loads((int8_run / "model.json").read_text())
     assert is_int8(meta) and "quantized" not in meta  # what the writers record
@@ -379,8 +379,8 @@ def test_export_refuses_int8_runs_in_one_line(
 def test_evaluate_int8_run_reproduces_its_int8_accuracy(int8_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``graft evaluate RUN-int8 --report`` runs the int8 program (never the float run's stored features), and its
     accuracy is the run's int8_val_acc exactly: both are graft.inference.logits.compute_logits on the same val
-    images, in the same order and batches, through the same saved program. Grad-CAM, which the report asks for, is skipped
-    with a note."""
+    images, in the same order and batches, through the same saved program. Grad-CAM, which the report asks for, is
+    skipped with a note."""
     from graft.commands.cli import main
 
     assert main(["evaluate", str(int8_run), "--report", "--device", "cpu"]) == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from graft.core.errors import DataError, ImageError
 from graft.data.images import SCAN_DRAFT, DecodedImages, load_rgb
+from graft.data.quality import measure
 
 _VAL_DIR_NAMES = ("val", "valid", "validation")
 _LAYOUT_HELP = (
@@ -108,6 +109,9 @@ class Dataset:
     val: list[Sample]
     report: DataReport
     decoded: DecodedImages = field(default_factory=lambda: DecodedImages(0))
+    #: per usable file, what :func:`graft.data.quality.measure` took during its validating decode (cached with the
+    #: verdict): graft doctor's image measures and hashes, and train's leakage check
+    measures: dict[Path, dict[str, Any]] = field(default_factory=dict)
 
     def split_dict(self) -> dict[str, list[str]]:
         """``{"train": [...], "val": [...]}``: paths relative to the data root, posix (saved in runs)."""
@@ -149,16 +153,21 @@ class ScanVerdicts:
             st = path.stat()
         except OSError:
             return False, None
-        if isinstance(entry, list) and len(entry) == 3 and entry[:2] == [st.st_size, st.st_mtime_ns]:
+        if isinstance(entry, list) and len(entry) in (3, 4) and entry[:2] == [st.st_size, st.st_mtime_ns]:
             return True, entry[2]
         return False, None
 
-    def put(self, path: Path, reason: str | None) -> None:
+    def measures(self, path: Path) -> Any:
+        """What :func:`graft.data.quality.measure` stored with the verdict of ``path`` (None if nothing)."""
+        entry = self.known.get(_json_safe(str(path)))
+        return entry[3] if isinstance(entry, list) and len(entry) == 4 else None
+
+    def put(self, path: Path, reason: str | None, measures: dict[str, Any] | None = None) -> None:
         try:
             st = path.stat()
         except OSError:
             return  # gone or unreadable: decide again next time
-        self.known[_json_safe(str(path))] = [st.st_size, st.st_mtime_ns, reason]
+        self.known[_json_safe(str(path))] = [st.st_size, st.st_mtime_ns, reason, *([measures] if measures else [])]
         self.changed = True
 
     def save(self) -> None:
@@ -216,6 +225,7 @@ def scan(
     workers: int | None = None,
     draft: int = SCAN_DRAFT,
     keep_decoded: int = 0,
+    exclude: dict[str, str] | None = None,
 ) -> Dataset:
     """Find the classes and images under ``root``, validate every image, and build the train/val split.
 
@@ -228,6 +238,8 @@ def scan(
         draft: JPEG draft size of the validating decode (use the size the images will be needed at).
         keep_decoded: bytes of decoded images to keep in ``Dataset.decoded`` for the first use after the scan
             (so a run decodes each image once); 0 keeps none.
+        exclude: files to leave out (path relative to ``root``, posix -> reason; :func:`read_exclude_list`):
+            listed as skipped with their reason.
 
     Raises:
         DataError: the folder cannot be used; the message says what is wrong and what to do.
@@ -249,7 +261,10 @@ def scan(
         )
 
     decoded = DecodedImages(keep_decoded)
-    good = _validate(base, class_dirs, classes, skipped, decoded, workers=workers, draft=draft)
+    verdicts = ScanVerdicts(base)
+    good = _validate(
+        base, class_dirs, classes, skipped, decoded, verdicts, workers=workers, draft=draft, exclude=exclude
+    )
     _check_class_sizes(base, layout, class_dirs, classes, good, skipped)
     train, val = _split_samples(layout, classes, good, val_split, seed)
 
@@ -259,7 +274,23 @@ def scan(
         "val": {c: sum(s.label == index[c] for s in val) for c in classes},
     }
     report = DataReport(str(base), layout, classes, counts, skipped, used_split, used_seed)
-    return Dataset(classes, train, val, report, decoded)
+    measures = {s.path: verdicts.measures(s.path) for s in train + val}
+    return Dataset(classes, train, val, report, decoded, {p: m for p, m in measures.items() if m})
+
+
+def read_exclude_list(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``path<TAB>reason`` lines (as ``graft doctor --exclude-list`` writes them; ``#`` starts a comment line, the
+    reason is optional) -> {path relative to the data root: reason}."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise DataError(f"cannot read the exclude list {path}: {e.strerror or e}; pass an existing file") from None
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            file, _, reason = line.partition("\t")
+            out[file.strip().removeprefix("./")] = reason.strip() or f"listed in {path}"
+    return out
 
 
 def _layout(base: Path, val_split: float) -> tuple[str, dict[str, Path]]:
@@ -317,9 +348,11 @@ def _validate(
     classes: list[str],
     skipped: list[Skipped],
     decoded: DecodedImages,
+    verdicts: ScanVerdicts,
     *,
     workers: int | None,
     draft: int,
+    exclude: dict[str, str] | None,
 ) -> dict[str, dict[str, list[Path]]]:
     """split -> class -> usable images, each decoded once (or known good from the verdict cache); every other
     file goes to ``skipped`` with its reason, and ``skipped`` ends sorted by path."""
@@ -330,19 +363,23 @@ def _validate(
                 rel = p.relative_to(base).as_posix()
                 if p.name.startswith("."):
                     skipped.append(Skipped(rel, "hidden file"))
+                elif exclude and rel in exclude:
+                    skipped.append(Skipped(rel, f"excluded: {exclude[rel]}"))
                 else:
                     candidates.append((split, c, p))
-    verdicts = ScanVerdicts(base)
 
     def check(path: Path) -> str | None:
         known, reason = verdicts.get(path)
         if known:
             return reason
+        measures = None
         try:
-            decoded.offer(path, draft, load_rgb(path, draft=draft))
+            image = load_rgb(path, draft=draft)
+            measures = measure(path, image, draft)  # graft doctor's numbers, while the image is decoded anyway
+            decoded.offer(path, draft, image)
         except ImageError as e:
             reason = e.reason
-        verdicts.put(path, reason)
+        verdicts.put(path, reason, measures)
         return reason
 
     n_workers = workers or min(4, os.cpu_count() or 1)

@@ -1,0 +1,128 @@
+"""What ``graft doctor`` found, and the files it writes: ``doctor.json``, ``doctor.csv`` and the exclude list."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Kinds of finding, in the order the summary and the page show them; the serious ones set exit status 3.
+KINDS: dict[str, str] = {
+    "leakage": "val image with a near-copy in train (the val accuracy is optimistic)",
+    "label_conflict": "identical images filed under different classes",
+    "exact_duplicate": "identical files or identical decoded pixels",
+    "near_duplicate": "mirrored, re-cropped, resized, re-encoded or brightened copies",
+    "label_error": "likely wrong label (out-of-fold prediction and neighbours disagree with it)",
+    "outlier": "far from every other image (off-topic?)",
+    "blurry": "much less sharp than the dataset's typical image",
+    "dark": "too dark",
+    "bright": "too bright (washed out)",
+    "tiny": "smaller than half the backbone's input: upscaled more than 2x",
+    "aspect": "extreme aspect ratio: the centre crop keeps a small part",
+    "grayscale": "grayscale image in a colour dataset",
+    "unreadable": "not used: cannot be read as an image",
+    "imbalance": "classes with very different numbers of images",
+}
+SERIOUS = ("leakage", "label_conflict")
+EXIT_SERIOUS = 3
+
+
+@dataclass
+class Finding:
+    """One problem: its kind, the files involved (relative to the data root, posix), a score (higher = more
+    certain or more severe; similarity for pairs) and the evidence behind it."""
+
+    kind: str
+    files: list[str]
+    score: float
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DoctorResult:
+    """What :func:`graft.insight.doctor.doctor` returns: the findings, per-file facts (split, label), a summary, the
+    files written and the exit status (:data:`EXIT_SERIOUS` when a serious kind was found)."""
+
+    data: str
+    findings: list[Finding]
+    files: dict[str, dict[str, Any]]
+    summary: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    written: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SERIOUS if any(self.count(k) for k in SERIOUS) else 0
+
+    def count(self, kind: str) -> int:
+        return sum(f.kind == kind for f in self.findings)
+
+    def of(self, kind: str) -> list[Finding]:
+        return sorted((f for f in self.findings if f.kind == kind), key=lambda f: -f.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "summary": self.summary,
+            "exit_status": self.exit_code,
+            "kinds": KINDS,
+            "findings": [asdict(f) for f in sorted(self.findings, key=_order)],
+            "timings": self.timings,
+        }
+
+    def format(self) -> str:
+        """The text ``graft doctor`` prints."""
+        lines = [f"data: {self.data}: {self.summary['images']} images, {len(self.summary['classes'])} classes"]
+        for kind, what in KINDS.items():
+            n = self.count(kind)
+            if n:
+                lines.append(f"  {kind:<16}{n:>6}  {what}")
+        if not self.findings:
+            lines.append("  nothing found")
+        lines += [f"  {line}" for line in self.summary.get("advice", [])]
+        return "\n".join(lines)
+
+
+def _order(f: Finding) -> tuple[int, float]:
+    return list(KINDS).index(f.kind), -f.score
+
+
+def csv_text(result: DoctorResult) -> str:
+    """One row per file and finding: kind, file, split, label, score, the other files of the finding, details."""
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["kind", "file", "split", "label", "score", "other_files", "detail"])
+    for f in sorted(result.findings, key=_order):
+        detail = "; ".join(f"{k}={v}" for k, v in f.evidence.items() if not isinstance(v, list | dict))
+        for file in f.files or [""]:
+            facts = result.files.get(file, {})
+            others = " ".join(x for x in f.files if x != file)
+            w.writerow([f.kind, file, facts.get("split", ""), facts.get("label", ""), f"{f.score:.4f}", others, detail])
+    return out.getvalue()
+
+
+def exclude_entries(result: DoctorResult) -> dict[str, str]:
+    """Files a user would leave out, with the reason: all but one copy of each duplicate group (the train copies
+    of a group that reaches into val), confident label errors, unreadable files."""
+    out: dict[str, str] = {}
+    for f in sorted(result.findings, key=_order):  # leakage first: the most telling reason
+        if f.kind in ("exact_duplicate", "near_duplicate", "leakage"):
+            for file in f.evidence.get("drop", []):
+                out.setdefault(file, f"{f.kind} of {f.evidence.get('keep', '?')}")
+        elif f.kind == "label_conflict":
+            for file in f.files:  # no copy can be trusted: each says another class
+                out.setdefault(file, "label_conflict: the same image under classes " + ", ".join(f.evidence["classes"]))
+        elif f.kind == "label_error" and f.evidence.get("confident"):
+            out.setdefault(f.files[0], f"label_error: labelled {f.evidence['given']}, looks {f.evidence['suggested']}")
+        elif f.kind == "unreadable":
+            out.setdefault(f.files[0], f"unreadable: {f.evidence.get('reason', '')}")
+    return dict(sorted(out.items()))
+
+
+def write_exclude_list(path: Path, entries: dict[str, str]) -> None:
+    from graft.core.checkpoint import atomic_write_text
+
+    body = "".join(f"{file}\t{reason}\n" for file, reason in entries.items())
+    atomic_write_text(path, "# graft doctor: files to leave out (graft train --exclude THIS_FILE)\n" + body)
