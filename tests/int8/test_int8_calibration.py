@@ -16,6 +16,7 @@ import torch
 import graft
 from graft import int8 as Q
 from graft.core.errors import ConfigError
+from graft.inference.classifier import Classifier
 
 VNNI = bool(Q.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 X86 = Q.cpu_info()["machine"].lower() in ("x86_64", "amd64")
@@ -103,14 +104,12 @@ def test_seven_bits_stay_within_one_point(seven_bit: dict[str, Any]) -> None:
     assert seven_bit["int8_val_acc"] >= seven_bit["fp32_val_acc"] - 0.01
 
 
-class _Eager:
-    """The eager reference graph as :func:`graft.int8.ptq.accuracy` runs a classifier (no compile)."""
+class _Eager(Classifier):
+    """The eager reference graph as a classifier (no compile), for :func:`graft.int8.ptq.accuracy`."""
 
     def __init__(self, model: torch.nn.Module, src: Any) -> None:
-        self.model, self.preprocess, self.classes = model, src.preprocess, src.classes
-
-    def prepare(self) -> _Eager:
-        return self
+        super().__init__(src.meta, torch.device("cpu"), src.run_dir)
+        self.model = model
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
