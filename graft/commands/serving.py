@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import tempfile
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
+from graft.core import checkpoint as ckpt
 from graft.core.errors import ImageError
 
 if TYPE_CHECKING:
@@ -166,10 +166,7 @@ class Service:
 
     def _model_info(self) -> dict[str, Any]:
         meta, cfg = self.clf.meta, self.cfg
-        try:
-            metrics = json.loads((self.clf.run_dir / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            metrics = None
+        metrics = ckpt.read_json_or(self.clf.run_dir / "metrics.json")
         pretrained = meta.get("pretrained") or {}
         return {
             "run": self.clf.run_dir.name,

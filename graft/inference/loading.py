@@ -26,10 +26,7 @@ def is_int8(meta: dict[str, Any]) -> bool:
 def read_meta(run_dir: Path) -> dict[str, Any] | None:
     """``run_dir/model.json`` as a dict, or None when it is missing, unreadable or not an object (a float run's
     loader then recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`)."""
-    try:
-        meta = ckpt.read_json(run_dir / ckpt.META_FILE)
-    except RunError:
-        return None
+    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE)
     return meta if isinstance(meta, dict) else None
 
 
