@@ -16,7 +16,7 @@ reached was compared with the highest similarity of two distinct photos.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,27 +36,29 @@ HASH_SIMILARITY = 0.35
 BLOCK_BYTES = 256 << 20
 
 
-def hash_signs(hexes: Sequence[str]) -> torch.Tensor:
-    """64-bit hashes (hex) as rows of +-1: the dot product of two rows is 64 - 2 x their Hamming distance, so
-    all pairs' distances are one small matrix product beside the features'."""
-    ints = np.array([int(h, 16) for h in hexes], dtype=np.uint64)
-    bits = np.unpackbits(ints.byteswap().view(np.uint8).reshape(-1, 8), axis=1)
-    return torch.from_numpy(bits.astype(np.float32) * 2 - 1)
+def _ints(hexes: Sequence[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(x)
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
 
 
 @dataclass
 class Hashes:
-    """Perceptual hashes of a set of images, and of their mirror images, as :func:`hash_signs` rows."""
+    """Perceptual hashes (64-bit, ``uint64``) of a set of images and of their mirror images."""
 
-    direct: torch.Tensor
-    mirrored: torch.Tensor
+    direct: np.ndarray
+    mirrored: np.ndarray
 
     @classmethod
     def of(cls, direct: Sequence[str], mirrored: Sequence[str]) -> Hashes:
-        return cls(hash_signs(direct), hash_signs(mirrored))
+        return cls(_ints(direct), _ints(mirrored))
 
     def take(self, index: Sequence[int] | np.ndarray) -> Hashes:
-        i = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        i = np.asarray(index, dtype=np.int64)
         return Hashes(self.direct[i], self.mirrored[i])
 
 
@@ -69,13 +71,50 @@ def normalise(features: np.ndarray | torch.Tensor, mean: np.ndarray | torch.Tens
 
 
 @dataclass
+class Matches:
+    """Pairs (query row, base row) whose perceptual hashes matched: their similarity, the hash bits apart (the
+    closer of direct and mirrored) and whether the mirrored hash was the closer."""
+
+    query: np.ndarray
+    base: np.ndarray
+    sims: np.ndarray
+    bits: np.ndarray
+    mirrored: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[Matches]) -> Matches:
+        if not parts:
+            e = np.zeros(0, np.int64)
+            return cls(e, e, np.zeros(0, np.float32), e, np.zeros(0, bool))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in cls.__dataclass_fields__))
+
+    def where(self, keep: np.ndarray) -> Matches:
+        return Matches(*(getattr(self, k)[keep] for k in self.__dataclass_fields__))
+
+
+@dataclass
 class Neighbours:
     """What :func:`search` found: every query's ``k`` most similar base rows (``sims``, ``index``, best first), and
-    the (query, base, similarity, hash bits, mirrored) of pairs whose perceptual hashes matched."""
+    the pairs whose perceptual hashes matched (when hashes were given)."""
 
     sims: np.ndarray
     index: np.ndarray
-    hash_pairs: list[tuple[int, int, float, int, bool]] = field(default_factory=list)
+    matches: Matches = field(default_factory=lambda: Matches.concat([]))
+
+
+def _blocks(
+    queries: torch.Tensor, base: torch.Tensor, same: bool, block_bytes: int, copies: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, similarities of a block of rows to every base row), the diagonal at -2 when ``same``; rows
+    per block such that ``copies`` blocks fit in ``block_bytes``."""
+    n, m = len(queries), len(base)
+    rows = max(1, min(n, block_bytes // max(1, 4 * m * copies)))
+    for start in range(0, n, rows):
+        block = queries[start : start + rows] @ base.T
+        if same:  # a row is its own best match: out of the running
+            r = torch.arange(block.shape[0])
+            block[r, r + start] = -2.0
+        yield start, block
 
 
 def search(
@@ -91,41 +130,36 @@ def search(
 
     ``same``: queries are ``base`` itself, and a row is not its own neighbour. ``hashes`` = (queries', base's):
     pairs within :data:`HASH_BITS` (directly or mirrored) and :data:`HASH_SIMILARITY` are collected as well,
-    from the same blocks (64-wide products: a few percent of the work)."""
+    from the same blocks (the hashes are compared only where the similarity already passes)."""
     n, m = len(queries), len(base)
     k = max(0, min(k, m - 1 if same else m))
     sims, index = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
-    found = Neighbours(sims, index)
     if n == 0 or m == 0:
-        return found
-    rows = max(1, min(n, block_bytes // max(1, 4 * m * (3 if hashes else 1))))
+        return Neighbours(sims, index)
+    parts = []
     with torch.inference_mode():
-        for start in range(0, n, rows):
-            block = queries[start : start + rows] @ base.T
-            r = torch.arange(block.shape[0])
-            if same:  # a row is its own best match: out of the running
-                block[r, r + start] = -2.0
+        for start, block in _blocks(queries, base, same, block_bytes, 2):
             if k:
                 s, i = block.topk(k, dim=1)
-                sims[start : start + rows], index[start : start + rows] = s.numpy(), i.numpy()
+                sims[start : start + len(block)], index[start : start + len(block)] = s.numpy(), i.numpy()
             if hashes is not None:
-                found.hash_pairs += _hash_block(block, hashes, start, rows)
-    return found
+                parts.append(_hash_block(block, hashes, start))
+    return Neighbours(sims, index, Matches.concat(parts))
 
 
-def _hash_block(
-    block: torch.Tensor, hashes: tuple[Hashes, Hashes], start: int, rows: int
-) -> list[tuple[int, int, float, int, bool]]:
+def _hash_block(block: torch.Tensor, hashes: tuple[Hashes, Hashes], start: int) -> Matches:
+    """The pairs of a block within :data:`HASH_SIMILARITY` whose hashes (direct or mirrored) are within
+    :data:`HASH_BITS`: few pass the similarity, so the hashes are compared for those alone."""
     q, b = hashes
-    direct = q.direct[start : start + rows] @ b.direct.T
-    mirror = q.mirrored[start : start + rows] @ b.direct.T
-    best = torch.maximum(direct, mirror)
-    hit = (best >= 64 - 2 * HASH_BITS) & (block >= HASH_SIMILARITY)
-    out = []
-    for i, j in hit.nonzero().tolist():
-        bits = int(64 - best[i, j].item()) // 2
-        out.append((start + i, j, float(block[i, j]), bits, bool(mirror[i, j] > direct[i, j])))
-    return out
+    i, j = (t.numpy() for t in torch.nonzero(block >= HASH_SIMILARITY, as_tuple=True))
+    row = i + start
+    direct = _popcount(q.direct[row] ^ b.direct[j])
+    mirror = _popcount(q.mirrored[row] ^ b.direct[j])
+    bits = np.minimum(direct, mirror)
+    hit = bits <= HASH_BITS
+    i, j = i[hit], j[hit]
+    sims = block[torch.from_numpy(i), torch.from_numpy(j)].numpy()
+    return Matches(i + start, j, sims, bits[hit].astype(np.int64), (mirror < direct)[hit])
 
 
 @dataclass(frozen=True)
@@ -140,18 +174,74 @@ class Pair:
     mirrored: bool = False
 
 
-def near_pairs(found: Neighbours, *, threshold: float = NEAR_DUPLICATE) -> list[Pair]:
-    """Near-duplicate pairs (a < b) of a ``same`` search: kNN similarity >= ``threshold``, or matching hashes."""
-    pairs: dict[tuple[int, int], Pair] = {}
-    for i, j, sim, bits, mirrored in found.hash_pairs:
-        a, b = sorted((i, j))
-        if (a, b) not in pairs or (pairs[(a, b)].bits or 64) > bits:
-            pairs[(a, b)] = Pair(a, b, sim, bits, mirrored)
-    for i, j in zip(*np.nonzero(found.sims >= threshold), strict=True):
-        a, b = sorted((int(i), int(found.index[i, j])))
-        if (a, b) not in pairs:
-            pairs[(a, b)] = Pair(a, b, float(found.sims[i, j]))
-    return sorted(pairs.values(), key=lambda p: -p.similarity)
+@dataclass
+class Pairs:
+    """Pairs as arrays (``a < b`` for pairs of one set): similarity, hash bits apart (-1: the hashes did not
+    match) and whether the hashes matched mirrored; most similar first."""
+
+    a: np.ndarray
+    b: np.ndarray
+    sims: np.ndarray
+    bits: np.ndarray
+    mirrored: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def where(self, keep: np.ndarray) -> Pairs:
+        return Pairs(*(getattr(self, k)[keep] for k in self.__dataclass_fields__))
+
+    def pair(self, i: int) -> Pair:
+        bits = int(self.bits[i])
+        return Pair(
+            int(self.a[i]), int(self.b[i]), float(self.sims[i]), bits if bits >= 0 else None, bool(self.mirrored[i])
+        )
+
+
+def _first(key: np.ndarray, *order: np.ndarray) -> np.ndarray:
+    """Indices of the first row of each ``key`` when rows are sorted by ``order`` (last = primary) within it."""
+    idx = np.lexsort((*order, key)) if order else np.argsort(key, kind="stable")
+    k = key[idx]
+    return idx[np.r_[True, k[1:] != k[:-1]]] if len(k) else idx
+
+
+def near_pairs(found: Neighbours, *, threshold: float = NEAR_DUPLICATE) -> Pairs:
+    """Near-duplicate pairs (a < b) of a ``same`` search: kNN similarity >= ``threshold``, or matching hashes
+    (of a pair found both ways, the closer hashes)."""
+    n = np.int64(max(len(found.sims), 1))
+    m = found.matches
+    a, b = np.minimum(m.query, m.base), np.maximum(m.query, m.base)
+    hashed = _first(a * n + b, np.arange(len(a)), m.bits)
+    a, b = a[hashed], b[hashed]
+    i, j = np.nonzero(found.sims >= threshold)
+    ka, kb = np.minimum(i, found.index[i, j]), np.maximum(i, found.index[i, j])
+    plain = _first(ka * n + kb)
+    plain = plain[~np.isin(ka[plain] * n + kb[plain], a * n + b)]
+    out = Pairs(
+        np.concatenate([a, ka[plain]]),
+        np.concatenate([b, kb[plain]]),
+        np.concatenate([m.sims[hashed], found.sims[i, j][plain]]).astype(np.float32),
+        np.concatenate([m.bits[hashed], np.full(len(plain), -1, np.int64)]),
+        np.concatenate([m.mirrored[hashed], np.zeros(len(plain), bool)]),
+    )
+    return out.where(np.argsort(-out.sims, kind="stable"))
+
+
+def _closest(top_sims: np.ndarray, top_index: np.ndarray, m: Matches, threshold: float) -> list[Pair]:
+    """Per query, its most similar base row among the hash matches and the nearest base row when that passes
+    ``threshold`` (a tie: the hash match, which says how many bits apart)."""
+    q = np.nonzero(top_sims >= threshold)[0]
+    query = np.concatenate([m.query, q])
+    sims = np.concatenate([m.sims, top_sims[q]])
+    pairs = Pairs(
+        query,
+        np.concatenate([m.base, top_index[q]]),
+        sims,
+        np.concatenate([m.bits, np.full(len(q), -1, np.int64)]),
+        np.concatenate([m.mirrored, np.zeros(len(q), bool)]),
+    )
+    best = _first(query, np.arange(len(query)), -sims)
+    return [pairs.pair(int(i)) for i in best]
 
 
 def leaked(
@@ -170,12 +260,74 @@ def leaked(
         return []
     mean = torch.cat([t, v]).mean(0)
     found = search(normalise(v, mean), normalise(t, mean), 1, hashes=hashes)
-    best: dict[int, Pair] = {}
-    for i, j, sim, bits, mirrored in found.hash_pairs:
-        if i not in best or best[i].similarity < sim:
-            best[i] = Pair(i, j, sim, bits, mirrored)
-    for i in np.nonzero(found.sims[:, 0] >= threshold)[0]:
-        i = int(i)
-        if i not in best or best[i].similarity < found.sims[i, 0]:
-            best[i] = Pair(i, int(found.index[i, 0]), float(found.sims[i, 0]))
-    return [best[i] for i in sorted(best)]
+    return _closest(found.sims[:, 0], found.index[:, 0], found.matches, threshold)
+
+
+@dataclass
+class Survey:
+    """Everything ``graft doctor`` asks of the features, from one blocked product: the centred, normalised rows
+    ``x``; their kNN and hash matches (``found``, a ``same`` search); each row's most similar *uncentred*
+    cosines (``raw_sims``, outliers); and the val images that leak from train (``leaked``)."""
+
+    x: torch.Tensor
+    found: Neighbours
+    raw_sims: np.ndarray
+    leaked: list[Pair]
+
+
+def survey(
+    features: np.ndarray | torch.Tensor,
+    k: int,
+    *,
+    hashes: Hashes,
+    n_train: int,
+    raw_k: int = 5,
+    block_bytes: int = BLOCK_BYTES,
+) -> Survey:
+    """One pass where three searches were: the kNN of the centred rows with hash matches, the kNN of the
+    uncentred rows, and val rows' nearest train row (rows ``[0, n_train)`` are train), as :func:`search` and
+    :func:`leaked` find them.
+
+    The uncentred cosine follows from the centred one: with ``c = x - mean``,
+    ``x_i.x_j = |c_i||c_j| cos_ij + c_i.mean + c_j.mean + mean.mean``, elementwise work on each block beside its
+    ``d``-long dot products. Leakage is a column range of the same blocks (train and val share the mean)."""
+    raw = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    n = len(raw)
+    mean = raw.mean(0)
+    centred = raw - mean
+    cnorm = centred.norm(dim=1).clamp_min(1e-12)
+    x = centred / cnorm[:, None]
+    inv = 1 / raw.norm(dim=1).clamp_min(1e-12)
+    scale = cnorm * inv  # uncentred cos_ij = scale_i scale_j cos_ij + shift_i inv_j + inv_i shift_j
+    shift = (centred @ mean + 0.5 * (mean @ mean)) * inv
+    k, raw_k = max(0, min(k, n - 1)), max(0, min(raw_k, n - 1))
+    sims, index = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
+    raw_sims = np.zeros((n, raw_k), np.float32)
+    val_sims, val_index = np.zeros(n - n_train, np.float32), np.zeros(n - n_train, np.int64)
+    parts = []
+    with torch.inference_mode():
+        for start, block in _blocks(x, x, True, block_bytes, 3):
+            rows = slice(start, start + len(block))
+            if k:
+                s, i = block.topk(k, dim=1)
+                sims[rows], index[rows] = s.numpy(), i.numpy()
+            parts.append(_hash_block(block, (hashes, hashes), start))
+            if n_train and rows.stop > n_train:  # val rows: their nearest train row
+                first = max(start, n_train)
+                s, i = block[first - start :, :n_train].max(1)
+                val_sims[first - n_train : rows.stop - n_train], val_index[first - n_train : rows.stop - n_train] = (
+                    s.numpy(),
+                    i.numpy(),
+                )
+            if raw_k:
+                u = block * scale[None, :]
+                u.mul_(scale[rows, None]).addr_(shift[rows], inv).addr_(inv[rows], shift)
+                r = torch.arange(len(block))
+                u[r, r + start] = -2.0
+                raw_sims[rows] = u.topk(raw_k, dim=1).values.numpy()
+    matches = Matches.concat(parts)
+    found = Neighbours(sims, index, matches)
+    leak = matches.where((matches.query >= n_train) & (matches.base < n_train))
+    leak.query = leak.query - n_train
+    leaked_pairs = _closest(val_sims, val_index, leak, NEAR_DUPLICATE) if n_train else []
+    return Survey(x, found, raw_sims, leaked_pairs)

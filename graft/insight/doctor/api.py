@@ -22,11 +22,12 @@ from graft.insight.doctor.findings import DoctorResult, Finding, csv_text, exclu
 
 #: Neighbours kept per image (near-duplicates, outliers, label disagreement).
 K = 10
-#: An image is an outlier when the mean similarity (uncentred features) to its 5 nearest neighbours is this many
+#: An image is an outlier when the mean similarity (uncentred features) to its OUTLIER_K nearest neighbours is this many
 #: robust standard deviations (1.4826 x MAD) below the dataset's median: hymenoptera's most isolated photo is at
 #: 5.1, trashnet_half's at 5.5, a planted noise image at 7.4. (Centred features hid it: the few odd images of a
 #: set, dark, blurred, noise, are each other's nearest neighbours there.)
 OUTLIER_Z = 6.0
+OUTLIER_K = 5
 #: Quality thresholds (measures of graft.data.quality, luminance in 0..1).
 DARK_LUMA, BRIGHT_LUMA, BRIGHT_CONTRAST = 0.12, 0.90, 0.12
 BLUR_FRACTION = 0.1  # sharpness under a tenth of the dataset's median
@@ -46,7 +47,7 @@ def doctor(data: str | Path, /, **options: Any) -> DoctorResult:
 
 
 def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> DoctorResult:
-    from graft.core.checkpoint import atomic_write_json, atomic_write_text
+    from graft.core.checkpoint import atomic_write_text
 
     times: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -65,16 +66,15 @@ def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> Doct
     measures = _measures(ds, samples, preprocess.resize_size)
     lap("measures")
     ctx = _Context(ds.classes, rel, split, labels, measures)
-    x = sim.normalise(feats)
     hashes = sim.Hashes.of([m["phash"] for m in measures], [m["phash_flip"] for m in measures])
-    found = sim.search(x, x, K, same=True, hashes=(hashes, hashes))
+    found = sim.survey(feats, K, hashes=hashes, n_train=len(ds.train), raw_k=OUTLIER_K)
     lap("similarity")
-    findings = _duplicates(ctx, samples, found)
-    findings += _leakage(ctx, feats, hashes, len(ds.train))
+    findings = _duplicates(ctx, samples, found.found)
+    findings += _leakage(ctx, found.leaked, len(ds.train))
     lap("duplicates")
-    findings += _label_errors(ctx, x, found, cfg.seed)
+    findings += _label_errors(ctx, found.x, found.found, cfg.seed)
     lap("labels")
-    findings += _outliers(ctx, feats) + _quality(ctx, preprocess.input_size) + _unreadable(ds)
+    findings += _outliers(ctx, found.raw_sims) + _quality(ctx, preprocess.input_size) + _unreadable(ds)
     imbalance, advice = _imbalance(ds)
     findings += imbalance
     files = {r: {"split": s, "label": ds.classes[y]} for r, s, y in zip(rel, split, labels, strict=True)}
@@ -91,7 +91,6 @@ def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> Doct
     }
     result = DoctorResult(str(root), findings, files, summary, times)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg.out / "doctor.json", result.to_dict())
     atomic_write_text(cfg.out / "doctor.csv", csv_text(result))
     result.written = {"json": str(cfg.out / "doctor.json"), "csv": str(cfg.out / "doctor.csv")}
     if cfg.exclude_list is not None:
@@ -104,7 +103,7 @@ def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> Doct
         write_page(cfg.out / "doctor.html", result, root)
         result.written["html"] = str(cfg.out / "doctor.html")
         lap("page")
-    atomic_write_json(cfg.out / "doctor.json", result.to_dict())  # with the page's time
+    atomic_write_text(cfg.out / "doctor.json", result.json_text())  # last: with the page's time
     return result
 
 
@@ -195,22 +194,20 @@ def _measures(ds: Any, samples: list[Any], draft: int) -> list[dict[str, Any]]:
     return out  # type: ignore[return-value]
 
 
-def _groups(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
-    """Connected components (of size >= 2) of the pair graph (union-find)."""
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        parent[find(a)] = find(b)
-    comps: dict[int, list[int]] = defaultdict(list)
-    for i in {i for p in pairs for i in p}:
-        comps[find(i)].append(i)
-    return [sorted(c) for c in comps.values() if len(c) > 1]
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected component of each of ``n`` nodes under the edges ``(a, b)``: the smallest node of its component
+    (min-label propagation with pointer jumping, a handful of vectorised rounds)."""
+    label = np.arange(n)
+    while True:
+        low = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        while not np.array_equal(new, new[new]):
+            new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
 
 
 def _keep_drop(ctx: _Context, group: list[int]) -> tuple[int, list[int]]:
@@ -226,10 +223,10 @@ def _duplicates(ctx: _Context, samples: list[Any], found: sim.Neighbours) -> lis
     for i, m in enumerate(ctx.measures):
         by_pixels[m["pixels"]].append(i)
     out: list[Finding] = []
-    exact: set[tuple[int, int]] = set()
-    for group in (g for g in by_pixels.values() if len(g) > 1):
+    identical = np.full(len(ctx.rel), -1)  # pixel-identical group of each image
+    for g, group in enumerate(g for g in by_pixels.values() if len(g) > 1):
+        identical[group] = g
         shas = {i: file_sha256(samples[i].path) for i in group}
-        exact |= {(a, b) for a in group for b in group if a < b}
         files = [ctx.rel[i] for i in group]
         classes = sorted({ctx.label(i) for i in group})
         same_file = len(set(shas.values())) == 1
@@ -244,15 +241,29 @@ def _duplicates(ctx: _Context, samples: list[Any], found: sim.Neighbours) -> lis
         out.append(Finding("exact_duplicate", files, 1.0, evidence))
         if len(classes) > 1:
             out.append(Finding("label_conflict", files, 1.0, {"classes": classes, "identical": evidence["identical"]}))
-    near = [p for p in sim.near_pairs(found) if (p.a, p.b) not in exact]
-    groups = _groups(len(ctx.rel), [(p.a, p.b) for p in near])
-    group_of = {i: g for g, members in enumerate(groups) for i in members}
-    pairs_of: dict[int, list[sim.Pair]] = defaultdict(list)
-    for p in near:  # bucketed once: a scan of all pairs per group was quadratic on sets of many copies
-        pairs_of[group_of[p.a]].append(p)
-    for g, group in enumerate(groups):
+    near = sim.near_pairs(found)
+    ia, ib = identical[near.a], identical[near.b]
+    return out + _near_duplicates(ctx, near.where((ia != ib) | (ia < 0)))
+
+
+def _near_duplicates(ctx: _Context, near: sim.Pairs) -> list[Finding]:
+    """Groups of near-copies (connected by matching pairs); per group, each copy to drop with its closest match
+    in the group: a group of m copies lists m - 1 pairs or fewer, not its up to m(m-1)/2 matching pairs."""
+    label = _components(len(ctx.rel), near.a, near.b)
+    members = np.unique(np.concatenate([near.a, near.b]))
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in members.tolist():
+        groups[int(label[i])].append(i)
+    pairs_in = np.bincount(label[near.a], minlength=len(ctx.rel))
+    ends = np.concatenate([near.a, near.b])
+    order = np.lexsort((np.tile(np.arange(len(near)), 2), ends))  # pairs are most similar first: keep that order
+    first = order[np.r_[True, ends[order][1:] != ends[order][:-1]]] if len(order) else order
+    closest = dict(zip(ends[first].tolist(), (first % max(len(near), 1)).tolist(), strict=True))
+    out = []
+    for root, group in groups.items():
         keep, drop = _keep_drop(ctx, group)
-        for p in pairs_of[g]:
+        for j in sorted({closest[i] for i in drop}):
+            p = near.pair(j)
             evidence = {
                 "similarity": round(p.similarity, 4),
                 "hash_bits": p.bits,
@@ -260,6 +271,7 @@ def _duplicates(ctx: _Context, samples: list[Any], found: sim.Neighbours) -> lis
                 "splits": sorted({ctx.split[p.a], ctx.split[p.b]}),
                 "classes": sorted({ctx.label(p.a), ctx.label(p.b)}),
                 "group": len(group),
+                "group_pairs": int(pairs_in[root]),
                 "keep": ctx.rel[keep],
                 "drop": [ctx.rel[i] for i in drop if i in (p.a, p.b)],
             }
@@ -267,11 +279,8 @@ def _duplicates(ctx: _Context, samples: list[Any], found: sim.Neighbours) -> lis
     return out
 
 
-def _leakage(ctx: _Context, feats: Any, hashes: sim.Hashes, n_train: int) -> list[Finding]:
+def _leakage(ctx: _Context, pairs: list[sim.Pair], n_train: int) -> list[Finding]:
     """Each val image whose nearest train image is a near-duplicate (or identical)."""
-    n = len(ctx.rel)
-    train, val = np.arange(n_train), np.arange(n_train, n)
-    pairs = sim.leaked(feats[:n_train], feats[n_train:], hashes=(hashes.take(val), hashes.take(train)))
     out = []
     for p in pairs:
         v, t = n_train + p.a, p.b
@@ -311,13 +320,11 @@ def _label_errors(ctx: _Context, x: Any, found: sim.Neighbours, seed: int) -> li
     return out
 
 
-def _outliers(ctx: _Context, feats: Any) -> list[Finding]:
-    import torch
-
+def _outliers(ctx: _Context, raw_sims: np.ndarray) -> list[Finding]:
+    """Images whose mean uncentred similarity to their nearest neighbours is far below the dataset's median."""
     if len(ctx.rel) < 10:
         return []
-    raw = sim.normalise(feats, torch.zeros(feats.shape[1]))
-    near = sim.search(raw, raw, 5, same=True).sims.mean(1)
+    near = raw_sims.mean(1)
     median = float(np.median(near))
     spread = 1.4826 * float(np.median(np.abs(near - median))) or 1e-6
     z = (median - near) / spread

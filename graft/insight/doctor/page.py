@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +27,32 @@ table.summary td{padding:2px 12px 2px 0}.grid{display:flex;flex-wrap:wrap;gap:12
 """
 
 
-def _thumb(path: Path, cache: dict[Path, str]) -> str:
-    if path not in cache:
-        try:
-            from graft.data import load_rgb
+def _thumb(path: Path) -> str:
+    try:
+        from graft.data import load_rgb
 
-            im = load_rgb(path, draft=THUMB)
-            im.thumbnail((THUMB, THUMB))
-            buffer = io.BytesIO()
-            im.save(buffer, "JPEG", quality=80)
-            cache[path] = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-        except Exception:  # an unreadable file has no picture: its card says why
-            cache[path] = ""
-    return cache[path]
+        im = load_rgb(path, draft=THUMB)
+        im.thumbnail((THUMB, THUMB))
+        buffer = io.BytesIO()
+        im.save(buffer, "JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    except Exception:  # an unreadable file has no picture: its card says why
+        return ""
+
+
+def _thumbs(paths: list[Path]) -> dict[Path, str]:
+    """The shown files' thumbnails, a few at a time (PIL decodes, scales and encodes outside the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    unique = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return dict(zip(unique, pool.map(_thumb, unique), strict=True))
 
 
 def _card(f: Finding, result: DoctorResult, root: Path, cache: dict[Path, str]) -> str:
     cells = []
     for file in f.files:
-        src = _thumb(root / file, cache)
+        src = cache.get(root / file, "")
         facts = result.files.get(file, {})
         img = f'<img src="{src}" alt="{html.escape(file)}">' if src else "<div>(no picture)</div>"
         label = f"{facts.get('split', '')}/{facts.get('label', '')}" if facts else ""
@@ -59,7 +67,8 @@ def _card(f: Finding, result: DoctorResult, root: Path, cache: dict[Path, str]) 
 
 
 def render(result: DoctorResult, root: Path) -> str:
-    cache: dict[Path, str] = {}
+    shown = {k: result.of(k)[:SHOWN] for k in KINDS if k != "imbalance"}
+    cache = _thumbs([root / file for found in shown.values() for f in found for file in f.files])
     s = result.summary
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{result.count(k)}</td><td>{html.escape(v)}</td></tr>"
@@ -76,13 +85,13 @@ def render(result: DoctorResult, root: Path) -> str:
         *(f"<p class='note'>{html.escape(a)}</p>" for a in s.get("advice", [])),
     ]
     for kind, what in KINDS.items():
-        found = result.of(kind)
-        if not found or kind == "imbalance":
+        total = result.count(kind)
+        if not total or kind == "imbalance":
             continue
         cls = " class='serious'" if kind in SERIOUS else ""
-        more = f" (the {SHOWN} highest of {len(found)}; all in doctor.csv)" if len(found) > SHOWN else ""
-        cards = "".join(_card(f, result, root, cache) for f in found[:SHOWN])
-        parts.append(f"<section{cls} id='{kind}'><h2>{kind}: {len(found)}</h2><p class='note'>{html.escape(what)}")
+        more = f" (the {SHOWN} highest of {total}; all in doctor.csv)" if total > SHOWN else ""
+        cards = "".join(_card(f, result, root, cache) for f in shown[kind])
+        parts.append(f"<section{cls} id='{kind}'><h2>{kind}: {total}</h2><p class='note'>{html.escape(what)}")
         parts.append(f"{more}</p><div class='grid'>{cards}</div></section>")
     parts.append("</body></html>")
     return "".join(parts)
