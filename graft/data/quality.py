@@ -48,11 +48,7 @@ _FLIP_SIGN = np.array([(-1) ** v for v in range(_HASH_BITS)], dtype=np.float64)[
 def _bits(coef: np.ndarray) -> int:
     """64 bits: each low-frequency coefficient above the median of the 63 non-DC ones."""
     flat = coef.reshape(-1)
-    med = np.median(flat[1:])
-    out = 0
-    for bit in flat > med:
-        out = (out << 1) | int(bit)
-    return out
+    return int.from_bytes(np.packbits(flat > np.median(flat[1:])).tobytes(), "big")  # first coefficient: top bit
 
 
 def perceptual_hashes(gray: Image.Image) -> tuple[int, int]:

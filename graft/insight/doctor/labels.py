@@ -158,11 +158,13 @@ def fit_folds(
 def out_of_fold(x: torch.Tensor, labels: np.ndarray, classes: int, *, folds: int = 5, seed: int = 0) -> np.ndarray:
     """``(n, classes)`` probabilities, each row from the head fitted without that image's fold."""
     fold = stratified_folds(labels, folds, seed)
-    z = row_space(torch.as_tensor(x, dtype=torch.float32))
+    x = torch.as_tensor(x, dtype=torch.float32)
     # a step of a small fit is a few small products: on one thread, as for a head on stored features (below
     # ~1e8 FLOP a step the thread pool's wake-ups cost more than they save, and far more on a busy machine)
-    small = 2 * z.numel() * folds * classes < SMALL_FIT
+    width = len(x) if 2 * len(x) <= x.shape[1] else x.shape[1]  # of row_space(x)
+    small = 2 * len(x) * width * folds * classes < SMALL_FIT
     with one_thread() if small else contextlib.nullcontext():
+        z = row_space(x)
         w, b = fit_folds(z, labels, classes, fold, folds)
     index = torch.as_tensor(fold)
     logits = torch.einsum("nd,ncd->nc", z, w[index]) + b[index]
