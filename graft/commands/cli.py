@@ -199,7 +199,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from graft.data.folders import scan
 
     cfg: C.CheckConfig = _config(C.CheckConfig, args)
-    report = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed).report
+    report = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, **C.table_options(cfg)).report
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if cfg.json else report.format())
     return 0
 
@@ -271,7 +271,8 @@ def cmd_show_batch(args: argparse.Namespace) -> int:
     from graft.insight.plots import show_batch
 
     cfg: C.ShowBatchConfig = _config(C.ShowBatchConfig, args)
-    path = show_batch(cfg.data, out=cfg.out, n=cfg.n, arch=cfg.arch, seed=cfg.seed, val_split=cfg.val_split)
+    options = {"n": cfg.n, "arch": cfg.arch, "seed": cfg.seed, "val_split": cfg.val_split, **C.table_options(cfg)}
+    path = show_batch(cfg.data, out=cfg.out, **options)
     print(f"wrote {path}")
     return 0
 

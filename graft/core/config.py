@@ -31,13 +31,27 @@ def default_data_root() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
 
+#: the options of a table DATA, alike on every command that takes DATA
+_TABLE_HELP = {
+    "path_col": "table DATA: column of image paths (default: fname, path, file, filename or image)",
+    "label_col": "table DATA: column of labels, one per row (default: labels, label or class)",
+    "split_col": "table DATA: column of train/val, or True/False as fastai's is_valid (default: is_valid, split or "
+    "set; without one, --val-split of each class is held out)",
+    "root": "table DATA: folder its paths are relative to (default: the table's folder); paths outside are refused",
+}
+_DATA_HELP = "dataset folder (DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*), or a .csv/.tsv table"
+
+
+def table_options(cfg: Any) -> dict[str, Any]:
+    """A config's table options as :func:`graft.data.folders.scan` takes them."""
+    return {"path_col": cfg.path_col, "label_col": cfg.label_col, "split_col": cfg.split_col, "table_root": cfg.root}
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Everything ``graft train`` needs; saved verbatim (resolved) as the run's ``config.json``."""
 
-    data: Path = opt(
-        None, "dataset folder: DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*", positional=True
-    )
+    data: Path = opt(None, _DATA_HELP, positional=True)
     arch: str = opt("mobilenet_v2", "backbone architecture (see `graft archs`); timm models as timm/<name>")
     mode: Literal["freeze", "finetune", "qat"] = opt(
         "freeze",
@@ -97,6 +111,10 @@ class TrainConfig:
         "rate (an epoch is kept only if it beats the calibrated start)",
     )
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (stratified, seeded)")
+    path_col: str | None = opt(None, _TABLE_HELP["path_col"])
+    label_col: str | None = opt(None, _TABLE_HELP["label_col"])
+    split_col: str | None = opt(None, _TABLE_HELP["split_col"])
+    root: Path | None = opt(None, _TABLE_HELP["root"])
     exclude: Path | None = opt(
         None,
         "file of images to leave out, path<TAB>reason per line (graft doctor --exclude-list writes one); they are "
@@ -199,8 +217,12 @@ class PredictConfig:
 class CheckConfig:
     """``graft check``: scan a dataset folder and report what would be used and skipped."""
 
-    data: Path = opt(None, "dataset folder", positional=True)
+    data: Path = opt(None, _DATA_HELP, positional=True)
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders")
+    path_col: str | None = opt(None, _TABLE_HELP["path_col"])
+    label_col: str | None = opt(None, _TABLE_HELP["label_col"])
+    split_col: str | None = opt(None, _TABLE_HELP["split_col"])
+    root: Path | None = opt(None, _TABLE_HELP["root"])
     seed: int = opt(0, "random seed of the split")
     json: bool = opt(False, "print the report as JSON")
 
@@ -258,12 +280,16 @@ class EvaluateConfig:
 class ShowBatchConfig:
     """``graft show-batch``: a grid of augmented training images (as training sees them), titled with their class."""
 
-    data: Path = opt(None, "dataset folder (as for graft train)", positional=True)
+    data: Path = opt(None, "dataset folder or .csv/.tsv table (as for graft train)", positional=True)
     out: Path = opt(Path("batch.png"), "output image")
     n: int = opt(16, "number of images")
     arch: str = opt("mobilenet_v2", "architecture whose preprocessing (crop size, normalization) is shown")
     seed: int = opt(0, "random seed of the images and augmentations drawn")
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (only training images are shown)")
+    path_col: str | None = opt(None, _TABLE_HELP["path_col"])
+    label_col: str | None = opt(None, _TABLE_HELP["label_col"])
+    split_col: str | None = opt(None, _TABLE_HELP["split_col"])
+    root: Path | None = opt(None, _TABLE_HELP["root"])
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -414,7 +440,7 @@ class DoctorConfig:
     Exit status 0 when nothing serious was found, 3 when val images leak from train or identical images carry
     different labels."""
 
-    data: Path = opt(None, "dataset folder (as for graft train)", positional=True)
+    data: Path = opt(None, "dataset folder or .csv/.tsv table (as for graft train)", positional=True)
     arch: str = opt(_TRAIN_DEFAULTS["arch"], "backbone whose features compare the images (the training default)")
     pretrained: str = opt(_TRAIN_DEFAULTS["pretrained"], "its weights, as for graft train")
     out: Path | None = opt(None, "output folder (default: doctor/<name of DATA>)")
@@ -425,6 +451,10 @@ class DoctorConfig:
     )
     html: bool = opt(True, "write doctor.html (a gallery per kind of finding)")
     val_split: float = opt(0.2, "val fraction when DATA has no train/val folders (as for graft train)")
+    path_col: str | None = opt(None, _TABLE_HELP["path_col"])
+    label_col: str | None = opt(None, _TABLE_HELP["label_col"])
+    split_col: str | None = opt(None, _TABLE_HELP["split_col"])
+    root: Path | None = opt(None, _TABLE_HELP["root"])
     seed: int = opt(0, "random seed of the split and of the label folds")
     batch_size: int = opt(_TRAIN_DEFAULTS["batch_size"], "images per batch of the feature pass")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")

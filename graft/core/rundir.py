@@ -48,6 +48,8 @@ def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any, **found: Any) -> 
     stages = cfg.stages()
     ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
     report = dataset.report.to_dict() | {"split": dataset.split_dict()} | found
+    if dataset.report.layout == "table":  # a table's paths do not name their class: keep the labels beside them
+        report["split_labels"] = dataset.split_labels()
     ckpt.atomic_write_json(run_dir / DATA_REPORT, report)
 
 
@@ -68,8 +70,11 @@ class SavedSplit:
     root: Path
     rels: list[str]
     layout: str
+    labels: dict[str, str] | None = None  # rel -> class name, saved for a table (its paths do not name the class)
 
     def class_of(self, rel: str) -> str:
+        if self.labels is not None:
+            return self.labels[rel]
         parts = Path(rel).parts
         return parts[1] if self.layout == "train/val" else parts[0]
 
@@ -93,8 +98,11 @@ def read_split(run_dir: Path, split: str) -> SavedSplit | None:
     none (each caller says what to do instead)."""
     report = ckpt.read_json_or(run_dir / DATA_REPORT)
     try:
-        return SavedSplit(Path(report["root"]), list(report["split"][split]), str(report.get("layout", "")))
-    except (KeyError, TypeError):
+        rels = list(report["split"][split])
+        labels = report.get("split_labels")
+        named = dict(zip(rels, labels[split], strict=True)) if labels else None
+        return SavedSplit(Path(report["root"]), rels, str(report.get("layout", "")), named)
+    except (KeyError, TypeError, ValueError):
         return None
 
 

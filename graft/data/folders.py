@@ -9,182 +9,31 @@ are skipped and listed with a reason in the :class:`DataReport`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import random
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from graft.core.errors import DataError, ImageError
-from graft.data.images import SCAN_DRAFT, DecodedImages, load_rgb
-from graft.data.quality import measure
+from graft.core.errors import DataError
+from graft.data.images import SCAN_DRAFT, DecodedImages
+from graft.data.samples import (
+    DataReport,
+    Dataset,
+    Sample,
+    ScanVerdicts,
+    Skipped,
+    count_classes,
+    split_per_class,
+    validate_files,
+)
+from graft.data.tables import TABLE_SUFFIXES, scan_table
+
+# the scan's types live in graft.data.samples (shared with tables); importers of this module find them here too
+__all__ = ["DataReport", "Dataset", "Sample", "ScanVerdicts", "Skipped", "read_exclude_list", "scan"]
 
 _VAL_DIR_NAMES = ("val", "valid", "validation")
 _LAYOUT_HELP = (
     "A dataset is a folder with one sub-folder per class (e.g. data/cats/*.jpg, data/dogs/*.jpg), "
     "or with train/ and val/ folders that each hold the same class sub-folders."
 )
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One usable image and its class index."""
-
-    path: Path
-    label: int
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file that is not used; ``path`` is relative to the data root, posix style."""
-
-    path: str
-    reason: str
-
-
-@dataclass
-class DataReport:
-    """What a scan found: classes, per-split counts, and every skipped file with its reason."""
-
-    root: str
-    layout: str
-    classes: list[str]
-    counts: dict[str, dict[str, int]]
-    skipped: list[Skipped] = field(default_factory=list)
-    val_split: float | None = None
-    seed: int | None = None
-
-    @property
-    def n_train(self) -> int:
-        return sum(self.counts["train"].values())
-
-    @property
-    def n_val(self) -> int:
-        return sum(self.counts["val"].values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form, with ``n_train`` and ``n_val`` totals."""
-        return {**asdict(self), "n_train": self.n_train, "n_val": self.n_val}
-
-    def format(self) -> str:
-        """Human-readable report, as printed by ``graft check``."""
-        if self.layout == "split":
-            how = f"split (one folder per class; {self.val_split:.0%} of each class held out, seed {self.seed})"
-        else:
-            how = "train/val (separate train and validation folders)"
-        lines = [f"data:    {self.root}", f"layout:  {how}", f"classes: {len(self.classes)}", ""]
-        width = max([len(c) for c in self.classes] + [5])
-        lines.append(f"  {'class':<{width}}  {'train':>6}  {'val':>6}")
-        for c in self.classes:
-            lines.append(f"  {c:<{width}}  {self.counts['train'][c]:>6}  {self.counts['val'][c]:>6}")
-        lines.append(f"  {'total':<{width}}  {self.n_train:>6}  {self.n_val:>6}")
-        train = self.counts["train"]
-        if train:
-            big, small = max(train, key=train.__getitem__), min(train, key=train.__getitem__)
-            if train[big] > 3 * train[small]:
-                lines += [
-                    "",
-                    f"warning: classes are imbalanced: {big!r} has {train[big]} training images, "
-                    f"{train[big] / max(train[small], 1):.1f}x the {train[small]} of {small!r}; "
-                    "overall accuracy can hide a poor smaller class, so look at per-class results.",
-                ]
-        lines.append("")
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} file{'s' if len(self.skipped) != 1 else ''}:")
-            lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
-        else:
-            lines.append("skipped: none")
-        return "\n".join(lines)
-
-
-@dataclass
-class Dataset:
-    """A scanned dataset: classes, train and val samples (absolute paths), and the scan report."""
-
-    classes: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    report: DataReport
-    decoded: DecodedImages = field(default_factory=lambda: DecodedImages(0))
-    #: per usable file, what :func:`graft.data.quality.measure` took during its validating decode (cached with the
-    #: verdict): graft doctor's image measures and hashes, and train's leakage check
-    measures: dict[Path, dict[str, Any]] = field(default_factory=dict)
-
-    def split_dict(self) -> dict[str, list[str]]:
-        """``{"train": [...], "val": [...]}``: paths relative to the data root, posix (saved in runs)."""
-        root = Path(self.report.root)
-        return {
-            k: [s.path.relative_to(root).as_posix() for s in v] for k, v in (("train", self.train), ("val", self.val))
-        }
-
-
-class ScanVerdicts:
-    """What the scan found for each file of a dataset (usable, or the reason it is skipped), remembered by path,
-    size and mtime in the cache folder (``$GRAFT_CACHE_DIR/scan``): a later scan of unchanged files skips their
-    validating decode, which is most of a warm run's scan (0.7 s of 400 JPEGs on 2 cores). The feature store
-    trusts the same file identity. An unreadable or foreign cache file is ignored and rewritten.
-    """
-
-    VERSION = 1
-
-    def __init__(self, base: Path) -> None:
-        from graft.core.paths import cache_root
-
-        key = hashlib.sha256(str(base).encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        self.path = cache_root() / "scan" / f"{key}.json"
-        self.base = _json_safe(str(base))
-        self.known: dict[str, list[Any]] = {}
-        self.changed = False
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                saved = json.load(f)
-            if saved.get("version") == self.VERSION and saved.get("base") == self.base:
-                self.known = saved["files"]
-        except (OSError, ValueError, KeyError, AttributeError, TypeError):
-            pass  # no cache yet, or one that cannot be read: everything is decoded
-
-    def get(self, path: Path) -> tuple[bool, str | None]:
-        """(known, skip reason or None) for ``path`` as it is now on disk."""
-        entry = self.known.get(_json_safe(str(path)))
-        try:
-            st = path.stat()
-        except OSError:
-            return False, None
-        if isinstance(entry, list) and len(entry) in (3, 4) and entry[:2] == [st.st_size, st.st_mtime_ns]:
-            return True, entry[2]
-        return False, None
-
-    def measures(self, path: Path) -> Any:
-        """What :func:`graft.data.quality.measure` stored with the verdict of ``path`` (None if nothing)."""
-        entry = self.known.get(_json_safe(str(path)))
-        return entry[3] if isinstance(entry, list) and len(entry) == 4 else None
-
-    def put(self, path: Path, reason: str | None, measures: dict[str, Any] | None = None) -> None:
-        try:
-            st = path.stat()
-        except OSError:
-            return  # gone or unreadable: decide again next time
-        self.known[_json_safe(str(path))] = [st.st_size, st.st_mtime_ns, reason, *([measures] if measures else [])]
-        self.changed = True
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        from graft.core.checkpoint import atomic_write_json
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path, {"version": self.VERSION, "base": self.base, "files": self.known})
-        except OSError:
-            pass  # a read-only cache folder only costs the next scan its decodes
-
-
-def _json_safe(text: str) -> str:
-    """File names that are not UTF-8 (lone surrogates in Python) as JSON-safe text."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -226,12 +75,18 @@ def scan(
     draft: int = SCAN_DRAFT,
     keep_decoded: int = 0,
     exclude: dict[str, str] | None = None,
+    path_col: str | None = None,
+    label_col: str | None = None,
+    split_col: str | None = None,
+    table_root: str | os.PathLike[str] | None = None,
 ) -> Dataset:
     """Find the classes and images under ``root``, validate every image, and build the train/val split.
 
     Args:
         root: a folder with ``train/`` and ``val/`` (or ``valid/``, ``validation/``) sub-folders holding one
-            folder per class, or with one folder per class directly (then split here).
+            folder per class, or with one folder per class directly (then split here); or a ``.csv``/``.tsv``
+            table of paths and labels (:func:`graft.data.tables.scan_table`, which takes ``path_col``,
+            ``label_col``, ``split_col`` and ``table_root``).
         val_split: fraction of each class held out for validation (split layout only), in (0, 1).
         seed: seed of the split (split layout only); the same seed gives the same split.
         workers: threads decoding images; default ``min(4, os.cpu_count())``.
@@ -245,10 +100,17 @@ def scan(
         DataError: the folder cannot be used; the message says what is wrong and what to do.
     """
     base = Path(os.path.abspath(os.path.expanduser(root)))
+    table = {"path_col": path_col, "label_col": label_col, "split_col": split_col, "root": table_root}
+    if base.suffix.lower() in TABLE_SUFFIXES and not base.is_dir():
+        common = {"workers": workers, "draft": draft, "keep_decoded": keep_decoded, "exclude": exclude}
+        return scan_table(base, val_split=val_split, seed=seed, **common, **table)
     if not base.exists():
         raise DataError(f"Data folder {base} does not exist. Check the path. {_LAYOUT_HELP}")
     if not base.is_dir():
-        raise DataError(f"Data path {base} is not a folder. {_LAYOUT_HELP}")
+        raise DataError(f"Data path {base} is not a folder or a .csv/.tsv table. {_LAYOUT_HELP}")
+    given = [f"--{k.replace('_', '-')}" for k, v in table.items() if v is not None]
+    if given:
+        raise DataError(f"{', '.join(given)} only apply when DATA is a .csv/.tsv table; {base} is a folder.")
     layout, splits = _layout(base, val_split)
     used_split, used_seed = (val_split, seed) if layout == "split" else (None, None)
 
@@ -268,14 +130,8 @@ def scan(
     _check_class_sizes(base, layout, class_dirs, classes, good, skipped)
     train, val = _split_samples(layout, classes, good, val_split, seed)
 
-    index = {c: i for i, c in enumerate(classes)}
-    counts = {
-        "train": {c: sum(s.label == index[c] for s in train) for c in classes},
-        "val": {c: sum(s.label == index[c] for s in val) for c in classes},
-    }
-    report = DataReport(str(base), layout, classes, counts, skipped, used_split, used_seed)
-    measures = {s.path: verdicts.measures(s.path) for s in train + val}
-    return Dataset(classes, train, val, report, decoded, {p: m for p, m in measures.items() if m})
+    report = DataReport(str(base), layout, classes, count_classes(classes, train, val), skipped, used_split, used_seed)
+    return Dataset.of(classes, train, val, report, decoded, verdicts)
 
 
 def read_exclude_list(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -368,25 +224,7 @@ def _validate(
                 else:
                     candidates.append((split, c, p))
 
-    def check(path: Path) -> str | None:
-        known, reason = verdicts.get(path)
-        if known:
-            return reason
-        measures = None
-        try:
-            image = load_rgb(path, draft=draft)
-            measures = measure(path, image, draft)  # graft doctor's numbers, while the image is decoded anyway
-            decoded.offer(path, draft, image)
-        except ImageError as e:
-            reason = e.reason
-        verdicts.put(path, reason, measures)
-        return reason
-
-    n_workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        reasons = list(pool.map(check, [p for _, _, p in candidates]))
-
-    verdicts.save()
+    reasons = validate_files([p for _, _, p in candidates], decoded, verdicts, workers=workers, draft=draft)
     good: dict[str, dict[str, list[Path]]] = {s: {c: [] for c in classes} for s in class_dirs}
     for (split, c, p), reason in zip(candidates, reasons, strict=True):
         if reason is None:
@@ -422,21 +260,14 @@ def _split_samples(
     layout: str, classes: list[str], good: dict[str, dict[str, list[Path]]], val_split: float, seed: int
 ) -> tuple[list[Sample], list[Sample]]:
     """The train and val samples: the folders' own split, or ``val_split`` of each class held out."""
+    if layout != "train/val":
+        return split_per_class(classes, good["all"], val_split, seed)
     index = {c: i for i, c in enumerate(classes)}
     train: list[Sample] = []
     val: list[Sample] = []
-    if layout == "train/val":
-        for c in classes:
-            train += [Sample(p, index[c]) for p in good["train"][c]]
-            val += [Sample(p, index[c]) for p in good["val"][c]]
-    else:
-        for c in classes:
-            files = good["all"][c]
-            n_val = min(max(1, round(len(files) * val_split)), len(files) - 1)
-            # one RNG per class, seeded by name: adding a class does not reshuffle the others
-            held = set(random.Random(f"{seed}/{c}").sample(range(len(files)), n_val))
-            train += [Sample(p, index[c]) for i, p in enumerate(files) if i not in held]
-            val += [Sample(p, index[c]) for i, p in enumerate(files) if i in held]
+    for c in classes:
+        train += [Sample(p, index[c]) for p in good["train"][c]]
+        val += [Sample(p, index[c]) for p in good["val"][c]]
     return train, val
 
 

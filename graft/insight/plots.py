@@ -416,11 +416,13 @@ def show_batch(
     arch: str = "mobilenet_v2",
     seed: int = 0,
     val_split: float = 0.2,
+    **table: Any,
 ) -> Path:
     """Write ``n`` augmented training images of ``data`` (as training sees them: random resized crop and flip
     with the preprocessing of ``arch``'s weights, then de-normalized), titled with their class.
 
-    The images are drawn with a seeded RNG (``seed``); bad files are skipped as in training.
+    The images are drawn with a seeded RNG (``seed``); bad files are skipped as in training. ``table``: the
+    options of a table ``data`` (``path_col``, ``label_col``, ``split_col``, ``table_root``) for the scan.
     """
     import random
 
@@ -435,7 +437,7 @@ def show_batch(
     spec = get_backbone(arch)
     weights = choose_weights(spec, "auto") if spec.weights else None
     preprocess = weights.preprocess if weights else spec.preprocess
-    dataset = scan(data, val_split=val_split, seed=seed, draft=preprocess.resize_size)
+    dataset = scan(data, val_split=val_split, seed=seed, draft=preprocess.resize_size, **table)
     picked = random.Random(seed).sample(dataset.train, min(n, len(dataset.train)))
     transform = train_transform(preprocess)
     torch.manual_seed(seed)

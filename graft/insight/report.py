@@ -196,6 +196,18 @@ def _environment(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[st
     ]
 
 
+def _layout_text(report: dict[str, Any]) -> str:
+    """How the run's data was laid out and split, in words."""
+    held = f"{report.get('val_split') or 0:.0%} held out (seed {report.get('seed')})"
+    if report.get("layout") == "train/val":
+        return "train/val folders"
+    if report.get("layout") == "table":
+        columns = report.get("columns") or {}
+        how = f"split column {columns['split']!r}" if columns.get("split") else f"each class {held}"
+        return f"table {report.get('table')} (path {columns.get('path')!r}, label {columns.get('label')!r}; {how})"
+    return f"one folder per class, {held}"
+
+
 def _data_section(report: dict[str, Any] | None, metrics: dict[str, Any]) -> str:
     if not report:
         return '<p class="muted">data_report.json is not available.</p>'
@@ -208,12 +220,7 @@ def _data_section(report: dict[str, Any] | None, metrics: dict[str, Any]) -> str
         _kv(
             [
                 ("data folder", report.get("root", "?")),
-                (
-                    "layout",
-                    "train/val folders"
-                    if report.get("layout") == "train/val"
-                    else f"one folder per class, {report.get('val_split', 0):.0%} held out (seed {report.get('seed')})",
-                ),
+                ("layout", _layout_text(report)),
                 ("classes", len(classes)),
             ]
         ),

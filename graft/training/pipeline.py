@@ -21,7 +21,7 @@ from torch import nn
 from graft.core import checkpoint as ckpt
 from graft.core import distributed as dist
 from graft.core import rundir
-from graft.core.config import TrainConfig
+from graft.core.config import TrainConfig, table_options
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
 from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
@@ -92,6 +92,7 @@ def set_up(cfg: TrainConfig) -> RunSetup:
         draft=preprocess.resize_size,
         keep_decoded=keep,
         exclude=exclude,
+        **table_options(cfg),
     )
     model, weights, pretrained = build_model(
         spec, len(dataset.classes), head=HeadSpec(cfg.hidden, cfg.dropout), pretrained=cfg.pretrained

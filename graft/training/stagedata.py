@@ -176,7 +176,7 @@ def leakage(dataset: Any, train: torch.Tensor, val: torch.Tensor, log: Callable[
     if pairs:
         log(
             f"warning: {len(pairs)} of {len(val)} val images have a near-copy in train: the val accuracy is "
-            f"optimistic (graft doctor {dataset.report.root} lists them)"
+            f"optimistic (graft doctor {dataset.report.table or dataset.report.root} lists them)"
         )
     split = dataset.split_dict()
     return [

@@ -352,18 +352,19 @@ def test_a_second_scan_of_unchanged_files_does_not_decode_them(tmp_image_folder,
     """Scan verdicts are remembered by path, size and mtime: unchanged files are not decoded again, a changed or
     new file is, and a damaged verdict file is ignored."""
     import graft.data.folders as datamod
+    import graft.data.samples as samplesmod
 
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
     root = tmp_image_folder({"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})
     (root / "train/a/notes.jpg").write_text("not an image")
     decoded: list[str] = []
-    real = datamod.load_rgb
+    real = samplesmod.load_rgb
 
     def counting(path, **kw):
         decoded.append(Path(path).name)
         return real(path, **kw)
 
-    monkeypatch.setattr(datamod, "load_rgb", counting)
+    monkeypatch.setattr(samplesmod, "load_rgb", counting)  # the validating decode folders and tables share
     first = datamod.scan(root)
     assert len(decoded) == 9
     decoded.clear()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from graft.core.config import DoctorConfig
+from graft.core.config import DoctorConfig, table_options
 from graft.features import similarity as sim
 from graft.insight.doctor.findings import DoctorResult, Finding, csv_text, exclude_entries, write_exclude_list
 
@@ -135,7 +135,8 @@ def _scan_and_features(cfg: DoctorConfig, lap: Callable[[str], None]) -> tuple[A
     chosen = choose_weights(spec, cfg.pretrained)
     preprocess = chosen.preprocess if chosen else spec.preprocess
     keep = min(1 << 30, int(available_memory() * 0.1))
-    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=preprocess.resize_size, keep_decoded=keep)
+    draft = preprocess.resize_size
+    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=draft, keep_decoded=keep, **table_options(cfg))
     lap("scan")
     model, weights, pretrained = build_model(spec, len(ds.classes), pretrained=cfg.pretrained)
     lap("model")
