@@ -85,9 +85,10 @@ def scan_table(
             skipped.append(Skipped(rel, f"label {label!r} is only in val rows: no training row teaches it"))
     rows = [r for r in rows if r[2] in in_train]
     classes = sorted(in_train)
+    if not classes:
+        raise DataError(f"{table} has no usable training row; graft check {table} lists the skipped files.")
     if len(classes) < 2:
-        found = f"only one label ({classes[0]})" if classes else "no usable row"
-        raise DataError(f"{table} has {found} in its training rows: a classifier needs at least 2 classes.")
+        raise DataError(f"{table} has one label ({classes[0]}) in its training rows: a classifier needs 2 or more.")
 
     # the order of a folder scan: class by class, each class's files by path (a folder walk sorts each level)
     rows.sort(key=lambda r: (r[2], r[1].split("/")))
