@@ -98,9 +98,10 @@ def lbfgs(
     tolerance: float = 1e-6,
 ) -> np.ndarray:
     """Minimise a smooth convex ``f`` (returning value and gradient) from ``x``: L-BFGS with a backtracking
-    (Armijo) line search. Not ``torch.optim.LBFGS``: its first use imports ``torch._dynamo`` (~2 s, more than
-    the fit), it needs autograd where the gradient has a closed form, and its many small vector operations
-    run as parallel regions that cost a scheduler tick each on a busy machine (numpy's here run on one core)."""
+    (Armijo) line search. Not ``torch.optim.LBFGS``: its first use imports ``torch._dynamo`` (~2 s if nothing
+    has, more than the fit), it needs autograd where the gradient has a closed form, and its many small vector
+    operations run as parallel regions that cost a scheduler tick each on a busy machine (numpy's run on one
+    core)."""
     loss, g = f(x)
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
     for _ in range(max_iter):
