@@ -132,7 +132,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) 
     env = os.environ | {"GRAFT_OFFLINE": "1", "GRAFT_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "graft", "train", str(data), *options]
     slow_second_epoch = (
-        "import sys, time, graft.training as t\n"
+        "import sys, time, graft.training.loop as t\n"
         "real, calls = t.run_epoch, [0]\n"
         "def run_epoch(*a, **k):\n"
         "    calls[0] += 1\n"
