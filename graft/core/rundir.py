@@ -41,12 +41,17 @@ def make_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any, **found: Any) -> None:
+def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any) -> None:
     """What a run records before its first epoch: the resolved options (config.json) and the data it found and
-    how it split it (data_report.json, whose ``split`` every later command reads back). ``found``: what the run
-    learnt about its data later (the val images with a near-copy in train), written again with the rest."""
+    how it split it (data_report.json, whose ``split`` every later command reads back)."""
     stages = cfg.stages()
     ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
+    write_data_report(run_dir, dataset)
+
+
+def write_data_report(run_dir: Path, dataset: Any, **found: Any) -> None:
+    """data_report.json; ``found``: what the run learnt about its data later (the val images with a near-copy in
+    train), written with the rest when it is known."""
     report = dataset.report.to_dict() | {"split": dataset.split_dict()} | found
     if dataset.report.layout == "table":  # a table's paths do not name their class: keep the labels beside them
         report["split_labels"] = dataset.split_labels()

@@ -9,6 +9,7 @@ they are unsupported, so callers never reach into a model's attributes. Float ru
 
 from __future__ import annotations
 
+import abc
 import itertools
 import os
 from collections import deque
@@ -59,7 +60,7 @@ class DecodedBatch:
     unreadable: list[tuple[str, str]]
 
 
-class Classifier:
+class Classifier(abc.ABC):
     """A trained run, ready to predict. Build it with :func:`graft.load`.
 
     A kind of run sets ``meta`` (its ``model.json``), ``device`` and ``run_dir`` through this ``__init__`` and
@@ -73,9 +74,9 @@ class Classifier:
         self.preprocess = Preprocess.from_dict(meta["preprocess"])
         self._transform = eval_transform(self.preprocess)
 
+    @abc.abstractmethod
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (CPU float32) of a preprocessed batch ``(B, 3, H, W)``."""
-        raise NotImplementedError
 
     def prepare(self) -> Classifier:
         """Build whatever runs the model before images are decoded on other threads (see

@@ -177,7 +177,10 @@ def _freeze_int8(
         s.model.body, calibration, s.preprocess.input_size, backend=backend, what=cfg.arch, log=log
     )
     int8_model = GraftModel(program, head0).freeze()
-    int8_data = StageData(cfg, int8_model, s.dataset, s.preprocess, data.device, s.generator, None, log)
+    # the same images' float features were checked for leakage already (one warning per run)
+    int8_data = StageData(
+        cfg, int8_model, s.dataset, s.preprocess, data.device, s.generator, None, log, check_leakage=False
+    )
     result = _fit(
         int8_model.head, int8_data.features(), cfg, lr, cfg.epochs, on_epoch=listeners.on_epoch_end, stage="head"
     )

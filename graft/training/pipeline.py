@@ -157,7 +157,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     if data.leakage is not None:  # val images with a near-copy in train (computed where features were)
         metrics["val_near_copies_in_train"] = len(data.leakage)
         if dist.is_main():
-            rundir.write_start(run_dir, cfg, s.dataset, val_near_copies_in_train=data.leakage)
+            rundir.write_data_report(run_dir, s.dataset, val_near_copies_in_train=data.leakage)
     if not dist.is_main():
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
     ckpt.atomic_write_json(run_dir / "metrics.json", metrics)

@@ -28,6 +28,8 @@ class StageData:
         generator: torch.Generator,
         cache_key: dict[str, Any] | None,
         log: Callable[[str], None],
+        *,
+        check_leakage: bool = True,
     ) -> None:
         from graft.core.runtime import default_workers
 
@@ -38,6 +40,7 @@ class StageData:
         self._images: tuple[Any, Any] | None = None
         #: val images with a near-copy in train, found on the features of the first head stage (None: not looked)
         self.leakage: list[dict[str, Any]] | None = None
+        self.check_leakage = check_leakage
 
     def features(self) -> tuple[Any, Any]:
         from graft.core.runtime import inference_loader, train_loader
@@ -52,7 +55,8 @@ class StageData:
                     torch.cat([_features(*args, split, view, ds.decoded if view == 0 else None) for view in views]),
                     torch.tensor([s.label for s in samples] * len(views)),
                 )
-            self.leakage = leakage(ds, tensors["train"][0][: len(ds.train)], tensors["val"][0], self.log)
+            if self.check_leakage:
+                self.leakage = leakage(ds, tensors["train"][0][: len(ds.train)], tensors["val"][0], self.log)
             self._features = (
                 train_loader(
                     torch.utils.data.TensorDataset(*tensors["train"]),
