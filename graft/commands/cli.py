@@ -16,6 +16,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from graft.commands.classic import add_aliases, classic_order
 from graft.core import config as C
 from graft.core.errors import GraftError
 
@@ -89,6 +90,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from graft.inference.paths import expand_paths
 
     cfg: C.PredictConfig = _config(C.PredictConfig, args)
+    cfg.run, cfg.paths = classic_order(cfg.run, cfg.paths)  # RUN IMAGES..., or IMAGE CHECKPOINT (a run's file)
     names = read_category_names(cfg.category_names) if cfg.category_names else {}
     if cfg.out is not None:
         return _predict_to_csv(cfg, names)
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
         _add_fields(p, cls)
+        add_aliases(name, p)  # the classic train.py/predict.py spellings, hidden from --help
         p.set_defaults(func=func)
     return parser
 
