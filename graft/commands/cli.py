@@ -28,6 +28,10 @@ def _parse_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1024,512, got {text!r}") from None
 
 
+def _parse_names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argparse option per dataclass field: ``--kebab-name``, typed from the annotation."""
     hints = typing.get_type_hints(cls)
@@ -53,8 +57,9 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         elif typing.get_origin(tp) is Literal:
             kwargs["choices"] = list(typing.get_args(tp))
         elif typing.get_origin(tp) is tuple:
-            kwargs["type"] = _parse_ints
-            kwargs["metavar"] = "N,N"
+            ints = typing.get_args(tp)[0] is int
+            kwargs["type"] = _parse_ints if ints else _parse_names
+            kwargs["metavar"] = meta.get("metavar", "N,N" if ints else "NAME,NAME")
         elif typing.get_origin(tp) is list:
             kwargs["type"] = typing.get_args(tp)[0]
         else:

@@ -136,6 +136,19 @@ class TrainConfig:
         "continue the run in RUN_DIR after a crash or kill, from its last finished epoch (give the same DATA and "
         "options as the first time)",
     )
+    log: tuple[str, ...] = opt(
+        (),
+        "experiment trackers to log to, comma-separated: tensorboard (event files in RUN/tensorboard), mlflow "
+        "(a run with the config, per-epoch metrics and the run directory as artifacts)",
+        metavar="NAME,NAME",
+    )
+    mlflow_uri: str | None = opt(
+        None,
+        "--log mlflow: tracking URI (http://host:5000, sqlite:///mlflow.db, ...) or a folder, which gets a SQLite "
+        "store (mlflow.db) and the artifacts (default: $MLFLOW_TRACKING_URI, else MLflow's default: "
+        "sqlite:///mlflow.db in the current folder, artifacts in ./mlruns)",
+    )
+    mlflow_experiment: str | None = opt(None, "--log mlflow: experiment name (default: the name of DATA)")
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -145,6 +158,7 @@ class TrainConfig:
         self.resume = Path(self.resume) if self.resume is not None else None
         self.exclude = Path(self.exclude) if self.exclude is not None else None
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.log = _tracker_names(self.log)
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
@@ -181,6 +195,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(self)
+
+
+#: what ``--log`` accepts (graft.insight.tracking implements them)
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def _tracker_names(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``--log`` as a tuple of known tracker names, each once: ``"tensorboard,mlflow"`` and lists alike."""
+    if names is None:
+        return ()
+    items = names.split(",") if isinstance(names, str) else [n for x in names for n in str(x).split(",")]
+    out: list[str] = []
+    for name in (n.strip().lower() for n in items):
+        if name and name not in TRACKERS:
+            raise ConfigError(f"--log: unknown tracker {name!r}; choose from {', '.join(TRACKERS)} (comma-separated)")
+        if name and name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 @dataclass(kw_only=True)

@@ -54,3 +54,7 @@ class WriteError(RunError, OSError):
 
 class ResourceError(GraftError):
     """The machine ran out of something a run needs (accelerator memory); the message says what to change."""
+
+
+class DependencyError(GraftError, ImportError):
+    """An optional package that an asked-for feature needs is not installed; the message names what to install."""

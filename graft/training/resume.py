@@ -33,8 +33,8 @@ VERSION = 2
 #: State-dict prefix of the part of a :class:`graft.models.model.GraftModel` that a head stage leaves unchanged.
 FIXED = "body."
 
-#: Options that only say where the run is: they may differ when resuming.
-_WHERE = {"out", "name", "exist_ok", "resume"}
+#: Options that only say where the run is (or where it is also logged): they may differ when resuming.
+_WHERE = {"out", "name", "exist_ok", "resume", "log", "mlflow_uri", "mlflow_experiment"}
 #: Options that change how, not what, is computed: allowed to differ (the resumed run is then not bit-identical).
 _HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget"}
 
