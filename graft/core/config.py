@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from graft.core.errors import ConfigError
+from graft.core.options import LEVER_HELP, Augment, Balance, SelectBy, check_augment
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -80,6 +81,12 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
     hidden: tuple[int, ...] = opt((), "hidden layer widths of an MLP head, e.g. 1024,512 (default: one Linear)")
     dropout: float = opt(0.0, "dropout before each Linear of the head")
+    balance: Balance = opt("none", LEVER_HELP["balance"])
+    select_by: SelectBy = opt("auto", LEVER_HELP["select_by"])
+    augment: Augment = opt("standard", LEVER_HELP["augment"])
+    mixup: float = opt(0.0, LEVER_HELP["mixup"])
+    cutmix: float = opt(0.0, LEVER_HELP["cutmix"])
+    random_erasing: float = opt(0.0, LEVER_HELP["random_erasing"])
     cache_features: bool = opt(
         True, "freeze mode: run the frozen backbone once per image and train the head on the stored features"
     )
@@ -184,6 +191,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_augment(self)
 
     def stages(self) -> list[tuple[str, int, float]]:
         """(stage, epochs, learning rate) in order: ``head`` trains the head on a frozen body, ``all`` every layer."""
@@ -322,6 +330,10 @@ class ShowBatchConfig:
     label_col: str | None = opt(None, _TABLE_HELP["label_col"])
     split_col: str | None = opt(None, _TABLE_HELP["split_col"])
     root: Path | None = opt(None, _TABLE_HELP["root"])
+    augment: Augment = opt("standard", LEVER_HELP["augment"])
+    mixup: float = opt(0.0, LEVER_HELP["mixup"])
+    cutmix: float = opt(0.0, LEVER_HELP["cutmix"])
+    random_erasing: float = opt(0.0, LEVER_HELP["random_erasing"])
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -330,6 +342,7 @@ class ShowBatchConfig:
         self.out = Path(self.out)
         if self.n < 1:
             raise ConfigError(f"--n must be >= 1 (got {self.n})")
+        check_augment(self)
 
 
 @dataclass(kw_only=True)
