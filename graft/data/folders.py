@@ -2,9 +2,10 @@
 
 Two layouts are accepted: ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*`` ("train/val"; the val folder
 may also be called ``valid`` or ``validation``), or ``ROOT/<class>/*`` ("split"), which is split per class
-with a seeded RNG. Files are recognised by their content, never by their extension, and every candidate is
-fully decoded once during the scan, so a training run never meets a broken file. Files that cannot be used
-are skipped and listed with a reason in the :class:`DataReport`.
+with a seeded RNG. A ``test/`` folder of class folders beside them is a held-out test split
+(:func:`held_out_test`): it is never read for training or validation. Files are recognised by their content,
+never by their extension, and every candidate is fully decoded once during the scan, so a training run never
+meets a broken file. Files that cannot be used are skipped and listed with a reason in the :class:`DataReport`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,19 @@ from graft.data.samples import (
     split_per_class,
     validate_files,
 )
-from graft.data.tables import TABLE_SUFFIXES, scan_table
+from graft.data.tables import TABLE_SUFFIXES, is_dataframe, scan_table
 
 # the scan's types live in graft.data.samples (shared with tables); importers of this module find them here too
-__all__ = ["DataReport", "Dataset", "Sample", "ScanVerdicts", "Skipped", "read_exclude_list", "scan"]
+__all__ = [
+    "DataReport",
+    "Dataset",
+    "Sample",
+    "ScanVerdicts",
+    "Skipped",
+    "held_out_test",
+    "read_exclude_list",
+    "scan",
+]
 
 _VAL_DIR_NAMES = ("val", "valid", "validation")
 _LAYOUT_HELP = (
@@ -79,14 +89,16 @@ def scan(
     label_col: str | None = None,
     split_col: str | None = None,
     table_root: str | os.PathLike[str] | None = None,
+    label_delim: str | None = None,
+    task: str = "auto",
 ) -> Dataset:
     """Find the classes and images under ``root``, validate every image, and build the train/val split.
 
     Args:
         root: a folder with ``train/`` and ``val/`` (or ``valid/``, ``validation/``) sub-folders holding one
             folder per class, or with one folder per class directly (then split here); or a ``.csv``/``.tsv``
-            table of paths and labels (:func:`graft.data.tables.scan_table`, which takes ``path_col``,
-            ``label_col``, ``split_col`` and ``table_root``).
+            table of paths and labels, or a pandas DataFrame of them (:func:`graft.data.tables.scan_table`, which
+            takes ``path_col``, ``label_col``, ``split_col``, ``table_root``, ``label_delim`` and ``task``).
         val_split: fraction of each class held out for validation (split layout only), in (0, 1).
         seed: seed of the split (split layout only); the same seed gives the same split.
         workers: threads decoding images; default ``min(4, os.cpu_count())``.
@@ -99,16 +111,19 @@ def scan(
     Raises:
         DataError: the folder cannot be used; the message says what is wrong and what to do.
     """
-    base = Path(os.path.abspath(os.path.expanduser(root)))
     table = {"path_col": path_col, "label_col": label_col, "split_col": split_col, "root": table_root}
+    common = {"workers": workers, "draft": draft, "keep_decoded": keep_decoded, "exclude": exclude}
+    labels = {"label_delim": label_delim, "task": task}
+    if is_dataframe(root):
+        return scan_table(root, val_split=val_split, seed=seed, **common, **table, **labels)
+    base = Path(os.path.abspath(os.path.expanduser(root)))
     if base.suffix.lower() in TABLE_SUFFIXES and not base.is_dir():
-        common = {"workers": workers, "draft": draft, "keep_decoded": keep_decoded, "exclude": exclude}
-        return scan_table(base, val_split=val_split, seed=seed, **common, **table)
+        return scan_table(base, val_split=val_split, seed=seed, **common, **table, **labels)
     if not base.exists():
         raise DataError(f"Data folder {base} does not exist. Check the path. {_LAYOUT_HELP}")
     if not base.is_dir():
         raise DataError(f"Data path {base} is not a folder or a .csv/.tsv table. {_LAYOUT_HELP}")
-    given = [f"--{k.replace('_', '-')}" for k, v in table.items() if v is not None]
+    given = [f"--{k.replace('_', '-')}" for k, v in (table | labels).items() if v not in (None, "auto")]
     if given:
         raise DataError(f"{', '.join(given)} only apply when DATA is a .csv/.tsv table; {base} is a folder.")
     layout, splits = _layout(base, val_split)
@@ -181,7 +196,8 @@ def _class_folders(
         for p in sorted(folder.iterdir(), key=lambda p: p.name):
             if not p.is_dir():
                 skipped.append(Skipped(p.relative_to(base).as_posix(), _loose_reason(p)))
-        class_dirs[split] = {d.name: d for d in _subdirs(folder)}
+        held_out = held_out_test(folder) if split == "all" else None  # DATA/test/<class>: not a class
+        class_dirs[split] = {d.name: d for d in _subdirs(folder) if d != held_out}
         if not class_dirs[split]:
             where = folder if split != "all" else base
             raise DataError(f"No class folders found in {where}. {_LAYOUT_HELP}")
@@ -269,6 +285,21 @@ def _split_samples(
         train += [Sample(p, index[c]) for p in good["train"][c]]
         val += [Sample(p, index[c]) for p in good["val"][c]]
     return train, val
+
+
+def held_out_test(base: Path) -> Path | None:
+    """``base``'s test folder (``test/``, any case) when it holds a held-out test split: class folders named as
+    ``base``'s other folders (a train/val layout's train/val folders, or a split layout's class folders). Training
+    never reads it; ``graft train`` evaluates the best model on it once at the end."""
+    top = _subdirs(base)
+    lower = {d.name.lower(): d for d in top}
+    test = lower.get("test")
+    if test is None:
+        return None
+    if "train" in lower and any(n in lower for n in _VAL_DIR_NAMES):
+        return test
+    inner = {d.name for d in _subdirs(test)}
+    return test if inner and inner <= {d.name for d in top if d != test} else None
 
 
 def _loose_reason(p: Path) -> str:

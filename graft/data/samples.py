@@ -53,6 +53,8 @@ class DataReport:
     columns: dict[str, str | None] | None = None
     #: labels that only val rows of a table carry (those rows are skipped: the model could not learn them)
     val_only: list[str] = field(default_factory=list)
+    #: "single" (one label per image) or "multilabel" (a table's rows hold any number of labels, none included)
+    task: str = "single"
 
     @property
     def n_train(self) -> int:
@@ -66,7 +68,7 @@ class DataReport:
         """JSON-serialisable form, with ``n_train`` and ``n_val`` totals."""
         out = {**asdict(self), "n_train": self.n_train, "n_val": self.n_val}
         if self.table is None:  # a folder's report keeps its keys
-            for key in ("table", "columns", "val_only"):
+            for key in ("table", "columns", "val_only", "task"):
                 del out[key]
         return out
 
@@ -79,6 +81,7 @@ class DataReport:
             cols = self.columns or {}
             split = f"split column {cols['split']!r}" if cols.get("split") else f"no split column: {held}"
             how = f"table {self.table} (path column {cols.get('path')!r}, label column {cols.get('label')!r}, {split})"
+            how += ", multi-label" if self.task == "multilabel" else ""
         else:
             how = "train/val (separate train and validation folders)"
         lines = [f"data:    {self.root}", f"layout:  {how}", f"classes: {len(self.classes)}", ""]
@@ -124,6 +127,18 @@ class Dataset:
     #: per usable file, what :func:`graft.data.quality.measure` took during its validating decode (cached with the
     #: verdict): graft doctor's image measures and hashes, and train's leakage check
     measures: dict[Path, dict[str, Any]] = field(default_factory=dict)
+    #: multi-label datasets: the distinct label sets (sorted class indices); a sample's ``label`` indexes this list
+    label_sets: list[tuple[int, ...]] | None = None
+
+    @property
+    def task(self) -> str:
+        return "single" if self.label_sets is None else "multilabel"
+
+    def names_of(self, sample: Sample) -> list[str]:
+        """The class names of ``sample`` (one, or a multi-label sample's any number)."""
+        if self.label_sets is None:
+            return [self.classes[sample.label]]
+        return [self.classes[i] for i in self.label_sets[sample.label]]
 
     @classmethod
     def of(
@@ -134,15 +149,17 @@ class Dataset:
         report: DataReport,
         decoded: DecodedImages,
         verdicts: ScanVerdicts,
+        label_sets: list[tuple[int, ...]] | None = None,
     ) -> Dataset:
         """The dataset of a finished scan, with the measures its validating decodes stored in ``verdicts``."""
         measures = {s.path: verdicts.measures(s.path) for s in train + val}
-        return cls(classes, train, val, report, decoded, {p: m for p, m in measures.items() if m})
+        return cls(classes, train, val, report, decoded, {p: m for p, m in measures.items() if m}, label_sets)
 
-    def split_labels(self) -> dict[str, list[str]]:
+    def split_labels(self) -> dict[str, list[Any]]:
         """The class name of every entry of :meth:`split_dict`, in the same order (saved for tables, whose paths
-        do not name the class)."""
-        return {k: [self.classes[s.label] for s in v] for k, v in (("train", self.train), ("val", self.val))}
+        do not name the class); a list of names per entry for a multi-label dataset."""
+        name = (lambda s: self.classes[s.label]) if self.label_sets is None else self.names_of
+        return {k: [name(s) for s in v] for k, v in (("train", self.train), ("val", self.val))}
 
     def split_dict(self) -> dict[str, list[str]]:
         """``{"train": [...], "val": [...]}``: paths relative to the data root, posix (saved in runs)."""
@@ -218,8 +235,16 @@ def _json_safe(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def count_classes(classes: list[str], train: list[Sample], val: list[Sample]) -> dict[str, dict[str, int]]:
-    """``{"train": {class: n}, "val": {class: n}}``, as :class:`DataReport` keeps them."""
+def count_classes(
+    classes: list[str], train: list[Sample], val: list[Sample], label_sets: list[tuple[int, ...]] | None = None
+) -> dict[str, dict[str, int]]:
+    """``{"train": {class: n}, "val": {class: n}}``, as :class:`DataReport` keeps them (multi-label: the images
+    that carry each class)."""
+    if label_sets is not None:
+        return {
+            k: {c: sum(i in label_sets[s.label] for s in v) for i, c in enumerate(classes)}
+            for k, v in (("train", train), ("val", val))
+        }
     index = {c: i for i, c in enumerate(classes)}
     return {
         "train": {c: sum(s.label == index[c] for s in train) for c in classes},

@@ -6,14 +6,22 @@ listed file is checked as a folder's files are (:func:`graft.data.samples.valida
 the samples come out as a folder scan gives them: classes are the sorted label names, samples class by class,
 each class's files in path order (the order of a folder walk), so a table listing a folder's images with their
 folder labels trains the very same run. Without a split column each class is split with the seeded
-``val_split``, as the folder "split" layout does. Single-label only: a cell holding several labels is refused.
+``val_split``, as the folder "split" layout does.
+
+A pandas ``DataFrame`` is read as a table is (its columns, the same rules; ``root`` defaults to the current folder).
+Multi-label tables (``task="multilabel"``, or ``"auto"`` when ``label_delim`` is given or a cell holds several
+labels): a label cell holds any number of labels (none: an image with no class, every output negative); the samples'
+``label`` then indexes ``Dataset.label_sets``, and without a split column each distinct label set is split with
+``val_split`` as a class is.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from graft.core.errors import DataError
 from graft.data.images import DecodedImages
@@ -39,14 +47,17 @@ SPLIT_VALUES = {
     **dict.fromkeys(("train", "training", "false", "0", "no"), "train"),
     **dict.fromkeys(("val", "valid", "validation", "true", "1", "yes"), "val"),
 }
-#: characters that separate several labels in one cell (a space does only between labels seen on their own)
+#: characters that separate several labels in one cell when no --label-delim is given (a space does only between
+#: labels seen on their own)
 _LABEL_SEPARATORS = (";", "|", ",")
 
-Row = tuple[int, str, str, str | None]  # (line in the file, path relative to the root, label, split or None)
+#: (line in the file or row of a DataFrame, path relative to the root, labels, split or None)
+Row = tuple[int, str, tuple[str, ...], str | None]
+TASKS = ("auto", "single", "multilabel")
 
 
 def scan_table(
-    table: Path,
+    table: Any,
     *,
     val_split: float,
     seed: int,
@@ -58,37 +69,33 @@ def scan_table(
     label_col: str | None = None,
     split_col: str | None = None,
     root: str | os.PathLike[str] | None = None,
+    label_delim: str | None = None,
+    task: str = "auto",
 ) -> Dataset:
-    """Read ``table``, validate every listed image, and build the train/val split (see the module docstring).
+    """Read ``table`` (a .csv/.tsv path or a pandas DataFrame), validate every listed image, and build the
+    train/val split (see the module docstring).
 
     Raises:
         DataError: the table cannot be used (one problem, with its line and what to do).
     """
-    if not table.is_file():
-        what = "does not exist" if not table.exists() else "is not a file"
-        raise DataError(f"Data table {table} {what}. Check the path.")
-    base = Path(os.path.abspath(os.path.expanduser(root))) if root is not None else table.parent
-    if not base.is_dir():
-        raise DataError(f"--root {base} is not a folder: pass the folder that the table's paths are relative to.")
-    header, lines = _read(table)
-    columns = _columns(table, header, {"path": path_col, "label": label_col, "split": split_col})
-    rows = _rows(table, base, columns, header, lines)
+    source, base, header, lines = _open(table, root)
+    columns = _columns(source.name, header, {"path": path_col, "label": label_col, "split": split_col})
+    rows, multilabel = read_rows(source, base, columns, header, lines, label_delim=label_delim, task=task)
     if columns["split"] is None and not 0 < val_split < 1:
         raise DataError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
 
     skipped: list[Skipped] = []
-    rows = _usable_rows(rows, base, skipped, exclude)
-    in_train = {label for _, _, label, split in rows if split != "val"}
-    val_only = sorted({label for _, _, label, split in rows if split == "val"} - in_train)
-    for _, rel, label, _ in rows:
-        if label in val_only:
-            skipped.append(Skipped(rel, f"label {label!r} is only in val rows: no training row teaches it"))
-    rows = [r for r in rows if r[2] in in_train]
+    rows = _usable_rows(rows, base, skipped, exclude, source.unit)
+    in_train = {label for _, _, labels, split in rows if split != "val" for label in labels}
+    val_only = sorted({label for _, _, labels, split in rows if split == "val" for label in labels} - in_train)
+    rows = _drop_val_only(rows, set(val_only), skipped, multilabel)
     classes = sorted(in_train)
     if not classes:
-        raise DataError(f"{table} has no usable training row; graft check {table} lists the skipped files.")
-    if len(classes) < 2:
-        raise DataError(f"{table} has one label ({classes[0]}) in its training rows: a classifier needs 2 or more.")
+        raise DataError(f"{source.name} has no usable training row; graft check {source.name} lists the skipped files.")
+    if len(classes) < 2 and not multilabel:
+        raise DataError(
+            f"{source.name} has one label ({classes[0]}) in its training rows: a classifier needs 2 or more."
+        )
 
     # the order of a folder scan: class by class, each class's files by path (a folder walk sorts each level)
     rows.sort(key=lambda r: (r[2], r[1].split("/")))
@@ -102,13 +109,71 @@ def scan_table(
         else:
             skipped.append(Skipped(row[1], reason))
     skipped.sort(key=lambda s: s.path)
-    train, val = _split(table, base, classes, good, columns["split"] is not None, val_split, seed)
+    sets = sorted({tuple(classes.index(c) for c in r[2]) for r in good}) if multilabel else None
+    train, val = _split(source.name, base, classes, good, columns["split"] is not None, val_split, seed, sets)
 
     used_split, used_seed = (None, None) if columns["split"] else (val_split, seed)
-    counts = count_classes(classes, train, val)
-    report = DataReport(str(base), "table", classes, counts, skipped, used_split, used_seed, str(table), columns)
+    counts = count_classes(classes, train, val, sets)
+    report = DataReport(str(base), "table", classes, counts, skipped, used_split, used_seed, source.name, columns)
     report.val_only = val_only
-    return Dataset.of(classes, train, val, report, decoded, verdicts)
+    report.task = "multilabel" if multilabel else "single"
+    return Dataset.of(classes, train, val, report, decoded, verdicts, sets)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where rows come from, for messages: a file (``t.csv line 6``) or a DataFrame (``DataFrame row 3``)."""
+
+    name: str
+    unit: str  # "line" or "row"
+
+    def at(self, line: int) -> str:
+        return f"{self.name} {self.unit} {line}"
+
+
+def is_dataframe(data: Any) -> bool:
+    """A pandas DataFrame (or anything with its ``columns`` and ``itertuples``), without importing pandas."""
+    return hasattr(data, "columns") and hasattr(data, "itertuples") and not isinstance(data, str | os.PathLike)
+
+
+def _open(
+    table: Any, root: str | os.PathLike[str] | None
+) -> tuple[_Source, Path, list[str], list[tuple[int, list[str]]]]:
+    """(source, data root, header, rows with their line numbers) of a table file or a DataFrame."""
+    if is_dataframe(table):
+        source, header, lines = _Source("DataFrame", "row"), *_frame(table)
+        default_root = Path.cwd()
+    else:
+        table = Path(table)
+        if not table.is_file():
+            what = "does not exist" if not table.exists() else "is not a file"
+            raise DataError(f"Data table {table} {what}. Check the path.")
+        source, (header, lines), default_root = _Source(str(table), "line"), _read(table), table.parent
+    base = Path(os.path.abspath(os.path.expanduser(root))) if root is not None else default_root
+    if not base.is_dir():
+        raise DataError(f"--root {base} is not a folder: pass the folder that the table's paths are relative to.")
+    return source, base, header, lines
+
+
+def _frame(df: Any) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """A DataFrame's header and rows as a CSV reader gives them: text cells, missing values (None, NaN) empty; rows
+    are numbered by their index label when it is an integer, else by position."""
+    header = [str(c).strip() for c in df.columns]
+    if not any(header):
+        raise DataError("the DataFrame has no columns: it needs a path and a label column, one row per image.")
+
+    def text(value: Any) -> str:
+        if value is None or (isinstance(value, float) and value != value):  # NaN is not equal to itself
+            return ""
+        return str(value)
+
+    lines = []
+    for position, (index, *cells) in enumerate(df.itertuples(index=True, name=None)):
+        line = index if isinstance(index, int) else position
+        row = [text(c) for c in cells]
+        if any(c.strip() for c in row):
+            lines.append((line, row))
+    return header, lines
 
 
 def _read(table: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -130,7 +195,7 @@ def _read(table: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     return header, lines
 
 
-def _columns(table: Path, header: list[str], given: dict[str, str | None]) -> dict[str, str | None]:
+def _columns(table: str, header: list[str], given: dict[str, str | None]) -> dict[str, str | None]:
     """The column used for each of path, label and split: the one given (``--path-col`` ...), else the one whose
     name is a known default; path and label are required."""
     by_lower = {h.lower(): h for h in header if h}
@@ -156,47 +221,78 @@ def _columns(table: Path, header: list[str], given: dict[str, str | None]) -> di
     return out
 
 
-def _rows(
-    table: Path, base: Path, columns: dict[str, str | None], header: list[str], lines: list[tuple[int, list[str]]]
-) -> list[Row]:
-    """Every row as (line, path relative to ``base``, label, split or None); a bad cell raises, with its line."""
+def read_rows(
+    source: _Source,
+    base: Path,
+    columns: dict[str, str | None],
+    header: list[str],
+    lines: list[tuple[int, list[str]]],
+    *,
+    label_delim: str | None = None,
+    task: str = "auto",
+) -> tuple[list[Row], bool]:
+    """Every row as (line, path relative to ``base``, labels, split or None), and whether the table is multi-label
+    (``task``; ``auto``: when ``label_delim`` is given or a cell holds several labels). A bad cell raises, with its
+    line."""
     at = {kind: header.index(name) if name else None for kind, name in columns.items()}
 
     def cell(row: list[str], kind: str) -> str:
         i = at[kind]
         return row[i].strip() if i is not None and i < len(row) else ""
 
-    singles = {cell(row, "label") for _, row in lines if not any(c.isspace() for c in cell(row, "label"))}
+    cells = [cell(row, "label") for _, row in lines]
+    split_cell = _label_splitter(cells, label_delim)
+    several = [i for i, c in enumerate(cells) if len(split_cell(c)) > 1]
+    multilabel = task == "multilabel" or (task == "auto" and (label_delim is not None or bool(several)))
+    if several and not multilabel:
+        line, label = lines[several[0]][0], cells[several[0]]
+        raise DataError(
+            f"{source.at(line)}: the label {label!r} holds several labels, and --task single was asked for: pass "
+            "--task multilabel (or auto), or give each row one label."
+        )
     real_base = base.resolve()
     out: list[Row] = []
-    for line, row in lines:
-        path, label = cell(row, "path"), cell(row, "label")
+    for (line, row), label in zip(lines, cells, strict=True):
+        path = cell(row, "path")
         if not path:
-            raise DataError(f"{table} line {line}: the path ({columns['path']!r}) is empty; give every row a file.")
-        if not label:
+            raise DataError(f"{source.at(line)}: the path ({columns['path']!r}) is empty; give every row a file.")
+        if not label and not multilabel:
             raise DataError(
-                f"{table} line {line}: the label of {path} ({columns['label']!r}) is empty; give every row its "
-                "class, or remove the row."
-            )
-        tokens = label.split()
-        if any(s in label for s in _LABEL_SEPARATORS) or sum(t in singles for t in tokens) > 1:
-            raise DataError(
-                f"{table} line {line}: the label {label!r} of {path} holds several labels; multi-label tables are "
-                "not supported yet: give each row one label."
+                f"{source.at(line)}: the label of {path} ({columns['label']!r}) is empty; give every row its "
+                "class, or remove the row (in a multi-label table, --task multilabel, an empty label means none)."
             )
         split = None
         if at["split"] is not None:
             split = SPLIT_VALUES.get(cell(row, "split").lower())
             if split is None:
                 raise DataError(
-                    f"{table} line {line}: unknown split value {cell(row, 'split')!r} in column {columns['split']!r}; "
+                    f"{source.at(line)}: unknown split value {cell(row, 'split')!r} in column {columns['split']!r}; "
                     "use train or val (valid, validation), or True/False for is_valid."
                 )
-        out.append((line, _inside(table, line, base, real_base, path), label, split))
-    return out
+        labels = tuple(sorted(set(split_cell(label)))) if multilabel else (label,)
+        out.append((line, _inside(source, line, base, real_base, path), labels, split))
+    return out, multilabel
 
 
-def _inside(table: Path, line: int, base: Path, real_base: Path, path: str) -> str:
+def _label_splitter(cells: list[str], label_delim: str | None) -> Any:
+    """How a label cell splits into labels: at ``label_delim`` when given; else at ``;``, ``|`` or ``,`` when a cell
+    holds one, or at white space between labels that other rows carry on their own (fastai's ``"ants bees"``)."""
+    if label_delim is not None:
+        delim = label_delim if label_delim.strip() else None  # " ": any run of white space
+        return lambda c: [t.strip() for t in c.split(delim) if t.strip()]
+    singles = {c for c in cells if c and not any(ch.isspace() for ch in c)}
+
+    def split(c: str) -> list[str]:
+        for sep in _LABEL_SEPARATORS:
+            if sep in c:
+                return [t.strip() for t in c.split(sep) if t.strip()]
+        tokens = c.split()
+        return tokens if len(tokens) > 1 and sum(t in singles for t in tokens) > 1 else ([c] if c else [])
+
+    return split
+
+
+def _inside(source: _Source, line: int, base: Path, real_base: Path, path: str) -> str:
     """``path`` relative to the root, posix; a path that leaves the root (``..``, an absolute path elsewhere, a
     symbolic link to elsewhere) is refused, not followed."""
     given = Path(path)
@@ -206,12 +302,14 @@ def _inside(table: Path, line: int, base: Path, real_base: Path, path: str) -> s
         return full.relative_to(base).as_posix()
     how = "is" if not full.is_relative_to(base) else f"is a symbolic link to {resolved},"
     raise DataError(
-        f"{table} line {line}: {path!r} {how} outside the data root {base}; graft reads only files under the root "
+        f"{source.at(line)}: {path!r} {how} outside the data root {base}; graft reads only files under the root "
         "(refused, not followed): move the file under it, or pass --root with a folder that holds every listed file."
     )
 
 
-def _usable_rows(rows: list[Row], base: Path, skipped: list[Skipped], exclude: dict[str, str] | None) -> list[Row]:
+def _usable_rows(
+    rows: list[Row], base: Path, skipped: list[Skipped], exclude: dict[str, str] | None, unit: str = "line"
+) -> list[Row]:
     """The rows worth decoding: repeated, excluded, missing and folder entries go to ``skipped``."""
     first: dict[str, int] = {}
     out: list[Row] = []
@@ -219,7 +317,7 @@ def _usable_rows(rows: list[Row], base: Path, skipped: list[Skipped], exclude: d
         line, rel = row[0], row[1]
         full = base / rel
         if rel in first:
-            skipped.append(Skipped(rel, f"listed again on line {line} (line {first[rel]} is used)"))
+            skipped.append(Skipped(rel, f"listed again on {unit} {line} ({unit} {first[rel]} is used)"))
         elif exclude and rel in exclude:
             skipped.append(Skipped(rel, f"excluded: {exclude[rel]}"))
         elif full.is_dir():
@@ -232,29 +330,59 @@ def _usable_rows(rows: list[Row], base: Path, skipped: list[Skipped], exclude: d
     return out
 
 
+def _drop_val_only(rows: list[Row], val_only: set[str], skipped: list[Skipped], multilabel: bool) -> list[Row]:
+    """Labels no training row carries: a single-label row with one is skipped; a multi-label row keeps its other
+    labels (its image is still a negative of every class)."""
+    if multilabel:
+        return [(line, rel, tuple(x for x in labels if x not in val_only), split) for line, rel, labels, split in rows]
+    for _, rel, labels, _ in rows:
+        if labels[0] in val_only:
+            skipped.append(Skipped(rel, f"label {labels[0]!r} is only in val rows: no training row teaches it"))
+    return [r for r in rows if r[2][0] not in val_only]
+
+
 def _split(
-    table: Path, base: Path, classes: list[str], good: list[Row], has_split: bool, val_split: float, seed: int
+    name: str,
+    base: Path,
+    classes: list[str],
+    good: list[Row],
+    has_split: bool,
+    val_split: float,
+    seed: int,
+    sets: list[tuple[int, ...]] | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
-    """The samples: the table's own split, or ``val_split`` of each class held out; each class needs a usable
-    training image (two without a split column: one to train, one to validate), and val cannot be empty."""
-    files: dict[str, dict[str, list[Path]]] = {s: {c: [] for c in classes} for s in ("train", "val", "all")}
-    for _, rel, label, split in good:
-        files[split or "all"][label].append(base / rel)
-    need = 1 if has_split else 2
+    """The samples: the table's own split, or ``val_split`` of each class (multi-label: of each label set) held
+    out; each class needs a usable training image (two without a split column and one label per image: one to
+    train, one to validate), and val cannot be empty."""
+    index = {c: i for i, c in enumerate(classes)}
+    if sets is None:
+        keys, key_of = classes, (lambda labels: labels[0])
+    else:
+        set_index = {s: i for i, s in enumerate(sets)}
+        keys = [str(i) for i in range(len(sets))]
+        key_of = lambda labels: str(set_index[tuple(index[c] for c in labels)])  # noqa: E731
+    files: dict[str, dict[str, list[Path]]] = {s: {k: [] for k in keys} for s in ("train", "val", "all")}
+    for _, rel, labels, split in good:
+        files[split or "all"][key_of(labels)].append(base / rel)
+    need = 1 if has_split or sets is not None else 2
     for c in classes:
-        n = len(files["train" if has_split else "all"][c])
+        held = [k for k in keys if (c == k if sets is None else index[c] in sets[int(k)])]
+        n = sum(len(files["train" if has_split else "all"][k]) for k in held)
         if n < need:
             what = "no usable training image" if n == 0 else "only 1 usable image"
             add = "training rows for it" if has_split else "at least 2 images (one to train, one to validate)"
             raise DataError(
-                f"Label {c!r} of {table} has {what} (graft check {table} lists the skipped files). Add {add}, "
+                f"Label {c!r} of {name} has {what} (graft check {name} lists the skipped files). Add {add}, "
                 "or remove its rows."
             )
     if not has_split:
-        return split_per_class(classes, files["all"], val_split, seed)
-    index = {c: i for i, c in enumerate(classes)}
-    train = [Sample(p, index[c]) for c in classes for p in files["train"][c]]
-    val = [Sample(p, index[c]) for c in classes for p in files["val"][c]]
+        train, val = split_per_class(keys, files["all"], val_split, seed)
+        if not val:  # multi-label: every label set has one image, and one image stays in train
+            raise DataError(f"{name}: no image could be held out for val; add a split column (is_valid).")
+        return train, val
+    key_index = {k: i for i, k in enumerate(keys)}
+    train = [Sample(p, key_index[k]) for k in keys for p in files["train"][k]]
+    val = [Sample(p, key_index[k]) for k in keys for p in files["val"][k]]
     if not val:
-        raise DataError(f"{table} has no usable val row: mark some rows val (is_valid True), or drop the split column.")
+        raise DataError(f"{name} has no usable val row: mark some rows val (is_valid True), or drop the split column.")
     return train, val

@@ -145,8 +145,18 @@ BAD = {
     "dot-dot": ({"rows": [["a/../../elsewhere.jpg", "a", "train"]]}, ["outside the data root", "refused"]),
     "absolute": ({"rows": [["{parent}/elsewhere.jpg", "a", "train"]]}, ["outside the data root", "--root"]),
     "symlink": ({"rows": [["a/link.jpg", "a", "train"]]}, ["is a symbolic link to", "outside the data root"]),
-    "multi-label": ({"rows": [["a/img000.jpg", "a b", "train"]]}, ["several labels", "multi-label", "not supported"]),
-    "multi-label ;": ({"rows": [["a/img000.jpg", "a;b", "val"]]}, ["several labels", "line 6"]),
+    "several labels, --task single": (
+        {"rows": [["a/img000.jpg", "a b", "train"]], "args": ["--task", "single"]},
+        ["several labels", "--task multilabel"],
+    ),
+    "several labels ;, --task single": (
+        {"rows": [["a/img000.jpg", "a;b", "val"]], "args": ["--task", "single"]},
+        ["several labels", "line 6"],
+    ),
+    "empty label, --task single": (
+        {"rows": [["a/img000.jpg", "", "train"]], "args": ["--task", "single"]},
+        ["label of a/img000.jpg", "is empty", "--task multilabel"],
+    ),
     "unknown column": ({"args": ["--label-col", "kind"]}, ["no column 'kind' (--label-col)"]),
 }
 
