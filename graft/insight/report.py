@@ -316,6 +316,11 @@ def _summary_cards(
     if ev:
         lo, hi = ev["accuracy_ci95"]
         cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))
+    test = metrics.get("test_acc")
+    if isinstance(test, float):  # the held-out test folder, evaluated once with the best model
+        lo, hi = metrics.get("test_acc_ci95", [0.0, 1.0])
+        shown = f"{test:.4f} ({metrics.get('n_test')} images; CI {lo:.3f} to {hi:.3f})"
+        cards.insert(2 if ev else 1, ("test accuracy", shown))
     return "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards)
 
 
