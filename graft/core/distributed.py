@@ -189,6 +189,18 @@ def epoch_totals(loader: Any, loss_sum: float, correct: int, seen: int) -> tuple
     return loss_sum, round(c), round(s)
 
 
+def epoch_sum(loader: Any, counts: torch.Tensor) -> torch.Tensor:
+    """A tensor of counts (the val phase's confusion matrix) summed over the ranks when ``loader`` gives this rank
+    only its share, as :func:`epoch_totals`."""
+    if not isinstance(getattr(loader, "sampler", None), ShardSampler) or not is_distributed():
+        return counts
+    import torch.distributed as dist
+
+    total = counts.to(_comm_device(), torch.float64)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total.round().long().cpu().view_as(counts)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # data and model
 
@@ -200,16 +212,23 @@ class ShardSampler(torch.utils.data.Sampler[int]):
     so all ranks draw the same one: the shares are disjoint and change every epoch), padded with its first indices
     to a multiple of the world size so that every rank runs the same number of batches, as DDP requires.
     Evaluation: every ``world_size``-th index, in order, no padding (each image counted once).
+    ``weights`` (``--balance sampler``): training draws ``n`` indices with replacement by these weights instead of
+    a permutation, from the same generator, so every rank still draws the same sequence and takes its share.
     """
 
-    def __init__(self, n: int, *, shuffle: bool, generator: torch.Generator | None = None) -> None:
-        self.n, self.shuffle, self.generator = n, shuffle, generator
+    def __init__(
+        self, n: int, *, shuffle: bool, generator: torch.Generator | None = None, weights: torch.Tensor | None = None
+    ) -> None:
+        self.n, self.shuffle, self.generator, self.weights = n, shuffle, generator, weights
         self.rank, self.world = rank(), world_size()
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.rank, self.n, self.world))
-        order = torch.randperm(self.n, generator=self.generator).tolist()
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator).tolist()
+        else:
+            order = torch.randperm(self.n, generator=self.generator).tolist()
         order += order[: (-len(order)) % self.world]
         return iter(order[self.rank :: self.world])
 
@@ -227,8 +246,10 @@ def shard_loaders(train: Any, val: Any) -> tuple[Any, Any]:
     per_rank = max(1, train.batch_size // world_size())
     if rank():  # augmentations and dropout draw from the global RNG: each rank its own stream (rank 0 as alone)
         torch.manual_seed((torch.initial_seed() + rank()) % 2**63)
+    weights = getattr(train.sampler, "weights", None)  # a WeightedRandomSampler's (--balance sampler)
+    sampler = ShardSampler(len(train.dataset), shuffle=True, generator=train.generator, weights=weights)
     return (
-        _with_sampler(train, ShardSampler(len(train.dataset), shuffle=True, generator=train.generator), per_rank),
+        _with_sampler(train, sampler, per_rank),
         _with_sampler(val, ShardSampler(len(val.dataset), shuffle=False), per_rank),
     )
 

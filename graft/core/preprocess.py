@@ -110,22 +110,40 @@ def resize_shorter(size: int, interpolation: str = "bilinear") -> Callable[[Any]
     return v2.Compose([v2.ToImage(), v2.Resize(size, interpolation=_interp(interpolation), antialias=True)])
 
 
-def train_crop(p: Preprocess) -> Callable[[Any], Any]:
-    """PIL RGB image -> augmented uint8 tensor (3, input_size, input_size): random resized crop, horizontal flip."""
+def train_crop(p: Preprocess, augment: str = "standard") -> Callable[[Any], Any]:
+    """PIL RGB image (or uint8 tensor) -> augmented uint8 tensor (3, input_size, input_size): random resized crop
+    and horizontal flip, then ``augment``'s policy (torchvision's TrivialAugmentWide, RandAugment or AutoAugment's
+    ImageNet policy, on uint8 pixels); ``"none"``: resize and centre crop only, as for val."""
     v2 = _v2()
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop(p.input_size, interpolation=_interp(p.interpolation), antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-    )
+    if augment == "none":
+        return v2.Compose([v2.ToImage(), v2.Resize(p.resize_size, interpolation=_interp(p.interpolation),
+                                                   antialias=True), v2.CenterCrop(p.input_size)])  # fmt: skip
+    steps = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(p.input_size, interpolation=_interp(p.interpolation), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    policies = {
+        "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=_interp(p.interpolation)),
+        "randaugment": lambda: v2.RandAugment(interpolation=_interp(p.interpolation)),
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=_interp(p.interpolation)),
+    }
+    if augment in policies:
+        steps.append(policies[augment]())
+    elif augment != "standard":
+        raise ValueError(f"unknown augmentation policy {augment!r}")
+    return v2.Compose(steps)
 
 
-def train_transform(p: Preprocess) -> Callable[[Any], Any]:
-    """PIL RGB image -> augmented normalized tensor: :func:`train_crop` then :func:`normalize`."""
+def train_transform(p: Preprocess, augment: str = "standard", random_erasing: float = 0.0) -> Callable[[Any], Any]:
+    """PIL RGB image -> augmented normalized tensor: :func:`train_crop` then :func:`normalize`, then (with
+    ``random_erasing`` > 0) torchvision's RandomErasing of the normalized image (erased to 0: the mean colour).
+    The defaults are graft's standard augmentation, drawing the same random numbers as ever."""
     v2 = _v2()
-    return v2.Compose([train_crop(p), normalize(p)])
+    steps = [train_crop(p, augment), normalize(p)]
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing, value=0))
+    return v2.Compose(steps)
 
 
 def denormalize(x: Any, p: Preprocess) -> Any:

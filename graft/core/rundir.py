@@ -25,7 +25,10 @@ from graft.core.version import __version__
 
 DATA_REPORT = "data_report.json"
 RESULTS_FILE = "results.csv"
-RESULTS_HEADER = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "stage"]
+RESULTS_HEADER = [
+    *("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "stage"),
+    *("val_balanced_acc", "val_macro_f1"),
+]
 
 
 def make_run_dir(cfg: TrainConfig) -> Path:

@@ -153,12 +153,23 @@ def inference_loader(dataset: Any, *, batch_size: int, workers: int) -> torch.ut
 
 
 def train_loader(
-    dataset: Any, *, batch_size: int, workers: int, generator: torch.Generator
+    dataset: Any,
+    *,
+    batch_size: int,
+    workers: int,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
 ) -> torch.utils.data.DataLoader:
+    """Shuffled batches of ``dataset``; with per-sample ``weights``, ``len(dataset)`` samples drawn with
+    replacement by them instead (``--balance sampler``: same epoch length)."""
+    sampler = None
+    if weights is not None:
+        sampler = torch.utils.data.WeightedRandomSampler(weights, len(dataset), replacement=True, generator=generator)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         num_workers=workers,
         generator=generator,
         worker_init_fn=_worker_init if workers else None,

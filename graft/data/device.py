@@ -28,7 +28,8 @@ from graft.core.preprocess import Preprocess
 class DeviceBatches:
     """Batches of ``images`` (uint8 ``(3, H, W)`` tensors of any sizes) held on ``device``.
 
-    ``augment=True``: shuffled each pass with ``generator``, random resized crop + flip (the training phase).
+    ``augment=True``: shuffled each pass with ``generator``, random resized crop + flip (the training phase);
+    with ``weights`` (``--balance sampler``), each pass draws ``len(images)`` indices with replacement by them.
     ``augment=False``: in order, images used as they are (they must already be ``input_size`` square: the val
     phase, whose images were resized and centre-cropped once at decode time).
     Yields ``(normalized float images in channels_last, labels)`` on the device, like a DataLoader would.
@@ -44,8 +45,10 @@ class DeviceBatches:
         device: torch.device,
         augment: bool,
         generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.batch_size, self.device, self.augment, self.generator = batch_size, device, augment, generator
+        self.weights = weights
         self.size = preprocess.input_size
         height = max(int(t.shape[1]) for t in images)
         width = max(int(t.shape[2]) for t in images)
@@ -76,7 +79,12 @@ class DeviceBatches:
         roi_align = import_torchvision().ops.roi_align
 
         n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.augment else torch.arange(n)
+        if not self.augment:
+            order = torch.arange(n)
+        elif self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator)
         for chunk in order.split(self.batch_size):
             index = chunk.to(self.device, non_blocking=True)
             if self.augment:

@@ -74,6 +74,7 @@ def store_key(
     arch_kwargs: Mapping[str, Any] | None = None,
     weights_sha256: str | None = None,
     device: str = "cpu",
+    augment: str = "standard",
 ) -> dict[str, Any]:
     """The key of one feature store: everything its rows depend on. Training and ``graft evaluate`` both build
     keys here, so evaluation finds exactly the rows training's val phase used.
@@ -83,7 +84,9 @@ def store_key(
     val accuracy a mixture that neither engine reproduces."""
     if engine not in ENGINES:
         raise ValueError(f"unknown feature engine {engine!r}; one of {', '.join(ENGINES)}")
-    return {
+    # augmented views (view > 0) of another --augment policy are other rows; the standard ones keep their old key
+    policy = {"augment": augment} if view and augment != "standard" else {}
+    return policy | {
         "version": CACHE_VERSION,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs or {}),
@@ -134,18 +137,20 @@ def extract_features(
     desc: str = "features",
     view: int = 0,
     decoded: DecodedImages | None = None,
+    augment: str = "standard",
 ) -> torch.Tensor:
     """``(len(samples), F)`` float32 features of ``body`` in eval mode, in sample order.
 
     ``view`` 0 is the eval transform (resize, centre crop); ``view`` k > 0 is a training augmentation (random
-    resized crop and flip) drawn from a generator seeded with k, so each view is reproducible.
+    resized crop and flip, then the ``augment`` policy) drawn from a generator seeded with k, so each view is
+    reproducible.
     """
     body = fast_inference(body, device)
     if view:
         torch.manual_seed(view)  # augmentations draw from the global RNG; workers derive their seeds from it
     # uint8 crops per image, normalized a batch at a time: the same values as eval_transform/train_transform, a
     # quarter of the bytes to collate, and one vectorized pass instead of a slower one per image
-    crop = train_crop(preprocess) if view else eval_crop(preprocess)
+    crop = train_crop(preprocess, augment) if view else eval_crop(preprocess)
     to_float = normalize(preprocess)
     dataset = ImageDataset(samples, crop, draft=preprocess.resize_size, decoded=decoded)
     if workers:
@@ -267,6 +272,7 @@ def cached_features(
     decoded: DecodedImages | None = None,
     extract: Callable[..., torch.Tensor] = extract_features,
     write: bool = True,
+    augment: str = "standard",
 ) -> tuple[torch.Tensor, int]:
     """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
     only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
@@ -280,13 +286,13 @@ def cached_features(
     ``write=False`` leaves the store as it is (ranks other than 0, which stores the rows of all).
     """
     engine = planned_engine(device)
-    store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=engine))
+    store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=engine, augment=augment))
     identities = [file_identity(s.path) for s in samples]
     found, missing = store.lookup(identities)
     if missing:
         used = body_engine(body, [samples[i] for i in missing], preprocess, device)
         if used != engine:  # rows found under the planned engine are not this body's rows here: none is kept
-            store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=used))
+            store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=used, augment=augment))
             found, missing = store.lookup(identities)
     if missing:
         new = extract(
@@ -299,6 +305,7 @@ def cached_features(
             desc=desc,
             view=view,
             decoded=decoded,
+            augment=augment,
         ).numpy()
         if write:
             store.add([identities[i] for i in missing], new)

@@ -170,7 +170,7 @@ def _freeze_int8(
     lr = cfg.stages()[0][2]
     head0 = copy.deepcopy(s.model.head)
     s.model.freeze()
-    fp32_acc = _fit(s.model.head, data.features(), cfg, lr, cfg.epochs).best_val_acc
+    fp32_acc = _fit(s.model.head, data.features(), cfg, lr, cfg.epochs).best_score
     log(f"fp32 head on float features (reference): val acc {fp32_acc:.4f}")
     calibration = calibration_batches(s.preprocess, [x.path for x in s.dataset.train], cfg.calib)
     body, program, backend, check = quantize_checked(
@@ -199,13 +199,13 @@ def _float_finetune(
             model.head, data.features(), cfg, stages[0][2], cfg.head_epochs, on_epoch=listeners.on_epoch_end,
             stage="head",
         )  # fmt: skip
-        history, best_acc = result.history, result.best_val_acc
+        history, best_acc = result.history, result.best_score
     model.unfreeze()
     result = _fit(
         model, data.images(), cfg, stages[-1][2], cfg.epochs, on_epoch=listeners.on_epoch_end, stage="all",
-        best_val_acc=best_acc, first_epoch=len(history) + 1,
+        best_score=best_acc, first_epoch=len(history) + 1,
     )  # fmt: skip
-    return history + result.history, (result.best_val_acc if result.best_epoch else best_acc)
+    return history + result.history, (result.best_score if result.best_epoch else best_acc)
 
 
 def _qat(
@@ -245,11 +245,11 @@ def _qat(
         if isinstance(getattr(module, "activation_post_process", None), HistogramObserver):
             module.disable_observer()
     train_data, val_data = data.images()
-    _, start_acc = run_epoch(qat, val_data, nn.CrossEntropyLoss(), torch.device("cpu"))
+    start_acc = run_epoch(qat, val_data, nn.CrossEntropyLoss(), torch.device("cpu")).accuracy
     log(f"qat: calibrated start (activation ranges and BatchNorm statistics fixed): val acc {start_acc:.4f}")
     fit = _fit(
         qat, (train_data, val_data), cfg, lr, cfg.qat_epochs, on_epoch=on_epoch, stage="qat",
-        first_epoch=first_epoch, best_val_acc=start_acc,
+        first_epoch=first_epoch, best_score=start_acc,
     )  # fmt: skip
     if not fit.best_epoch:
         log(f"qat: no epoch beat the calibrated start ({start_acc:.4f}): it is kept")

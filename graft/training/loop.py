@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from graft.core.errors import RunError
 from graft.core.runtime import autocast, optimize_for_inference, prepare_input, progress
 from graft.inference.floatrun import body_and_head
 from graft.models.model import GraftModel
+from graft.training.levers import confusion_metrics, selector
 
 
 @dataclass
@@ -34,6 +35,8 @@ class EpochResult:
     lr: float
     seconds: float
     stage: str = "train"
+    val_balanced_acc: float = math.nan
+    val_macro_f1: float = math.nan
 
     def row(self) -> list[Any]:
         return [
@@ -45,15 +48,18 @@ class EpochResult:
             f"{self.lr:.6g}",
             f"{self.seconds:.3f}",
             self.stage,
+            f"{self.val_balanced_acc:.6f}",
+            f"{self.val_macro_f1:.6f}",
         ]
 
 
 @dataclass
 class FitResult:
-    """Where :func:`fit` stands: the best epoch so far and its weights, the epochs run, the epochs since the last
+    """Where :func:`fit` stands: the best epoch so far (``best_score``: its value of the selection metric, val
+    accuracy unless ``fit(select=...)`` says otherwise) and its weights, the epochs run, the epochs since the last
     improvement. Given back as ``fit(start=...)``, it continues the stage where it stopped (``--resume``)."""
 
-    best_val_acc: float
+    best_score: float
     best_epoch: int
     history: list[EpochResult] = field(default_factory=list)
     stale: int = 0
@@ -64,6 +70,14 @@ class FitResult:
 # the loop
 
 
+class Phase(NamedTuple):
+    """One pass of :func:`run_epoch`: mean loss, accuracy and (evaluation only) the confusion matrix, rows true."""
+
+    loss: float
+    accuracy: float
+    confusion: torch.Tensor | None = None
+
+
 def run_epoch(
     model: nn.Module,
     loader: Any,
@@ -72,8 +86,11 @@ def run_epoch(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     desc: str = "",
-) -> tuple[float, float]:
-    """One pass over ``loader``: training when an optimizer is given, else evaluation. Returns (loss, accuracy)."""
+) -> Phase:
+    """One pass over ``loader``: training when an optimizer is given, else evaluation (with a confusion matrix).
+
+    Labels are class indices, or soft targets ``(B, classes)`` (MixUp/CutMix batches): accuracy then counts the
+    predictions that hit the dominant label."""
     training = optimizer is not None
     model.train(training)
     if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
@@ -81,6 +98,7 @@ def run_epoch(
     # Sums stay on the device: reading them back per batch would make a GPU wait for every batch.
     total_loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    confusion = None
     seen = 0
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
@@ -92,12 +110,24 @@ def run_epoch(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            hard = labels.argmax(1) if labels.dim() > 1 else labels  # a mixed batch: its dominant label
+            predicted = logits.argmax(1)
             total_loss += loss.detach() * labels.size(0)
-            correct += (logits.argmax(1) == labels).sum()
+            correct += (predicted == hard).sum()
             seen += labels.size(0)
+            if not training:
+                confusion = _confusion(confusion, hard, predicted, logits.size(1))
     # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
     loss_sum, hits, seen = dist.epoch_totals(loader, total_loss.item(), correct.item(), seen)
-    return loss_sum / max(seen, 1), hits / max(seen, 1)
+    if confusion is not None:
+        confusion = dist.epoch_sum(loader, confusion.cpu())
+    return Phase(loss_sum / max(seen, 1), hits / max(seen, 1), confusion)
+
+
+def _confusion(cm: torch.Tensor | None, labels: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:
+    """``cm`` plus this batch's (true, predicted) counts (one bincount on the device)."""
+    counts = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n)
+    return counts if cm is None else cm + counts
 
 
 def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -120,20 +150,23 @@ def fit(
     device: torch.device,
     patience: int | None = None,
     on_epoch: Callable[[EpochResult, bool, FitResult], None] | None = None,
-    best_val_acc: float = -1.0,
+    best_score: float = -1.0,
     first_epoch: int = 1,
     stage: str = "train",
     start: FitResult | None = None,
+    select: Callable[[EpochResult], float] | None = None,
+    val_criterion: nn.Module | None = None,
 ) -> FitResult:
-    """Train for ``epochs`` (or until ``patience`` epochs pass without a better val accuracy), keep the weights
-    of the best val accuracy and load them back into ``model`` at the end.
+    """Train for ``epochs`` (or until ``patience`` epochs pass without a better one), keep the weights of the best
+    epoch by ``select`` (val accuracy by default; ``--select-by``) and load them back into ``model`` at the end.
 
-    ``best_val_acc`` and ``first_epoch`` continue an earlier stage: an epoch counts as best only when it beats
+    ``best_score`` and ``first_epoch`` continue an earlier stage: an epoch counts as best only when it beats
     that stage, and if none does, the model goes back to the state it started from (that stage's best).
     ``start`` continues this stage after its ``len(start.history)`` finished epochs (model, optimizer and scheduler
-    already restored). ``on_epoch(record, improved, result)`` runs after every epoch.
+    already restored). ``on_epoch(record, improved, result)`` runs after every epoch. ``val_criterion``: the val
+    loss (default ``criterion``; a class-weighted training loss keeps a plain val loss).
     """
-    result = start or FitResult(best_val_acc=best_val_acc, best_epoch=0)
+    result = start or FitResult(best_score=best_score, best_epoch=0)
     if result.best_state is None:
         result.best_state = _snapshot(model)
     last = first_epoch + epochs - 1
@@ -142,31 +175,37 @@ def fit(
             break
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = run_epoch(
-            model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{last} train"
-        )
-        val_loss, val_acc = run_epoch(model, val_data, criterion, device, desc=f"epoch {epoch}/{last} val")
-        if not math.isfinite(train_loss):
-            kept = (
-                f"the best model so far (epoch {result.best_epoch}) is kept"
-                if result.best_epoch
-                else "no better epoch than before this stage was found, so nothing new was saved"
-            )
-            raise RunError(f"the training loss became {train_loss} at epoch {epoch}: lower --lr (now {lr:g}); {kept}")
+        train = run_epoch(model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{last} train")
+        val = run_epoch(model, val_data, val_criterion or criterion, device, desc=f"epoch {epoch}/{last} val")
+        _check_finite(train.loss, epoch, lr, result)
         if scheduler is not None:
             scheduler.step()
-        improved = val_acc > result.best_val_acc
+        balanced, macro_f1 = confusion_metrics(val.confusion) if val.confusion is not None else (math.nan, math.nan)
+        seconds = time.perf_counter() - began
+        record = EpochResult(
+            epoch, train.loss, train.accuracy, val.loss, val.accuracy, lr, seconds, stage, balanced, macro_f1
+        )
+        score = (select or selector("acc"))(record)
+        improved = score > result.best_score
         result.stale = 0 if improved else result.stale + 1
         if improved:
-            result.best_val_acc, result.best_epoch = val_acc, epoch
+            result.best_score, result.best_epoch = score, epoch
             result.best_state = _snapshot(model)
-        seconds = time.perf_counter() - began
-        record = EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, stage)
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record, improved, result)
     model.load_state_dict(result.best_state)
     return result
+
+
+def _check_finite(train_loss: float, epoch: int, lr: float, result: FitResult) -> None:
+    if not math.isfinite(train_loss):
+        kept = (
+            f"the best model so far (epoch {result.best_epoch}) is kept"
+            if result.best_epoch
+            else "no better epoch than before this stage was found, so nothing new was saved"
+        )
+        raise RunError(f"the training loss became {train_loss} at epoch {epoch}: lower --lr (now {lr:g}); {kept}")
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

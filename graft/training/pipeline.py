@@ -31,6 +31,7 @@ from graft.features.store import body_key
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model, choose_weights
 from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
+from graft.training.levers import class_counts, describe, make_criterion, select_metric, selector
 from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler
 from graft.training.resume import ProgressSaver, check_resumable, load_progress
 from graft.training.stagedata import StageData
@@ -118,6 +119,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     if cfg.resume:
         rundir.check_same_split(run_dir, s.dataset)
     s.announce(log, run_dir, cfg, cfg.mode, device)
+    metric = _selected_metric(cfg, s.dataset, log)
     if s.dataset.report.skipped:
         log(f"skipped {len(s.dataset.report.skipped)} file(s), see {run_dir / rundir.DATA_REPORT}")
     if dist.is_main():  # only rank 0 writes the run directory
@@ -138,15 +140,19 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     listeners.on_run_start(run_dir)
     fit_start = time.perf_counter()
     with _memory_advice(cfg, device, run_dir):  # CUDA out of memory -> a batch size to try
-        best_acc, best_epoch, history = _run_stages(cfg, model, data, device, progress, saver, listeners)
+        _, best_epoch, history = _run_stages(cfg, model, data, device, progress, saver, listeners, metric)
     fit_seconds = time.perf_counter() - fit_start
     if dist.is_main():
         checkpoints.finish(best_epoch)
+    best = history[best_epoch - 1]
     metrics = {
-        "best_val_acc": best_acc,
+        "best_val_acc": best.val_acc,
+        "best_val_balanced_acc": best.val_balanced_acc,
+        "best_val_macro_f1": best.val_macro_f1,
+        "selected_by": metric,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
-        "best_val_loss": history[best_epoch - 1].val_loss,
+        "best_val_loss": best.val_loss,
         "train_seconds": round(time.perf_counter() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
         "n_train": len(s.dataset.train),
@@ -162,7 +168,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
     ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
     log(
-        f"best val acc {best_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
+        f"best val acc {best.val_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
         f"run saved to {run_dir}"
     )
     listeners.on_run_end(run_dir, metrics)
@@ -178,11 +184,14 @@ def _run_stages(
     progress: Any,
     saver: ProgressSaver,
     listeners: Callback,
+    metric: str,
 ) -> tuple[float, int, list[EpochResult]]:
-    """Every stage of ``cfg.stages()`` in turn (those a resumed run finished are skipped); returns the best val
-    accuracy, its epoch and the history of all epochs."""
+    """Every stage of ``cfg.stages()`` in turn (those a resumed run finished are skipped); returns the best
+    epoch's score (val ``metric``), the epoch and the history of all epochs."""
     best_acc, best_epoch, history = (-1.0, 0, []) if progress is None else progress.before_stage
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion, val_criterion = make_criterion(
+        cfg, class_counts([s.label for s in data.dataset.train], len(data.dataset.classes))
+    )
     for index, (stage, epochs, lr) in enumerate(cfg.stages()):
         if progress and index < progress.stage_index:
             continue  # finished before the crash; its epochs are in history
@@ -218,16 +227,28 @@ def _run_stages(
                 device=device,
                 on_epoch=listeners.on_epoch_end,
                 patience=cfg.patience or (5 if on_features else None),
-                best_val_acc=best_acc,
+                best_score=best_acc,
                 first_epoch=len(history) + 1,
                 stage=stage,
                 start=start,
+                select=selector(metric),
+                val_criterion=val_criterion,
             )
         history = history + result.history
         if result.best_epoch:
-            best_acc, best_epoch = result.best_val_acc, result.best_epoch
+            best_acc, best_epoch = result.best_score, result.best_epoch
         best_acc, best_epoch = dist.broadcast_object((best_acc, best_epoch))  # ranks decide alike from here
     return best_acc, best_epoch, history
+
+
+def _selected_metric(cfg: TrainConfig, dataset: Any, log: Callable[[str], None]) -> str:
+    """What the best epoch maximizes on val (``--select-by``; auto from the train classes), said in the log."""
+    if getattr(dataset, "label_sets", None) is not None:
+        return "acc"  # a multi-label run's accuracy slot holds its val mAP
+    counts = class_counts([s.label for s in dataset.train], len(dataset.classes))
+    metric = select_metric(cfg, counts)
+    log(describe(cfg, counts, metric, dataset.classes))
+    return metric
 
 
 def _silent(line: str) -> None:

@@ -86,7 +86,7 @@ class Progress:
 
     @property
     def before_stage(self) -> tuple[float, int, list[Any]]:
-        """Best val accuracy, its epoch, and the epochs of the stages before the current one."""
+        """Best score (the selection metric's), its epoch, and the epochs of the stages before the current one."""
         return self.best_acc, self.best_epoch, self.history[: self.stage_first_epoch - 1]
 
     def restore(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator) -> Any:
@@ -116,7 +116,7 @@ class Progress:
             body = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(FIXED)}
             best_state = body | best_state
         return FitResult(
-            best_val_acc=fit["best_val_acc"],
+            best_score=fit["best_score"],
             best_epoch=fit["best_epoch"],
             history=self.history[self.stage_first_epoch - 1 :],
             stale=fit["stale"],
@@ -191,7 +191,7 @@ class ProgressSaver:
                 "best_before_stage": list(s["best"]),
                 "history": [asdict(r) for r in s["earlier"] + result.history],
                 "fit": {
-                    "best_val_acc": result.best_val_acc,
+                    "best_score": result.best_score,
                     "best_epoch": result.best_epoch,
                     "stale": result.stale,
                     "best_state": best,

@@ -63,68 +63,97 @@ class StageData:
                     batch_size=cfg.batch_size,
                     workers=0,
                     generator=self.generator,
+                    weights=self.sample_weights(tensors["train"][1]),
                 ),
                 inference_loader(torch.utils.data.TensorDataset(*tensors["val"]), batch_size=cfg.batch_size, workers=0),
             )
         return self._features
 
+    def sample_weights(self, labels: Any) -> torch.Tensor | None:
+        """Per-sample weights of class-balanced sampling (``--balance sampler``), else None (shuffling)."""
+        from graft.training.levers import sample_weights
+
+        return sample_weights(labels, len(self.dataset.classes)) if self.cfg.balance == "sampler" else None
+
     def images(self) -> tuple[Any, Any]:
+        """The (train, val) image batches of image stages (MixUp/CutMix on the train batches when asked)."""
+        from graft.data.augment import MixedBatches, batch_mix
+
+        if self._images is None:
+            train, val = self._image_loaders()
+            mix = batch_mix(self.cfg.mixup, self.cfg.cutmix, len(self.dataset.classes))
+            self._images = (MixedBatches(train, mix) if mix else train), val
+        return self._images
+
+    def _image_loaders(self) -> tuple[Any, Any]:
         from graft.core.preprocess import eval_crop, eval_transform, normalize, resize_shorter, train_transform
         from graft.core.runtime import inference_loader, train_loader
         from graft.data.datasets import ImageDataset, MemoryImageDataset, available_memory, estimated_decoded_bytes
         from graft.data.device import DeviceBatches, fits_on_device
 
-        if self._images is None:
-            cfg, p, ds = self.cfg, self.preprocess, self.dataset
-            keep = round(p.resize_size * 1.25)  # room for RandomResizedCrop without upsampling most crops
-            need = estimated_decoded_bytes(ds.train, keep) + len(ds.val) * 3 * p.input_size**2
-            # augmented on the GPU (graft.data.device); DDP ranks shard DataLoaders instead
-            on_gpu = fits_on_device(need, self.device) and not dist.is_distributed()
-            if on_gpu or need < min(4 << 30, available_memory() * 0.3):
-                start = time.perf_counter()
-                train = MemoryImageDataset(
-                    ds.train,
-                    prepare=resize_shorter(keep, p.interpolation),
-                    transform=None if on_gpu else train_transform(p),
-                    draft=keep,
-                )
-                val = MemoryImageDataset(
-                    ds.val,
-                    prepare=eval_crop(p),
-                    transform=None if on_gpu else normalize(p),
-                    draft=p.resize_size,
-                    decoded=ds.decoded,
-                )
-                self.log(
-                    f"decoded {len(train) + len(val)} images into {'GPU ' if on_gpu else ''}memory "
-                    f"({(train.nbytes + val.nbytes) / 2**20:.0f} MiB, {time.perf_counter() - start:.1f}s)"
-                )
-                if on_gpu:
-                    ds.decoded.clear()
-                    self._images = tuple(
-                        DeviceBatches(
-                            part.images,
-                            [s.label for s in part.samples],
-                            preprocess=p,
-                            batch_size=cfg.batch_size,
-                            device=self.device,
-                            augment=augment,
-                            generator=self.generator,
-                        )
-                        for part, augment in ((train, True), (val, False))
-                    )
-                    return self._images
-                workers = 0  # only crops and flips remain per epoch: cheaper in-process than in workers
-            else:
-                train = ImageDataset(ds.train, train_transform(p), draft=p.resize_size)
-                val = ImageDataset(ds.val, eval_transform(p), draft=p.resize_size)
-                workers = self.workers
-            ds.decoded.clear()  # what the scan kept and no stage took
-            self._images = dist.shard_loaders(  # under torchrun: each rank its share
-                train_loader(train, batch_size=cfg.batch_size, workers=workers, generator=self.generator),
-                inference_loader(val, batch_size=cfg.batch_size, workers=workers),
+        cfg, p, ds = self.cfg, self.preprocess, self.dataset
+        keep = round(p.resize_size * 1.25)  # room for RandomResizedCrop without upsampling most crops
+        need = estimated_decoded_bytes(ds.train, keep) + len(ds.val) * 3 * p.input_size**2
+        # augmented on the GPU (graft.data.device); DDP ranks shard DataLoaders instead
+        on_gpu = fits_on_device(need, self.device) and not dist.is_distributed() and self._gpu_policy()
+        policy = train_transform(p, cfg.augment, cfg.random_erasing)
+        weights = self.sample_weights([s.label for s in ds.train])
+        if on_gpu or need < min(4 << 30, available_memory() * 0.3):
+            start = time.perf_counter()
+            train = MemoryImageDataset(
+                ds.train,
+                prepare=resize_shorter(keep, p.interpolation),
+                transform=None if on_gpu else policy,
+                draft=keep,
             )
-        return self._images
+            val = MemoryImageDataset(
+                ds.val,
+                prepare=eval_crop(p),
+                transform=None if on_gpu else normalize(p),
+                draft=p.resize_size,
+                decoded=ds.decoded,
+            )
+            self.log(
+                f"decoded {len(train) + len(val)} images into {'GPU ' if on_gpu else ''}memory "
+                f"({(train.nbytes + val.nbytes) / 2**20:.0f} MiB, {time.perf_counter() - start:.1f}s)"
+            )
+            if on_gpu:
+                ds.decoded.clear()
+                return tuple(
+                    DeviceBatches(
+                        part.images,
+                        [s.label for s in part.samples],
+                        preprocess=p,
+                        batch_size=cfg.batch_size,
+                        device=self.device,
+                        augment=augment,
+                        generator=self.generator,
+                        weights=weights if augment else None,
+                    )
+                    for part, augment in ((train, True), (val, False))
+                )
+            workers = 0  # only crops and flips remain per epoch: cheaper in-process than in workers
+        else:
+            train = ImageDataset(ds.train, policy, draft=p.resize_size)
+            val = ImageDataset(ds.val, eval_transform(p), draft=p.resize_size)
+            workers = self.workers
+        ds.decoded.clear()  # what the scan kept and no stage took
+        return dist.shard_loaders(  # under torchrun: each rank its share
+            train_loader(train, batch_size=cfg.batch_size, workers=workers, generator=self.generator, weights=weights),
+            inference_loader(val, batch_size=cfg.batch_size, workers=workers),
+        )
+
+    def _gpu_policy(self) -> bool:
+        """Whether the GPU path (crop and flip only) does what the options ask; otherwise say that the policy runs
+        on the CPU loader. MixUp/CutMix act on whole batches and run on the GPU path as well."""
+        if self.cfg.augment == "standard" and not self.cfg.random_erasing:
+            return True
+        if self.device.type == "cuda":
+            self.log(
+                f"--augment {self.cfg.augment} / --random-erasing {self.cfg.random_erasing}: augmentation runs on the "
+                "CPU loader (the GPU-resident path does crop and flip only)"
+            )
+        return False
 
 
 def _features(
@@ -152,6 +181,7 @@ def _features(
         "desc": name,
         "view": view,
         "decoded": decoded,
+        "augment": cfg.augment,
     }
     if cache_key is None:
         return dist.sharded(extract_features)(model.body, samples, preprocess, **kwargs)

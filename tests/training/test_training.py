@@ -299,11 +299,11 @@ def test_fit_restores_best_epoch_weights() -> None:
     )
     accs = [r.val_acc for r in result.history]
     assert accs[0] == 1.0 and accs[-1] == 0.0  # the case is what it should be
-    assert (result.best_epoch, result.best_val_acc) == (1, 1.0)
+    assert (result.best_epoch, result.best_score) == (1, 1.0)
     assert len(result.history) == 10
 
-    loss, acc = run_epoch(model, val, criterion, CPU)
-    assert acc == result.best_val_acc  # exactly: epoch 1's weights restored, the same val batches in this process
+    loss, acc, _ = run_epoch(model, val, criterion, CPU)
+    assert acc == result.best_score  # exactly: epoch 1's weights restored, the same val batches in this process
     assert loss == pytest.approx(result.history[0].val_loss)
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[1][k])
