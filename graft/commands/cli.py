@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from graft.commands.classic import add_aliases, classic_order
 from graft.core import config as C
+from graft.core.config_lrfind import LrFindConfig
 from graft.core.errors import GraftError
 
 
@@ -64,6 +65,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = typing.get_args(tp)[0]
         else:
             kwargs["type"] = tp
+        if "parse" in meta:  # a value that is not just the annotation's type (--lr 1e-3 or auto)
+            kwargs["type"] = meta["parse"]
         parser.add_argument(*name_or_flags, **kwargs)
 
 
@@ -101,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_to_csv(cfg, names)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GraftError("under torchrun, graft predict shares the files out only with --out FILE.csv; add --out")
-    clf = load(cfg.run, device=cfg.device)
+    clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
     results = []
     for r in clf.predict_paths(expand_paths(cfg.paths), top_k=cfg.top_k, batch_size=cfg.batch_size):
         for i, p in enumerate(r.predictions or []):
@@ -137,13 +140,13 @@ def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
     if dist.launched():  # under torchrun: each process classifies its share of the files, rank 0 merges
         from graft.core.runtime import pick_device
 
-        clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))))
+        clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))), tta=cfg.tta)
         s = predict_to_csv_sharded(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
         dist.shutdown()
         if not dist.is_main():
             return 0
     else:
-        clf = load(cfg.run, device=cfg.device)
+        clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
         s = predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
     print(
         f"{s.images} images ({s.errors} unreadable) in {s.seconds:.1f}s, {s.images_per_second:.1f} images/s; "
@@ -260,6 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         top_losses=cfg.top_losses,
         batch_size=cfg.batch_size,
         device=cfg.device,
+        tta=cfg.tta,
     )
     if cfg.report:
         from graft.insight.report import write_report
@@ -271,6 +275,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(result.summary())
         written = ", ".join(sorted(result.files)) + (", report.html" if cfg.report else "")
         print(f"wrote {written} to {result.out_dir}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from graft.training.lrfind import lr_find
+
+    cfg: LrFindConfig = _config(LrFindConfig, args)
+    for stage in lr_find(cfg):
+        print(stage.format())
     return 0
 
 
@@ -305,6 +318,7 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "serve": (C.ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
     "quantize": (C.QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
     "doctor": (C.DoctorConfig, cmd_doctor, "find duplicates, train/val leakage, label errors, outliers, bad images"),
+    "lr-find": (LrFindConfig, cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
 }
 
 

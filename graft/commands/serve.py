@@ -279,6 +279,7 @@ def serve(
     device: str = "auto",
     api_key: str | None = None,
     auth: bool = True,
+    tta: bool | None = None,
 ) -> None:
     """Serve a run until interrupted (Ctrl-C or SIGTERM). Prints the address it listens on to stderr.
 
@@ -297,6 +298,7 @@ def serve(
         device=device,  # type: ignore[arg-type]
         api_key=api_key,
         auth=auth,
+        tta=tta,
     )
     run_config(cfg)
 
@@ -313,7 +315,7 @@ def run_config(cfg: ServeConfig) -> None:
             file=sys.stderr,
             flush=True,
         )
-    clf = load(cfg.run, device=cfg.device)
+    clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
     app = create_app(clf, cfg)
     sock = bind(cfg.host, cfg.port)
     actual_port = sock.getsockname()[1]

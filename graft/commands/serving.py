@@ -98,7 +98,7 @@ class Batcher:
                 continue
             try:
                 batch = torch.stack([t for t, _ in items])
-                out = await loop.run_in_executor(self._thread, self.clf.logits, batch)
+                out = await loop.run_in_executor(self._thread, self.clf.predict_logits, batch)
             except Exception as e:  # a bug, not a bad request: every waiting request gets a 500
                 for _, f in items:
                     if not f.done():
@@ -180,6 +180,7 @@ class Service:
             "metrics": metrics,
             "versions": meta.get("versions"),
             "device": str(self.clf.device),
+            "tta": self.clf.tta,
             "top_k": self.top_k,
             "limits": {
                 "max_upload_bytes": cfg.max_upload_bytes,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from graft.core.errors import ConfigError
 from graft.core.options import LEVER_HELP, Augment, Balance, SelectBy, check_augment
+from graft.core.tuning import TUNING_HELP, check_tuning, parse_lr
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
@@ -67,12 +68,12 @@ class TrainConfig:
     epochs: int = opt(10, "number of epochs")
     batch_size: int = opt(32, "images per batch")
     optimizer: Literal["adamw", "sgd"] = opt("adamw", "optimizer (sgd uses --momentum, as in the tutorial)")
-    lr: float | None = opt(
-        None,
-        "learning rate (default with adamw: 1e-3 for head stages, 2e-4 for all layers; with sgd: 1e-2 / 1e-3)",
-    )
+    lr: float | Literal["auto"] | None = opt(None, TUNING_HELP["lr"], parse=parse_lr)
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(1e-4, "weight decay")
+    auto: bool = opt(False, TUNING_HELP["auto"])
+    time_budget: float | None = opt(None, TUNING_HELP["time_budget"])
+    ensemble: int | None = opt(None, TUNING_HELP["ensemble"], metavar="K")
     scheduler: Literal["cosine", "step", "none"] = opt(
         "cosine", "learning-rate schedule per epoch: cosine decay, step (StepLR), or none"
     )
@@ -169,7 +170,6 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
-            (self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1) (got {self.dropout})"),
             (
                 0 <= self.label_smoothing < 1,
@@ -192,6 +192,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         check_augment(self)
+        check_tuning(self)
 
     def stages(self) -> list[tuple[str, int, float]]:
         """(stage, epochs, learning rate) in order: ``head`` trains the head on a frozen body, ``all`` every layer."""
@@ -237,6 +238,7 @@ class PredictConfig:
     plot: bool = opt(False, "write a figure per image (the model's input and its top-k bars) to --plot-dir")
     explain: bool = opt(False, "add a Grad-CAM overlay of the top class to each figure (implies --plot)")
     plot_dir: Path = opt(Path("predictions"), "folder for the --plot figures")
+    tta: bool | None = opt(None, TUNING_HELP["tta"])
     out: Path | None = opt(
         None, "write a CSV (path, label, probability, top_k, error) instead of printing; streams any number of images"
     )
@@ -301,6 +303,7 @@ class EvaluateConfig:
     batch_size: int | None = opt(None, "images per batch (default: the run's training batch size)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
     json: bool = opt(False, "print evaluation.json instead of a summary")
+    tta: bool | None = opt(None, TUNING_HELP["eval_tta"])
 
     def __post_init__(self) -> None:
         if self.run is None:
@@ -409,6 +412,7 @@ class ServeConfig:
     max_pixels: int = opt(64_000_000, "largest image in pixels, checked before decoding (answered 413 beyond)")
     timeout: float = opt(30.0, "seconds one request may take, upload included (answered 408 beyond)")
     max_batch: int = opt(16, "most images the model runs at once (concurrent requests are batched)")
+    tta: bool | None = opt(None, TUNING_HELP["tta"])
     workers: int | None = opt(None, "threads decoding uploads (default: from the core count)")
     device: Literal["auto", "cpu", "cuda", "mps"] = opt("auto", "auto picks a GPU when present")
     api_key: str | None = field(  # repr=False: the key never shows in a printed config or a traceback

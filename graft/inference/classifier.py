@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import itertools
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -73,10 +74,28 @@ class Classifier(abc.ABC):
         self.classes: list[str] = list(meta["classes"])
         self.preprocess = Preprocess.from_dict(meta["preprocess"])
         self._transform = eval_transform(self.preprocess)
+        #: multi-label runs (sigmoid outputs): an image gets every class whose probability reaches the class's
+        #: threshold (model.json's, chosen on val by training; :meth:`set_threshold` overrides them)
+        self.multilabel = meta.get("task") == "multilabel"
+        self.thresholds: list[float] = [float(t) for t in meta.get("thresholds") or [0.5] * len(self.classes)]
+        #: test-time augmentation in :meth:`predict_logits` (the image and its mirror); by default what model.json
+        #: records (``graft evaluate RUN --tta`` writes ``tta: true`` there)
+        self.tta: bool = bool(meta.get("tta", False))
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the run this classifier was loaded from (summary, curves, confusion matrix) and its device."""
+        from graft.core.notebook import run_html
+
+        return run_html(self.run_dir, title="graft classifier", extra=[("device", str(self.device))])
 
     @abc.abstractmethod
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (CPU float32) of a preprocessed batch ``(B, 3, H, W)``."""
+
+    def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """What predictions are made of (predict, evaluate, serve): :meth:`logits`, or with :attr:`tta` the
+        log-mean of the probabilities of the image and of its horizontal mirror (see :func:`tta_logits`)."""
+        return tta_logits(self.logits, batch) if self.tta else self.logits(batch)
 
     def prepare(self) -> Classifier:
         """Build whatever runs the model before images are decoded on other threads (see
@@ -99,7 +118,7 @@ class Classifier(abc.ABC):
         out: list[list[Prediction]] = []
         for start in range(0, len(items), batch_size):
             batch = torch.stack([self._tensor(x) for x in items[start : start + batch_size]])
-            out.extend(self._top_k(self.logits(batch), top_k))
+            out.extend(self._top_k(self.predict_logits(batch), top_k))
         return out[0] if single else out
 
     def predict_paths(
@@ -114,7 +133,7 @@ class Classifier(abc.ABC):
 
         def flush() -> Iterator[PathResult]:
             if pending:
-                preds = self._top_k(self.logits(torch.stack([t for _, t in pending])), top_k)
+                preds = self._top_k(self.predict_logits(torch.stack([t for _, t in pending])), top_k)
                 yield from (PathResult(str(p), predictions=pr) for (p, _), pr in zip(pending, preds, strict=True))
                 pending.clear()
 
@@ -180,13 +199,36 @@ class Classifier(abc.ABC):
             return self._transform(image.convert("RGB"))
         return self._transform(load_rgb(image, draft=self.preprocess.resize_size))
 
+    def set_threshold(self, threshold: float) -> None:
+        """One probability threshold for every class of a multi-label run (``graft predict --threshold``)."""
+        self.thresholds = [float(threshold)] * len(self.classes)
+
     def _top_k(self, logits: torch.Tensor, k: int) -> list[list[Prediction]]:
+        if self.multilabel:  # every class over its threshold, most probable first (k does not apply)
+            probs = torch.sigmoid(logits.float()).tolist()
+            chosen = [
+                sorted(((p, i) for i, p in enumerate(row) if p >= self.thresholds[i]), reverse=True) for row in probs
+            ]
+            return [[Prediction(self.classes[i], p) for p, i in row] for row in chosen]
         probs = logits.softmax(dim=1)
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
         return [
             [Prediction(self.classes[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)]
             for vs, ix in zip(values, indices, strict=True)
         ]
+
+
+def tta_logits(logits: Any, batch: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation: the probabilities of ``batch`` (preprocessed eval crops) and of its horizontal
+    mirror, averaged, returned as log-probabilities, so that a softmax of the result gives the averaged
+    probabilities (and its argmax, the prediction). ``logits`` is a classifier's :meth:`Classifier.logits`, called
+    once per view with the batch as given (the plain view's numbers are those of a run without TTA).
+
+    Only the mirror: the eval transform's centre crop is what the model was selected on, and the other crops the
+    resize leaves room for (16 pixels each side at 224 of 256) cut off parts of the object for a 5x cost."""
+    plain = torch.log_softmax(logits(batch).float(), dim=1)
+    mirrored = torch.log_softmax(logits(batch.flip(-1)).float(), dim=1)
+    return torch.logaddexp(plain, mirrored) - math.log(2)
 
 
 def decode_threads() -> int:

@@ -30,15 +30,24 @@ def read_meta(run_dir: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def load(run_dir: str | os.PathLike[str], *, device: str = "auto", prepare: bool = True) -> Classifier:
+def load(
+    run_dir: str | os.PathLike[str], *, device: str = "auto", prepare: bool = True, tta: bool | None = None
+) -> Classifier:
     """Rebuild a trained model from its run directory (``model.json`` + ``model.safetensors``; no pickle).
 
     ``prepare=False`` leaves the body's runner to :meth:`Classifier.prepare` (for callers that may need only the
-    head)."""
+    head). ``tta`` turns test-time augmentation on or off (:meth:`Classifier.predict_logits`); None keeps what
+    ``model.json`` records."""
+    clf = _load(Path(run_dir), device=device, prepare=prepare)
+    if tta is not None:
+        clf.tta = tta
+    return clf
+
+
+def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
     from graft.models.backbones import get_backbone
     from graft.models.model import build_for_inference
 
-    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
     meta = read_meta(run_dir)

@@ -20,14 +20,15 @@ def compute_logits(
     clf: Any, paths: Sequence[Path], *, batch_size: int
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Logits of the images at ``paths`` in batches of ``batch_size``, through ``clf.logits`` with the eval
-    transform (the numerics of training's val phase). Returns (logits of the readable ones, their positions,
+    transform (the numerics of training's val phase; with ``clf.tta``, :meth:`Classifier.predict_logits`'s average
+    over the mirror too). Returns (logits of the readable ones, their positions,
     unreadable (path, reason))."""
     clf.prepare()  # before the decoding threads start (see FloatClassifier.prepare)
     chunks, kept, unreadable = [], [], []
     for batch in clf.batches(paths, batch_size=batch_size):
         unreadable += batch.unreadable
         if batch.images is not None:
-            chunks.append(clf.logits(batch.images).numpy())
+            chunks.append(clf.predict_logits(batch.images).numpy())
             kept += batch.positions
     n_classes = len(clf.classes)
     logits = np.concatenate(chunks) if chunks else np.zeros((0, n_classes), dtype=np.float32)
@@ -46,7 +47,14 @@ def stored_val_logits(clf: Any, run_dir: Path, paths: Sequence[Path], *, batch_s
     model = clf.float_model()
     meta, config = clf.meta, ckpt.read_json_or(run_dir / "config.json", {})
     sha = (meta.get("pretrained") or {}).get("sha256")
-    if model is None or meta.get("mode") != "freeze" or not sha or not config.get("cache_features", False) or not paths:
+    if (
+        model is None
+        or clf.tta
+        or meta.get("mode") != "freeze"
+        or not sha
+        or not config.get("cache_features", False)
+        or not paths
+    ):
         return None
     body = body_key(meta["arch"], meta.get("arch_kwargs", {}), sha, clf.device.type)
     key = store_key(**body, preprocess=clf.preprocess, view=0, engine=planned_engine(clf.device))

@@ -122,10 +122,17 @@ class EvaluationResult:
     notes: list[str] = field(default_factory=list)  # e.g. why Grad-CAM is not shown
     explained: dict[str, bool] = field(default_factory=dict)  # figure -> has Grad-CAM overlays
     features: str = "computed"  # or "stored by training" (frozen runs: the val features of the training run)
+    tta: bool = False  # test-time augmentation (the image and its mirror, probabilities averaged)
 
     @property
     def n(self) -> int:
         return len(self.paths)
+
+    def _repr_html_(self) -> str:
+        """Jupyter: accuracy with its interval, per-class metrics and the confusion matrix."""
+        from graft.insight.notebook import evaluation_html
+
+        return evaluation_html(self)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -196,9 +203,11 @@ class EvaluationResult:
         lo, hi = self.accuracy_ci95
         lines = [
             f"accuracy {self.accuracy:.4f} ({self.correct}/{self.n}; 95% CI {lo:.4f}-{hi:.4f})  "
-            f"balanced accuracy {self.balanced_accuracy:.4f}  ({self.source})"
+            f"balanced accuracy {self.balanced_accuracy:.4f}  ({self.source}{', TTA' if self.tta else ''})"
         ]
-        if self.best_val_acc is not None and self.source == "val split":
+        if self.best_val_acc is not None and self.source == "val split" and self.tta:
+            lines.append(f"the run's best_val_acc (no TTA) is {self.best_val_acc:.4f}")
+        elif self.best_val_acc is not None and self.source == "val split":
             same = "equal to" if self.accuracy == self.best_val_acc else "DIFFERENT from"
             lines.append(f"the run's best_val_acc is {self.best_val_acc:.4f}: {same} this evaluation")
         width = max([len(c) for c in self.classes] + [5])
@@ -233,6 +242,7 @@ class EvaluationResult:
             "predictions_figure": [self.item(i) for i in self.grid],
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
             "features": self.features,
+            "tta": self.tta,
             "notes": self.notes,
             "explained": self.explained,
             "seconds": round(self.seconds, 3),
@@ -295,6 +305,7 @@ def evaluate(
     batch_size: int | None = None,
     device: str = "auto",
     log: Callable[[str], None] | None = None,
+    tta: bool | None = None,
 ) -> EvaluationResult:
     """Evaluate a run and write ``evaluation.json``, ``per_class.csv`` and (``plots``) the figures.
 
@@ -312,6 +323,8 @@ def evaluate(
         grid: how many images the prediction grid shows.
         batch_size: default: the run's training batch size (the same batches as its val phase).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        tta: test-time augmentation (:meth:`graft.inference.Classifier.predict_logits`); None is off. On the
+            run's val split, True or False is also recorded in ``model.json`` as what predict and serve default to.
         log: where progress lines go (default: nowhere).
 
     Returns:
@@ -321,10 +334,14 @@ def evaluate(
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    clf = load(run_dir, device=device, prepare=False)  # stored val features need only the head
+    clf = load(run_dir, device=device, prepare=False, tta=bool(tta))  # stored val features need only the head
     config = ckpt.read_json_or(run_dir / "config.json", {})
     metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
     batch_size = batch_size or int(config.get("batch_size", 32))
+    if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves: graft.insight.multilabel
+        from graft.insight.multilabel import evaluate_multilabel
+
+        return evaluate_multilabel(run_dir, clf, data, out=out, plots=plots, batch_size=batch_size, log=log)
     paths, labels, source, out_dir = _items_and_out_dir(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -340,7 +357,10 @@ def evaluate(
         unreadable=unreadable,
         best_val_acc=metrics.get("best_val_acc"),
         features=features,
+        tta=clf.tta,
     )
+    if tta is not None and data is None:  # measured on the run's own val split: predict and serve follow it
+        record_tta(run_dir, tta)
     result.grid = grid_indices(result, grid)
     write_tables(result)  # before the figures: a plotting failure leaves the numbers written
     if plots and result.n:
@@ -366,7 +386,15 @@ def _items_and_out_dir(
     if data is None:
         paths, labels = run_val_items(run_dir, classes)
         return paths, labels, "val split", Path(out) if out is not None else run_dir
-    paths, labels = folder_items(Path(data), classes)
+    if Path(data).suffix.lower() in (".csv", ".tsv"):  # a table's val rows (every row without a split column)
+        from graft.data.tables import table_items
+
+        config = ckpt.read_json_or(run_dir / "config.json", {})
+        options = {k: config.get(k) for k in ("path_col", "label_col", "split_col")}
+        paths, sets = table_items(Path(data), list(classes), multilabel=False, **options)
+        labels = [s[0] for s in sets]
+    else:
+        paths, labels = folder_items(Path(data), classes)
     out_dir = Path(out) if out is not None else run_dir / f"eval-{Path(data).resolve().name}"
     return paths, labels, str(data), out_dir
 
@@ -384,6 +412,14 @@ def _logits(
     # program, so the accuracy here equals it by construction.
     logits, kept, unreadable = compute_logits(clf, paths, batch_size=batch_size)
     return logits, kept, unreadable, "computed"
+
+
+def record_tta(run_dir: Path, tta: bool) -> None:
+    """Write ``tta`` into ``run_dir/model.json`` (what :func:`graft.load` defaults to; the weights' sha256 that
+    model.json records is unchanged)."""
+    meta = ckpt.read_json(run_dir / ckpt.META_FILE)
+    if meta.get("tta", False) != tta:
+        ckpt.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"tta": tta})
 
 
 def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int]:
