@@ -79,3 +79,31 @@ def frozen_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory):
             name="frozen",
             seed=0,
         )
+
+
+@pytest.fixture(scope="session")
+def mosaics(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multi-label set of real photos: 24 train / 12 val 2x2 mosaics of hymenoptera images (128 px), a third
+    ants only, a third bees only, a third both; ``labels.csv`` (path, labels space-separated, split) beside them."""
+    from benchmarks.bench_multilabel import build_mosaics
+
+    return build_mosaics(hymenoptera, tmp_path_factory.mktemp("mosaics"), n_train=24, n_val=12, size=128)
+
+
+@pytest.fixture(scope="session")
+def mosaic_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One frozen multi-label mobilenet_v2 run on :func:`mosaics` (CPU, the session's cache)."""
+    import graft
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_OFFLINE", "1")
+        mp.setenv("GRAFT_CACHE_DIR", str(SESSION_CACHE))
+        return graft.train(
+            mosaics,
+            label_delim=" ",
+            epochs=8,
+            device="cpu",
+            out=tmp_path_factory.mktemp("runs"),
+            name="multilabel",
+            seed=0,
+        )
