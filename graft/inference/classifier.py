@@ -88,6 +88,12 @@ class Classifier(abc.ABC):
 
         return run_html(self.run_dir, title="graft classifier", extra=[("device", str(self.device))])
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the run this classifier was loaded from (summary, curves, confusion matrix) and its device."""
+        from graft.core.notebook import run_html
+
+        return run_html(self.run_dir, title="graft classifier", extra=[("device", str(self.device))])
+
     @abc.abstractmethod
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (CPU float32) of a preprocessed batch ``(B, 3, H, W)``."""

@@ -134,6 +134,12 @@ class EvaluationResult:
 
         return evaluation_html(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: accuracy with its interval, per-class metrics and the confusion matrix."""
+        from graft.insight.notebook import evaluation_html
+
+        return evaluation_html(self)
+
     @property
     def predicted(self) -> np.ndarray:
         """(N,) predicted class indices: argmax of the logits, as in training."""

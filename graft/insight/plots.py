@@ -2,12 +2,12 @@
 
 Matplotlib is imported on first use and only through ``matplotlib.figure.Figure`` (Agg canvas, no pyplot, no
 display, no global state), so plotting works headless and from threads. Each figure is a small function that
-writes a PNG atomically and returns its path.
+writes a PNG atomically and returns its path; without a path it returns the figure, which a Jupyter notebook shows
+inline (:class:`InlineFigure`: a PNG, still without pyplot).
 """
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,56 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from graft.core import checkpoint as ckpt
-from graft.core.errors import GraftError
+from graft.insight.figure import PlotError, new_figure, save_figure
+
+_figure, _save = new_figure, save_figure  # the figure's machinery is graft.insight.figure's
 
 WRONG = "#d62728"
 RIGHT = "#2ca02c"
 CELL = 2.3  # inches per image in a grid
-
-
-class PlotError(GraftError):
-    """A figure cannot be drawn (matplotlib missing, nothing to plot)."""
-
-
-def _figure(width: float, height: float) -> Any:
-    try:  # a bare Figure renders PNGs with the Agg canvas: no backend is selected, a pyplot user's is left alone
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PlotError("figures need matplotlib: pip install 'graft[plots]' (or pip install matplotlib)") from None
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _save(fig: Any, path: str | Path, *, dpi: int = 100) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    _printable(fig)
-    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": 3})
-    ckpt.atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _printable(fig: Any) -> None:
-    """Make every text of ``fig`` drawable: a file or class name that is not UTF-8 is held by Python with lone
-    surrogates, which matplotlib's font code refuses (a crash of the whole figure); they are shown as ``\\xNN``."""
-    from matplotlib.text import Text
-    from matplotlib.ticker import FixedFormatter
-
-    def clean(text: str) -> str:
-        try:
-            text.encode("utf-8")
-            return text
-        except UnicodeEncodeError:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-    for t in fig.findobj(Text):
-        t.set_text(clean(str(t.get_text())))
-    for ax in fig.axes:  # tick labels are made from the formatter when drawn
-        for axis in (ax.xaxis, ax.yaxis):
-            formatter = axis.get_major_formatter()
-            if isinstance(formatter, FixedFormatter):
-                formatter.seq = [clean(str(x)) for x in formatter.seq]
 
 
 def _hwc(image: Any) -> np.ndarray:
@@ -129,12 +86,12 @@ def _grid(
     items: Sequence[ImageItem],
     titles: Sequence[str],
     colours: Sequence[str | None],
-    path: str | Path,
+    path: str | Path | None,
     *,
     title: str,
     cols: int,
     note: str | None = None,
-) -> Path:
+) -> Any:
     """Images in a grid (each followed by its Grad-CAM overlay when it has one), framed in ``colours``.
 
     The tiles are pasted as pixels (``Figure.figimage``) with their titles as figure text: one axes per image made
@@ -196,13 +153,13 @@ def _tile(image: Any, side: int, frame: str | None, border: int = 3) -> np.ndarr
 
 def plot_predictions(
     items: Sequence[ImageItem],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     n_total: int | None = None,
     n_wrong_total: int | None = None,
     note: str | None = None,
     cols: int = 4,
-) -> Path:
+) -> Any:
     """``predictions.png``: images titled with the predicted class and its probability; wrong ones in red,
     framed, with the true class. ``n_total``/``n_wrong_total``: the whole set the images were drawn from."""
     titles, colours = [], []
@@ -220,8 +177,13 @@ def plot_predictions(
 
 
 def plot_top_losses(
-    items: Sequence[ImageItem], path: str | Path, *, n_wrong: int | None = None, note: str | None = None, cols: int = 3
-) -> Path:
+    items: Sequence[ImageItem],
+    path: str | Path | None = None,
+    *,
+    n_wrong: int | None = None,
+    note: str | None = None,
+    cols: int = 3,
+) -> Any:
     """``top_losses.png``: the most confidently wrong images with true class, predicted class, probability
     and loss."""
     titles = [f"true: {it.true}\npred: {it.predicted} ({it.probability:.2f})\nloss {it.loss:.2f}" for it in items] or []
@@ -233,8 +195,8 @@ def plot_top_losses(
 
 
 def plot_batch(
-    images: Sequence[Any], labels: Sequence[str], path: str | Path, *, title: str = "", cols: int = 4
-) -> Path:
+    images: Sequence[Any], labels: Sequence[str], path: str | Path | None = None, *, title: str = "", cols: int = 4
+) -> Any:
     """A grid of images (``(3, H, W)`` in [0, 1] or uint8) titled with their class."""
     items = [ImageItem(image=im) for im in images]
     return _grid(items, list(labels), [None] * len(items), path, title=title, cols=cols)
@@ -243,12 +205,12 @@ def plot_batch(
 def plot_prediction(
     image: Any,
     predictions: Sequence[tuple[str, float]],
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     title: str = "",
     cam: np.ndarray | None = None,
     note: str | None = None,
-) -> Path:
+) -> Any:
     """One image (what the model sees), its Grad-CAM overlay when given, and its top-k probabilities as bars."""
     panels = 3 if cam is not None else 2
     k = len(predictions)
@@ -292,12 +254,14 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = []
+    renamed = {"train_map": "train_acc", "val_map": "val_acc"}  # a multi-label run's score is its mAP
     for r in rows:
-        out.append({k: (v if k == "stage" else float(v)) for k, v in r.items() if v is not None})
+        row = {renamed.get(k, k): (v if k == "stage" else float(v)) for k, v in r.items() if v is not None}
+        out.append(row | ({"score_name": "mAP"} if "val_map" in r else {}))
     return out
 
 
-def plot_curves(results: str | Path | Sequence[dict[str, Any]], path: str | Path) -> Path:
+def plot_curves(results: str | Path | Sequence[dict[str, Any]], path: str | Path | None = None) -> Any:
     """``curves.png``: loss and accuracy (train and val) and the learning rate per epoch; the best val epoch
     is marked and stage changes (head -> all layers) drawn as dashed lines."""
     rows = read_results(results) if isinstance(results, str | Path) else list(results)
@@ -307,7 +271,8 @@ def plot_curves(results: str | Path | Sequence[dict[str, Any]], path: str | Path
     fig = _figure(13, 3.6)
     axes = fig.subplots(1, 3)
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_acc"], -i))
-    for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+    score = rows[0].get("score_name", "accuracy") if rows else "accuracy"
+    for ax, key, name in ((axes[0], "loss", "loss"), (axes[1], "acc", score)):
         ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", ms=3, label=f"train {name}")
         ax.plot(epochs, [r[f"val_{key}"] for r in rows], "o-", ms=3, label=f"val {name}")
         ax.set_xlabel("epoch")
@@ -343,7 +308,7 @@ def plot_curves(results: str | Path | Sequence[dict[str, Any]], path: str | Path
     return _save(fig, path)
 
 
-def plot_confusion(cm: Any, classes: Sequence[str], path: str | Path) -> Path:
+def plot_confusion(cm: Any, classes: Sequence[str], path: str | Path | None = None) -> Any:
     """``confusion_matrix.png``: counts and row-normalized (each true class sums to 1: recall on the diagonal)."""
     cm = np.asarray(cm)
     n = len(classes)
@@ -405,49 +370,7 @@ class CurvesWriter:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# commands: show-batch, predict --plot
-
-
-def show_batch(
-    data: str | Path,
-    *,
-    out: str | Path = "batch.png",
-    n: int = 16,
-    arch: str = "mobilenet_v2",
-    seed: int = 0,
-    val_split: float = 0.2,
-    **table: Any,
-) -> Path:
-    """Write ``n`` augmented training images of ``data`` (as training sees them: random resized crop and flip
-    with the preprocessing of ``arch``'s weights, then de-normalized), titled with their class.
-
-    The images are drawn with a seeded RNG (``seed``); bad files are skipped as in training. ``table``: the
-    options of a table ``data`` (``path_col``, ``label_col``, ``split_col``, ``table_root``) for the scan.
-    """
-    import random
-
-    import torch
-
-    from graft.core.preprocess import denormalize, train_transform
-    from graft.data.folders import scan
-    from graft.data.images import load_rgb
-    from graft.models.backbones import get_backbone
-    from graft.models.model import choose_weights
-
-    spec = get_backbone(arch)
-    weights = choose_weights(spec, "auto") if spec.weights else None
-    preprocess = weights.preprocess if weights else spec.preprocess
-    dataset = scan(data, val_split=val_split, seed=seed, draft=preprocess.resize_size, **table)
-    picked = random.Random(seed).sample(dataset.train, min(n, len(dataset.train)))
-    transform = train_transform(preprocess)
-    torch.manual_seed(seed)
-    images = [denormalize(transform(load_rgb(s.path, draft=preprocess.resize_size)), preprocess) for s in picked]
-    labels = [dataset.classes[s.label] for s in picked]
-    title = (
-        f"{len(picked)} augmented training images of {Path(data).name} "
-        f"({spec.name} preprocessing: {preprocess.input_size}px crops)"
-    )
-    return plot_batch(images, labels, out, title=title)
+# commands: predict --plot (show-batch: graft.insight.showbatch)
 
 
 def prediction_figures(

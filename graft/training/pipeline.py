@@ -48,6 +48,12 @@ class RunResult:
     def best_val_acc(self) -> float:
         return float(self.metrics["best_val_acc"])
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the run's summary table, curves and confusion matrix (read from its files)."""
+        from graft.core.notebook import run_html
+
+        return run_html(self.run_dir, self.metrics, title="graft run")
+
 
 @dataclass
 class RunSetup:
