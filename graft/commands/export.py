@@ -93,6 +93,8 @@ class ExportResult:
     format: str
     verification: Verification
     info: dict[str, Any]
+    #: ``export.json`` of an int8 ONNX export (:mod:`graft.commands.onnx_int8`), else None.
+    figures: dict[str, Any] | None = None
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
@@ -129,19 +131,17 @@ def export(
         ExportError: the run is an int8 run, the exporter failed, no images to verify with, or the exported file
             does not match (the files are then removed).
     """
-    from graft.inference.loading import is_int8, load, read_meta
+    from graft.inference.loading import load
 
     if format not in DEFAULT_NAMES:
         raise ExportError(f"unknown export format {format!r}; use one of {', '.join(DEFAULT_NAMES)}")
     run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
-    if meta is not None and is_int8(meta):
-        raise ExportError(_int8_refusal(run_dir, meta, format))
+    check_exportable(run_dir, format)
     if verify_images < 0:
         raise ExportError(f"--verify-images must be >= 0 (got {verify_images}); 0 verifies on all images")
     if tolerance <= 0:
         raise ExportError(f"--tolerance must be > 0 (got {tolerance})")
-    paths, source = _verification_paths(run_dir, images, verify_images)
+    paths, source = verification_paths(run_dir, images, verify_images)
 
     clf = load(run_dir, device="cpu")
     module = inference_module(clf)
@@ -150,11 +150,11 @@ def export(
     if path.is_dir():
         path = path / DEFAULT_NAMES[format]
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = _describe(clf, format, path)
+    info = describe(clf, format, path)
 
     if format == "onnx":
-        data, info["opset"] = _onnx_bytes(module, size, opset, info)
-        runner: Callable[[Any], Any] = _onnx_runner(data)
+        data, info["opset"] = onnx_bytes(module, size, opset, info)
+        runner: Callable[[Any], Any] = onnx_runner(data)
     else:
         data = _torchscript_bytes(module, size, info)
         runner = _torchscript_runner(data)
@@ -179,6 +179,15 @@ _INT8_MAKERS = {
     "freeze-int8": ("graft train --int8", "graft train without --int8"),
     "qat": ("graft train --mode qat", "graft train --mode finetune"),
 }
+
+
+def check_exportable(run_dir: Path, format: str) -> None:
+    """Refuse an int8 run (one ``error:`` line saying what to export instead)."""
+    from graft.inference.loading import is_int8, read_meta
+
+    meta = read_meta(run_dir)
+    if meta is not None and is_int8(meta):
+        raise ExportError(_int8_refusal(run_dir, meta, format))
 
 
 def _int8_refusal(run_dir: Path, meta: dict[str, Any], format: str) -> str:
@@ -208,7 +217,7 @@ def inference_module(clf: Any) -> Any:
     return body_and_head(model, torch.device("cpu"), torch_only=True)
 
 
-def _describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
+def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
     """The sidecar's content (before the file's hash and the verification are known)."""
     import torch
 
@@ -245,7 +254,7 @@ def _describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
 # writers and runners
 
 
-def _onnx_bytes(module: Any, size: int, opset: int | None, info: dict[str, Any]) -> tuple[bytes, int]:
+def onnx_bytes(module: Any, size: int, opset: int | None, info: dict[str, Any]) -> tuple[bytes, int]:
     """Serialized ONNX model (one file, weights inside) with a dynamic batch axis, and its opset."""
     import torch
 
@@ -277,7 +286,7 @@ def _onnx_bytes(module: Any, size: int, opset: int | None, info: dict[str, Any])
     return proto.SerializeToString(), int(opset_used)
 
 
-def _onnx_runner(data: bytes) -> Callable[[Any], Any]:
+def onnx_runner(data: bytes) -> Callable[[Any], Any]:
     import numpy as np
     import onnxruntime as ort
 
@@ -369,7 +378,7 @@ def verify(
     return Verification(count, skipped, max_diff, agree, ties, tolerance, sizes, source)
 
 
-def _verification_paths(
+def verification_paths(
     run_dir: Path, images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None, limit: int
 ) -> tuple[list[Path], str]:
     """The images to verify with (``limit`` of them, evenly spread; 0: all) and where they come from."""

@@ -385,6 +385,12 @@ class ExportConfig:
     tolerance: float = opt(1e-4, "largest allowed absolute difference between exported and PyTorch logits")
     opset: int | None = opt(None, "ONNX opset (default: the exporter's)")
     json: bool = opt(False, "print the sidecar as JSON")
+    int8: bool = opt(
+        False,
+        "ONNX only: quantize with ONNX Runtime (static int8, QDQ) into a folder (--out, default RUN/onnx-int8) "
+        "with a torch-free predict.py; refused if val accuracy drops more than 1 point",
+    )
+    calib: int = opt(128, "--int8: training images to calibrate the activation ranges on")
 
     def __post_init__(self) -> None:
         if self.run is None:
@@ -396,6 +402,10 @@ class ExportConfig:
             raise ConfigError(f"--verify-images must be >= 0 (got {self.verify_images}); 0 verifies on all images")
         if self.tolerance <= 0:
             raise ConfigError(f"--tolerance must be > 0 (got {self.tolerance})")
+        if self.int8 and self.format != "onnx":
+            raise ConfigError("--int8 quantizes an ONNX model: use it with --format onnx")
+        if self.calib < 1:
+            raise ConfigError(f"--calib must be >= 1 (got {self.calib})")
 
 
 @dataclass(kw_only=True)
