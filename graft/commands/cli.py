@@ -291,11 +291,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from graft.training.lrfind import lr_find
+    from graft.insight.lrplot import plot_lr_find
+    from graft.training.lrfind_run import lr_find
 
     cfg: LrFindConfig = _config(LrFindConfig, args)
-    for stage in lr_find(cfg):
-        print(stage.format())
+    for test in lr_find(cfg, draw=plot_lr_find):
+        print(test.format())
     return 0
 
 

@@ -11,6 +11,7 @@ from graft.core import distributed as dist
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
 from graft.insight.callbacks import Curves, Report
+from graft.insight.lrplot import LrFindFigures
 from graft.insight.testset import TestEvaluation
 from graft.training.pipeline import RunResult, run_training
 
@@ -46,4 +47,4 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
         dist.refuse("--int8 / --mode qat")
         return run_int8_training(cfg, log=log)
     # the held-out test folder (DATA/test/) is evaluated after the best epoch is chosen, before the report shows it
-    return run_training(cfg, log=log, callbacks=[Curves(log), TestEvaluation(cfg.data, log), Report(log)])
+    return run_training(cfg, log=log, callbacks=[Curves(log), TestEvaluation(cfg.data, log), Report(log), LrFindFigures(log)])

@@ -9,6 +9,7 @@ caller. int8 runs are another pipeline (:mod:`graft.training.int8`); :func:`graf
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from graft.models.model import build_model, choose_weights
 from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
 from graft.training.levers import class_counts, describe, make_criterion, select_metric, selector
 from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler
+from graft.training.lrfind import stage_lr
 from graft.training.resume import ProgressSaver, check_resumable, load_progress
 from graft.training.stagedata import StageData
 
@@ -133,6 +135,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     meta = s.meta(cfg)
     model = s.model.to(device)
     data = StageData(cfg, model, s.dataset, s.preprocess, device, s.generator, s.cache_key(meta, device.type), log)
+    lr_auto: dict[str, float] = {}  # --lr auto: each stage's rate, from a range test at its start
+    data.find_lr = functools.partial(stage_lr, cfg, run_dir, found=lr_auto, log=log)
     saver = ProgressSaver(run_dir, model, s.generator, device)
     progress = load_progress(run_dir) if cfg.resume else None  # the last finished epoch of a killed run
     if cfg.resume:
@@ -166,6 +170,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         "classes": s.dataset.classes,
         "device": str(device),
     } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
+    if lr_auto:
+        metrics["lr_auto"] = lr_auto
     if data.leakage is not None:  # val images with a near-copy in train (computed where features were)
         metrics["val_near_copies_in_train"] = len(data.leakage)
         if dist.is_main():
@@ -207,6 +213,8 @@ def _run_stages(
         else:
             model.unfreeze()
         target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
+        if lr == "auto":  # a range test on this stage's training data (graft.training.lrfind), weights restored
+            lr = data.find_lr(stage, target, train_data, criterion, device, data.generator, on_features=on_features)
         if not on_features:
             tune_convolutions(device, steps=epochs * len(train_data))
         if cfg.compile and not on_features:
