@@ -138,6 +138,19 @@ def _too_large(declared: str, limit: int) -> str:
     )
 
 
+def multilabel_answer(clf: Classifier, logits: torch.Tensor) -> dict[str, Any]:
+    """A multi-label run's answer: ``labels`` (those over their thresholds, most probable first), ``predictions``
+    (the same with probabilities) and ``probabilities`` of every class."""
+    probs = logits.float().sigmoid().tolist()
+    over = sorted(((p, c) for c, p, t in zip(clf.classes, probs, clf.thresholds, strict=True) if p >= t), reverse=True)
+    preds = [{"label": c, "probability": p} for p, c in over]
+    return {
+        "labels": [p["label"] for p in preds],
+        "predictions": preds,
+        "probabilities": dict(zip(clf.classes, probs, strict=True)),
+    }
+
+
 class Service:
     """Everything a request needs: the classifier, the limits, the decoding threads and the batcher."""
 
@@ -182,6 +195,8 @@ class Service:
             "device": str(self.clf.device),
             "tta": self.clf.tta,
             "top_k": self.top_k,
+            "task": "multilabel" if self.clf.multilabel else "single",
+            "thresholds": dict(zip(self.clf.classes, self.clf.thresholds, strict=True)) if self.clf.multilabel else {},
             "limits": {
                 "max_upload_bytes": cfg.max_upload_bytes,
                 "max_pixels": cfg.max_pixels,
@@ -198,6 +213,9 @@ class Service:
         loop = asyncio.get_running_loop()
         tensor = await loop.run_in_executor(self.decoders, self._decode, data)
         logits = await self.batcher.logits(tensor)
+        if self.clf.multilabel:  # every class over its threshold (top_k does not apply), every class's probability
+            self.requests += 1
+            return multilabel_answer(self.clf, logits) | {"seconds": round(time.perf_counter() - start, 4)}
         k = min(top_k or self.top_k, len(self.clf.classes))
         probs = logits.float().softmax(dim=0)
         values, indices = probs.topk(k)

@@ -120,6 +120,32 @@ def scan_table(
     return Dataset.of(classes, train, val, report, decoded, verdicts, sets)
 
 
+def table_items(
+    table: Path, classes: list[str], *, multilabel: bool, **options: Any
+) -> tuple[list[Path], list[tuple[int, ...]]]:
+    """The images of a table to evaluate a run on, with their labels as class indices of ``classes`` (the run's):
+    its val rows when it has a split column, else every row. ``options``: ``path_col``, ``label_col``,
+    ``split_col``, ``label_delim``, ``root`` (as the run was trained with). Files are not opened here (the
+    evaluation lists unreadable ones); a label the run does not know is an error."""
+    source, base, header, lines = _open(table, options.get("root"))
+    given = {kind: options.get(f"{kind}_col") for kind in ("path", "label", "split")}
+    columns = _columns(source.name, header, given)
+    task = "multilabel" if multilabel else "single"
+    rows, _ = read_rows(source, base, columns, header, lines, label_delim=options.get("label_delim"), task=task)
+    if columns["split"] is not None:
+        rows = [r for r in rows if r[3] == "val"]
+    unknown = sorted({label for r in rows for label in r[2]} - set(classes))
+    if unknown:
+        raise DataError(
+            f"{source.name} has label(s) the model does not know: {', '.join(unknown)} (its classes: "
+            f"{', '.join(classes)}); evaluate on images of the run's classes."
+        )
+    if not rows:
+        raise DataError(f"{source.name} lists no image to evaluate (no val row).")
+    index = {c: i for i, c in enumerate(classes)}
+    return [base / r[1] for r in rows], [tuple(index[label] for label in r[2]) for r in rows]
+
+
 @dataclass(frozen=True)
 class _Source:
     """Where rows come from, for messages: a file (``t.csv line 6``) or a DataFrame (``DataFrame row 3``)."""

@@ -32,6 +32,8 @@ class CsvSummary:
 
 
 CSV_COLUMNS = ("path", "label", "probability", "top_k", "error")
+#: a multi-label run's CSV: the labels over their thresholds (``;``-separated, most probable first) and theirs
+MULTILABEL_COLUMNS = ("path", "labels", "probabilities", "error")
 
 
 def predict_to_csv(
@@ -49,7 +51,9 @@ def predict_to_csv(
 
     Columns: ``path``, ``label`` and ``probability`` (the top class), ``top_k`` (a JSON object mapping the top
     ``top_k`` labels to their probabilities, best first) and ``error`` (why a file could not be read; its other
-    cells are then empty). Rows are in :func:`iter_paths` order and written batch by batch to ``OUT.partial``,
+    cells are then empty); a multi-label run's columns are ``path``, ``labels`` (every label over its threshold,
+    ``;``-separated, most probable first; empty when none is), ``probabilities`` (theirs, JSON) and ``error``. Rows
+    are in :func:`iter_paths` order and written batch by batch to ``OUT.partial``,
     renamed to ``out`` at the end, so memory stays constant and an interrupted run keeps the rows it finished.
     A progress bar shows on an interactive terminal. ``names`` maps class names to display names.
     ``shard=(i, n)`` classifies only every ``n``-th file from the ``i``-th (one process's share under torchrun,
@@ -74,13 +78,18 @@ def predict_to_csv(
     start = time.perf_counter()
     with open(partial, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:  # non-UTF-8 names
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
+        multilabel = getattr(clf, "multilabel", False)
+        writer.writerow(MULTILABEL_COLUMNS if multilabel else CSV_COLUMNS)
         results = clf.predict_paths(paths, top_k=top_k, batch_size=batch_size, workers=workers)
         for r in progress(results, desc="predict", total=total):
             images += 1
-            if r.error is not None or not r.predictions:
+            if multilabel and r.error is None:  # no label over its threshold is an answer, not an error
+                preds = [(names.get(p.label, p.label), p.probability) for p in r.predictions or []]
+                probs = json.dumps({label: round(prob, 6) for label, prob in preds}, ensure_ascii=False)
+                writer.writerow([r.path, ";".join(label for label, _ in preds), probs, ""])
+            elif r.error is not None or not r.predictions:
                 errors += 1
-                writer.writerow([r.path, "", "", "", r.error or "no prediction"])
+                writer.writerow([r.path, *[""] * (2 if multilabel else 3), r.error or "no prediction"])
             else:
                 preds = [(names.get(p.label, p.label), p.probability) for p in r.predictions]
                 top = json.dumps({label: round(prob, 6) for label, prob in preds}, ensure_ascii=False)

@@ -24,6 +24,7 @@ from graft.core import checkpoint as ckpt
 from graft.core.errors import DataError
 from graft.core.rundir import run_val_items
 from graft.inference.logits import compute_logits, stored_val_logits
+from graft.insight.multilabel import evaluate_multilabel, table_labels
 
 #: z of a two-sided 95% interval
 Z95 = 1.959963984540054
@@ -127,12 +128,6 @@ class EvaluationResult:
     @property
     def n(self) -> int:
         return len(self.paths)
-
-    def _repr_html_(self) -> str:
-        """Jupyter: accuracy with its interval, per-class metrics and the confusion matrix."""
-        from graft.insight.notebook import evaluation_html
-
-        return evaluation_html(self)
 
     def _repr_html_(self) -> str:
         """Jupyter: accuracy with its interval, per-class metrics and the confusion matrix."""
@@ -344,10 +339,10 @@ def evaluate(
     config = ckpt.read_json_or(run_dir / "config.json", {})
     metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
     batch_size = batch_size or int(config.get("batch_size", 32))
-    if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves: graft.insight.multilabel
-        from graft.insight.multilabel import evaluate_multilabel
-
-        return evaluate_multilabel(run_dir, clf, data, out=out, plots=plots, batch_size=batch_size, log=log)
+    if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves (graft.insight.multilabel)
+        return evaluate_multilabel(
+            run_dir, clf, data, out=out, plots=plots, batch_size=batch_size, log=log, logits_of=_logits
+        )
     paths, labels, source, out_dir = _items_and_out_dir(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -393,12 +388,7 @@ def _items_and_out_dir(
         paths, labels = run_val_items(run_dir, classes)
         return paths, labels, "val split", Path(out) if out is not None else run_dir
     if Path(data).suffix.lower() in (".csv", ".tsv"):  # a table's val rows (every row without a split column)
-        from graft.data.tables import table_items
-
-        config = ckpt.read_json_or(run_dir / "config.json", {})
-        options = {k: config.get(k) for k in ("path_col", "label_col", "split_col")}
-        paths, sets = table_items(Path(data), list(classes), multilabel=False, **options)
-        labels = [s[0] for s in sets]
+        paths, labels = table_labels(run_dir, Path(data), classes)
     else:
         paths, labels = folder_items(Path(data), classes)
     out_dir = Path(out) if out is not None else run_dir / f"eval-{Path(data).resolve().name}"

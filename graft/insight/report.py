@@ -253,6 +253,13 @@ def _data_section(report: dict[str, Any] | None, metrics: dict[str, Any]) -> str
 def _evaluation_section(run_dir: Path, ev: dict[str, Any] | None) -> str:
     if not ev:
         return '<p class="muted">evaluation.json is not available (run graft evaluate).</p>'
+    if ev.get("task") == "multilabel":  # mAP, F1 at the thresholds, PR curves
+        from graft.insight.multilabel import report_rows
+
+        pairs, header, rows = report_rows(ev)
+        thresholds = '<p class="muted">Thresholds were chosen on val to maximize the F1 of each class (dots).</p>'
+        curves = _img(run_dir / "pr_curves.png", "precision-recall curve per class")
+        return "\n".join([_kv(pairs), _table(header, rows), "<h3>Precision-recall curves</h3>", thresholds, curves])
     lo, hi = ev["accuracy_ci95"]
     best = ev.get("run_best_val_acc")
     pairs = [
@@ -313,7 +320,9 @@ def _summary_cards(
         cards[0] = ("int8 val accuracy", cards[0][1])
         cards[1] = ("float val accuracy", f"{fp32:.4f}" if isinstance(fp32, float) else "?")
         cards[2] = (cards[2][0], f"{meta.get('arch', '?')} ({config.get('mode', '?')}, int8)")
-    if ev:
+    if isinstance(metrics.get("best_val_map"), float):  # a multi-label run
+        cards[0] = ("best val mAP", f"{metrics['best_val_map']:.4f}")
+    if ev and "accuracy_ci95" in ev:
         lo, hi = ev["accuracy_ci95"]
         cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))
     test = metrics.get("test_acc")

@@ -7,6 +7,7 @@ The best epoch is chosen on val before this runs, and training never reads the f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ TEST_EVAL_DIR = "eval-test"
 
 
 def test_folder(data: Path | None) -> Path | None:
-    """``data``'s held-out test folder, or None (no such folder, or ``data`` is a table)."""
-    if data is None or not Path(data).is_dir():
+    """``data``'s held-out test folder, or None (no such folder, or ``data`` is a table or a DataFrame)."""
+    if not isinstance(data, str | os.PathLike) or not Path(data).is_dir():
         return None
     return held_out_test(Path(data))
 

@@ -233,6 +233,8 @@ def quantize(
     model = src.float_model()
     if model is None:
         raise QuantizationError(f"{run_dir} is already an int8 run; quantize the float run it came from")
+    if src.multilabel:  # its accuracy, calibration split and int8 run files are single-label ones
+        raise QuantizationError("multi-label int8 is not supported yet: use the float run (predict, serve, export)")
     backend = choose_backend(activation_bits=activation_bits)
     train_paths, _ = split_items(run_dir, src.classes, "train")
     val_paths, val_labels = split_items(run_dir, src.classes, "val")

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.training.loop import EpochResult, FitResult
 from graft.training.resume import ProgressSaver
@@ -62,20 +63,25 @@ class Callbacks(Callback):
 
 class ResultsLog(Callback):
     """results.csv (rewritten after every epoch) and the epoch's log line. ``rows``: the epochs of an earlier part
-    of the run (``--resume``)."""
+    of the run (``--resume``). A multi-label run's accuracy columns hold the mAP, and are named so."""
 
-    def __init__(self, log: Callable[[str], None], rows: list[list[Any]] | None = None) -> None:
+    def __init__(
+        self, log: Callable[[str], None], rows: list[list[Any]] | None = None, *, multilabel: bool = False
+    ) -> None:
         self.log, self.rows, self.run_dir = log, list(rows or []), Path()
+        self.score = "mAP" if multilabel else "acc"
+        renamed = {"train_acc": "train_map", "val_acc": "val_map"} if multilabel else {}
+        self.header = [renamed.get(h, h) for h in rundir.RESULTS_HEADER]
 
     def on_run_start(self, run_dir: Path) -> None:
         self.run_dir = run_dir
 
     def on_epoch_end(self, r: EpochResult, improved: bool, result: FitResult) -> None:
         self.rows.append(r.row())
-        rundir.write_results(self.run_dir, self.rows)
+        ckpt.write_csv(self.run_dir / rundir.RESULTS_FILE, self.header, self.rows)
         self.log(
-            f"epoch {r.epoch:>3} {r.stage:<4} train loss {r.train_loss:.4f} acc {r.train_acc:.4f}  "
-            f"val loss {r.val_loss:.4f} acc {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
+            f"epoch {r.epoch:>3} {r.stage:<4} train loss {r.train_loss:.4f} {self.score} {r.train_acc:.4f}  "
+            f"val loss {r.val_loss:.4f} {self.score} {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"
             + ("  *best" if improved else "")
         )
 

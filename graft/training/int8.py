@@ -109,6 +109,8 @@ def run_int8_training(
     backend = choose_backend(activation_bits=cfg.activation_bits)
     device = torch.device("cpu")
     s = set_up(cfg)
+    if s.dataset.label_sets is not None:
+        raise ConfigError("multi-label int8 is not supported yet: train the table without --int8 / --mode qat")
     run_dir = rundir.make_run_dir(cfg)
     s.announce(log, run_dir, cfg, "freeze --int8" if cfg.mode == "freeze" else "qat", "cpu")
     rundir.write_start(run_dir, cfg, s.dataset)

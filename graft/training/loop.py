@@ -91,6 +91,12 @@ def run_epoch(
 
     Labels are class indices, or soft targets ``(B, classes)`` (MixUp/CutMix batches): accuracy then counts the
     predictions that hit the dominant label."""
+    if getattr(criterion, "multilabel", False):  # sigmoid outputs: the pass's mAP in the accuracy slot
+        from graft.training.multilabel import multilabel_epoch
+
+        kw = {"optimizer": optimizer, "desc": desc}
+
+        return Phase(*multilabel_epoch(model, loader, criterion, device, inference=_inference_model, **kw))
     training = optimizer is not None
     model.train(training)
     if not training:  # the exact numerics of graft predict, so val accuracy is reproducible

@@ -29,12 +29,14 @@ from graft.core.runtime import one_thread, pick_device, seed_everything, tune_co
 from graft.data.datasets import available_memory
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key
+from graft.inference.multilabel import DEFAULT_THRESHOLD
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model, choose_weights
 from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
 from graft.training.levers import class_counts, describe, make_criterion, select_metric, selector
-from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler
+from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler, run_epoch
 from graft.training.lrfind import stage_lr
+from graft.training.multilabel import make_multilabel_loss, thresholds_and_metrics
 from graft.training.resume import ProgressSaver, check_resumable, load_progress
 from graft.training.stagedata import StageData
 
@@ -56,6 +58,11 @@ class RunResult:
 
         return run_html(self.run_dir, self.metrics, title="graft run")
 
+    @property
+    def best_val_map(self) -> float:
+        """A multi-label run's best val mAP (its best epoch's)."""
+        return float(self.metrics["best_val_map"])
+
 
 @dataclass
 class RunSetup:
@@ -70,7 +77,10 @@ class RunSetup:
     generator: torch.Generator
 
     def meta(self, cfg: TrainConfig) -> dict[str, Any]:
-        return rundir.model_meta(cfg, self.spec, self.weights, self.pretrained, self.preprocess, self.dataset.classes)
+        meta = rundir.model_meta(cfg, self.spec, self.weights, self.pretrained, self.preprocess, self.dataset.classes)
+        if self.dataset.label_sets is not None:  # sigmoid outputs; the thresholds are chosen on val at the end
+            meta |= {"task": "multilabel", "thresholds": [DEFAULT_THRESHOLD] * len(self.dataset.classes)}
+        return meta
 
     def cache_key(self, meta: dict[str, Any], device: str) -> dict[str, Any] | None:
         """Which body the stored features come from (None: random weights, nothing stored)."""
@@ -146,7 +156,8 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         saver.discard()  # a reused --name must not resume someone else's state
     checkpoints = Checkpointer(model, meta, saver, cfg.checkpoint_budget)
     rows = [r.row() for r in progress.history] if progress else []
-    listeners = Callbacks([ResultsLog(log, rows), checkpoints, *callbacks] if dist.is_main() else [])
+    results = ResultsLog(log, rows, multilabel=s.dataset.label_sets is not None)
+    listeners = Callbacks([results, checkpoints, *callbacks] if dist.is_main() else [])
     listeners.on_run_start(run_dir)
     fit_start = time.perf_counter()
     with _memory_advice(cfg, device, run_dir):  # CUDA out of memory -> a batch size to try
@@ -154,6 +165,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     fit_seconds = time.perf_counter() - fit_start
     if dist.is_main():
         checkpoints.finish(best_epoch)
+    multilabel = _multilabel_end(cfg, model, data, device, meta, run_dir) if s.dataset.label_sets else {}
     best = history[best_epoch - 1]
     metrics = {
         "best_val_acc": best.val_acc,
@@ -170,6 +182,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         "classes": s.dataset.classes,
         "device": str(device),
     } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
+    if multilabel:  # the loop's accuracy slot held the val mAP; no confusion matrix, no balanced accuracy
+        for key in ("best_val_acc", "best_val_balanced_acc", "best_val_macro_f1"):
+            metrics.pop(key, None)
+        metrics |= multilabel | {"selected_by": "map"}
     if lr_auto:
         metrics["lr_auto"] = lr_auto
     if data.leakage is not None:  # val images with a near-copy in train (computed where features were)
@@ -179,10 +195,9 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     if not dist.is_main():
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
     ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
-    log(
-        f"best val acc {best.val_acc:.4f} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; "
-        f"run saved to {run_dir}"
-    )
+    score = f"acc {best.val_acc:.4f}"  # a multi-label run's accuracy slot holds its mAP
+    score = f"mAP {best.val_acc:.4f} (micro F1 {multilabel['val_micro_f1']:.4f})" if multilabel else score
+    log(f"best val {score} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; run saved to {run_dir}")
     listeners.on_run_end(run_dir, metrics)
     saver.discard()  # the run is complete: nothing to resume
     return RunResult(run_dir=run_dir, metrics=metrics)
@@ -204,6 +219,8 @@ def _run_stages(
     criterion, val_criterion = make_criterion(
         cfg, class_counts([s.label for s in data.dataset.train], len(data.dataset.classes))
     )
+    if data.dataset.label_sets is not None:  # sigmoid outputs (graft.training.multilabel)
+        criterion = val_criterion = make_multilabel_loss(cfg, data.dataset).to(device)
     for index, (stage, epochs, lr) in enumerate(cfg.stages()):
         if progress and index < progress.stage_index:
             continue  # finished before the crash; its epochs are in history
@@ -253,6 +270,22 @@ def _run_stages(
             best_acc, best_epoch = result.best_score, result.best_epoch
         best_acc, best_epoch = dist.broadcast_object((best_acc, best_epoch))  # ranks decide alike from here
     return best_acc, best_epoch, history
+
+
+def _multilabel_end(
+    cfg: TrainConfig, model: nn.Module, data: StageData, device: torch.device, meta: dict[str, Any], run_dir: Path
+) -> dict[str, Any]:
+    """A multi-label run's end: per-class thresholds chosen on the best model's val probabilities, saved in
+    model.json (the weights file is written again with them); returns the val mAP, AP and F1 for metrics.json."""
+    on_features = cfg.mode == "freeze" and cfg.cache_features
+    target, loader = (model.head, data.features()[1]) if on_features else (model, data.images()[1])
+    criterion = make_multilabel_loss(cfg, data.dataset).to(device)
+    run_epoch(target, loader, criterion, device)  # training's val pass, through the predict path
+    found = thresholds_and_metrics(*criterion.outputs, data.dataset.classes)
+    meta["thresholds"] = list(found["thresholds"].values())
+    if dist.is_main():
+        rundir.save_model(run_dir, model, meta)
+    return found
 
 
 def _selected_metric(cfg: TrainConfig, dataset: Any, log: Callable[[str], None]) -> str:
