@@ -53,18 +53,23 @@ def test_figures_show_inline_and_still_write_files(tmp_path: Path) -> None:
     assert not in_notebook()  # pytest is no kernel: progress bars stay on terminals
 
 
-def _outputs(nb: dict) -> tuple[str, list[str], str]:
-    """(all text/html outputs, image/png outputs, stdout text) of an executed notebook."""
-    html, pngs, stdout = [], [], []
+def _outputs(nb: dict) -> tuple[str, list[str], list[str], str]:
+    """(all text/html outputs, image/png outputs, each cell's stdout, all stderr) of an executed notebook."""
+    html, pngs, stdout, stderr = [], [], [], []
     for cell in nb["cells"]:
+        text = ""
         for out in cell.get("outputs", []):
             data = out.get("data", {})
             html.append(data.get("text/html", ""))
             if "image/png" in data:
                 pngs.append(data["image/png"])
-            if out.get("output_type") == "stream" and out.get("name") == "stdout":
-                stdout.append(out["text"])
-    return "".join(html), pngs, "".join(stdout)
+            if out.get("output_type") == "stream":
+                if out.get("name") == "stdout":
+                    text += out["text"]
+                else:
+                    stderr.append(out["text"])
+        stdout.append(text)
+    return "".join(html), pngs, stdout, "".join(stderr)
 
 
 def test_quickstart_notebook_runs(hymenoptera: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,9 +89,12 @@ def test_quickstart_notebook_runs(hymenoptera: Path, tmp_path: Path, monkeypatch
     assert errors == []
     run_dir = tmp_path / "runs" / "quickstart"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    html, pngs, stdout = _outputs(nb)
+    html, pngs, stdout, stderr = _outputs(nb)
     assert "graft run" in html and f"{metrics['best_val_acc']:.4f}" in html and "95% CI" in html
     assert "graft evaluation: val split" in html and "graft classifier" in html
     assert html.count("data:image/png;base64,") >= 4  # curves + confusion matrix of the run and the classifier
     assert len(pngs) == 1  # plot_confusion's figure, shown inline
-    assert len(stdout.strip().splitlines()) == 4 and all(("ants" in line) for line in stdout.splitlines())
+    assert f"best val acc {metrics['best_val_acc']:.4f}" in "".join(stdout)  # the training log
+    predicted = stdout[-1].strip().splitlines()  # the last cell: 4 images, top 2 of 2 classes each
+    assert len(predicted) == 4 and all("ants" in line and "bees" in line for line in predicted)
+    assert "features" in stderr and "%|" in stderr  # the feature pass's progress bar (a text bar: no ipywidgets here)
