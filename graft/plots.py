@@ -17,8 +17,8 @@ from graft.insight.plots import (
     plot_top_losses,
     prediction_figures,
     read_results,
-    show_batch,
 )
+from graft.insight.showbatch import augmented_batch, show_batch
 
 __all__ = [
     "CELL",
@@ -27,6 +27,7 @@ __all__ = [
     "CurvesWriter",
     "ImageItem",
     "PlotError",
+    "augmented_batch",
     "load_crops",
     "overlay",
     "plot_batch",

@@ -301,10 +301,12 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_show_batch(args: argparse.Namespace) -> int:
-    from graft.insight.plots import show_batch
+    from graft.core.options import augment_options
+    from graft.insight.showbatch import show_batch
 
     cfg: C.ShowBatchConfig = _config(C.ShowBatchConfig, args)
     options = {"n": cfg.n, "arch": cfg.arch, "seed": cfg.seed, "val_split": cfg.val_split, **C.table_options(cfg)}
+    options |= augment_options(cfg)
     path = show_batch(cfg.data, out=cfg.out, **options)
     print(f"wrote {path}")
     return 0
