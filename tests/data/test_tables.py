@@ -193,3 +193,56 @@ def test_table_options_need_a_table(tmp_image_folder, capsys) -> None:
     root = tmp_image_folder({"a": 2, "b": 2})
     code, _, err = check(capsys, root, "--label-col", "kind")
     assert code == 1 and "--label-col only apply when DATA is a .csv/.tsv table" in err
+
+
+def test_multilabel_tables_parse_several_labels_and_none(tmp_image_folder, capsys) -> None:
+    """--label-delim (or a cell holding several labels) makes a multi-label table: any number of labels per row,
+    an empty cell an image with no class; samples index the distinct label sets; counts are per class."""
+    root = tmp_image_folder({"img": 8})
+    cells = ["cat;dog", "cat", "dog", "", "cat;dog", "dog;cat", "cat", ""]
+    split = ["train"] * 5 + ["val"] * 3
+    table = write_table(
+        root / "t.csv",
+        ["path", "labels", "split"],
+        [[f"img/img{i:03d}.jpg", c, s] for i, (c, s) in enumerate(zip(cells, split, strict=True))],
+    )
+    ds = scan(table, label_delim=";")
+    assert ds.task == "multilabel" and ds.classes == ["cat", "dog"]
+    assert sorted(ds.label_sets) == [(), (0,), (0, 1), (1,)]
+    names = {s.path.name: ds.names_of(s) for s in ds.train + ds.val}
+    assert names["img000.jpg"] == names["img005.jpg"] == ["cat", "dog"] and names["img003.jpg"] == []
+    assert ds.report.counts == {"train": {"cat": 3, "dog": 3}, "val": {"cat": 2, "dog": 1}}
+    assert sorted(map(tuple, ds.split_labels()["val"])) == [(), ("cat",), ("cat", "dog")]
+    # without --label-delim, ';' in a cell makes the table multi-label too (--task auto)
+    assert scan(table).task == "multilabel"
+    code, out, err = check(capsys, table, "--label-delim", ";")
+    assert code == 0, err
+    assert "multi-label" in out and "cat" in out
+
+
+def test_a_dataframe_is_read_as_its_csv_is(tmp_image_folder, tmp_path, monkeypatch) -> None:
+    """The same rows as a DataFrame (root: the current folder) give the same samples; missing values are empty
+    cells, so an all-negative multi-label row is a NaN; a bad row names its row."""
+    import pandas as pd
+
+    root = tmp_image_folder({"a": 3, "b": 3})
+    rows = [[f"{c}/img{i:03d}.jpg", c, "train" if i < 2 else "val"] for c in "ab" for i in range(3)]
+    table = write_table(root / "t.csv", ["path", "label", "split"], rows)
+    monkeypatch.chdir(root)
+    frame = pd.DataFrame(rows, columns=["path", "label", "split"])
+    listed, framed = scan(table), scan(frame)
+    assert (framed.classes, framed.train, framed.val) == (listed.classes, listed.train, listed.val)
+    assert framed.report.table == "DataFrame" and framed.report.root == str(root)
+
+    multi = pd.DataFrame({"fname": ["a/img000.jpg", "b/img000.jpg", "a/img001.jpg", "b/img001.jpg"],
+                          "labels": ["a b", "b", None, "a"], "is_valid": [False, False, True, True]})  # fmt: skip
+    ds = scan(multi, label_delim=" ")
+    assert ds.task == "multilabel" and [ds.names_of(s) for s in ds.val] == [[], ["a"]]
+    bad = frame.copy()
+    bad.loc[4, "split"] = "test"
+    with pytest.raises(DataError, match="DataFrame row 4: unknown split value 'test'"):
+        scan(bad)
+    bad = frame.copy()
+    bad.loc[2, "label"] = float("nan")
+    with pytest.raises(DataError, match=r"DataFrame row 2: the label of a/img002\.jpg"):
+        scan(bad, task="single")
