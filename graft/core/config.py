@@ -40,13 +40,18 @@ _TABLE_HELP = {
     "split_col": "table DATA: column of train/val, or True/False as fastai's is_valid (default: is_valid, split or "
     "set; without one, --val-split of each class is held out)",
     "root": "table DATA: folder its paths are relative to (default: the table's folder); paths outside are refused",
+    "label_delim": "table DATA: separator of several labels in one cell (e.g. ' ' or ';'): a multi-label table",
+    "task": "single (one label per image), multilabel (any number, none allowed), or auto: multilabel when "
+    "--label-delim is given or a cell holds several labels",
 }
 _DATA_HELP = "dataset folder (DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*), or a .csv/.tsv table"
 
 
 def table_options(cfg: Any) -> dict[str, Any]:
     """A config's table options as :func:`graft.data.folders.scan` takes them."""
-    return {"path_col": cfg.path_col, "label_col": cfg.label_col, "split_col": cfg.split_col, "table_root": cfg.root}
+    labels = {"label_delim": getattr(cfg, "label_delim", None), "task": getattr(cfg, "task", "auto")}
+    columns = {"path_col": cfg.path_col, "label_col": cfg.label_col, "split_col": cfg.split_col}
+    return columns | {"table_root": cfg.root} | labels
 
 
 @dataclass(kw_only=True)
@@ -123,6 +128,11 @@ class TrainConfig:
     label_col: str | None = opt(None, _TABLE_HELP["label_col"])
     split_col: str | None = opt(None, _TABLE_HELP["split_col"])
     root: Path | None = opt(None, _TABLE_HELP["root"])
+    label_delim: str | None = opt(None, _TABLE_HELP["label_delim"])
+    task: Literal["auto", "single", "multilabel"] = opt("auto", _TABLE_HELP["task"])
+    pos_weight: Literal["none", "auto"] = opt(
+        "none", "multi-label: weight of each class's positives in the loss (auto: negatives/positives of train)"
+    )
     exclude: Path | None = opt(
         None,
         "file of images to leave out, path<TAB>reason per line (graft doctor --exclude-list writes one); they are "
@@ -161,7 +171,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.data is None:
             raise ConfigError("no dataset folder given: pass DATA (e.g. graft train path/to/images)")
-        self.data = Path(self.data)
+        self.data = self.data if is_frame(self.data) else Path(self.data)  # graft.train(DataFrame)
         self.out = Path(self.out)
         self.resume = Path(self.resume) if self.resume is not None else None
         self.exclude = Path(self.exclude) if self.exclude is not None else None
@@ -203,7 +213,15 @@ class TrainConfig:
         return [*head, ("all", self.epochs, self.lr or default["all"])]
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        out = to_jsonable(self)
+        if is_frame(self.data):  # config.json names it; data_report.json keeps its rows (paths, labels, split)
+            out["data"] = f"DataFrame ({len(self.data)} rows)"
+        return out
+
+
+def is_frame(data: Any) -> bool:
+    """A pandas DataFrame given as DATA (:func:`graft.data.tables.is_dataframe`, without importing it here)."""
+    return hasattr(data, "columns") and hasattr(data, "itertuples") and not isinstance(data, str | os.PathLike)
 
 
 #: what ``--log`` accepts (graft.insight.tracking implements them)
@@ -231,6 +249,7 @@ class PredictConfig:
     run: Path = opt(None, "run directory written by graft train", positional=True)
     paths: list[Path] = opt([], "images or folders of images", positional=True, nargs="+")
     top_k: int = opt(5, "number of classes to report per image")
+    threshold: float | None = opt(None, "multi-label runs: one probability threshold for every class (default: saved)")
     category_names: Path | None = opt(None, "JSON file mapping class names to display names")
     json: bool = opt(False, "print JSON instead of a table")
     batch_size: int = opt(32, "images per batch")
@@ -265,6 +284,8 @@ class CheckConfig:
     label_col: str | None = opt(None, _TABLE_HELP["label_col"])
     split_col: str | None = opt(None, _TABLE_HELP["split_col"])
     root: Path | None = opt(None, _TABLE_HELP["root"])
+    label_delim: str | None = opt(None, _TABLE_HELP["label_delim"])
+    task: Literal["auto", "single", "multilabel"] = opt("auto", _TABLE_HELP["task"])
     seed: int = opt(0, "random seed of the split")
     json: bool = opt(False, "print the report as JSON")
 
@@ -290,8 +311,8 @@ class EvaluateConfig:
     run: Path = opt(None, "run directory written by graft train", positional=True)
     data: Path | None = opt(
         None,
-        "images to evaluate: a folder of class folders, or a dataset with train/ and val/ (its val folder is used); "
-        "default: the run's own val split",
+        "images to evaluate: a folder of class folders, or a dataset with train/ and val/ (its val folder is used), "
+        "or a .csv/.tsv table (its val rows when it has a split column); default: the run's own val split",
         positional=True,
         nargs="?",
     )
