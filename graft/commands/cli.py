@@ -106,6 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GraftError("under torchrun, graft predict shares the files out only with --out FILE.csv; add --out")
     clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
+    _threshold(clf, cfg.threshold)
     results = []
     for r in clf.predict_paths(expand_paths(cfg.paths), top_k=cfg.top_k, batch_size=cfg.batch_size):
         for i, p in enumerate(r.predictions or []):
@@ -115,7 +116,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if r.error is not None:
                 print(f"{r.path}  error: {r.error}")
             else:
-                print(f"{r.path}  " + "  ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions or []))
+                shown = "  ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions or [])
+                print(f"{r.path}  {shown or '(no label over its threshold)'}")
     figures: dict[str, Any] = {}
     if cfg.plot or cfg.explain:
         from graft.insight.plots import prediction_figures
@@ -127,6 +129,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rows = [r.to_dict() | ({"figure": str(figures[r.path])} if r.path in figures else {}) for r in results]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     return 0
+
+
+def _threshold(clf: Any, threshold: float | None) -> None:
+    """``--threshold``: one probability threshold for every class of a multi-label run."""
+    if threshold is None:
+        return
+    if not clf.multilabel:
+        raise GraftError("--threshold is for multi-label runs; this run predicts one class per image (use --top-k)")
+    if not 0 < threshold < 1:
+        raise GraftError(f"--threshold must be between 0 and 1 (got {threshold})")
+    clf.set_threshold(threshold)
 
 
 def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
@@ -142,12 +155,14 @@ def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
         from graft.core.runtime import pick_device
 
         clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))), tta=cfg.tta)
+        _threshold(clf, cfg.threshold)
         s = predict_to_csv_sharded(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
         dist.shutdown()
         if not dist.is_main():
             return 0
     else:
         clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
+        _threshold(clf, cfg.threshold)
         s = predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
     print(
         f"{s.images} images ({s.errors} unreadable) in {s.seconds:.1f}s, {s.images_per_second:.1f} images/s; "

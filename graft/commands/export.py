@@ -240,6 +240,7 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
             "lay out as float32 NCHW",
         ],
         "postprocess": "softmax over the class axis gives probabilities",
+        **_multilabel_info(clf),
         "quantized": False,
         "source": {
             "run": clf.run_dir.name,
@@ -247,6 +248,18 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
             "metrics": ckpt.read_json_or(clf.run_dir / "metrics.json"),
         },
         "versions": {"graft": __version__, "torch": torch.__version__},
+    }
+
+
+def _multilabel_info(clf: Any) -> dict[str, Any]:
+    """A multi-label run's sidecar keys: its task, the per-class thresholds, the sigmoid postprocessing."""
+    if not getattr(clf, "multilabel", False):
+        return {"task": "single"}
+    return {
+        "postprocess": "sigmoid of each logit gives its class's probability; the image has every class whose "
+        "probability reaches that class's threshold (thresholds)",
+        "task": "multilabel",
+        "thresholds": dict(zip(clf.classes, clf.thresholds, strict=True)),
     }
 
 
