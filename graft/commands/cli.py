@@ -216,6 +216,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         activation_bits=cfg.activation_bits,
         log=_stderr_if(cfg.json),
     )
+    from graft.insight.modelcard import write_model_card
+
+    write_model_card(result.run_dir)  # the int8 run's own README.md
     if cfg.json:
         print(json.dumps(result.figures, indent=2))
     return 0
@@ -296,6 +299,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from graft.insight.report import write_report
 
         write_report(cfg.run, evaluation=result)
+    if cfg.data is None and cfg.out is None and (cfg.run / "README.md").is_file():
+        from graft.insight.modelcard import write_model_card
+
+        write_model_card(cfg.run)  # the model card quotes the val evaluation just rewritten
     if cfg.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

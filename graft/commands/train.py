@@ -1,5 +1,6 @@
 """``graft train`` and :func:`graft.train`: a config to a run directory, through the pipeline it asks for (float or
-int8) with the callbacks of the layers above training (curves and the end-of-run report)."""
+int8) with the callbacks of the layers above training (curves, the end-of-run report, the model card, and the
+experiment trackers of ``--log``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
+from graft.insight import tracking
 from graft.insight.callbacks import Curves, Report
 from graft.insight.lrplot import LrFindFigures
+from graft.insight.modelcard import ModelCard
 from graft.insight.testset import TestEvaluation
 from graft.training.pipeline import RunResult, run_training
 
@@ -41,10 +44,23 @@ def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
 def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
     """Run ``cfg`` end to end (see :func:`train`): int8 runs (``--int8``, ``--mode qat``) through
     :mod:`graft.training.int8`, float runs through :mod:`graft.training.pipeline` with curves and the report."""
-    if cfg.int8 or cfg.mode == "qat":
-        from graft.training.int8 import run_int8_training
+    if cfg.auto:  # the cross-validated search, then the winner through this very function (graft.training.auto_run)
+        from graft.training.auto_run import run_auto
 
-        dist.refuse("--int8 / --mode qat")
-        return run_int8_training(cfg, log=log)
-    # the held-out test folder (DATA/test/) is evaluated after the best epoch is chosen, before the report shows it
-    return run_training(cfg, log=log, callbacks=[Curves(log), TestEvaluation(cfg.data, log), Report(log), LrFindFigures(log)])
+        return run_auto(cfg, log=log, train=lambda winner: run(winner, log=log))
+    # --log's trackers are checked first (package, store), so a missing one fails before any training work; the
+    # model card and the trackers come last, so that they see the report's evaluation and figures
+    trackers = tracking.trackers(cfg, log)
+    after = [ModelCard(log), *trackers]
+    with tracking.closed_on_failure(trackers):
+        if cfg.int8 or cfg.mode == "qat":
+            from graft.training.int8 import run_int8_training
+
+            dist.refuse("--int8 / --mode qat")
+            return run_int8_training(cfg, log=log, callbacks=after)
+        # the held-out test folder (DATA/test/) is evaluated after the best epoch is chosen, before the report
+        return run_training(
+            cfg,
+            log=log,
+            callbacks=[Curves(log), TestEvaluation(cfg.data, log), Report(log), LrFindFigures(log), *after],
+        )

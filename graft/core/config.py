@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graft.core.config_tracking import TRACKING_HELP, tracker_names
 from graft.core.errors import ConfigError
 from graft.core.options import LEVER_HELP, Augment, Balance, SelectBy, check_augment
 from graft.core.tuning import TUNING_HELP, check_tuning, parse_lr
@@ -154,19 +155,9 @@ class TrainConfig:
         "continue the run in RUN_DIR after a crash or kill, from its last finished epoch (give the same DATA and "
         "options as the first time)",
     )
-    log: tuple[str, ...] = opt(
-        (),
-        "experiment trackers to log to, comma-separated: tensorboard (event files in RUN/tensorboard), mlflow "
-        "(a run with the config, per-epoch metrics and the run directory as artifacts)",
-        metavar="NAME,NAME",
-    )
-    mlflow_uri: str | None = opt(
-        None,
-        "--log mlflow: tracking URI (http://host:5000, sqlite:///mlflow.db, ...) or a folder, which gets a SQLite "
-        "store (mlflow.db) and the artifacts (default: $MLFLOW_TRACKING_URI, else MLflow's default: "
-        "sqlite:///mlflow.db in the current folder, artifacts in ./mlruns)",
-    )
-    mlflow_experiment: str | None = opt(None, "--log mlflow: experiment name (default: the name of DATA)")
+    log: tuple[str, ...] = opt((), TRACKING_HELP["log"], metavar="NAME,NAME")
+    mlflow_uri: str | None = opt(None, TRACKING_HELP["mlflow_uri"])
+    mlflow_experiment: str | None = opt(None, TRACKING_HELP["mlflow_experiment"])
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -176,7 +167,7 @@ class TrainConfig:
         self.resume = Path(self.resume) if self.resume is not None else None
         self.exclude = Path(self.exclude) if self.exclude is not None else None
         self.hidden = tuple(int(h) for h in self.hidden)
-        self.log = _tracker_names(self.log)
+        self.log = tracker_names(self.log)
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1 (got {self.epochs})"),
             (self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})"),
@@ -222,24 +213,6 @@ class TrainConfig:
 def is_frame(data: Any) -> bool:
     """A pandas DataFrame given as DATA (:func:`graft.data.tables.is_dataframe`, without importing it here)."""
     return hasattr(data, "columns") and hasattr(data, "itertuples") and not isinstance(data, str | os.PathLike)
-
-
-#: what ``--log`` accepts (graft.insight.tracking implements them)
-TRACKERS = ("tensorboard", "mlflow")
-
-
-def _tracker_names(names: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    """``--log`` as a tuple of known tracker names, each once: ``"tensorboard,mlflow"`` and lists alike."""
-    if names is None:
-        return ()
-    items = names.split(",") if isinstance(names, str) else [n for x in names for n in str(x).split(",")]
-    out: list[str] = []
-    for name in (n.strip().lower() for n in items):
-        if name and name not in TRACKERS:
-            raise ConfigError(f"--log: unknown tracker {name!r}; choose from {', '.join(TRACKERS)} (comma-separated)")
-        if name and name not in out:
-            out.append(name)
-    return tuple(out)
 
 
 @dataclass(kw_only=True)
