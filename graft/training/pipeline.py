@@ -167,21 +167,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         checkpoints.finish(best_epoch)
     multilabel = _multilabel_end(cfg, model, data, device, meta, run_dir) if s.dataset.label_sets else {}
     best = history[best_epoch - 1]
-    metrics = {
-        "best_val_acc": best.val_acc,
-        "best_val_balanced_acc": best.val_balanced_acc,
-        "best_val_macro_f1": best.val_macro_f1,
-        "selected_by": metric,
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "best_val_loss": best.val_loss,
+    metrics = _metrics(history, best_epoch, metric, s.dataset, device) | {
         "train_seconds": round(time.perf_counter() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
-        "n_train": len(s.dataset.train),
-        "n_val": len(s.dataset.val),
-        "classes": s.dataset.classes,
-        "device": str(device),
-    } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
+    }
     if multilabel:  # the loop's accuracy slot held the val mAP; no confusion matrix, no balanced accuracy
         for key in ("best_val_acc", "best_val_balanced_acc", "best_val_macro_f1"):
             metrics.pop(key, None)
@@ -286,6 +275,24 @@ def _multilabel_end(
     if dist.is_main():
         rundir.save_model(run_dir, model, meta)
     return found
+
+
+def _metrics(history: list[EpochResult], best_epoch: int, metric: str, dataset: Any, device: Any) -> dict[str, Any]:
+    """metrics.json's figures of the best epoch (chosen by val ``metric``) and of the data (times added after)."""
+    best = history[best_epoch - 1]
+    return {
+        "best_val_acc": best.val_acc,
+        "best_val_balanced_acc": best.val_balanced_acc,
+        "best_val_macro_f1": best.val_macro_f1,
+        "selected_by": metric,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_loss": best.val_loss,
+        "n_train": len(dataset.train),
+        "n_val": len(dataset.val),
+        "classes": dataset.classes,
+        "device": str(device),
+    } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
 
 
 def _selected_metric(cfg: TrainConfig, dataset: Any, log: Callable[[str], None]) -> str:
