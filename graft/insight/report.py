@@ -311,7 +311,7 @@ def _summary_cards(
     best = metrics.get("best_val_acc")
     cards = [
         ("best val accuracy", f"{best:.4f}" if isinstance(best, float) else "?"),
-        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs_run', '?')}"),
+        ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs_run', '?')}" + _selected(metrics)),
         ("architecture", f"{meta.get('arch', config.get('arch', '?'))} ({config.get('mode', '?')})"),
         ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
     ]
@@ -333,6 +333,12 @@ def _summary_cards(
     return "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards)
 
 
+def _selected(metrics: dict[str, Any]) -> str:
+    """How the best epoch was chosen, when not by val accuracy (``--select-by``)."""
+    by = metrics.get("selected_by")
+    return f" (by val {by.replace('_', ' ')})" if by and by != "acc" else ""
+
+
 def _curves_section(run_dir: Path, results: list[dict[str, Any]]) -> str:
     """``curves.png`` and the table of ``results.csv``, one row per epoch."""
     epoch_rows = [
@@ -340,10 +346,13 @@ def _curves_section(run_dir: Path, results: list[dict[str, Any]]) -> str:
          f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}", f"{r['lr']:.3g}", f"{r['seconds']:.2f}"]
         for r in results
     ]  # fmt: skip
+    header = ["epoch", "stage", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"]
+    if results and "val_balanced_acc" in results[0]:  # runs before these columns existed have none
+        header += ["val balanced acc", "val macro F1"]
+        for row, r in zip(epoch_rows, results, strict=True):
+            row += [f"{r['val_balanced_acc']:.4f}", f"{r['val_macro_f1']:.4f}"]
     return _img(run_dir / "curves.png", "training curves: loss, accuracy and learning rate per epoch") + _table(
-        ["epoch", "stage", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"],
-        epoch_rows,
-        numeric_from=2,
+        header, epoch_rows, numeric_from=2
     )
 
 
@@ -392,6 +401,23 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
+def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
+    """The search's ``leaderboard.csv`` as a table (best first), with its time and budget."""
+    import csv
+
+    with open(run_dir / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    auto = ckpt.read_json_or(run_dir / "auto.json") or {}
+    keys = ["rank", "arch", "hidden", "dropout", "lr", "weight_decay", "balance", "cv_mean", "cv_sd", "seconds"]
+    table = _table(keys, [[r.get(k, "") for k in keys] for r in rows[:top]], numeric_from=3)
+    note = (
+        f"{len(rows)} candidates, {auto.get('metric', 'acc')} over {auto.get('folds', 5)} folds of the train split "
+        f"(val not used); search {auto.get('search_seconds', '?')} s"
+        + (f" of a {auto['time_budget']} s budget" if auto.get("time_budget") else "")
+    )
+    return f'<p class="muted">{_e(note)}</p>{table}'
+
+
 def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -> str:
     """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
     run_dir = Path(run_dir)
@@ -422,6 +448,8 @@ def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -
         ("Config", _kv(config_rows)),
         ("Environment", _kv(_environment(meta, metrics))),
     ]
+    if (run_dir / "leaderboard.csv").is_file():  # graft train --auto: every candidate of the search
+        sections.insert(1, ("Search (--auto, 5-fold CV on train)", _leaderboard_section(run_dir)))
     body = "\n".join(f"<section><h2>{_e(title)}</h2>\n{content}\n</section>" for title, content in sections)
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return f"""<!DOCTYPE html>
