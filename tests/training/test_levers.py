@@ -166,3 +166,22 @@ def test_image_stage_with_every_augmentation_lever(tmp_image_folder, tmp_path) -
     assert {k: config[k] for k in options} == options
     assert run.metrics["selected_by"] == "balanced_acc"  # 6 vs 2 train images: 3x
     assert len(_rows(run.run_dir)) == 1
+
+
+def test_weighted_shard_sampler_is_one_draw_shared_by_the_ranks(monkeypatch) -> None:
+    """Under torchrun every rank draws the same weighted sequence from the run's generator and takes its stride: the
+    ranks' shares interleave back into the one-process sequence (padded to a multiple of the world size)."""
+    labels = torch.tensor([0] * 30 + [1] * 3)
+    weights = sample_weights(labels, 2)
+
+    def draw(rank: int, world: int) -> list[int]:
+        monkeypatch.setattr(dist, "rank", lambda: rank)
+        monkeypatch.setattr(dist, "world_size", lambda: world)
+        g = torch.Generator().manual_seed(0)  # every rank seeds the run's generator alike
+        return list(dist.ShardSampler(len(labels), shuffle=True, generator=g, weights=weights))
+
+    alone = draw(0, 1)
+    shares = [draw(r, 2) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 17  # DDP: every rank the same number of batches
+    interleaved = [i for pair in zip(*shares, strict=True) for i in pair]
+    assert interleaved[: len(alone)] == alone
