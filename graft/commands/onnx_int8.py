@@ -92,6 +92,8 @@ def export_int8(
     check_exportable(run_dir, "onnx")
     paths, source = verification_paths(run_dir, images, verify_images)
     clf = load(run_dir, device="cpu")
+    if getattr(clf, "multilabel", False):  # the val comparison and predict.py are single-label (softmax, top-1)
+        raise ExportError(f"--int8 exports single-label runs; {run_dir} is multi-label: export it without --int8")
     folder = Path(out) if out is not None else run_dir / DEFAULT_DIR
     model_path = folder / "model.onnx"
     info = describe(clf, "onnx", model_path)
