@@ -266,3 +266,15 @@ def test_unknown_tracker_and_refused_store_are_error_lines(tmp_path: Path, capsy
         code == 1 and len(err) == 1 and err[0].startswith(f"error: --log mlflow: cannot use the tracking store {uri}")
     )
     assert "--mlflow-uri" in err[0] and not out.exists()
+
+
+def test_evaluate_rewrites_the_model_card(tracked, capsys) -> None:
+    """graft evaluate RUN rewrites evaluation.json, and with it the card (last in this file: it rewrites the
+    shared run's README.md)."""
+    run, _ = tracked
+    card = run.run_dir / "README.md"
+    before = card.read_text(encoding="utf-8")
+    card.write_text("stale\n", encoding="utf-8")
+    assert main(["evaluate", str(run.run_dir), "--no-plots", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert card.read_text(encoding="utf-8") == before  # the same files give the same card
