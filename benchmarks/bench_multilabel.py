@@ -85,7 +85,8 @@ def both_label_share(run_dir: Path, table: Path) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/hymenoptera_data")
+    default = Path(__file__).resolve().parents[2] / "shared/data/hymenoptera_data"
+    parser.add_argument("--data", type=Path, default=default)
     parser.add_argument("--train", type=int, default=240)
     parser.add_argument("--val", type=int, default=90)
     parser.add_argument("--size", type=int, default=224)
@@ -106,11 +107,14 @@ def main() -> None:
             seconds = time.perf_counter() - start
             m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
             share, n_both = both_label_share(run_dir, table)
+            scores = (
+                f"val mAP {m['best_val_map']:.4f}, micro F1 {m['val_micro_f1']:.4f}, "
+                f"macro F1 {m['val_macro_f1']:.4f}, exact match {m['val_exact_match']:.4f}"
+            )
             print(
-                f"{name}: {args.train} train / {args.val} val mosaics at {args.size}px: val mAP {m['best_val_map']:.4f}, "
-                f"micro F1 {m['val_micro_f1']:.4f}, macro F1 {m['val_macro_f1']:.4f}, exact match "
-                f"{m['val_exact_match']:.4f}; both labels predicted on {share:.1%} of the {n_both} both-class "
-                f"mosaics; AP {m['val_ap']}; thresholds {m['thresholds']}; {seconds:.1f}s (whole process)"
+                f"{name}: {args.train} train / {args.val} val mosaics at {args.size}px: {scores}; both labels "
+                f"predicted on {share:.1%} of the {n_both} both-class mosaics; AP {m['val_ap']}; "
+                f"thresholds {m['thresholds']}; {seconds:.1f}s (whole process)"
             )
 
 

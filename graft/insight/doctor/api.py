@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from graft.core.config import DoctorConfig, table_options
+from graft.core.errors import DataError
 from graft.features import similarity as sim
 from graft.insight.doctor.findings import DoctorResult, Finding, csv_text, exclude_entries, write_exclude_list
 
@@ -137,6 +138,8 @@ def _scan_and_features(cfg: DoctorConfig, lap: Callable[[str], None]) -> tuple[A
     keep = min(1 << 30, int(available_memory() * 0.1))
     draft = preprocess.resize_size
     ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=draft, keep_decoded=keep, **table_options(cfg))
+    if ds.label_sets is not None:  # its label checks (out-of-fold heads, confident learning) are single-label
+        raise DataError("graft doctor checks single-label datasets; this table is multi-label (--task multilabel)")
     lap("scan")
     model, weights, pretrained = build_model(spec, len(ds.classes), pretrained=cfg.pretrained)
     lap("model")
