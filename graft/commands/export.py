@@ -213,6 +213,8 @@ def inference_module(clf: Any) -> Any:
 
     from graft.inference.floatrun import body_and_head
 
+    if hasattr(clf, "export_module"):  # an ensemble: its members in one module (graft.inference.ensemble)
+        return clf.export_module()
     model = clf.float_model().to("cpu").float().eval()
     return body_and_head(model, torch.device("cpu"), torch_only=True)
 

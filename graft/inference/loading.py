@@ -11,6 +11,7 @@ from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
 from graft.core.runtime import pick_device
 from graft.inference.classifier import Classifier
+from graft.inference.ensemble import is_ensemble, load_ensemble
 from graft.inference.floatrun import FloatClassifier
 
 
@@ -55,6 +56,9 @@ def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
         from graft.int8.program import load_int8
 
         return load_int8(run_dir, meta, device=device)
+    if meta is not None and is_ensemble(meta):  # graft train --auto --ensemble K: members loaded as runs
+        clf = load_ensemble(run_dir, meta, device=device, load_member=load)
+        return clf.prepare() if prepare else clf
     meta, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
     if meta.get("format") != ckpt.FORMAT:
         raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.get('format')!r}; this graft reads {ckpt.FORMAT}")

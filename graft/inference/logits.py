@@ -4,6 +4,7 @@ phase used."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,13 @@ def stored_val_logits(clf: Any, run_dir: Path, paths: Sequence[Path], *, batch_s
     (:func:`graft.features.planned_engine`), as training read and wrote them. A classifier without a float head
     for stored features (an int8 run, whose body is part of its compiled program) never reads them.
     """
+    members = getattr(clf, "members", None)
+    if members is not None and not clf.tta:  # an ensemble: each member's stored rows, probabilities averaged
+        parts = [stored_val_logits(m, m.run_dir, paths, batch_size=batch_size) for m in members]
+        if any(p is None for p in parts):
+            return None
+        log_probs = torch.log_softmax(torch.from_numpy(np.stack(parts)), dim=2)
+        return (torch.logsumexp(log_probs, dim=0) - math.log(len(parts))).numpy()
     model = clf.float_model()
     meta, config = clf.meta, ckpt.read_json_or(run_dir / "config.json", {})
     sha = (meta.get("pretrained") or {}).get("sha256")

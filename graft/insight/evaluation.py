@@ -293,6 +293,7 @@ def folder_items(data: Path, classes: Sequence[str]) -> tuple[list[Path], list[i
 # evaluate
 
 
+# long: thirteen documented arguments, and the one path from a run to its evaluation files
 def evaluate(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -324,8 +325,7 @@ def evaluate(
         grid: how many images the prediction grid shows.
         batch_size: default: the run's training batch size (the same batches as its val phase).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        tta: test-time augmentation (:meth:`graft.inference.Classifier.predict_logits`); None is off. On the
-            run's val split, True or False is also recorded in ``model.json`` as what predict and serve default to.
+        tta: test-time augmentation (None: off); on the val split, recorded in model.json (see :func:`record_tta`).
         log: where progress lines go (default: nowhere).
 
     Returns:
@@ -360,8 +360,7 @@ def evaluate(
         features=features,
         tta=clf.tta,
     )
-    if tta is not None and data is None:  # measured on the run's own val split: predict and serve follow it
-        record_tta(run_dir, tta)
+    record_tta(run_dir, tta if data is None else None)  # measured on the run's val split: predict, serve follow
     result.grid = grid_indices(result, grid)
     write_tables(result)  # before the figures: a plotting failure leaves the numbers written
     if plots and result.n:
@@ -410,11 +409,10 @@ def _logits(
     return logits, kept, unreadable, "computed"
 
 
-def record_tta(run_dir: Path, tta: bool) -> None:
-    """Write ``tta`` into ``run_dir/model.json`` (what :func:`graft.load` defaults to; the weights' sha256 that
-    model.json records is unchanged)."""
-    meta = ckpt.read_json(run_dir / ckpt.META_FILE)
-    if meta.get("tta", False) != tta:
+def record_tta(run_dir: Path, tta: bool | None) -> None:
+    """``tta`` (unless None) into ``run_dir/model.json``: what :func:`graft.load` (predict, serve) defaults to."""
+    meta = ckpt.read_json(run_dir / ckpt.META_FILE) if tta is not None else {}
+    if tta is not None and meta.get("tta", False) != tta:
         ckpt.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"tta": tta})
 
 

@@ -1,0 +1,93 @@
+"""``graft train --auto``: the cross-validated search on the train split's stored features (val never read for
+choosing: planted val changes leave the leaderboard as it is), leaderboard.csv and the record of the search; and
+``--ensemble K``: one run that loads, predicts (the mean of its members' probabilities) and evaluates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from numerics import PROB_ATOL, softmax
+
+import graft
+from graft.evaluation import evaluate
+from graft.training.auto import stratified_folds
+
+SEARCH = ["arch", "hidden", "dropout", "lr", "weight_decay", "balance", "metric", "cv_mean", "cv_sd", "folds"]
+
+
+def dataset(root: Path, hymenoptera: Path, *, swap_val: bool) -> Path:
+    """The real train split (linked: the same files, so the same stored features) and a small val split: five
+    images per class, or with ``swap_val`` the other class's images and an unreadable file."""
+    root.mkdir()
+    (root / "train").symlink_to(hymenoptera / "train")
+    for cls, other in (("ants", "bees"), ("bees", "ants")):
+        (root / "val" / cls).mkdir(parents=True)
+        source = sorted((hymenoptera / "val" / (other if swap_val else cls)).glob("*.jpg"))[:5]
+        for p in source:
+            shutil.copyfile(p, root / "val" / cls / p.name)
+    if swap_val:
+        (root / "val" / "ants" / "broken.jpg").write_bytes(b"")
+    return root
+
+
+def leaderboard(run_dir: Path) -> dict[tuple[str, ...], dict[str, str]]:
+    with open(run_dir / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(set(SEARCH) <= set(r) for r in rows)
+    return {tuple(r[k] for k in SEARCH[:6]): {k: r[k] for k in SEARCH} for r in rows}
+
+
+OPTIONS = {"auto": True, "time_budget": 1.0, "epochs": 2, "device": "cpu", "seed": 0}
+
+
+def test_auto_chooses_on_train_only_and_records_the_search(hymenoptera, tmp_path) -> None:
+    plain = graft.train(dataset(tmp_path / "a", hymenoptera, swap_val=False), out=tmp_path / "runs", **OPTIONS)
+    planted = graft.train(dataset(tmp_path / "b", hymenoptera, swap_val=True), out=tmp_path / "runs", **OPTIONS)
+    first, second = leaderboard(plain.run_dir), leaderboard(planted.run_dir)
+    # the budget decides how many candidates were drawn; those drawn in both scored alike, whatever val holds
+    common = first.keys() & second.keys()
+    default = ("mobilenet_v2", "linear", "0.0", "0.001", "0.0001", "none")
+    assert default in common
+    assert all(first[k] == second[k] for k in common)
+    # val was read only after the search: the final training saw the swapped labels
+    assert plain.metrics["best_val_acc"] >= 0.8 and planted.metrics["best_val_acc"] <= 0.5
+
+    auto = plain.metrics["auto"]
+    assert auto["folds"] == 5 and auto["candidates"] == len(first) and auto["time_budget"] == 1.0
+    assert auto["search_seconds"] > 0 and auto["final_seconds"] > 0
+    assert json.loads((plain.run_dir / "metrics.json").read_text())["auto"] == auto
+    config = json.loads((plain.run_dir / "config.json").read_text())
+    assert config["auto_search"] == {"auto": True, "time_budget": 1.0, "ensemble": None}
+    winner = auto["winner"]
+    assert config["arch"] == winner["arch"] and config["lr"] == winner["lr"] and config["auto"] is False
+    assert "5-fold CV on train" in (plain.run_dir / "report.html").read_text()
+
+
+def test_stratified_folds_keep_the_class_shares() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 10)
+    folds = stratified_folds(labels, 5, seed=0)
+    for k in range(5):
+        assert int(((folds == k) & (labels == 0)).sum()) == 10 and int(((folds == k) & (labels == 1)).sum()) == 2
+    assert torch.equal(stratified_folds(labels, 5, seed=0), folds)
+
+
+def test_ensemble_run_loads_predicts_and_evaluates(hymenoptera, tmp_path) -> None:
+    data = dataset(tmp_path / "a", hymenoptera, swap_val=False)
+    run = graft.train(data, out=tmp_path / "runs", ensemble=2, **OPTIONS)
+    meta = json.loads((run.run_dir / "model.json").read_text())
+    assert meta["kind"] == "ensemble" and len(meta["members"]) == 2
+    clf = graft.load(run.run_dir, device="cpu")
+    members = [graft.load(run.run_dir / m, device="cpu") for m in meta["members"]]
+    images = sorted((data / "val" / "bees").glob("*.jpg"))[:3]
+    batch = torch.stack([clf.tensor(p) for p in images])
+    by_hand = np.mean([softmax(m.logits(batch).numpy()) for m in members], axis=0)
+    np.testing.assert_allclose(softmax(clf.logits(batch).numpy()), by_hand, atol=PROB_ATOL)
+    predicted = clf.predict(images, top_k=1)
+    assert [p[0].label for p in predicted] == [clf.classes[i] for i in by_hand.argmax(1)]
+    result = evaluate(run.run_dir, plots=False, device="cpu")
+    assert result.accuracy == run.metrics["best_val_acc"]  # the members' stored val rows, as the run measured
