@@ -88,12 +88,6 @@ class Classifier(abc.ABC):
 
         return run_html(self.run_dir, title="graft classifier", extra=[("device", str(self.device))])
 
-    def _repr_html_(self) -> str:
-        """Jupyter: the run this classifier was loaded from (summary, curves, confusion matrix) and its device."""
-        from graft.core.notebook import run_html
-
-        return run_html(self.run_dir, title="graft classifier", extra=[("device", str(self.device))])
-
     @abc.abstractmethod
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits (CPU float32) of a preprocessed batch ``(B, 3, H, W)``."""
@@ -101,6 +95,9 @@ class Classifier(abc.ABC):
     def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """What predictions are made of (predict, evaluate, serve): :meth:`logits`, or with :attr:`tta` the
         log-mean of the probabilities of the image and of its horizontal mirror (see :func:`tta_logits`)."""
+        if self.tta and self.multilabel:  # sigmoid outputs: the mean of the two views' probabilities, as logits
+            mean = (self.logits(batch).float().sigmoid() + self.logits(batch.flip(-1)).float().sigmoid()) / 2
+            return torch.logit(mean, eps=1e-7)
         return tta_logits(self.logits, batch) if self.tta else self.logits(batch)
 
     def prepare(self) -> Classifier:

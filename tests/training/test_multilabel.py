@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import graft
 from graft.core.errors import ConfigError
@@ -98,3 +99,11 @@ def test_pos_weight_auto_and_what_a_multilabel_run_refuses(mosaics, tmp_path) ->
         graft.train(mosaics, label_delim=" ", int8=True, device="cpu", out=tmp_path, name="int8")
     with pytest.raises(ConfigError, match="--label-smoothing: for single-label runs"):
         graft.train(mosaics, label_delim=" ", label_smoothing=0.1, device="cpu", out=tmp_path, name="ls")
+
+
+def test_tta_averages_the_probabilities_of_the_image_and_its_mirror(mosaic_run, mosaics) -> None:
+    clf = graft.load(mosaic_run.run_dir, device="cpu", tta=True)
+    batch = torch.stack([clf.tensor(mosaics.parent / r["path"]) for r in val_rows(mosaics)[:4]])
+    plain, mirrored = clf.logits(batch).sigmoid(), clf.logits(batch.flip(-1)).sigmoid()
+    # same process, same batches: the views' probabilities are those predict_logits averages
+    assert torch.allclose(clf.predict_logits(batch).sigmoid(), (plain + mirrored) / 2, atol=1e-6)
