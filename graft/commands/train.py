@@ -48,10 +48,6 @@ def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
         from graft.training.auto_run import run_auto
 
         return run_auto(cfg, log=log, train=lambda winner: run(winner, log=log))
-    if cfg.auto:  # the cross-validated search, then the winner through this very function (graft.training.auto_run)
-        from graft.training.auto_run import run_auto
-
-        return run_auto(cfg, log=log, train=lambda winner: run(winner, log=log))
     # --log's trackers are checked first (package, store), so a missing one fails before any training work; the
     # model card and the trackers come last, so that they see the report's evaluation and figures
     trackers = tracking.trackers(cfg, log)

@@ -418,23 +418,6 @@ def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
     return f'<p class="muted">{_e(note)}</p>{table}'
 
 
-def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
-    """The search's ``leaderboard.csv`` as a table (best first), with its time and budget."""
-    import csv
-
-    with open(run_dir / "leaderboard.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    auto = ckpt.read_json_or(run_dir / "auto.json") or {}
-    keys = ["rank", "arch", "hidden", "dropout", "lr", "weight_decay", "balance", "cv_mean", "cv_sd", "seconds"]
-    table = _table(keys, [[r.get(k, "") for k in keys] for r in rows[:top]], numeric_from=3)
-    note = (
-        f"{len(rows)} candidates, {auto.get('metric', 'acc')} over {auto.get('folds', 5)} folds of the train split "
-        f"(val not used); search {auto.get('search_seconds', '?')} s"
-        + (f" of a {auto['time_budget']} s budget" if auto.get("time_budget") else "")
-    )
-    return f'<p class="muted">{_e(note)}</p>{table}'
-
-
 def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -> str:
     """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
     run_dir = Path(run_dir)
@@ -465,8 +448,6 @@ def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -
         ("Config", _kv(config_rows)),
         ("Environment", _kv(_environment(meta, metrics))),
     ]
-    if (run_dir / "leaderboard.csv").is_file():  # graft train --auto: every candidate of the search
-        sections.insert(1, ("Search (--auto, 5-fold CV on train)", _leaderboard_section(run_dir)))
     if (run_dir / "leaderboard.csv").is_file():  # graft train --auto: every candidate of the search
         sections.insert(1, ("Search (--auto, 5-fold CV on train)", _leaderboard_section(run_dir)))
     body = "\n".join(f"<section><h2>{_e(title)}</h2>\n{content}\n</section>" for title, content in sections)
