@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graft.core.config_tables import TABLE_HELP as _TABLE_HELP
+from graft.core.config_tables import is_frame, jsonable_data
+from graft.core.config_tables import table_options as table_options  # re-exported: the scan's callers import it here
 from graft.core.config_tracking import TRACKING_HELP, tracker_names
 from graft.core.errors import ConfigError
 from graft.core.options import LEVER_HELP, Augment, Balance, SelectBy, check_augment
@@ -34,25 +37,7 @@ def default_data_root() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
 
-#: the options of a table DATA, alike on every command that takes DATA
-_TABLE_HELP = {
-    "path_col": "table DATA: column of image paths (default: fname, path, file, filename or image)",
-    "label_col": "table DATA: column of labels, one per row (default: labels, label or class)",
-    "split_col": "table DATA: column of train/val, or True/False as fastai's is_valid (default: is_valid, split or "
-    "set; without one, --val-split of each class is held out)",
-    "root": "table DATA: folder its paths are relative to (default: the table's folder); paths outside are refused",
-    "label_delim": "table DATA: separator of several labels in one cell (e.g. ' ' or ';'): a multi-label table",
-    "task": "single (one label per image), multilabel (any number, none allowed), or auto: multilabel when "
-    "--label-delim is given or a cell holds several labels",
-}
 _DATA_HELP = "dataset folder (DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*), or a .csv/.tsv table"
-
-
-def table_options(cfg: Any) -> dict[str, Any]:
-    """A config's table options as :func:`graft.data.folders.scan` takes them."""
-    labels = {"label_delim": getattr(cfg, "label_delim", None), "task": getattr(cfg, "task", "auto")}
-    columns = {"path_col": cfg.path_col, "label_col": cfg.label_col, "split_col": cfg.split_col}
-    return columns | {"table_root": cfg.root} | labels
 
 
 @dataclass(kw_only=True)
@@ -131,9 +116,7 @@ class TrainConfig:
     root: Path | None = opt(None, _TABLE_HELP["root"])
     label_delim: str | None = opt(None, _TABLE_HELP["label_delim"])
     task: Literal["auto", "single", "multilabel"] = opt("auto", _TABLE_HELP["task"])
-    pos_weight: Literal["none", "auto"] = opt(
-        "none", "multi-label: weight of each class's positives in the loss (auto: negatives/positives of train)"
-    )
+    pos_weight: Literal["none", "auto"] = opt("none", _TABLE_HELP["pos_weight"])
     exclude: Path | None = opt(
         None,
         "file of images to leave out, path<TAB>reason per line (graft doctor --exclude-list writes one); they are "
@@ -204,15 +187,7 @@ class TrainConfig:
         return [*head, ("all", self.epochs, self.lr or default["all"])]
 
     def to_dict(self) -> dict[str, Any]:
-        out = to_jsonable(self)
-        if is_frame(self.data):  # config.json names it; data_report.json keeps its rows (paths, labels, split)
-            out["data"] = f"DataFrame ({len(self.data)} rows)"
-        return out
-
-
-def is_frame(data: Any) -> bool:
-    """A pandas DataFrame given as DATA (:func:`graft.data.tables.is_dataframe`, without importing it here)."""
-    return hasattr(data, "columns") and hasattr(data, "itertuples") and not isinstance(data, str | os.PathLike)
+        return jsonable_data(to_jsonable(self), self.data)
 
 
 @dataclass(kw_only=True)
@@ -222,7 +197,7 @@ class PredictConfig:
     run: Path = opt(None, "run directory written by graft train", positional=True)
     paths: list[Path] = opt([], "images or folders of images", positional=True, nargs="+")
     top_k: int = opt(5, "number of classes to report per image")
-    threshold: float | None = opt(None, "multi-label runs: one probability threshold for every class (default: saved)")
+    threshold: float | None = opt(None, _TABLE_HELP["threshold"])
     category_names: Path | None = opt(None, "JSON file mapping class names to display names")
     json: bool = opt(False, "print JSON instead of a table")
     batch_size: int = opt(32, "images per batch")
