@@ -17,8 +17,8 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import export
-from graft.commands.onnx_int8 import MAX_DROP, export_int8
+from graft.commands.export import ExportError, export
+from graft.commands.onnx_int8 import MAX_DROP, check_drop, export_int8
 
 #: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
 RUNTIME_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
@@ -143,3 +143,15 @@ def test_standalone_predict_reports_an_unreadable_file(int8_export, torch_free_p
         [torch_free_python, str(int8_export.path.parent / "predict.py"), str(bad)], capture_output=True, text=True
     )
     assert done.returncode == 1 and done.stdout.startswith(f"{bad}  error: ")
+
+
+def test_more_than_one_point_lost_is_refused(tmp_path: Path) -> None:
+    """The refusal rule on figures: one image of 153 (0.65 points) or exactly one point passes; two images do not,
+    and the message says what was lost and what to do."""
+    check_drop({"fp32_val_acc": 147 / 153, "int8_val_acc": 146 / 153, "val_images": 153}, tmp_path)
+    check_drop({"fp32_val_acc": 0.96, "int8_val_acc": 0.95, "val_images": 100}, tmp_path)
+    with pytest.raises(ExportError) as e:
+        check_drop({"fp32_val_acc": 147 / 153, "int8_val_acc": 145 / 153, "val_images": 153}, tmp_path)
+    msg = str(e.value)
+    assert "loses 1.31 points" in msg and "0.9608 -> 0.9477 on 153 images" in msg and "nothing was written" in msg
+    assert f"graft export {tmp_path} --format onnx" in msg and "--calib" in msg and "\n" not in msg
