@@ -70,7 +70,8 @@ class _Run:
         self.metrics = ckpt.read_json_or(run_dir / "metrics.json") or {}
         self.data = ckpt.read_json_or(run_dir / "data_report.json") or {}
         ev = ckpt.read_json_or(run_dir / "evaluation.json")
-        self.evaluation = ev if ev and ev.get("source") == "val split" else None
+        # a multi-label evaluation has no accuracy: its card gives the mAP and F1 of metrics.json (:func:`_metrics`)
+        self.evaluation = ev if ev and ev.get("source") == "val split" and ev.get("task") != "multilabel" else None
         self.quant = ckpt.read_json_or(run_dir / "quantization.json")
         self.classes: list[str] = list(self.meta.get("classes") or self.metrics.get("classes") or [])
 
@@ -231,6 +232,12 @@ def _data(run: _Run) -> str:
 
 def _metrics(run: _Run) -> str:
     lines = ["## Metrics", ""]
+    m = run.metrics
+    if "best_val_map" in m:  # a multi-label run: mAP, and F1 at the per-class thresholds chosen on val
+        rows = [("val mAP", f"{m['best_val_map']:.4f}")] + [
+            (f"val {k} F1 at the thresholds", f"{m.get(f'val_{k}_f1', float('nan')):.4f}") for k in ("micro", "macro")
+        ]
+        return "\n".join([*lines, _table(["metric", "value"], rows), "", f"Thresholds: `{m.get('thresholds')}`"])
     val = run.val_accuracy()
     if val is None:
         return "\n".join([*lines, "No val accuracy was recorded (metrics.json is missing or incomplete)."])

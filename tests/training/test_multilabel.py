@@ -42,6 +42,7 @@ def test_the_run_is_multilabel_and_chooses_its_epoch_and_thresholds_on_val(mosai
     report = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8"))
     assert report["task"] == "multilabel" and report["counts"]["val"] == {"ants": 8, "bees": 8}
     assert sorted(map(tuple, report["split_labels"]["val"])) == sorted([("ants",), ("bees",), ("ants", "bees")] * 4)
+    assert "| val mAP |" in (run_dir / "README.md").read_text(encoding="utf-8")  # the model card
 
 
 def test_predict_gives_both_labels_to_mosaics_that_hold_both(mosaic_run, mosaics) -> None:
