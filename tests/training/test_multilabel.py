@@ -108,3 +108,18 @@ def test_tta_averages_the_probabilities_of_the_image_and_its_mirror(mosaic_run, 
     plain, mirrored = clf.logits(batch).sigmoid(), clf.logits(batch.flip(-1)).sigmoid()
     # same process, same batches: the views' probabilities are those predict_logits averages
     assert torch.allclose(clf.predict_logits(batch).sigmoid(), (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_finetuning_trains_on_images_with_the_same_targets(mosaics, tmp_path) -> None:
+    """Image epochs (decoded images in memory, all layers) take the label-set indices as the feature epochs do;
+    the thresholds are chosen through the whole model at the end (the report's evaluation reads them back)."""
+    run = graft.train(
+        mosaics, label_delim=" ", mode="finetune", head_epochs=1, epochs=1, device="cpu", out=tmp_path, name="ft"
+    )
+    with open(run.run_dir / "results.csv", newline="") as f:
+        assert [r["stage"] for r in csv.DictReader(f)] == ["head", "all"]
+    assert run.metrics["task"] == "multilabel" and 0 < run.best_val_map <= 1
+    ev = json.loads((run.run_dir / "evaluation.json").read_text(encoding="utf-8"))  # the end-of-run report's
+    assert math.isclose(ev["map"], run.best_val_map, abs_tol=1e-4)
+    meta = json.loads((run.run_dir / "model.json").read_text(encoding="utf-8"))
+    assert meta["thresholds"] == list(run.metrics["thresholds"].values())
