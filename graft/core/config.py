@@ -73,7 +73,7 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss")
     hidden: tuple[int, ...] = opt((), "hidden layer widths of an MLP head, e.g. 1024,512 (default: one Linear)")
     dropout: float = opt(0.0, "dropout before each Linear of the head")
-    balance: Balance = opt("none", LEVER_HELP["balance"])
+    balance: Balance = opt("auto", LEVER_HELP["balance"])
     select_by: SelectBy = opt("auto", LEVER_HELP["select_by"])
     augment: Augment = opt("standard", LEVER_HELP["augment"])
     mixup: float = opt(0.0, LEVER_HELP["mixup"])

@@ -8,14 +8,15 @@ from typing import Any, Literal
 
 from graft.core.errors import ConfigError
 
-Balance = Literal["none", "weights", "sampler"]
+Balance = Literal["auto", "none", "weights", "sampler"]
 SelectBy = Literal["auto", "acc", "balanced_acc", "macro_f1"]
 #: the augmentation policies of image stages; "standard" is random resized crop + horizontal flip
 Augment = Literal["standard", "trivialaugment", "randaugment", "autoaugment", "none"]
 
 LEVER_HELP = {
-    "balance": "class imbalance: weights (inverse-frequency cross-entropy weights from the train split) or sampler "
-    "(class-balanced sampling with replacement, same epoch length); none trains on the data as it is",
+    "balance": "class imbalance: weights (inverse-frequency cross-entropy weights from the train split), sampler "
+    "(class-balanced sampling with replacement, same epoch length), none (the data as it is), or auto: weights when "
+    "the largest train class has >= 3x the images of the smallest, else none",
     "select_by": "what the best epoch maximizes on val; auto: balanced_acc when the largest train class has >= 3x "
     "the images of the smallest, else acc",
     "augment": "augmentation of training images: standard (random resized crop + flip), trivialaugment, randaugment "

@@ -38,12 +38,19 @@ def sample_weights(labels: torch.Tensor | Sequence[int], n_classes: int) -> torc
     return (1.0 / counts.clamp(min=1))[labels]
 
 
+def balance_used(cfg: Any, counts: Sequence[int]) -> str:
+    """``--balance`` as applied: ``auto`` is ``weights`` on imbalanced train classes (>= 3x), else ``none``."""
+    if cfg.balance != "auto":
+        return cfg.balance
+    return "weights" if imbalance(counts) >= IMBALANCED else "none"
+
+
 def make_criterion(cfg: Any, counts: Sequence[int]) -> tuple[nn.Module, nn.Module | None]:
     """The (training, val) losses: cross-entropy with ``--label-smoothing``, weighted per class in training with
-    ``--balance weights``; the val loss is then the plain one (comparable between runs), else None (the same).
-    Takes integer labels or soft targets (``--mixup``/``--cutmix``)."""
+    ``--balance weights`` (or ``auto`` on imbalanced classes); the val loss is then the plain one (comparable
+    between runs), else None (the same). Takes integer labels or soft targets (``--mixup``/``--cutmix``)."""
     plain = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if cfg.balance != "weights":
+    if balance_used(cfg, counts) != "weights":
         return plain, None
     return nn.CrossEntropyLoss(weight=class_weights(counts), label_smoothing=cfg.label_smoothing), plain
 
@@ -63,7 +70,7 @@ def selector(metric: str) -> Callable[[Any], float]:
 
 
 def describe(cfg: Any, counts: Sequence[int], metric: str, classes: Sequence[str]) -> str:
-    """The log line that says what the best epoch maximizes and why (and advice on imbalanced data)."""
+    """The log line that says what the best epoch maximizes and why, and how the classes are balanced."""
     ratio = imbalance(counts)
     big, small = max(range(len(counts)), key=counts.__getitem__), min(range(len(counts)), key=counts.__getitem__)
     shape = (
@@ -71,7 +78,10 @@ def describe(cfg: Any, counts: Sequence[int], metric: str, classes: Sequence[str
     )
     why = "--select-by auto" if cfg.select_by == "auto" else f"--select-by {cfg.select_by}"
     line = f"best epoch by val {metric.replace('_', ' ')} ({why}; {shape})"
-    if ratio >= IMBALANCED and cfg.balance == "none":
+    used = balance_used(cfg, counts)
+    if cfg.balance == "auto" and used == "weights":
+        line += "; --balance auto: class-weighted loss (--balance none trains on the data as it is)"
+    elif ratio >= IMBALANCED and used == "none":
         line += "; imbalanced: --balance weights or --balance sampler may help the small classes"
     return line
 

@@ -33,7 +33,7 @@ from graft.inference.multilabel import DEFAULT_THRESHOLD
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model, choose_weights
 from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
-from graft.training.levers import class_counts, describe, make_criterion, select_metric, selector
+from graft.training.levers import balance_used, class_counts, describe, make_criterion, select_metric, selector
 from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler, run_epoch
 from graft.training.lrfind import stage_lr
 from graft.training.multilabel import make_multilabel_loss, thresholds_and_metrics
@@ -137,7 +137,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     if cfg.resume:
         rundir.check_same_split(run_dir, s.dataset)
     s.announce(log, run_dir, cfg, cfg.mode, device)
-    metric = _selected_metric(cfg, s.dataset, log)
+    levers = _levers(cfg, s.dataset, log)
     if s.dataset.report.skipped:
         log(f"skipped {len(s.dataset.report.skipped)} file(s), see {run_dir / rundir.DATA_REPORT}")
     if dist.is_main():  # only rank 0 writes the run directory
@@ -161,13 +161,13 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     listeners.on_run_start(run_dir)
     fit_start = time.perf_counter()
     with _memory_advice(cfg, device, run_dir):  # CUDA out of memory -> a batch size to try
-        _, best_epoch, history = _run_stages(cfg, model, data, device, progress, saver, listeners, metric)
+        _, best_epoch, history = _run_stages(cfg, model, data, device, progress, saver, listeners, levers)
     fit_seconds = time.perf_counter() - fit_start
     if dist.is_main():
         checkpoints.finish(best_epoch)
     multilabel = _multilabel_end(cfg, model, data, device, meta, run_dir) if s.dataset.label_sets else {}
     best = history[best_epoch - 1]
-    metrics = _metrics(history, best_epoch, metric, s.dataset, device) | {
+    metrics = _metrics(history, best_epoch, levers, s.dataset, device) | {
         "train_seconds": round(time.perf_counter() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
     }
@@ -200,10 +200,10 @@ def _run_stages(
     progress: Any,
     saver: ProgressSaver,
     listeners: Callback,
-    metric: str,
+    levers: dict[str, str],
 ) -> tuple[float, int, list[EpochResult]]:
     """Every stage of ``cfg.stages()`` in turn (those a resumed run finished are skipped); returns the best
-    epoch's score (val ``metric``), the epoch and the history of all epochs."""
+    epoch's score (val ``levers["selected_by"]``), the epoch and the history of all epochs."""
     best_acc, best_epoch, history = (-1.0, 0, []) if progress is None else progress.before_stage
     criterion, val_criterion = make_criterion(
         cfg, class_counts([s.label for s in data.dataset.train], len(data.dataset.classes))
@@ -251,7 +251,7 @@ def _run_stages(
                 first_epoch=len(history) + 1,
                 stage=stage,
                 start=start,
-                select=selector(metric),
+                select=selector(levers["selected_by"]),
                 val_criterion=val_criterion,
             )
         history = history + result.history
@@ -277,14 +277,17 @@ def _multilabel_end(
     return found
 
 
-def _metrics(history: list[EpochResult], best_epoch: int, metric: str, dataset: Any, device: Any) -> dict[str, Any]:
-    """metrics.json's figures of the best epoch (chosen by val ``metric``) and of the data (times added after)."""
+def _metrics(
+    history: list[EpochResult], best_epoch: int, levers: dict[str, str], dataset: Any, device: Any
+) -> dict[str, Any]:
+    """metrics.json's figures of the best epoch (chosen by val ``levers["selected_by"]``; ``levers["balance"]``
+    as applied) and of the data (times added after)."""
     best = history[best_epoch - 1]
     return {
         "best_val_acc": best.val_acc,
         "best_val_balanced_acc": best.val_balanced_acc,
         "best_val_macro_f1": best.val_macro_f1,
-        "selected_by": metric,
+        **levers,
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "best_val_loss": best.val_loss,
@@ -295,14 +298,15 @@ def _metrics(history: list[EpochResult], best_epoch: int, metric: str, dataset: 
     } | ({"world_size": dist.world_size()} if dist.is_distributed() else {})
 
 
-def _selected_metric(cfg: TrainConfig, dataset: Any, log: Callable[[str], None]) -> str:
-    """What the best epoch maximizes on val (``--select-by``; auto from the train classes), said in the log."""
-    if getattr(dataset, "label_sets", None) is not None:
-        return "acc"  # a multi-label run's accuracy slot holds its val mAP
+def _levers(cfg: TrainConfig, dataset: Any, log: Callable[[str], None]) -> dict[str, str]:
+    """What the best epoch maximizes on val (``--select-by``) and the class balance applied (``--balance``), both
+    ``auto`` decided from the train classes; said in the log."""
     counts = class_counts([s.label for s in dataset.train], len(dataset.classes))
+    if getattr(dataset, "label_sets", None) is not None:  # a multi-label run's accuracy slot holds its val mAP
+        return {"selected_by": "acc", "balance": cfg.balance}
     metric = select_metric(cfg, counts)
     log(describe(cfg, counts, metric, dataset.classes))
-    return metric
+    return {"selected_by": metric, "balance": balance_used(cfg, counts)}
 
 
 def _silent(line: str) -> None:

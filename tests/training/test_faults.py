@@ -189,12 +189,12 @@ def test_nan_loss_stops_with_advice_and_keeps_the_best_model(tmp_image_folder, t
     real, calls = graft.training.loop.run_epoch, [0]
 
     def run_epoch(model, loader, criterion, device, *, optimizer=None, desc=""):
-        loss, acc = real(model, loader, criterion, device, optimizer=optimizer, desc=desc)
+        phase = real(model, loader, criterion, device, optimizer=optimizer, desc=desc)
         if optimizer is not None:
             calls[0] += 1
             if calls[0] == 3:  # the third epoch diverges
-                return float("nan"), acc
-        return loss, acc
+                return phase._replace(loss=float("nan"))
+        return phase
 
     monkeypatch.setattr(graft.training.loop, "run_epoch", run_epoch)
     run_dir = tmp_path / "runs/nan"

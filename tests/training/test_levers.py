@@ -21,6 +21,7 @@ from graft.core.runtime import train_loader
 from graft.data.device import DeviceBatches
 from graft.insight.evaluation import balanced_accuracy, per_class_metrics
 from graft.training.levers import (
+    balance_used,
     class_weights,
     confusion_metrics,
     make_criterion,
@@ -40,8 +41,19 @@ def test_balance_weights_are_inverse_frequency() -> None:
     train, val = make_criterion(cfg, [123, 24])
     assert torch.allclose(train.weight, w) and train.label_smoothing == 0.1
     assert val.weight is None and val.label_smoothing == 0.1  # the val loss stays comparable between runs
-    train, val = make_criterion(TrainConfig(data="x"), [123, 24])
+    train, val = make_criterion(TrainConfig(data="x", balance="none"), [123, 24])
     assert train.weight is None and val is None
+
+
+def test_balance_auto_weights_imbalanced_classes_only() -> None:
+    auto = TrainConfig(data="x")
+    assert auto.balance == "auto"
+    assert balance_used(auto, [123, 24]) == "weights"  # 5.1x
+    assert torch.allclose(make_criterion(auto, [123, 24])[0].weight, class_weights([123, 24]))
+    assert balance_used(auto, [123, 121]) == "none"  # balanced: the plain loss, as before --balance existed
+    assert make_criterion(auto, [123, 121])[0].weight is None
+    assert balance_used(auto, [60, 21]) == "none"  # 2.9x: under the threshold
+    assert balance_used(TrainConfig(data="x", balance="sampler"), [123, 24]) == "sampler"
 
 
 def _class_one_share(indices: list[int], labels: torch.Tensor) -> float:
@@ -131,13 +143,13 @@ def _rows(run_dir) -> list[dict[str, str]]:
 
 
 def test_default_run_is_unchanged_by_the_lever_options(frozen_run, hymenoptera, tmp_path) -> None:
-    defaults = {"balance": "none", "select_by": "auto", "augment": "standard", "mixup": 0.0, "cutmix": 0.0,
+    defaults = {"balance": "auto", "select_by": "auto", "augment": "standard", "mixup": 0.0, "cutmix": 0.0,
                 "random_erasing": 0.0}  # fmt: skip
     run = graft.train(hymenoptera, mode="freeze", epochs=5, device="cpu", out=tmp_path, seed=0, **defaults)
     # identical by construction: same process, same stored feature rows, same seed and batches
     assert _rows(run.run_dir) == _rows(frozen_run.run_dir)
     metrics = json.loads((run.run_dir / "metrics.json").read_text())
-    assert metrics["selected_by"] == "acc"  # hymenoptera is balanced (123 / 121)
+    assert (metrics["selected_by"], metrics["balance"]) == ("acc", "none")  # hymenoptera is balanced (123 / 121)
     rows = _rows(run.run_dir)
     best = rows[metrics["best_epoch"] - 1]
     assert float(best["val_balanced_acc"]) == pytest.approx(metrics["best_val_balanced_acc"], abs=1e-6)
