@@ -353,19 +353,20 @@ def int8_run(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize(("fmt", "extra"), [("onnx", []), ("torchscript", []), ("onnx", ["--int8"])])
 def test_export_refuses_int8_runs_in_one_line(
-    int8_run: Path, fmt: str, frozen_run: Any, capsys: pytest.CaptureFixture[str]
+    int8_run: Path, fmt: str, extra: list[str], frozen_run: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """No exported file of the int8 program can be verified against it: one ``error:`` line says so, names the
-    run, and says what to export instead (the float run it was quantized from, when there is one)."""
+    run, and says what to export instead (the float run it was quantized from, when there is one). ``--int8``
+    (ONNX Runtime's quantization of a float run's export) refuses them alike."""
     from graft.commands.cli import main
     from graft.inference.loading import is_int8
 
     meta = json.loads((int8_run / "model.json").read_text())
     assert is_int8(meta) and "quantized" not in meta  # what the writers record
     capsys.readouterr()
-    assert main(["export", str(int8_run), "--format", fmt]) == 1
+    assert main(["export", str(int8_run), "--format", fmt, *extra]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ") and captured.err.count("\n") == 1
     err = captured.err
@@ -374,7 +375,7 @@ def test_export_refuses_int8_runs_in_one_line(
         assert f"graft export {frozen_run.run_dir} --format {fmt}" in err
     else:
         assert "graft train without --int8" in err
-    assert not [p for p in int8_run.iterdir() if p.name.startswith(("model.onnx", "model.torchscript"))]
+    assert not [p for p in int8_run.iterdir() if p.name.startswith(("model.onnx", "model.torchscript", "onnx-int8"))]
 
 
 @pytest.mark.slow
