@@ -11,6 +11,7 @@ import torch
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.errors import ConfigError
 from graft.features.similarity import Hashes, leaked
 
 
@@ -80,6 +81,8 @@ class StageData:
         from graft.data.augment import MixedBatches, batch_mix
 
         if self._images is None:
+            if getattr(self.dataset, "label_sets", None) is not None and (self.cfg.mixup or self.cfg.cutmix):
+                raise ConfigError("--mixup and --cutmix mix single labels; leave them out for a multi-label table")
             train, val = self._image_loaders()
             mix = batch_mix(self.cfg.mixup, self.cfg.cutmix, len(self.dataset.classes))
             self._images = (MixedBatches(train, mix) if mix else train), val
