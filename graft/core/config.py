@@ -183,7 +183,7 @@ class TrainConfig:
         default = {"adamw": {"head": 1e-3, "all": 2e-4}, "sgd": {"head": 1e-2, "all": 1e-3}}[self.optimizer]
         if self.mode == "freeze":
             return [("head", self.epochs, self.lr or default["head"])]
-        head = [("head", self.head_epochs, default["head"])] if self.head_epochs else []
+        head = [("head", self.head_epochs, {"auto": "auto"}.get(self.lr, default["head"]))] if self.head_epochs else []
         return [*head, ("all", self.epochs, self.lr or default["all"])]
 
     def to_dict(self) -> dict[str, Any]:

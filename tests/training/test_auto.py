@@ -1,6 +1,6 @@
 """``graft train --auto``: the cross-validated search on the train split's stored features (val never read for
-choosing: planted val changes leave the leaderboard as it is), leaderboard.csv and the record of the search; and
-``--ensemble K``: one run that loads, predicts (the mean of its members' probabilities) and evaluates."""
+choosing: planted val changes leave the leaderboard as it is), leaderboard.csv and the record of the search (the
+``--ensemble K`` run is tested in tests/inference/test_ensemble.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-from numerics import PROB_ATOL, softmax
 
 import graft
-from graft.evaluation import evaluate
 from graft.training.auto import stratified_folds
 
 SEARCH = ["arch", "hidden", "dropout", "lr", "weight_decay", "balance", "metric", "cv_mean", "cv_sd", "folds"]
@@ -74,25 +71,3 @@ def test_stratified_folds_keep_the_class_shares() -> None:
     for k in range(5):
         assert int(((folds == k) & (labels == 0)).sum()) == 10 and int(((folds == k) & (labels == 1)).sum()) == 2
     assert torch.equal(stratified_folds(labels, 5, seed=0), folds)
-
-
-def test_ensemble_run_loads_predicts_and_evaluates(hymenoptera, tmp_path) -> None:
-    data = dataset(tmp_path / "a", hymenoptera, swap_val=False)
-    run = graft.train(data, out=tmp_path / "runs", ensemble=2, **OPTIONS)
-    meta = json.loads((run.run_dir / "model.json").read_text())
-    assert meta["kind"] == "ensemble" and len(meta["members"]) == 2
-    clf = graft.load(run.run_dir, device="cpu")
-    members = [graft.load(run.run_dir / m, device="cpu") for m in meta["members"]]
-    images = sorted((data / "val" / "bees").glob("*.jpg"))[:3]
-    batch = torch.stack([clf.tensor(p) for p in images])
-    by_hand = np.mean([softmax(m.logits(batch).numpy()) for m in members], axis=0)
-    np.testing.assert_allclose(softmax(clf.logits(batch).numpy()), by_hand, atol=PROB_ATOL)
-    predicted = clf.predict(images, top_k=1)
-    assert [p[0].label for p in predicted] == [clf.classes[i] for i in by_hand.argmax(1)]
-    result = evaluate(run.run_dir, plots=False, device="cpu")
-    assert result.accuracy == run.metrics["best_val_acc"]  # the members' stored val rows, as the run measured
-
-    from graft.commands.export import export
-
-    exported = export(run.run_dir, verify_images=4)  # one ONNX module: one body for the two heads, averaged
-    assert exported.verification.passed and exported.path.stat().st_size < 20e6  # one mobilenet_v2 body, not two

@@ -91,3 +91,15 @@ def test_valley_is_fastais() -> None:
     losses = [3.0, 3.1, 2.9, 2.5, 2.0, 1.5, 1.2, 1.0, 4.0, 9.0]
     assert valley(losses) == 3
     assert valley([1.0, 2.0, 3.0]) == 0  # nothing decreases: the start
+
+
+def test_lr_auto_applies_to_every_stage_of_a_fine_tune(tmp_path) -> None:
+    from graft.core.config import TrainConfig
+    from graft.core.errors import ConfigError
+
+    assert TrainConfig(data=tmp_path, mode="finetune", lr="auto").stages() == [("head", 3, "auto"), ("all", 10, "auto")]
+    assert TrainConfig(data=tmp_path, mode="finetune", lr=1e-4).stages() == [("head", 3, 1e-3), ("all", 10, 1e-4)]
+    with pytest.raises(ConfigError, match="--lr auto is for float runs"):
+        TrainConfig(data=tmp_path, mode="qat", lr="auto")
+    with pytest.raises(ConfigError, match="number or auto"):
+        TrainConfig(data=tmp_path, lr="fast")
