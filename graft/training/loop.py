@@ -78,6 +78,35 @@ class Phase(NamedTuple):
     confusion: torch.Tensor | None = None
 
 
+class Tally:
+    """What a pass of :func:`run_epoch` counts, batch by batch; a loss with other outputs (the multi-label loss)
+    brings its own through ``criterion.tally(training, device)``.
+
+    This one counts class predictions: labels are class indices, or soft targets ``(B, classes)`` (MixUp/CutMix
+    batches), whose predictions count as hits when they hit the dominant label."""
+
+    def __init__(self, training: bool, device: torch.device) -> None:
+        # Sums stay on the device: reading them back per batch would make a GPU wait for every batch.
+        self.loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.training, self.seen, self.confusion = training, 0, None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        hard = labels.argmax(1) if labels.dim() > 1 else labels
+        predicted = logits.argmax(1)
+        self.loss += loss * labels.size(0)
+        self.correct += (predicted == hard).sum()
+        self.seen += labels.size(0)
+        if not self.training:
+            self.confusion = _confusion(self.confusion, hard, predicted, logits.size(1))
+
+    def result(self, loader: Any) -> Phase:
+        # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
+        loss_sum, hits, seen = dist.epoch_totals(loader, self.loss.item(), self.correct.item(), self.seen)
+        confusion = None if self.confusion is None else dist.epoch_sum(loader, self.confusion.cpu())
+        return Phase(loss_sum / max(seen, 1), hits / max(seen, 1), confusion)
+
+
 def run_epoch(
     model: nn.Module,
     loader: Any,
@@ -87,25 +116,12 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None = None,
     desc: str = "",
 ) -> Phase:
-    """One pass over ``loader``: training when an optimizer is given, else evaluation (with a confusion matrix).
-
-    Labels are class indices, or soft targets ``(B, classes)`` (MixUp/CutMix batches): accuracy then counts the
-    predictions that hit the dominant label."""
-    if getattr(criterion, "multilabel", False):  # sigmoid outputs: the pass's mAP in the accuracy slot
-        from graft.training.multilabel import multilabel_epoch
-
-        kw = {"optimizer": optimizer, "desc": desc}
-
-        return Phase(*multilabel_epoch(model, loader, criterion, device, inference=_inference_model, **kw))
+    """One pass over ``loader``: training when an optimizer is given, else evaluation (with a confusion matrix)."""
     training = optimizer is not None
     model.train(training)
     if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
         model = _inference_model(dist.unwrap(model), device)
-    # Sums stay on the device: reading them back per batch would make a GPU wait for every batch.
-    total_loss = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    confusion = None
-    seen = 0
+    tally = criterion.tally(training, device) if hasattr(criterion, "tally") else Tally(training, device)
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
             inputs, labels = prepare_input(inputs, device), labels.to(device)
@@ -116,18 +132,8 @@ def run_epoch(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            hard = labels.argmax(1) if labels.dim() > 1 else labels  # a mixed batch: its dominant label
-            predicted = logits.argmax(1)
-            total_loss += loss.detach() * labels.size(0)
-            correct += (predicted == hard).sum()
-            seen += labels.size(0)
-            if not training:
-                confusion = _confusion(confusion, hard, predicted, logits.size(1))
-    # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
-    loss_sum, hits, seen = dist.epoch_totals(loader, total_loss.item(), correct.item(), seen)
-    if confusion is not None:
-        confusion = dist.epoch_sum(loader, confusion.cpu())
-    return Phase(loss_sum / max(seen, 1), hits / max(seen, 1), confusion)
+            tally.add(loss.detach(), logits.detach(), labels)
+    return tally.result(loader)
 
 
 def _confusion(cm: torch.Tensor | None, labels: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Multi-label training: the loss (sigmoid outputs, binary cross-entropy with optional ``pos_weight``), the epoch
-pass that scores an epoch by its mAP (the loop's accuracy slot: the best epoch is the best val mAP), and what the
+"""Multi-label training: the loss (sigmoid outputs, binary cross-entropy with optional ``pos_weight``), what an
+epoch pass counts (its mAP, in the loop's accuracy slot: the best epoch is the best val mAP), and what the
 run saves at its end (per-class thresholds chosen on val, micro/macro F1 at them).
 
 A multi-label dataset's samples carry the index of their label set (``Dataset.label_sets``), so the loaders, the
@@ -9,7 +9,6 @@ indices into multi-hot targets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,14 +17,13 @@ from torch import nn
 
 from graft.core import distributed as dist
 from graft.core.errors import ConfigError
-from graft.core.runtime import autocast, prepare_input, progress
 from graft.inference import multilabel as ml
+from graft.training.loop import Phase
 
 
 class MultiLabelLoss(nn.Module):
     """``BCEWithLogitsLoss`` on the multi-hot targets of label-set indices (or on ``(B, C)`` float targets)."""
 
-    multilabel = True  # what the loop's run_epoch dispatches on
     #: (sigmoid probabilities, targets) of the last evaluation pass (:func:`multilabel_epoch`)
     outputs: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -39,6 +37,10 @@ class MultiLabelLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.bce(logits, self.targets(labels))
+
+    def tally(self, training: bool, device: torch.device) -> MultiLabelTally:
+        """What :func:`graft.training.loop.run_epoch` counts with this loss."""
+        return MultiLabelTally(self, training)
 
 
 def make_multilabel_loss(cfg: Any, dataset: Any) -> MultiLabelLoss:
@@ -62,47 +64,32 @@ def make_multilabel_loss(cfg: Any, dataset: Any) -> MultiLabelLoss:
     return MultiLabelLoss(dataset.label_sets, n, weight)
 
 
-def multilabel_epoch(
-    model: nn.Module,
-    loader: Any,
-    criterion: MultiLabelLoss,
-    device: torch.device,
-    *,
-    inference: Callable[[nn.Module, torch.device], nn.Module],
-    optimizer: torch.optim.Optimizer | None = None,
-    desc: str = "",
-) -> tuple[float, float, None]:
-    """One pass of :func:`graft.training.loop.run_epoch` for a multi-label run: (mean loss, mAP of the pass, no
-    confusion matrix). Training when an optimizer is given, else evaluation through ``inference(model, device)``
-    (the predict path), whose sigmoid probabilities and targets are kept in ``criterion.outputs``."""
-    if dist.is_distributed():
-        raise ConfigError("multi-label runs train in one process: leave out --nproc")
-    training = optimizer is not None
-    model.train(training)
-    if not training:
-        model = inference(dist.unwrap(model), device)
-    total, seen = 0.0, 0
-    scores, targets = [], []
-    with torch.set_grad_enabled(training):
-        for inputs, labels in progress(loader, desc=desc):
-            inputs, labels = prepare_input(inputs, device), labels.to(device)
-            with autocast(device):
-                logits = model(inputs)
-            loss = criterion(logits.float(), labels)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            total += loss.item() * labels.size(0)
-            seen += labels.size(0)
-            scores.append(logits.detach().float().cpu())
-            targets.append(criterion.targets(labels).cpu())
-    if not seen:
-        return 0.0, 0.0, None
-    logits_all, targets_all = torch.cat(scores).numpy(), torch.cat(targets).numpy()
-    if not training:
-        criterion.outputs = (ml.sigmoid(logits_all), targets_all)
-    return total / seen, ml.mean_average_precision(logits_all, targets_all), None
+class MultiLabelTally:
+    """What a pass of :func:`graft.training.loop.run_epoch` counts for a multi-label run: the mean loss and the
+    pass's mAP (in the accuracy slot), no confusion matrix. An evaluation pass keeps its sigmoid probabilities and
+    targets in ``criterion.outputs`` (the run's thresholds are chosen on them)."""
+
+    def __init__(self, criterion: MultiLabelLoss, training: bool) -> None:
+        if dist.is_distributed():
+            raise ConfigError("multi-label runs train in one process: leave out --nproc")
+        self.criterion, self.training = criterion, training
+        self.total, self.seen = 0.0, 0
+        self.scores: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.total += loss.item() * labels.size(0)
+        self.seen += labels.size(0)
+        self.scores.append(logits.float().cpu())
+        self.targets.append(self.criterion.targets(labels).cpu())
+
+    def result(self, loader: Any) -> Phase:
+        if not self.seen:
+            return Phase(0.0, 0.0)
+        logits, targets = torch.cat(self.scores).numpy(), torch.cat(self.targets).numpy()
+        if not self.training:
+            self.criterion.outputs = (ml.sigmoid(logits), targets)
+        return Phase(self.total / self.seen, ml.mean_average_precision(logits, targets))
 
 
 def thresholds_and_metrics(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> dict[str, Any]:
