@@ -177,7 +177,7 @@ def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="graft-ort-int8-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        src.write_bytes(fp32)
+        ckpt.atomic_write_bytes(src, fp32)
         quiet.setLevel(logging.ERROR)  # ONNX Runtime's tools log each step at INFO/WARNING
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ... and print the calibration's progress
