@@ -21,16 +21,19 @@ def new_figure(width: float, height: float) -> Any:
     return inline_figure_class()(figsize=(width, height), dpi=100)
 
 
-@functools.cache
 def inline_figure_class() -> type:
-    """The class of graft's figures (``InlineFigure``), made on first use: matplotlib is imported only when a figure
-    is drawn."""
+    """The class of graft's figures (``InlineFigure``): matplotlib is imported only when a figure is drawn, and
+    asked for at every call (a dictionary lookup once imported) so that its absence is one clear error."""
     try:  # a bare Figure renders PNGs with the Agg canvas: no backend is selected, a pyplot user's is left alone
         from matplotlib.figure import Figure
     except ImportError:
         raise PlotError("figures need matplotlib: pip install 'graft[plots]' (or pip install matplotlib)") from None
+    return _inline_figure_class(Figure)
 
-    class InlineFigure(Figure):
+
+@functools.cache
+def _inline_figure_class(figure: type) -> type:
+    class InlineFigure(figure):
         """A matplotlib Figure that Jupyter shows inline as a PNG (IPython calls ``_repr_png_``): a bare Figure
         has no canvas of a display backend, and pyplot is not used."""
 
