@@ -193,6 +193,27 @@ def valley(losses: list[float]) -> int:
     return max(0, min(n - 1, max_start + int(sections) + int(sections / 2)))
 
 
+def stage_range_test(
+    cfg: Any,
+    target: nn.Module,
+    loader: Any,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    stage: str,
+    on_features: bool,
+    **limits: Any,
+) -> RangeTest:
+    """:func:`range_test` of one stage of a run (``graft lr-find`` and ``--lr auto``) with the run's optimizer;
+    ``limits``: start, end, iterations, generator."""
+    from graft.training.loop import make_optimizer
+
+    with one_thread() if on_features else contextlib.nullcontext():
+        return range_test(
+            target, loader, criterion, device, lambda params, lr: make_optimizer(cfg, params, lr), stage=stage, **limits
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # --lr auto
 
@@ -215,23 +236,14 @@ def stage_lr(
     (``lr_find-<stage>.csv`` in the run), recorded in config.json's ``lr_auto`` (and ``found``). A resumed run takes
     the rate its first part recorded. Under torchrun rank 0's rate is used by every rank."""
     from graft.core import distributed as dist
-    from graft.training.loop import make_optimizer
 
     recorded = (ckpt.read_json_or(run_dir / "config.json", {}) or {}).get("lr_auto") or {}
     if stage in recorded:
         found[stage] = float(recorded[stage])
         log(f"lr auto: {stage} stage lr {found[stage]:.3g} (recorded by the run's first part)")
         return found[stage]
-    with one_thread() if on_features else contextlib.nullcontext():
-        test = range_test(
-            target,
-            loader,
-            criterion,
-            device,
-            lambda params, lr: make_optimizer(cfg, params, lr),
-            stage=stage,
-            generator=generator,
-        )
+    test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
+                            generator=generator)  # fmt: skip
     found[stage] = float(dist.broadcast_object(test.suggestion))
     if dist.is_main():
         test.write_csv(run_dir / f"lr_find-{stage}.csv")

@@ -4,16 +4,14 @@ images (a copy of the weights: the model is left as it was)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from graft.core.runtime import one_thread, pick_device
-from graft.training.loop import make_optimizer
-from graft.training.lrfind import RangeTest, range_test
+from graft.core.runtime import pick_device
+from graft.training.lrfind import RangeTest, stage_range_test
 from graft.training.pipeline import set_up
 from graft.training.stagedata import StageData
 
@@ -40,19 +38,9 @@ def lr_find(
         else:
             model.unfreeze()
         target, loader = (model.head, data.features()[0]) if on_features else (model, data.images()[0])
-        with one_thread() if on_features else contextlib.nullcontext():
-            test = range_test(
-                target,
-                loader,
-                criterion,
-                device,
-                lambda params, lr: make_optimizer(cfg, params, lr),
-                stage=stage,
-                start=cfg.start_lr,
-                end=cfg.end_lr,
-                iterations=cfg.iterations,
-                generator=s.generator,
-            )
+        test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
+                                start=cfg.start_lr, end=cfg.end_lr, iterations=cfg.iterations,
+                                generator=s.generator)  # fmt: skip
         stem = "lr_find" if len(stages) == 1 else f"lr_find-{stage}"
         test.write_csv(cfg.plot_dir / f"{stem}.csv")
         if draw is not None:
