@@ -16,6 +16,8 @@ from pathlib import Path
 from graft.core.errors import DataError
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+# ../shared/data beside the checkout: graft/commands/demo.py -> parents[2] is the checkout, parents[3] beside it
+SHARED_HYMENOPTERA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hymenoptera_data"
 # sha256 of the sorted lines "<relative path> <sha256 of the file>" of the 398 files the tutorial ships.
 HYMENOPTERA_MANIFEST_SHA256 = "15d89271f257b89832a79a665d92fea577411e875ab6be14222a571af4b2b359"
 
@@ -36,7 +38,7 @@ def hymenoptera(cache: Path | None = None) -> Path:
         if not Path(env).is_dir():
             raise DataError(f"GRAFT_DATA={env} is not a folder; point it at hymenoptera_data or unset it")
         return Path(env)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
+    shared = SHARED_HYMENOPTERA
     if shared.is_dir():
         return shared
     from platformdirs import user_cache_dir

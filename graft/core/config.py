@@ -8,7 +8,6 @@ This module must stay free of heavy imports: ``graft --help`` imports it.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,14 +26,6 @@ def opt(default: Any, help: str, **meta: Any) -> Any:
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
     return field(default=default, metadata={"help": help, **meta})
-
-
-def default_data_root() -> Path:
-    """$GRAFT_DATA, else the shared hymenoptera folder next to the checkout (what `make demo` uses)."""
-    env = os.environ.get("GRAFT_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
 
 _DATA_HELP = "dataset folder (DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*), or a .csv/.tsv table"
