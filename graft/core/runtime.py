@@ -324,12 +324,10 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> I
         return
     from tqdm import tqdm
 
-    if notebook:
-        try:  # tqdm.auto's widget bar, when ipywidgets is installed; else the text bar, which notebooks show too
+    if notebook:  # tqdm.auto's widget bar, when ipywidgets is installed; else the text bar, which notebooks show too
+        with contextlib.suppress(ImportError):
             import ipywidgets  # noqa: F401
             from tqdm.auto import tqdm
-        except ImportError:
-            pass
     yield from tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
