@@ -373,6 +373,7 @@ def server(run, tmp_path_factory) -> Iterator[str]:
     assert "Traceback" not in log.read_text(errors="replace")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", [k for k in KINDS if k.status is not None], ids=lambda k: k.name)
 def test_serve_answers_every_kind(server, corpus, kind) -> None:
     data = (corpus / "val" / GOOD / kind.file).read_bytes()
