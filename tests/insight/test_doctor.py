@@ -85,12 +85,14 @@ def _files(result: Any, kind: str) -> list[set[str]]:
     return [set(f.files) for f in result.of(kind)]
 
 
+@pytest.mark.slow
 def test_a_clean_dataset_has_nothing_serious(planted: dict[str, Any]) -> None:
     clean = planted["clean"]
     assert clean.exit_code == 0
     assert clean.count("leakage") == clean.count("label_conflict") == clean.count("exact_duplicate") == 0
 
 
+@pytest.mark.slow
 def test_exact_duplicates_are_all_found_and_none_invented(planted: dict[str, Any]) -> None:
     r = planted["result"]
     groups = {frozenset(f.files): f.evidence for f in r.of("exact_duplicate")}
@@ -105,6 +107,7 @@ def test_exact_duplicates_are_all_found_and_none_invented(planted: dict[str, Any
     assert "train/bees/conflict.jpg" in conflict.files and conflict.evidence["classes"] == ["ants", "bees"]
 
 
+@pytest.mark.slow
 def test_leakage_and_near_duplicates(planted: dict[str, Any]) -> None:
     r = planted["result"]
     leaked = {f.files[1]: f for f in r.of("leakage")}
@@ -119,6 +122,7 @@ def test_leakage_and_near_duplicates(planted: dict[str, Any]) -> None:
     assert r.exit_code == EXIT_SERIOUS
 
 
+@pytest.mark.slow
 def test_quality_outliers_and_unreadable(planted: dict[str, Any]) -> None:
     r = planted["result"]
     flagged = {k: {Path(f.files[0]).name for f in r.of(k)} for k in ("dark", "blurry", "tiny", "aspect", "grayscale")}
@@ -129,6 +133,7 @@ def test_quality_outliers_and_unreadable(planted: dict[str, Any]) -> None:
     assert [f.files[0] for f in r.of("unreadable")] == ["train/bees/notes.jpg"]
 
 
+@pytest.mark.slow
 def test_outputs_and_exclude_list(planted: dict[str, Any]) -> None:
     r, out = planted["result"], planted["root"].parent / "out"
     report = json.loads((out / "doctor.json").read_text())
@@ -164,6 +169,7 @@ def test_train_warns_about_leakage_and_excludes(planted: dict[str, Any], tmp_pat
     assert any(s["reason"].startswith("excluded:") for s in report["skipped"])
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_summary(planted: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
     code = main(["doctor", str(planted["root"]), "--out", str(tmp_path / "d"), "--no-html", "--json"])
     assert code == EXIT_SERIOUS

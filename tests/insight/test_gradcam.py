@@ -44,6 +44,7 @@ def test_gradcam_maps_of_the_trained_run(clf, hymenoptera) -> None:
     assert all(p.requires_grad for p in clf.model.parameters())
 
 
+@pytest.mark.slow
 def test_every_declared_layer_exists() -> None:
     """Each declared gradcam_layer is a module of the body. Built on the meta device (no memory, no compute);
     builders that compute on tensors while building (RegNet) are checked on their smallest member, built for real."""
@@ -66,6 +67,7 @@ def test_every_declared_layer_exists() -> None:
         target_layer(make_body(spec.build(), spec), layer_name, spec.name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "swin_t", "maxvit_t"])
 def test_layouts(name: str) -> None:
     """Random weights, one image at the smallest valid size: a map of the input's size for each layout."""

@@ -81,6 +81,7 @@ def events(run_dir: Path) -> EventAccumulator:
 # TensorBoard
 
 
+@pytest.mark.slow
 def test_tensorboard_has_every_epoch_of_results_csv(tracked) -> None:
     run, _ = tracked
     acc, rows = events(run.run_dir), results(run.run_dir)
@@ -102,6 +103,7 @@ def test_tensorboard_has_every_epoch_of_results_csv(tracked) -> None:
     assert [s.value for s in acc.Scalars("stage")] == [0.0] * EPOCHS  # a frozen run: head stage only
 
 
+@pytest.mark.slow
 def test_tensorboard_has_the_figures_and_the_hparams(tracked) -> None:
     run, _ = tracked
     acc = events(run.run_dir)
@@ -128,6 +130,7 @@ def test_tensorboard_has_the_figures_and_the_hparams(tracked) -> None:
 # MLflow
 
 
+@pytest.mark.slow
 def test_mlflow_run_has_params_metrics_and_artifacts(tracked, monkeypatch) -> None:
     run, uri = tracked
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -165,6 +168,7 @@ def front_matter(text: str) -> tuple[dict, str]:
     return yaml.safe_load(head), body
 
 
+@pytest.mark.slow
 def test_model_card_front_matter_and_numbers(tracked) -> None:
     run, _ = tracked
     card, body = front_matter((run.run_dir / "README.md").read_text(encoding="utf-8"))
@@ -190,6 +194,7 @@ def test_model_card_front_matter_and_numbers(tracked) -> None:
     assert "run `" + json.loads((run.run_dir / "mlflow.json").read_text())["run_id"] in body
 
 
+@pytest.mark.slow
 def test_model_card_from_metrics_alone_and_warnings(tracked, tmp_path) -> None:
     """Without evaluation.json the interval comes from metrics.json (Wilson of its count); near-copies, skipped
     files and imbalance become limits."""
@@ -268,6 +273,7 @@ def test_unknown_tracker_and_refused_store_are_error_lines(tmp_path: Path, capsy
     assert "--mlflow-uri" in err[0] and not out.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_rewrites_the_model_card(tracked, capsys) -> None:
     """graft evaluate RUN rewrites evaluation.json, and with it the card (last in this file: it rewrites the
     shared run's README.md)."""

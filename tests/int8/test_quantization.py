@@ -79,6 +79,7 @@ def test_backend_follows_the_cpu() -> None:
 # architectures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMED)
 def test_named_architectures_quantize(name: str) -> None:
     """Export, prepare, calibrate, convert at a small input: features of the declared width, close to float."""
@@ -110,6 +111,7 @@ def test_uncapturable_model_fails_clearly() -> None:
 # saving and loading: no pickle, nothing executed from the file
 
 
+@pytest.mark.slow
 def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("unpickling during int8 load")
@@ -126,6 +128,7 @@ def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], mon
     assert all(zipfile.ZipFile(small_program["path"]).getinfo(n).compress_type == zipfile.ZIP_DEFLATED for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, Any]) -> None:
     """``graft predict`` loads a saved program in a process that never quantized anything: the int8 fusion passes
@@ -147,6 +150,7 @@ def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, 
     assert "prepacked convs 20" in done.stdout  # every conv of ResNet-18 became a oneDNN int8 conv
 
 
+@pytest.mark.slow
 def test_changed_file_is_refused(small_program: dict[str, Any]) -> None:
     with pytest.raises(RunError, match="does not match the sha256"):
         Q.load_program(small_program["path"], sha256="0" * 64)
@@ -202,6 +206,7 @@ PLANTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", PLANTED)
 def test_planted_code_is_refused(small_program: dict[str, Any], tmp_path: Path, case: str) -> None:
     edit, message = PLANTED[case]
@@ -212,6 +217,7 @@ def test_planted_code_is_refused(small_program: dict[str, Any], tmp_path: Path, 
         Q.load_program(path, sha256=hashlib.sha256(data).hexdigest())  # the hash matches: the archive check refuses
 
 
+@pytest.mark.slow
 def test_pickled_sample_inputs_are_refused(small_program: dict[str, Any]) -> None:
     def edit(name: str, content: bytes | None) -> Any:
         if name.endswith("sample_inputs/model.pt"):
@@ -299,6 +305,7 @@ def test_quantize_frozen_run_and_predict(frozen_run: Any, ptq_run: Path, tmp_pat
 # int8 training modes, on a few tiny images (the hymenoptera figures come from benchmarks/bench_quantize.py)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["freeze", "qat"])
 def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The training logic, with the int8 graph run eagerly and no timings: compiling (tested on hymenoptera above)

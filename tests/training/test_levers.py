@@ -171,6 +171,7 @@ def test_frozen_run_with_balance_and_selection(hymenoptera, tmp_path, capsys) ->
     assert "best epoch by val macro f1 (--select-by macro_f1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_image_stage_with_every_augmentation_lever(tmp_image_folder, tmp_path) -> None:
     data = tmp_image_folder({"train/a": 6, "train/b": 2, "val/a": 2, "val/b": 2}, size=(48, 40))
     options = {"augment": "autoaugment", "mixup": 0.2, "cutmix": 1.0, "random_erasing": 0.25, "balance": "sampler"}

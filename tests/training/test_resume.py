@@ -89,6 +89,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 # passes: 1 train/2 val = epoch 1 (head), 3/4 = epoch 2 (head), 5/6 = epoch 3 (all layers); the last case, which
 # resumes into the image stage after both head epochs, stands for them all in make test-portable
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("call", "finished"),
     [(1, 0), (4, 1), (5, 2), pytest.param(6, 2, marks=pytest.mark.numerics)],
@@ -176,6 +177,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) 
     assert outcome(run_dir) == outcome(out / "whole")
 
 
+@pytest.mark.slow
 def test_resume_needs_the_same_options_and_data(staged, tmp_path, monkeypatch) -> None:
     data, _ = staged
     out = tmp_path / "runs"
@@ -195,12 +197,14 @@ def test_resume_needs_the_same_options_and_data(staged, tmp_path, monkeypatch) -
         (tmp_path / "moved.jpg").rename(data / "train/a/0.jpg")
 
 
+@pytest.mark.slow
 def test_a_finished_run_cannot_be_resumed(staged) -> None:
     data, whole = staged
     with pytest.raises(ConfigError, match="finished"):
         graft.train(data, out=whole.parent, resume=whole, **STAGED)
 
 
+@pytest.mark.slow
 def test_a_planted_pickle_as_resume_state_is_refused_unrun(staged, tmp_path, monkeypatch) -> None:
     """A pickle (whose unpickling would create a file) put where the resume state is expected: refused, and the
     payload never runs."""
@@ -223,6 +227,7 @@ def test_a_planted_pickle_as_resume_state_is_refused_unrun(staged, tmp_path, mon
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_head_stage_state_holds_the_head_only_and_checks_the_body(staged, tmp_path, monkeypatch) -> None:
     """In a head stage the body is fixed: the per-epoch state stores the head (kilobytes, not the network) with the
     body's sha256, and a resumed run whose rebuilt body differs is refused rather than silently continued."""

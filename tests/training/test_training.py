@@ -238,6 +238,7 @@ def body_of(saved: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> d
     return pairs
 
 
+@pytest.mark.slow
 def test_frozen_image_path_leaves_body_untouched(tmp_image_folder, tmp_path, start_weights) -> None:
     """mode=freeze, cache_features=False: augmented images go through the body on every step, yet the saved
     body (weights and BatchNorm statistics) is the starting one."""
@@ -249,6 +250,7 @@ def test_frozen_image_path_leaves_body_untouched(tmp_image_folder, tmp_path, sta
     assert read_json(run.run_dir / "model.json")["pretrained"]["source"] == "user file"
 
 
+@pytest.mark.slow
 def test_finetune_trains_body(tmp_image_folder, tmp_path, start_weights) -> None:
     """One epoch of plain fine-tuning (no head-only warm-up stage, whose better epoch would otherwise be the one
     kept on this unlearnable data) changes the body."""
@@ -360,6 +362,7 @@ def untimed(run) -> tuple[dict, list[dict[str, str]], str]:
     return metrics, rows, read_json(run.run_dir / "model.json")["weights_sha256"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache_features", [True, False])
 def test_same_seed_same_run(tmp_image_folder, tmp_path, cache_features) -> None:
     data = tmp_image_folder(TINY)
@@ -378,6 +381,7 @@ def test_same_seed_same_run(tmp_image_folder, tmp_path, cache_features) -> None:
 # --- layouts, heads --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_split_layout_is_recorded(tmp_image_folder, tmp_path) -> None:
     data = tmp_image_folder({"a": 10, "b": 6})
     run = tiny_train(data, tmp_path / "runs", val_split=0.3, seed=3)
@@ -401,6 +405,7 @@ def test_split_layout_is_recorded(tmp_image_folder, tmp_path) -> None:
     assert scan(data, val_split=0.3, seed=4).split_dict() != split
 
 
+@pytest.mark.slow
 def test_mlp_head_is_saved_and_rebuilt(tmp_image_folder, tmp_path) -> None:
     data = tmp_image_folder(TINY)
     run = tiny_train(data, tmp_path / "runs", hidden=(16,), dropout=0.2)
@@ -425,6 +430,7 @@ def test_mlp_head_is_saved_and_rebuilt(tmp_image_folder, tmp_path) -> None:
 # --- a folder full of odd and broken files ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_input_folder_trains_and_reports(tmp_path) -> None:
     root = tmp_path / "bad"
     for split in ("train", "val"):
@@ -486,6 +492,7 @@ def test_unknown_option_is_a_config_error(tmp_image_folder, tmp_path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_existing_run_name_needs_exist_ok(tmp_image_folder, tmp_path) -> None:
     data, out = tmp_image_folder(TINY), tmp_path / "runs"
     (out / "taken").mkdir(parents=True)
