@@ -1,5 +1,5 @@
 # graft: `make demo` trains and predicts on the bundled default data; `make test` runs the test suite, `make test-fast`
-# the part of it that trains on no real data, spawns no process and opens no browser.
+# its quick part.
 # Both install first. The virtual environment lives in a cache keyed by the dependency files and .venv links to
 # it, so a fresh clone reuses it; a fresh machine builds it (torch comes from the local wheel disk, ~2-3 min).
 
@@ -49,7 +49,7 @@ test: install browser
 	$(VENV)/bin/ruff format --check graft tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The tests not marked slow, subprocess or browser (see pyproject.toml's markers): a few minutes on 2 cores, for the
+# The tests not marked slow, subprocess or browser (see pyproject.toml's markers): about a minute on 2 cores, for the
 # edit-and-check loop; make test (and CI) still runs everything.
 test-fast: install
 	$(VENV)/bin/ruff check graft tests benchmarks

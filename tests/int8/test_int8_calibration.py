@@ -69,7 +69,6 @@ def test_activation_bits_choose_the_range() -> None:
         Q.choose_backend("x86_64", avx2, "6")
 
 
-@pytest.mark.slow
 def test_percentile_ranges_ignore_rare_outliers() -> None:
     """The range is the 99.99th percentile of what was observed, not its min/max; a range-wide tensor keeps it."""
     quantizer = Q.choose_backend("x86_64", {"avx2", "avx512_vnni"}).quantizer()

@@ -381,7 +381,6 @@ def test_same_seed_same_run(tmp_image_folder, tmp_path, cache_features) -> None:
 # --- layouts, heads --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_split_layout_is_recorded(tmp_image_folder, tmp_path) -> None:
     data = tmp_image_folder({"a": 10, "b": 6})
     run = tiny_train(data, tmp_path / "runs", val_split=0.3, seed=3)
@@ -492,7 +491,6 @@ def test_unknown_option_is_a_config_error(tmp_image_folder, tmp_path) -> None:
     assert not out.exists()
 
 
-@pytest.mark.slow
 def test_existing_run_name_needs_exist_ok(tmp_image_folder, tmp_path) -> None:
     data, out = tmp_image_folder(TINY), tmp_path / "runs"
     (out / "taken").mkdir(parents=True)
