@@ -28,11 +28,12 @@ LAYERS: list[tuple[str, str]] = [
     ("graft.int8", "int8"),
     ("graft.training", "training"),
     ("graft.insight", "insight"),
+    ("graft.deploy", "deploy"),
     ("graft.commands", "commands"),
     ("graft.__main__", "commands"),
     ("graft", "api"),
 ]
-ORDER = ["core", "data", "models", "features", "inference", "int8", "training", "insight", "commands", "api"]
+ORDER = ["core", "data", "models", "features", "inference", "int8", "training", "insight", "deploy", "commands", "api"]
 MAX_LINES = 500
 
 

@@ -3,7 +3,7 @@ given, and CSV output. Internal modules import the submodules; this package re-e
 
 from graft.inference.classifier import Classifier, PathResult, Prediction, decode_threads
 from graft.inference.csvout import CsvSummary, predict_to_csv, read_category_names
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.float_classifier import FloatClassifier
 from graft.inference.loading import is_int8, load, read_meta
 from graft.inference.paths import expand_paths, iter_paths
 
