@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import checkpoint as ckpt
+from graft.core.device import pick_device
 from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
-from graft.core.runtime import pick_device
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import is_ensemble, load_ensemble
 from graft.inference.float_classifier import FloatClassifier

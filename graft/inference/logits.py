@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from graft.core import checkpoint as ckpt
-from graft.core.runtime import autocast
+from graft.core.device import autocast
 from graft.features.store import FeatureStore, body_key, file_identity, planned_engine, store_key
 
 

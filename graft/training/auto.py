@@ -34,8 +34,8 @@ from torch import nn
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.config import TrainConfig, table_options, to_jsonable
+from graft.core.device import one_thread, pick_device
 from graft.core.heads import HeadSpec, build_head
-from graft.core.runtime import one_thread, pick_device
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key, cached_features
 from graft.inference.ensemble import ensemble_meta

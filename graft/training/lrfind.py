@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from graft.core import checkpoint as ckpt
-from graft.core.runtime import autocast, one_thread, prepare_input
+from graft.core.device import autocast, one_thread, prepare_input
 
 START_LR, END_LR, ITERATIONS, BETA = 1e-7, 10.0, 100, 0.98
 CSV_FIELDS = ["iteration", "lr", "loss", "smoothed_loss", "suggested"]

@@ -24,9 +24,9 @@ from graft.core import checkpoint as ckpt
 from graft.core import distributed as dist
 from graft.core import rundir
 from graft.core.config import TrainConfig, table_options
+from graft.core.device import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
-from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.data.datasets import available_memory
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key

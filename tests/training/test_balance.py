@@ -16,8 +16,8 @@ import graft
 import graft.training.loop as loop
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.loaders import train_loader
 from graft.core.preprocess import Preprocess
-from graft.core.runtime import train_loader
 from graft.data.device import DeviceBatches
 from graft.insight.evaluation import balanced_accuracy, per_class_metrics
 from graft.training.balance import (
