@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import GraftError
 from graft.core.version import __version__
 
@@ -166,10 +166,10 @@ def export(
             "Nothing was written; report this with the run's model.json (a --tolerance above 1e-4 is only right "
             "for reduced-precision models)."
         )
-    ckpt.atomic_write_bytes(path, data)
+    atomic.atomic_write_bytes(path, data)
     info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
     sidecar = sidecar_path(path)
-    ckpt.atomic_write_json(sidecar, info)
+    atomic.atomic_write_json(sidecar, info)
     return ExportResult(path=path, sidecar=sidecar, format=format, verification=verification, info=info)
 
 
@@ -247,7 +247,7 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
         "source": {
             "run": clf.run_dir.name,
             "weights_sha256": meta.get("weights_sha256"),
-            "metrics": ckpt.read_json_or(clf.run_dir / "metrics.json"),
+            "metrics": atomic.read_json_or(clf.run_dir / "metrics.json"),
         },
         "versions": {"graft": __version__, "torch": torch.__version__},
     }

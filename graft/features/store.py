@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from graft.core.checkpoint import atomic_write_json
+from graft.core.atomic import atomic_write_json
 from graft.core.device import autocast, prepare_input, release_freed_memory
 from graft.core.fast_inference import OnnxRuntimeModule, fast_inference
 from graft.core.loaders import inference_loader, threaded_batches

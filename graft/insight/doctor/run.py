@@ -31,7 +31,7 @@ def doctor(data: str | Path, /, **options: Any) -> DoctorResult:
 
 
 def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> DoctorResult:
-    from graft.core.checkpoint import atomic_write_text
+    from graft.core.atomic import atomic_write_text
 
     times: dict[str, float] = {}
     clock = [time.perf_counter()]
