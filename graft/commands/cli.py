@@ -395,12 +395,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point: ``main()``, then a fast exit.
+    """Console-script entry point (also ``python -m graft``): ``main()``, then a fast exit.
 
-    After torch and torchvision are imported, the interpreter's normal teardown took ~1.2 s on a 2-core machine,
-    longer than a warm ``graft train``'s own work. Everything graft writes is flushed and fsynced before this
-    point, so the process leaves without that teardown.
+    The process is graft's own, so torch._dynamo may be deferred until something compiles
+    (:func:`graft.core.deps.own_process`). After torch and torchvision are imported, the interpreter's normal
+    teardown took ~1.2 s on a 2-core machine, longer than a warm ``graft train``'s own work. Everything graft
+    writes is flushed and fsynced before this point, so the process leaves without that teardown.
     """
+    from graft.core.deps import own_process
+
+    own_process()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -10,7 +10,7 @@ import torch
 from numerics import PROB_ATOL, softmax
 
 import graft
-from graft.evaluation import evaluate
+from graft.insight import evaluate
 
 OPTIONS = {"auto": True, "time_budget": 1.0, "epochs": 2, "device": "cpu", "seed": 0}
 
