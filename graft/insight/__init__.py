@@ -8,53 +8,7 @@ CLI does) does not import matplotlib. Grad-CAM of a loaded classifier is :func:`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from graft.insight.evaluation import (
-        Z95,
-        ClassMetrics,
-        EvaluationResult,
-        balanced_accuracy,
-        confusion_matrix,
-        evaluate,
-        folder_items,
-        grid_indices,
-        per_class_metrics,
-        wilson_interval,
-        write_figures,
-        write_tables,
-    )
-    from graft.insight.gradcam import GradCAMUnavailable, grad_cam, target_layer
-    from graft.insight.plots import (
-        CELL,
-        RIGHT,
-        WRONG,
-        CurvesWriter,
-        ImageItem,
-        PlotError,
-        load_crops,
-        overlay,
-        plot_batch,
-        plot_confusion,
-        plot_curves,
-        plot_prediction,
-        plot_predictions,
-        plot_top_losses,
-        prediction_figures,
-        read_results,
-    )
-    from graft.insight.report import (
-        CSS,
-        FIGURES,
-        IMBALANCE_RATIO,
-        MAX_SKIPPED_LISTED,
-        REPORT_FILE,
-        render_report,
-        write_report,
-        write_run_report,
-    )
-    from graft.insight.showbatch import augmented_batch, show_batch
+from typing import Any
 
 __all__ = [
     "CELL",

@@ -4,28 +4,7 @@ exported here and imported on first use (the registry is torch-free; the network
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from graft.models.backbones import (
-        BackboneSpec,
-        WeightsSpec,
-        get_backbone,
-        list_backbones,
-        register,
-        timm_pretrained_file,
-    )
-    from graft.models.model import (
-        NO_PRETRAINED,
-        GraftModel,
-        PoolFlatten,
-        PretrainedInfo,
-        build_for_inference,
-        build_model,
-        choose_weights,
-        load_pretrained,
-        make_body,
-    )
+from typing import Any
 
 __all__ = [
     "NO_PRETRAINED",

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+import graft.insight.doctor.checks as checks
 from graft.core.config import DoctorConfig, table_options
 from graft.core.errors import DataError
 from graft.features import similarity as sim
-from graft.insight.doctor import checks
 from graft.insight.doctor.findings import DoctorResult, csv_text, exclude_entries, write_exclude_list
 
 
