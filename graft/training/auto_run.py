@@ -17,6 +17,7 @@ import numpy as np
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.config import TrainConfig, table_options
+from graft.core.metrics import accuracy
 from graft.data.folders import read_exclude_list, scan
 from graft.inference.ensemble import ensemble_meta
 from graft.models.backbones import get_backbone
@@ -121,7 +122,7 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
 
         clf.prepare()
         logits, _, _ = compute_logits(clf, val_paths, batch_size=batch)
-    acc = float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+    acc = accuracy(labels, np.asarray(logits).argmax(1))
     metrics = {
         "best_val_acc": acc,
         "members": [{"run": p, "best_val_acc": r.best_val_acc} for p, r in zip(paths, members, strict=True)],
