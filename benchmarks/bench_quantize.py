@@ -60,7 +60,7 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
     from graft import int8 as Q
     from graft.core import checkpoint as ckpt
     from graft.core.heads import HeadSpec
-    from graft.inference.floatrun import FloatClassifier
+    from graft.inference.float_classifier import FloatClassifier
     from graft.models.backbones import get_backbone
     from graft.models.model import build_for_inference
 

@@ -173,12 +173,12 @@ def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graft.commands.export import export
+    from graft.deploy.export import export
 
     cfg: C.ExportConfig = _config(C.ExportConfig, args)
     options = {"out": cfg.out, "images": cfg.images, "verify_images": cfg.verify_images, "tolerance": cfg.tolerance}
     if cfg.int8:
-        from graft.commands.onnx_int8 import export_int8, summary
+        from graft.deploy.onnx_int8 import export_int8, summary
 
         result = export_int8(cfg.run, calib=cfg.calib, opset=cfg.opset, log=_stderr_if(cfg.json), **options)
     else:
@@ -314,7 +314,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from graft.insight.lrplot import plot_lr_find
-    from graft.training.lrfind_run import lr_find
+    from graft.training.pipeline import lr_find
 
     cfg: LrFindConfig = _config(LrFindConfig, args)
     for test in lr_find(cfg, draw=plot_lr_find):
@@ -335,7 +335,7 @@ def cmd_show_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from graft.insight.doctor.api import run_doctor
+    from graft.insight.doctor.run import run_doctor
 
     cfg: C.DoctorConfig = _config(C.DoctorConfig, args)
     result = run_doctor(cfg, log=_stderr_if(cfg.json))

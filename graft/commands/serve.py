@@ -14,7 +14,7 @@ content (sniffed, never the declared type or name: 415 when it is not a supporte
 (``--max-pixels``, read from the header before decoding: 413), broken data (422), and a time limit for the whole
 request (``--timeout``, 408). Errors answer ``{"detail": "..."}``. Decoding runs in a thread pool and the model in
 its own thread, batching the requests that arrive while it is busy, so the event loop never blocks and concurrent
-requests share the model (:mod:`graft.commands.serving`). The server listens on loopback unless ``--host`` says
+requests share the model (:mod:`graft.deploy.serving`). The server listens on loopback unless ``--host`` says
 otherwise.
 
 With an API key (``--api-key KEY``, better ``$GRAFT_API_KEY``: a command line shows in ``ps``), every request but
@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - the serve extra is part of the dev ins
     raise GraftError("graft serve needs FastAPI and uvicorn: pip install 'graft[serve]'") from None
 
 # after the check above: the model side imports Starlette too
-from graft.commands.serving import HTTPError, Service
+from graft.deploy.serving import HTTPError, Service
 
 if TYPE_CHECKING:
     from graft.inference.classifier import Classifier

@@ -44,8 +44,8 @@ def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
 def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
     """Run ``cfg`` end to end (see :func:`train`): int8 runs (``--int8``, ``--mode qat``) through
     :mod:`graft.training.int8`, float runs through :mod:`graft.training.pipeline` with curves and the report."""
-    if cfg.auto:  # the cross-validated search, then the winner through this very function (graft.training.auto_run)
-        from graft.training.auto_run import run_auto
+    if cfg.auto:  # the cross-validated search, then the winner through this very function (graft.training.auto)
+        from graft.training.auto import run_auto
 
         return run_auto(cfg, log=log, train=lambda winner: run(winner, log=log))
     # --log's trackers are checked first (package, store), so a missing one fails before any training work; the

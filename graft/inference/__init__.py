@@ -4,7 +4,7 @@ Internal modules import the submodules; this package re-exports the public names
 
 from graft.inference.classifier import Classifier, PathResult, Prediction, decode_threads
 from graft.inference.csvout import CsvSummary, predict_to_csv, read_category_names
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.float_classifier import FloatClassifier
 from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError, check_archive
 from graft.inference.int8_classifier import Int8Classifier, Int8Program, load_int8, load_program
 from graft.inference.loading import is_int8, load, read_meta

@@ -12,7 +12,7 @@ from graft.core.heads import HeadSpec
 from graft.core.runtime import pick_device
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import is_ensemble, load_ensemble
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.float_classifier import FloatClassifier
 from graft.inference.int8_classifier import load_int8
 
 

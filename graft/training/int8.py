@@ -16,7 +16,7 @@ from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.float_classifier import FloatClassifier
 from graft.int8.backend import ACT_PERCENTILE, QAT_LR_FACTOR, Backend, choose_backend
 from graft.int8.program import (
     check_compiled,
@@ -42,7 +42,7 @@ from graft.models.model import GraftModel
 from graft.training.callbacks import Callback, Callbacks, ResultsLog
 from graft.training.loop import fit, make_optimizer, make_scheduler, run_epoch
 from graft.training.pipeline import RunResult, RunSetup, set_up
-from graft.training.stagedata import StageData
+from graft.training.stage_inputs import StageData
 
 # int8 training: --mode freeze --int8, and --mode qat
 

@@ -20,9 +20,9 @@ from graft.core import distributed as dist
 from graft.core.config import TrainConfig
 from graft.core.errors import RunError
 from graft.core.runtime import autocast, optimize_for_inference, prepare_input, progress
-from graft.inference.floatrun import body_and_head
+from graft.inference.float_classifier import body_and_head
 from graft.models.model import GraftModel
-from graft.training.levers import confusion_metrics, selector
+from graft.training.balance import confusion_metrics, selector
 
 
 @dataclass
@@ -143,8 +143,8 @@ def _confusion(cm: torch.Tensor | None, labels: torch.Tensor, predicted: torch.T
 
 
 def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.floatrun.body_and_head`); a model
-    with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
+    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.float_classifier.body_and_head`);
+    a model with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
     if isinstance(model, GraftModel):
         return body_and_head(model, device)
     return optimize_for_inference(model)

@@ -267,7 +267,7 @@ NON_ATOMIC_ALLOWED = {
     "a lock file; its index is written atomically",
     "inference/csvout.py": "predict --out streams rows to OUT.partial, fsyncs it and renames it to OUT; the merged "
     "predict --out of several processes likewise",
-    "commands/serving.py": "an upload's scratch copy in a private temporary folder",
+    "deploy/serving.py": "an upload's scratch copy in a private temporary folder",
 }
 
 

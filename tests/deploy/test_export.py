@@ -1,4 +1,4 @@
-"""Tests of graft.commands.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
+"""Tests of graft.deploy.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
 (``graft predict RUN FOLDER --out preds.csv``), the two offline halves of shipping a run."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from numerics import (
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import ExportError, export, sidecar_path
+from graft.deploy.export import ExportError, export, sidecar_path
 from graft.inference.classifier import Classifier
 from graft.inference.paths import expand_paths, iter_paths
 
@@ -142,7 +142,7 @@ def test_torchscript_export_from_the_cli(frozen_run, tmp_path, capsys) -> None:
 
 
 def test_export_verifies_on_given_images_and_keeps_nothing_unverified(run_copy, hymenoptera, tmp_path, monkeypatch):
-    import graft.commands.export as gx
+    import graft.deploy.export as gx
 
     report = json.loads((run_copy / "data_report.json").read_text())
     (run_copy / "data_report.json").write_text(json.dumps(report | {"root": str(tmp_path / "moved")}))

@@ -20,7 +20,7 @@ from graft.core.preprocess import Preprocess
 from graft.core.runtime import train_loader
 from graft.data.device import DeviceBatches
 from graft.insight.evaluation import balanced_accuracy, per_class_metrics
-from graft.training.levers import (
+from graft.training.balance import (
     balance_used,
     class_weights,
     confusion_metrics,

@@ -18,7 +18,7 @@ The export is a folder (default ``RUN/onnx-int8/``) that runs without graft or t
 - ``requirements.txt``: those three packages.
 
 This is ONNX Runtime's quantization of a *float* run; int8 runs of graft (``graft quantize``, ``--int8``,
-``--mode qat``) are still refused by ``graft export`` (see :mod:`graft.commands.export`).
+``--mode qat``) are still refused by ``graft export`` (see :mod:`graft.deploy.export`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.commands.export import (
+from graft.core import checkpoint as ckpt
+from graft.core import rundir
+from graft.core.errors import ConfigError
+from graft.core.version import __version__
+from graft.deploy.export import (
     ExportError,
     ExportResult,
     Verification,
@@ -50,10 +54,6 @@ from graft.commands.export import (
     verification_paths,
     verify,
 )
-from graft.core import checkpoint as ckpt
-from graft.core import rundir
-from graft.core.errors import ConfigError
-from graft.core.version import __version__
 
 DEFAULT_CALIB = 128
 DEFAULT_DIR = "onnx-int8"
@@ -170,7 +170,7 @@ def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from graft.commands.export import INPUT_NAME
+    from graft.deploy.export import INPUT_NAME
 
     quiet = logging.getLogger()
     level = quiet.level
@@ -220,7 +220,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
     difference), then images/s on the same batch with the same threads."""
     import numpy as np
 
-    from graft.commands.export import INPUT_NAME, OUTPUT_NAME
+    from graft.deploy.export import INPUT_NAME, OUTPUT_NAME
 
     paths, labels = rundir.run_val_items(run_dir, clf.classes)
     threads = cores()
@@ -263,7 +263,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
 
 def images_per_s(s: Any, batch: Any, seconds: float = TIME_SECONDS) -> float:
     """Images per second of one session on ``batch``: the median time of repeated runs after a warm-up."""
-    from graft.commands.export import INPUT_NAME
+    from graft.deploy.export import INPUT_NAME
 
     s.run(None, {INPUT_NAME: batch})
     times: list[float] = []
@@ -301,7 +301,7 @@ def write_folder(
     """model.onnx (metadata embedded), its sidecar, export.json, predict.py and requirements.txt."""
     import onnx
 
-    from graft.commands import standalone_predict
+    from graft.deploy import standalone_predict
     from graft.int8.backend import cpu_info
 
     proto = onnx.load_from_string(int8)

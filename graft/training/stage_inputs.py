@@ -72,7 +72,7 @@ class StageData:
 
     def sample_weights(self, labels: Any) -> torch.Tensor | None:
         """Per-sample weights of class-balanced sampling (``--balance sampler``), else None (shuffling)."""
-        from graft.training.levers import sample_weights
+        from graft.training.balance import sample_weights
 
         return sample_weights(labels, len(self.dataset.classes)) if self.cfg.balance == "sampler" else None
 

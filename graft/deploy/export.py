@@ -93,7 +93,7 @@ class ExportResult:
     format: str
     verification: Verification
     info: dict[str, Any]
-    #: ``export.json`` of an int8 ONNX export (:mod:`graft.commands.onnx_int8`), else None.
+    #: ``export.json`` of an int8 ONNX export (:mod:`graft.deploy.onnx_int8`), else None.
     figures: dict[str, Any] | None = None
 
 
@@ -211,7 +211,7 @@ def inference_module(clf: Any) -> Any:
     """The network ``graft predict`` runs, as one float32 CPU module: BatchNorm-folded body, then the head."""
     import torch
 
-    from graft.inference.floatrun import body_and_head
+    from graft.inference.float_classifier import body_and_head
 
     if hasattr(clf, "export_module"):  # an ensemble: its members in one module (graft.inference.ensemble)
         return clf.export_module()
