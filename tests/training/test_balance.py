@@ -7,7 +7,6 @@ import csv
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -19,11 +18,9 @@ from graft.core.config import TrainConfig
 from graft.core.preprocess import Preprocess
 from graft.core.runtime import train_loader
 from graft.data.device import DeviceBatches
-from graft.insight.evaluation import balanced_accuracy, per_class_metrics
 from graft.training.balance import (
     balance_used,
     class_weights,
-    confusion_metrics,
     make_criterion,
     sample_weights,
     select_metric,
@@ -90,16 +87,6 @@ def test_select_auto_follows_the_imbalance() -> None:
     assert select_metric(TrainConfig(data="x"), [123, 24]) == "balanced_acc"
     assert select_metric(TrainConfig(data="x"), [123, 121]) == "acc"
     assert select_metric(TrainConfig(data="x", select_by="macro_f1"), [123, 121]) == "macro_f1"
-
-
-def test_confusion_metrics_agree_with_evaluation() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        cm = rng.integers(0, 30, size=(4, 4))
-        cm[rng.integers(0, 4)] = 0  # a class without val images
-        balanced, macro = confusion_metrics(torch.from_numpy(cm))
-        assert balanced == pytest.approx(balanced_accuracy(cm), abs=1e-12)
-        assert macro == pytest.approx(np.mean([m.f1 for m in per_class_metrics(cm, "abcd")]), abs=1e-12)
 
 
 def test_select_by_picks_the_best_balanced_accuracy(monkeypatch) -> None:
