@@ -19,7 +19,7 @@ from graft.training.stagedata import StageData
 def lr_find(
     cfg: Any, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
 ) -> list[RangeTest]:
-    """Run the range test of each stage of ``cfg`` (an :class:`graft.core.config_lrfind.LrFindConfig`); write
+    """Run the range test of each stage of ``cfg`` (an :class:`graft.core.config.LrFindConfig`); write
     ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``) into ``cfg.plot_dir``, or ``lr_find-<stage>.*`` when
     there are two stages. Returns the tests, in stage order."""
     device = pick_device(cfg.device)
