@@ -190,19 +190,15 @@ def _predict_to_csv(cfg: PredictConfig, names: dict[str, str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graft.commands.export import export
+    from graft.commands.export import run_export
 
     cfg: ExportConfig = _config(ExportConfig, args)
-    options = {"out": cfg.out, "images": cfg.images, "verify_images": cfg.verify_images, "tolerance": cfg.tolerance}
-    if cfg.int8:
-        from graft.commands.onnx_int8 import export_int8, summary
-
-        result = export_int8(cfg.run, calib=cfg.calib, opset=cfg.opset, log=_stderr_if(cfg.json), **options)
-    else:
-        result = export(cfg.run, format=cfg.format, opset=cfg.opset, **options)
+    result = run_export(cfg, log=_stderr_if(cfg.json))
     if cfg.json:
         print(json.dumps(result.figures or result.info, indent=2, ensure_ascii=False))
     elif result.figures is not None:
+        from graft.commands.onnx_int8 import summary
+
         print(summary(result.figures))
         print(f"wrote {result.path.parent}/: model.onnx, model.onnx.json, export.json, predict.py, requirements.txt")
     else:

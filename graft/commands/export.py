@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
+from graft.core.config import ExportConfig, from_options
+from graft.core.config.fields import takes_fields
 from graft.core.errors import GraftError
 from graft.core.version import __version__
 
@@ -103,45 +105,40 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def export(
-    run_dir: str | os.PathLike[str],
-    *,
-    format: ExportFormat = "onnx",
-    out: str | os.PathLike[str] | None = None,
-    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-    verify_images: int = 256,
-    tolerance: float = 1e-4,
-    opset: int | None = None,
-    batch_size: int = 32,
-) -> ExportResult:
+@takes_fields(ExportConfig, "run")
+def export(run_dir: str | os.PathLike[str], /, *, log: Callable[[str], None] = print, **options: Any) -> ExportResult:
     """Export a run as ONNX or TorchScript, write its JSON sidecar, and verify both against PyTorch.
 
     Args:
         run_dir: a run directory written by ``graft train``.
-        format: ``onnx`` or ``torchscript``.
-        out: the model file to write (default ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``); the sidecar is
-            ``OUT.json``.
-        images: image files or folders to verify with (default: the run's val images, from ``data_report.json``).
-        verify_images: verify on at most this many images, spread evenly over them (0: all).
-        tolerance: the largest allowed absolute difference between exported and PyTorch logits.
-        opset: ONNX opset (default: the exporter's).
-        batch_size: batch size of the verification (batch size 1 is always checked as well).
+        log: where ``int8=True`` reports its steps.
+        **options: the fields of :class:`graft.core.config.ExportConfig` (``graft export --help``), with its
+            defaults: ``format`` (``onnx`` or ``torchscript``), ``out`` (the model file; default
+            ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``; the sidecar is ``OUT.json``), ``images`` (image
+            files or folders to verify with; default: the run's val images, from ``data_report.json``),
+            ``verify_images`` (at most this many, spread evenly; 0: all), ``tolerance`` (the largest allowed
+            absolute difference between exported and PyTorch logits), ``opset``, ``batch_size`` (of the
+            verification; batch size 1 is always checked as well), and ``int8``/``calib``
+            (:mod:`graft.commands.onnx_int8`).
 
     Raises:
         ExportError: the run is an int8 run, the exporter failed, no images to verify with, or the exported file
             does not match (the files are then removed).
     """
+    return run_export(from_options(ExportConfig, options, run=run_dir), log=log)
+
+
+def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
+    """:func:`export` with an :class:`ExportConfig` (checked when it was made)."""
     from graft.inference.loading import load
 
-    if format not in DEFAULT_NAMES:
-        raise ExportError(f"unknown export format {format!r}; use one of {', '.join(DEFAULT_NAMES)}")
-    run_dir = Path(run_dir)
+    if cfg.int8:
+        from graft.commands.onnx_int8 import run_export_int8
+
+        return run_export_int8(cfg, log=log)
+    run_dir, format, out, batch_size, tolerance = cfg.run, cfg.format, cfg.out, cfg.batch_size, cfg.tolerance
     check_exportable(run_dir, format)
-    if verify_images < 0:
-        raise ExportError(f"--verify-images must be >= 0 (got {verify_images}); 0 verifies on all images")
-    if tolerance <= 0:
-        raise ExportError(f"--tolerance must be > 0 (got {tolerance})")
-    paths, source = verification_paths(run_dir, images, verify_images)
+    paths, source = verification_paths(run_dir, cfg.images, cfg.verify_images)
 
     clf = load(run_dir, device="cpu")
     module = inference_module(clf)
@@ -153,7 +150,7 @@ def export(
     info = describe(clf, format, path)
 
     if format == "onnx":
-        data, info["opset"] = onnx_bytes(module, size, opset, info)
+        data, info["opset"] = onnx_bytes(module, size, cfg.opset, info)
         runner: Callable[[Any], Any] = onnx_runner(data)
     else:
         data = _torchscript_bytes(module, size, info)

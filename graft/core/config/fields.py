@@ -114,14 +114,16 @@ def defaults(cls: type) -> dict[str, Any]:
     return out
 
 
-def from_options(cls: type[T], options: dict[str, Any]) -> T:
-    """``cls(**options)``, with unknown names refused in one ``error:`` line (the Python API's keyword arguments)."""
-    unknown = set(options) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def from_options(cls: type[T], options: dict[str, Any], **positional: Any) -> T:
+    """``cls(**positional, **options)`` for the Python API: ``positional`` is what the function took by position
+    (``run``, ``data``); unknown names, and a positional one given again by keyword, are refused in one line."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(options) - (names - set(positional))
     if unknown:
         raise ConfigError(
             f"unknown option(s) {sorted(unknown)}; see graft.core.config.{cls.__name__} for the valid ones"
         )
-    return cls(**options)
+    return cls(**positional, **options)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -135,3 +137,28 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     return obj
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def takes_fields(cls: type, positional: str) -> Callable[[F], F]:
+    """For a ``func(VALUE, /, *, ..., **options)`` whose ``options`` build a ``cls``: ``help()``, IDEs and
+    :func:`inspect.signature` show the fields of ``cls`` (all but ``positional``, which VALUE fills) as keyword
+    arguments with the dataclass's defaults, so the function itself restates none."""
+
+    def wrap(func: F) -> F:
+        import inspect
+
+        signature = inspect.signature(func)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        given = defaults(cls)
+        keywords = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=given[f.name], annotation=f.type)
+            for f in dataclasses.fields(cls)
+            if f.name != positional
+        ]
+        func.__signature__ = signature.replace(parameters=own + keywords)  # type: ignore[attr-defined]
+        return func
+
+    return wrap
