@@ -203,6 +203,7 @@ def test_wilson_interval_solves_its_equation() -> None:
 
 def test_confusion_matrix_of_tensors_stays_a_tensor() -> None:
     import torch
+
     for truth, pred, c in list(label_cases())[:20]:
         cm = metrics.confusion_matrix(torch.from_numpy(truth), torch.from_numpy(pred), c)
         assert isinstance(cm, torch.Tensor) and cm.dtype == torch.long

@@ -23,7 +23,8 @@ from numerics import (
 
 import graft
 from graft.commands.cli import main
-from graft.deploy.export import ExportError, export, sidecar_path
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError, sidecar_path
 from graft.inference.classifier import Classifier
 from graft.inference.paths import expand_paths, iter_paths
 
@@ -149,13 +150,13 @@ def test_export_verifies_on_given_images_and_keeps_nothing_unverified(run_copy, 
     with pytest.raises(ExportError, match="not on this machine; pass --images"):
         export(run_copy, format="torchscript")
 
-    real = gx._torchscript_runner
+    real = gx.torchscript_runner
 
     def off_by_a_little(data: bytes):
         run = real(data)
         return lambda batch: run(batch) + 1e-3  # what a subtly wrong exporter would give
 
-    monkeypatch.setattr(gx, "_torchscript_runner", off_by_a_little)
+    monkeypatch.setattr(gx, "torchscript_runner", off_by_a_little)
     with pytest.raises(ExportError, match=r"does not reproduce.*3 images \(.*val/bees\).*difference\| 1.00e-03"):
         export(run_copy, format="torchscript", images=hymenoptera / "val/bees", verify_images=3)
     assert not list(run_copy.glob("model.torchscript*"))

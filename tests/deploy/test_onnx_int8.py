@@ -17,7 +17,8 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 
 import graft
 from graft.commands.cli import main
-from graft.deploy.export import ExportError, export
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError
 from graft.deploy.onnx_int8 import MAX_DROP, check_drop, export_int8
 
 #: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
