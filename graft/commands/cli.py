@@ -169,7 +169,7 @@ def _predict_to_csv(cfg: PredictConfig, names: dict[str, str]) -> int:
         raise GraftError("--out writes a CSV file; leave out --json, --plot and --explain, or leave out --out")
     iter_paths(cfg.paths)  # a missing input fails before the model loads
     if dist.launched():  # under torchrun: each process classifies its share of the files, rank 0 merges
-        from graft.core.runtime import pick_device
+        from graft.core.device import pick_device
 
         clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))), tta=cfg.tta)
         _threshold(clf, cfg.threshold)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.config import ExportConfig, from_options
 from graft.core.config.fields import takes_fields
 from graft.deploy.formats import (
@@ -109,8 +109,8 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
             "Nothing was written; report this with the run's model.json (a --tolerance above 1e-4 is only right "
             "for reduced-precision models)."
         )
-    ckpt.atomic_write_bytes(path, data)
+    atomic.atomic_write_bytes(path, data)
     info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
     sidecar = sidecar_path(path)
-    ckpt.atomic_write_json(sidecar, info)
+    atomic.atomic_write_json(sidecar, info)
     return ExportResult(path=path, sidecar=sidecar, format=format, verification=verification, info=info)

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import GraftError
 from graft.core.version import __version__
 
@@ -155,7 +155,7 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
         "source": {
             "run": clf.run_dir.name,
             "weights_sha256": meta.get("weights_sha256"),
-            "metrics": ckpt.read_json_or(clf.run_dir / "metrics.json"),
+            "metrics": atomic.read_json_or(clf.run_dir / "metrics.json"),
         },
         "versions": {"graft": __version__, "torch": torch.__version__},
     }

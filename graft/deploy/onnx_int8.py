@@ -37,8 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
-from graft.core import rundir
+from graft.core import atomic, rundir
 from graft.core.config import ExportConfig, from_options
 from graft.core.config.fields import takes_fields
 from graft.core.version import __version__
@@ -174,7 +173,7 @@ def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="graft-ort-int8-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        ckpt.atomic_write_bytes(src, fp32)
+        atomic.atomic_write_bytes(src, fp32)
         quiet.setLevel(logging.ERROR)  # ONNX Runtime's tools log each step at INFO/WARNING
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ... and print the calibration's progress
@@ -306,10 +305,10 @@ def write_folder(
     entry.key, entry.value = "graft", json.dumps(info)
     data = proto.SerializeToString()
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_bytes(model_path, data)
+    atomic.atomic_write_bytes(model_path, data)
     info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
     sidecar = sidecar_path(model_path)
-    ckpt.atomic_write_json(sidecar, info)
+    atomic.atomic_write_json(sidecar, info)
     record = {
         "format": "graft-onnx-int8/1",
         "model": model_path.name,
@@ -321,9 +320,9 @@ def write_folder(
         "cpu": cpu_info(),
         "versions": info["versions"] | {"graft": __version__},
     }
-    ckpt.atomic_write_json(folder / EXPORT_JSON, record)
-    ckpt.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
-    ckpt.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
+    atomic.atomic_write_json(folder / EXPORT_JSON, record)
+    atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
+    atomic.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
     return ExportResult(model_path, sidecar, "onnx", verification, info, figures=record)
 
 

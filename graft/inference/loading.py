@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.device import pick_device
 from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
-from graft.core.runtime import pick_device
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import is_ensemble, load_ensemble
 from graft.inference.float_classifier import FloatClassifier
@@ -28,7 +29,7 @@ def is_int8(meta: dict[str, Any]) -> bool:
 def read_meta(run_dir: Path) -> dict[str, Any] | None:
     """``run_dir/model.json`` as a dict, or None when it is missing, unreadable or not an object (a float run's
     loader then recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`)."""
-    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE)
+    meta = atomic.read_json_or(run_dir / ckpt.META_FILE)
     return meta if isinstance(meta, dict) else None
 
 

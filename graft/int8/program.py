@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.errors import GraftError
 from graft.inference.int8_archive import PROGRAM_FILE, QuantizationError, check_archive
 from graft.inference.int8_classifier import Int8Program, load_program
@@ -214,7 +214,7 @@ def save_program(out: Path, converted_body: nn.Module, head: nn.Module, size: in
     import hashlib
 
     data = program_bytes(converted_body, head, size)
-    ckpt.atomic_write_bytes(out / PROGRAM_FILE, data)
+    atomic.atomic_write_bytes(out / PROGRAM_FILE, data)
     return data, Int8Program(load_program(out / PROGRAM_FILE, sha256=hashlib.sha256(data).hexdigest()))
 
 

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.config import TrainConfig, table_options, to_jsonable
+from graft.core.device import one_thread, pick_device
 from graft.core.heads import HeadSpec, build_head
 from graft.core.metrics import accuracy, balanced_accuracy, confusion_matrix, macro_f1, stratified_folds
-from graft.core.runtime import one_thread, pick_device
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key, cached_features
 from graft.inference.ensemble import ensemble_meta
@@ -329,7 +329,7 @@ def write_leaderboard(path: Path, found: Search) -> Path:
             c.balance, found.metric, f"{s.mean:.6f}", f"{s.sd:.6f}", f"{statistics.fmean(s.accuracies):.6f}",
             " ".join(f"{v:.4f}" for v in s.scores), f"{s.seconds:.3f}", f"{s.features_seconds:.3f}",
         ])  # fmt: skip
-    ckpt.write_csv(path, LEADERBOARD_FIELDS, rows)
+    atomic.write_csv(path, LEADERBOARD_FIELDS, rows)
     return path
 
 
@@ -359,11 +359,11 @@ def run_auto(
     )
     found = search(cfg, dataset, log=log, started=started)
     ranked = found.ranked()
-    name = cfg.name or ckpt.next_run_name(cfg.out, "auto-" + ("ensemble" if cfg.ensemble else "freeze"))
+    name = cfg.name or rundir.next_run_name(cfg.out, "auto-" + ("ensemble" if cfg.ensemble else "freeze"))
     run_dir = rundir.make_run_dir(dataclasses.replace(cfg, name=name))
     write_leaderboard(run_dir / "leaderboard.csv", found)
     summary = found.summary() | {"ensemble": cfg.ensemble}
-    ckpt.atomic_write_json(run_dir / AUTO_FILE, summary)
+    atomic.atomic_write_json(run_dir / AUTO_FILE, summary)
     log(
         f"auto: {len(found.scored)} candidates in {found.seconds:.1f}s"
         + (f" (budget {found.budget:g}s)" if found.budget is not None else "")
@@ -394,12 +394,12 @@ def run_auto(
 
 def _record(run_dir: Path, auto: dict[str, Any], cfg: TrainConfig) -> None:
     """The search in metrics.json (``auto``) and config.json (the options given, under ``auto``)."""
-    metrics = ckpt.read_json_or(run_dir / "metrics.json", {}) or {}
-    ckpt.atomic_write_json(run_dir / "metrics.json", metrics | {"auto": auto})
-    config = ckpt.read_json_or(run_dir / "config.json", {}) or {}
+    metrics = atomic.read_json_or(run_dir / "metrics.json", {}) or {}
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics | {"auto": auto})
+    config = atomic.read_json_or(run_dir / "config.json", {}) or {}
     given = {k: v for k, v in cfg.to_dict().items() if k in ("auto", "time_budget", "ensemble")}
-    ckpt.atomic_write_json(run_dir / "config.json", config | {"auto_search": given})
-    ckpt.atomic_write_json(run_dir / AUTO_FILE, auto)
+    atomic.atomic_write_json(run_dir / "config.json", config | {"auto_search": given})
+    atomic.atomic_write_json(run_dir / AUTO_FILE, auto)
 
 
 def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callable[[str], None]) -> RunResult:
@@ -416,11 +416,11 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
         member = settings(cfg, c, out=run_dir / "members", name=name, exist_ok=True)
         members.append(run_training(member, log=log))
         paths.append(f"members/{name}")
-    metas = [ckpt.read_json(r.run_dir / ckpt.META_FILE) for r in members]
-    ckpt.atomic_write_json(run_dir / ckpt.META_FILE, ensemble_meta(metas, paths))
+    metas = [atomic.read_json(r.run_dir / ckpt.META_FILE) for r in members]
+    atomic.atomic_write_json(run_dir / ckpt.META_FILE, ensemble_meta(metas, paths))
     shutil.copyfile(members[0].run_dir / rundir.DATA_REPORT, run_dir / rundir.DATA_REPORT)
     config = settings(cfg, found.ranked()[0].candidate).to_dict() | {"ensemble_members": paths}
-    ckpt.atomic_write_json(run_dir / "config.json", config)
+    atomic.atomic_write_json(run_dir / "config.json", config)
     clf = load(run_dir, device=cfg.device, prepare=False)
     val_paths, labels = rundir.run_val_items(run_dir, clf.classes)
     batch = cfg.batch_size
@@ -440,6 +440,6 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
         "device": members[0].metrics["device"],
         "train_seconds": round(sum(r.metrics["train_seconds"] for r in members), 3),
     }
-    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics)
     log(f"auto: ensemble of {len(members)}: val acc {acc:.4f} (members {[r.best_val_acc for r in members]})")
     return RunResult(run_dir=run_dir, metrics=metrics)

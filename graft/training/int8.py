@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
-from graft.core import rundir
+from graft.core import atomic, rundir
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
 from graft.inference.float_classifier import FloatClassifier
@@ -160,7 +159,7 @@ def run_int8_training(
     }
     write_figures(run_dir, figures, info, metrics)
     log(f"int8: {QuantizeResult(run_dir, figures).summary()}; run saved to {run_dir}")
-    metrics = ckpt.read_json(run_dir / "metrics.json")
+    metrics = atomic.read_json(run_dir / "metrics.json")
     listeners.on_run_end(run_dir, metrics)
     return RunResult(run_dir=run_dir, metrics=metrics)
 

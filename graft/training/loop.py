@@ -18,9 +18,11 @@ from torch import nn
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
+from graft.core.fast_inference import optimize_for_inference
 from graft.core.metrics import balanced_accuracy, confusion_matrix, macro_f1
-from graft.core.runtime import autocast, optimize_for_inference, prepare_input, progress
+from graft.core.progress import progress
 from graft.inference.float_classifier import body_and_head
 from graft.models.model import GraftModel
 from graft.training.balance import selector

@@ -20,13 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic, rundir
 from graft.core import distributed as dist
-from graft.core import rundir
 from graft.core.config import TrainConfig, table_options
+from graft.core.device import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
-from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.data.datasets import available_memory
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key
@@ -184,7 +183,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
             rundir.write_data_report(run_dir, s.dataset, val_near_copies_in_train=data.leakage)
     if not dist.is_main():
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
-    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics)
     score = f"acc {best.val_acc:.4f}"  # a multi-label run's accuracy slot holds its mAP
     score = f"mAP {best.val_acc:.4f} (micro F1 {multilabel['val_micro_f1']:.4f})" if multilabel else score
     log(f"best val {score} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; run saved to {run_dir}")

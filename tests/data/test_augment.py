@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from graft.core.loaders import train_loader
 from graft.core.preprocess import Preprocess, eval_crop, train_crop
-from graft.core.runtime import train_loader
 from graft.data.augment import MixedBatches, batch_mix
 from graft.features.store import store_key
 from graft.training.balance import sample_weights

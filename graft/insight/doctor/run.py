@@ -31,7 +31,7 @@ def doctor(data: str | Path, /, **options: Any) -> DoctorResult:
 
 
 def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> DoctorResult:
-    from graft.core.checkpoint import atomic_write_text
+    from graft.core.atomic import atomic_write_text
 
     times: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -97,7 +97,8 @@ def scan_and_features(cfg: DoctorConfig, lap: Callable[[str], None]) -> tuple[An
     """The scan and the view-0 features of every usable image, exactly as ``graft train`` gets them."""
     import torch
 
-    from graft.core.runtime import default_workers, pick_device
+    from graft.core.device import pick_device
+    from graft.core.loaders import default_workers
     from graft.data.datasets import available_memory
     from graft.data.folders import scan
     from graft.features.store import cached_features
@@ -149,7 +150,7 @@ def _measures(ds: Any, samples: list[Any], draft: int) -> list[dict[str, Any]]:
     at another draft size) are taken now, decoding those files once, and stored with their verdicts."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from graft.core.runtime import progress
+    from graft.core.progress import progress
     from graft.data.folders import ScanVerdicts
     from graft.data.images import load_rgb
     from graft.data.quality import measure, usable
