@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
 from graft.core.preprocess import Preprocess, eval_transform
-from graft.core.runtime import autocast, prepare_input
 from graft.inference.classifier import Classifier, ImageInput
-from graft.inference.floatrun import body_and_head
+from graft.inference.float_classifier import body_and_head
 
 KIND = "ensemble"
 

@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.device import pick_device
 from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
-from graft.core.runtime import pick_device
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import is_ensemble, load_ensemble
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.float_classifier import FloatClassifier
+from graft.inference.int8_classifier import load_int8
 
 
 def is_int8(meta: dict[str, Any]) -> bool:
@@ -27,7 +29,7 @@ def is_int8(meta: dict[str, Any]) -> bool:
 def read_meta(run_dir: Path) -> dict[str, Any] | None:
     """``run_dir/model.json`` as a dict, or None when it is missing, unreadable or not an object (a float run's
     loader then recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`)."""
-    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE)
+    meta = atomic.read_json_or(run_dir / ckpt.META_FILE)
     return meta if isinstance(meta, dict) else None
 
 
@@ -53,8 +55,6 @@ def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
     meta = read_meta(run_dir)
     if meta is not None and is_int8(meta):
-        from graft.int8.program import load_int8
-
         return load_int8(run_dir, meta, device=device)
     if meta is not None and is_ensemble(meta):  # graft train --auto --ensemble K: members loaded as runs
         clf = load_ensemble(run_dir, meta, device=device, load_member=load)

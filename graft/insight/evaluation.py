@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.errors import DataError
 from graft.core.metrics import (
@@ -299,8 +300,8 @@ def evaluate(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     clf = load(run_dir, device=device, prepare=False, tta=bool(tta))  # stored val features need only the head
-    config = ckpt.read_json_or(run_dir / "config.json", {})
-    metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
+    config = atomic.read_json_or(run_dir / "config.json", {})
+    metrics = atomic.read_json_or(run_dir / "metrics.json", {})
     batch_size = batch_size or int(config.get("batch_size", 32))
     if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves (graft.insight.multilabel)
         return evaluate_multilabel(
@@ -374,9 +375,9 @@ def _logits(
 
 def record_tta(run_dir: Path, tta: bool | None) -> None:
     """``tta`` (unless None) into ``run_dir/model.json``: what :func:`graft.load` (predict, serve) defaults to."""
-    meta = ckpt.read_json(run_dir / ckpt.META_FILE) if tta is not None else {}
+    meta = atomic.read_json(run_dir / ckpt.META_FILE) if tta is not None else {}
     if tta is not None and meta.get("tta", False) != tta:
-        ckpt.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"tta": tta})
+        atomic.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"tta": tta})
 
 
 def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int]:
@@ -395,7 +396,7 @@ def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int
 def write_tables(result: EvaluationResult) -> None:
     """``evaluation.json`` and ``per_class.csv`` in ``result.out_dir``."""
     result.files["per_class.csv"] = result.out_dir / "per_class.csv"
-    ckpt.write_csv(
+    atomic.write_csv(
         result.files["per_class.csv"],
         ["class", "precision", "recall", "f1", "support", "predicted"],
         [
@@ -404,7 +405,7 @@ def write_tables(result: EvaluationResult) -> None:
         ],
     )
     result.files["evaluation.json"] = result.out_dir / "evaluation.json"
-    ckpt.atomic_write_json(result.files["evaluation.json"], result.to_dict())
+    atomic.atomic_write_json(result.files["evaluation.json"], result.to_dict())
 
 
 def write_figures(

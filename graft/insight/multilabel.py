@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.errors import RunError
 from graft.core.metrics import mean_average_precision, multilabel_f1, per_class_ap, pr_curve
 from graft.core.rundir import read_split
@@ -139,7 +139,7 @@ def evaluate_multilabel(
     paths, sets, source, out_dir = _items(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     logits, kept, unreadable, features = logits_of(clf, run_dir, paths, val_split=data is None, batch_size=batch_size)
-    metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
+    metrics = atomic.read_json_or(run_dir / "metrics.json", {})
     result = MultiLabelEvaluation(
         run_dir=run_dir,
         out_dir=out_dir,
@@ -190,7 +190,7 @@ def table_labels(
     run's column options, and their labels: class indices, or (``multilabel``) tuples of them."""
     from graft.data.tables import table_items
 
-    config = ckpt.read_json_or(run_dir / "config.json", {})
+    config = atomic.read_json_or(run_dir / "config.json", {})
     options = {k: config.get(k) for k in ("path_col", "label_col", "split_col", "label_delim")}
     paths, sets = table_items(table, list(classes), multilabel=multilabel, **options)
     return paths, (sets if multilabel else [s[0] for s in sets])
@@ -200,9 +200,9 @@ def _write_tables(result: MultiLabelEvaluation) -> None:
     result.files["per_class.csv"] = result.out_dir / "per_class.csv"
     header = ["class", "threshold", "ap", "precision", "recall", "f1", "support", "predicted"]
     rows = [[("" if r[k] is None else r[k]) for k in header] for r in result.per_class()]
-    ckpt.write_csv(result.files["per_class.csv"], header, rows)
+    atomic.write_csv(result.files["per_class.csv"], header, rows)
     result.files["evaluation.json"] = result.out_dir / "evaluation.json"
-    ckpt.atomic_write_json(result.files["evaluation.json"], result.to_dict())
+    atomic.atomic_write_json(result.files["evaluation.json"], result.to_dict())
 
 
 def plot_pr_curves(result: MultiLabelEvaluation, path: Path) -> Any:

@@ -18,12 +18,14 @@ from torch import nn
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
+from graft.core.fast_inference import optimize_for_inference
 from graft.core.metrics import balanced_accuracy, confusion_matrix, macro_f1
-from graft.core.runtime import autocast, optimize_for_inference, prepare_input, progress
-from graft.inference.floatrun import body_and_head
+from graft.core.progress import progress
+from graft.inference.float_classifier import body_and_head
 from graft.models.model import GraftModel
-from graft.training.levers import selector
+from graft.training.balance import selector
 
 
 @dataclass
@@ -139,8 +141,8 @@ def run_epoch(
 
 
 def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.floatrun.body_and_head`); a model
-    with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
+    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.float_classifier.body_and_head`);
+    a model with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
     if isinstance(model, GraftModel):
         return body_and_head(model, device)
     return optimize_for_inference(model)

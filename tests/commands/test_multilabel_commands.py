@@ -12,8 +12,8 @@ import numpy as np
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import export
 from graft.core.config import ServeConfig
+from graft.deploy.export import export
 from tests.commands.test_serve import serving
 
 

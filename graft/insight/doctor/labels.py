@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from graft.core.device import one_thread
 from graft.core.metrics import stratified_folds
-from graft.core.runtime import one_thread
 
 #: A candidate whose score reaches this is a confident error (``--exclude-list`` leaves it out): its own label got
 #: under ~20% out of fold and most of its neighbours carry another label.

@@ -1,4 +1,4 @@
-"""Tests of graft.commands.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
+"""Tests of graft.deploy.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
 (``graft predict RUN FOLDER --out preds.csv``), the two offline halves of shipping a run."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from numerics import (
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import ExportError, export, sidecar_path
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError, sidecar_path
 from graft.inference.classifier import Classifier
 from graft.inference.paths import expand_paths, iter_paths
 
@@ -142,20 +143,20 @@ def test_torchscript_export_from_the_cli(frozen_run, tmp_path, capsys) -> None:
 
 
 def test_export_verifies_on_given_images_and_keeps_nothing_unverified(run_copy, hymenoptera, tmp_path, monkeypatch):
-    import graft.commands.export as gx
+    import graft.deploy.export as gx
 
     report = json.loads((run_copy / "data_report.json").read_text())
     (run_copy / "data_report.json").write_text(json.dumps(report | {"root": str(tmp_path / "moved")}))
     with pytest.raises(ExportError, match="not on this machine; pass --images"):
         export(run_copy, format="torchscript")
 
-    real = gx._torchscript_runner
+    real = gx.torchscript_runner
 
     def off_by_a_little(data: bytes):
         run = real(data)
         return lambda batch: run(batch) + 1e-3  # what a subtly wrong exporter would give
 
-    monkeypatch.setattr(gx, "_torchscript_runner", off_by_a_little)
+    monkeypatch.setattr(gx, "torchscript_runner", off_by_a_little)
     with pytest.raises(ExportError, match=r"does not reproduce.*3 images \(.*val/bees\).*difference\| 1.00e-03"):
         export(run_copy, format="torchscript", images=hymenoptera / "val/bees", verify_images=3)
     assert not list(run_copy.glob("model.torchscript*"))

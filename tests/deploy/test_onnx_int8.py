@@ -1,4 +1,4 @@
-"""Tests of ``graft export RUN --format onnx --int8`` (graft.commands.onnx_int8): ONNX Runtime's static int8 of a
+"""Tests of ``graft export RUN --format onnx --int8`` (graft.deploy.onnx_int8): ONNX Runtime's static int8 of a
 float run, compared with the float model on val, and the export folder's standalone ``predict.py`` run in a venv
 that has onnxruntime, numpy and Pillow but no torch, against ``graft predict``."""
 
@@ -17,8 +17,9 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import ExportError, export
-from graft.commands.onnx_int8 import MAX_DROP, check_drop, export_int8
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError
+from graft.deploy.onnx_int8 import MAX_DROP, check_drop, export_int8
 
 #: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
 RUNTIME_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")

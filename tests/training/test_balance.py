@@ -15,10 +15,10 @@ import graft
 import graft.training.loop as loop
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.loaders import train_loader
 from graft.core.preprocess import Preprocess
-from graft.core.runtime import train_loader
 from graft.data.device import DeviceBatches
-from graft.training.levers import (
+from graft.training.balance import (
     balance_used,
     class_weights,
     make_criterion,
