@@ -151,6 +151,7 @@ def test_outputs_and_exclude_list(planted: dict[str, Any]) -> None:
     assert all(s.path.relative_to(planted["root"]).as_posix() not in excluded for s in ds.train + ds.val)
 
 
+@pytest.mark.slow
 def test_train_warns_about_leakage_and_excludes(planted: dict[str, Any], tmp_path: Path, capsys: Any) -> None:
     root = planted["root"]
     assert main(["train", str(root), "--epochs", "1", "--out", str(tmp_path), "--name", "leaky"]) == 0

@@ -19,6 +19,7 @@ from graft.insight.evaluation import evaluate
 from graft.insight.report import write_report
 
 
+@pytest.mark.slow
 def test_the_val_split_gives_the_runs_own_numbers(mosaic_run) -> None:
     """Frozen: evaluated from the val features training stored, so the very probabilities the thresholds were
     chosen on (equal up to float formatting of the saved thresholds)."""
@@ -36,11 +37,13 @@ def test_the_val_split_gives_the_runs_own_numbers(mosaic_run) -> None:
     assert (mosaic_run.run_dir / "pr_curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_report_shows_map_and_pr_curves(mosaic_run) -> None:
     page = write_report(mosaic_run.run_dir).read_text(encoding="utf-8")
     assert "best val mAP" in page and "Precision-recall curves" in page and "micro F1" in page
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_table_of_other_images(mosaic_run, mosaics, tmp_path) -> None:
     """A table's val rows (its split column), labels read with the run's --label-delim; the same images as the
     val split give the same mAP (computed through the model here, not from stored features)."""
@@ -53,6 +56,7 @@ def test_evaluate_on_a_table_of_other_images(mosaic_run, mosaics, tmp_path) -> N
         evaluate(mosaic_run.run_dir, bad, device="cpu", plots=False)
 
 
+@pytest.mark.slow
 def test_a_single_label_run_evaluates_a_table(frozen_run, hymenoptera, tmp_path) -> None:
     """Paths relative to the table's folder; without a split column every row is evaluated; the accuracy is that
     of the predictions on those images."""

@@ -126,6 +126,7 @@ def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], mon
     assert all(zipfile.ZipFile(small_program["path"]).getinfo(n).compress_type == zipfile.ZIP_DEFLATED for n in names)
 
 
+@pytest.mark.subprocess
 def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, Any]) -> None:
     """``graft predict`` loads a saved program in a process that never quantized anything: the int8 fusion passes
     must still apply (they once did not, and the program ran the decomposed reference ops, 3-4x slower)."""

@@ -9,6 +9,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 import graft
 
 SEARCH = ["arch", "hidden", "dropout", "lr", "weight_decay", "balance", "metric", "cv_mean", "cv_sd", "folds"]
@@ -39,6 +41,7 @@ def leaderboard(run_dir: Path) -> dict[tuple[str, ...], dict[str, str]]:
 OPTIONS = {"auto": True, "time_budget": 1.0, "epochs": 2, "device": "cpu", "seed": 0}
 
 
+@pytest.mark.slow
 def test_auto_chooses_on_train_only_and_records_the_search(hymenoptera, tmp_path) -> None:
     plain = graft.train(dataset(tmp_path / "a", hymenoptera, swap_val=False), out=tmp_path / "runs", **OPTIONS)
     planted = graft.train(dataset(tmp_path / "b", hymenoptera, swap_val=True), out=tmp_path / "runs", **OPTIONS)

@@ -129,6 +129,7 @@ def _rows(run_dir) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_default_run_is_unchanged_by_the_lever_options(frozen_run, hymenoptera, tmp_path) -> None:
     defaults = {"balance": "auto", "select_by": "auto", "augment": "standard", "mixup": 0.0, "cutmix": 0.0,
                 "random_erasing": 0.0}  # fmt: skip
@@ -145,6 +146,7 @@ def test_default_run_is_unchanged_by_the_lever_options(frozen_run, hymenoptera, 
     assert metrics["best_val_macro_f1"] == pytest.approx(evaluation["macro_f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_frozen_run_with_balance_and_selection(hymenoptera, tmp_path, capsys) -> None:
     for balance in ("weights", "sampler"):
         run = graft.train(hymenoptera, mode="freeze", epochs=2, device="cpu", out=tmp_path, balance=balance,

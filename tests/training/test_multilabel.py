@@ -19,6 +19,8 @@ from graft.core.errors import ConfigError
 from graft.core.metrics import multilabel_f1
 from graft.insight.evaluation import evaluate
 
+pytestmark = pytest.mark.slow
+
 
 def val_rows(table: Path) -> list[dict[str, str]]:
     with open(table, newline="", encoding="utf-8") as f:
