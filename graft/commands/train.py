@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import distributed as dist
-from graft.core.config import TrainConfig
-from graft.core.errors import ConfigError
+from graft.core.config import TrainConfig, from_options
 from graft.insight import tracking
 from graft.insight.callbacks import Curves, Report
 from graft.insight.lrplot import LrFindFigures
@@ -33,12 +32,7 @@ def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
         >>> run = graft.train("hymenoptera_data", arch="mobilenet_v2", mode="freeze", epochs=10)
         >>> graft.load(run.run_dir).predict("bee.jpg", top_k=2)
     """
-    if data is not None:
-        options["data"] = data
-    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)}; see graft.TrainConfig for the valid ones")
-    return run(TrainConfig(**options))
+    return run(from_options(TrainConfig, options, **({"data": data} if data is not None else {})))
 
 
 def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:

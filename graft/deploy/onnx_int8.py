@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import atomic, rundir
-from graft.core.errors import ConfigError
+from graft.core.config import ExportConfig, from_options
+from graft.core.config.fields import takes_fields
 from graft.core.version import __version__
-from graft.deploy.export import (
+from graft.deploy.formats import (
     ExportError,
     ExportResult,
     Verification,
@@ -54,7 +55,6 @@ from graft.deploy.export import (
     verify,
 )
 
-DEFAULT_CALIB = 128
 DEFAULT_DIR = "onnx-int8"
 #: The largest val accuracy the int8 model may lose against the float one (one point).
 MAX_DROP = 0.01
@@ -65,29 +65,26 @@ EXPORT_JSON = "export.json"
 REQUIREMENTS = "onnxruntime\nnumpy\npillow\n"
 
 
+@takes_fields(ExportConfig, "run")
 def export_int8(
-    run_dir: str | os.PathLike[str],
-    *,
-    out: str | os.PathLike[str] | None = None,
-    calib: int = DEFAULT_CALIB,
-    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-    verify_images: int = 256,
-    tolerance: float = 1e-4,
-    opset: int | None = None,
-    batch_size: int = 32,
-    log: Callable[[str], None] = print,
+    run_dir: str | os.PathLike[str], /, *, log: Callable[[str], None] = print, **options: Any
 ) -> ExportResult:
-    """Export a float run as an int8 ONNX folder (see the module's doc); return what was written.
+    """Export a float run as an int8 ONNX folder (see the module's doc); return what was written. ``options`` are
+    the fields of :class:`graft.core.config.ExportConfig` (``out`` is the folder here; ``int8`` is implied).
 
     Raises:
         ExportError: the float export does not reproduce PyTorch, the training or val images are missing, or the
             int8 model's val accuracy is more than :data:`MAX_DROP` below the float model's (nothing written).
     """
+    return run_export_int8(from_options(ExportConfig, options | {"int8": True}, run=run_dir), log=log)
+
+
+def run_export_int8(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
+    """:func:`export_int8` with an :class:`ExportConfig`."""
     from graft.inference.loading import load
 
-    if calib < 1:
-        raise ConfigError(f"--calib must be >= 1 (got {calib})")
-    run_dir = Path(run_dir)
+    run_dir, out, calib, batch_size, opset = cfg.run, cfg.out, cfg.calib, cfg.batch_size, cfg.opset
+    images, verify_images, tolerance = cfg.images, cfg.verify_images, cfg.tolerance
     check_exportable(run_dir, "onnx")
     paths, source = verification_paths(run_dir, images, verify_images)
     clf = load(run_dir, device="cpu")
@@ -169,7 +166,7 @@ def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from graft.deploy.export import INPUT_NAME
+    from graft.deploy.formats import INPUT_NAME
 
     quiet = logging.getLogger()
     level = quiet.level
@@ -219,7 +216,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
     difference), then images/s on the same batch with the same threads."""
     import numpy as np
 
-    from graft.deploy.export import INPUT_NAME, OUTPUT_NAME
+    from graft.deploy.formats import INPUT_NAME, OUTPUT_NAME
 
     paths, labels = rundir.run_val_items(run_dir, clf.classes)
     threads = cores()
@@ -262,7 +259,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
 
 def images_per_s(s: Any, batch: Any, seconds: float = TIME_SECONDS) -> float:
     """Images per second of one session on ``batch``: the median time of repeated runs after a warm-up."""
-    from graft.deploy.export import INPUT_NAME
+    from graft.deploy.formats import INPUT_NAME
 
     s.run(None, {INPUT_NAME: batch})
     times: list[float] = []

@@ -14,6 +14,7 @@ from graft.core.heads import HeadSpec
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import is_ensemble, load_ensemble
 from graft.inference.float_classifier import FloatClassifier
+from graft.inference.int8_classifier import load_int8
 
 
 def is_int8(meta: dict[str, Any]) -> bool:
@@ -54,8 +55,6 @@ def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
     meta = read_meta(run_dir)
     if meta is not None and is_int8(meta):
-        from graft.int8.program import load_int8
-
         return load_int8(run_dir, meta, device=device)
     if meta is not None and is_ensemble(meta):  # graft train --auto --ensemble K: members loaded as runs
         clf = load_ensemble(run_dir, meta, device=device, load_member=load)

@@ -11,7 +11,6 @@ which is what keeps the report at the end of ``graft train`` cheap.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,39 +22,17 @@ import numpy as np
 from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.errors import DataError
+from graft.core.metrics import (
+    accuracy,
+    balanced_accuracy,
+    confusion_matrix,
+    macro_f1,
+    precision_recall_f1,
+    wilson_interval,
+)
 from graft.core.rundir import run_val_items
 from graft.inference.logits import compute_logits, stored_val_logits
 from graft.insight.multilabel import evaluate_multilabel, table_labels
-
-#: z of a two-sided 95% interval
-Z95 = 1.959963984540054
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# metrics (plain numpy, no torch)
-
-
-def wilson_interval(correct: int, n: int, *, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n`` (95% by default); ``(0, 1)`` when ``n`` is 0.
-
-    Unlike the normal approximation it stays inside [0, 1] and behaves at 0% and 100% accuracy.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if correct <= 0 else max(0.0, centre - half)  # exact bounds at 0% and 100%, not 1 - 1e-16
-    hi = 1.0 if correct >= n else min(1.0, centre + half)
-    return lo, hi
-
-
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """``(n_classes, n_classes)`` int64 counts: rows are true classes, columns predicted classes."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return cm
 
 
 @dataclass(frozen=True)
@@ -81,24 +58,10 @@ class ClassMetrics:
 
 
 def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[ClassMetrics]:
-    """Per-class precision, recall and F1 from a confusion matrix (rows true, columns predicted)."""
-    out = []
-    for i, name in enumerate(classes):
-        tp, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.append(ClassMetrics(name, precision, recall, f1, support, predicted))
-    return out
-
-
-def balanced_accuracy(cm: np.ndarray) -> float:
-    """Mean recall over the classes that have images (sklearn's definition)."""
-    support = cm.sum(axis=1)
-    present = support > 0
-    if not present.any():
-        return 0.0
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    """Per-class precision, recall and F1 (:func:`graft.core.metrics.precision_recall_f1`) of a confusion matrix
+    (rows true, columns predicted), named."""
+    p, r, f1, support, predicted = (a.tolist() for a in precision_recall_f1(cm))
+    return [ClassMetrics(c, p[i], r[i], f1[i], support[i], predicted[i]) for i, c in enumerate(classes)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -163,7 +126,7 @@ class EvaluationResult:
 
     @property
     def accuracy(self) -> float:
-        return self.correct / max(self.n, 1)
+        return accuracy(self.labels, self.predicted)
 
     @property
     def accuracy_ci95(self) -> tuple[float, float]:
@@ -234,7 +197,7 @@ class EvaluationResult:
             "accuracy_ci95": [lo, hi],
             "ci_method": "Wilson score interval",
             "balanced_accuracy": self.balanced_accuracy,
-            "macro_f1": float(np.mean([m.f1 for m in per_class])) if per_class else 0.0,
+            "macro_f1": macro_f1(self.confusion),
             "run_best_val_acc": self.best_val_acc,
             "classes": self.classes,
             "per_class": [m.to_dict() for m in per_class],

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import atomic
-from graft.insight.evaluation import wilson_interval
+from graft.core.metrics import wilson_interval
 from graft.training.callbacks import Callback
 
 CARD_FILE = "README.md"

@@ -19,6 +19,7 @@ import numpy as np
 
 from graft.core import atomic
 from graft.core.errors import RunError
+from graft.core.metrics import mean_average_precision, multilabel_f1, per_class_ap, pr_curve
 from graft.core.rundir import read_split
 from graft.inference import multilabel as ml
 
@@ -47,15 +48,15 @@ class MultiLabelEvaluation:
 
     @property
     def ap(self) -> list[float]:
-        return ml.per_class_ap(self.probs, self.targets)
+        return per_class_ap(self.probs, self.targets)
 
     @property
     def map(self) -> float:
-        return ml.mean_average_precision(self.probs, self.targets)
+        return mean_average_precision(self.probs, self.targets)
 
     @property
     def f1(self) -> dict[str, Any]:
-        return ml.f1_report(self.probs, self.targets, self.thresholds)
+        return multilabel_f1(self.probs, self.targets, self.thresholds)
 
     def summary(self) -> str:
         f1 = self.f1
@@ -213,7 +214,7 @@ def plot_pr_curves(result: MultiLabelEvaluation, path: Path) -> Any:
     for i, c in enumerate(result.classes):
         if result.targets[:, i].sum() == 0:
             continue  # no positive image: no curve
-        precision, recall = ml.pr_curve(result.probs[:, i], result.targets[:, i])
+        precision, recall = pr_curve(result.probs[:, i], result.targets[:, i])
         (line,) = ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="post", label=f"{c} (AP {result.ap[i]:.3f})")
         f1 = result.f1
         ax.plot([f1["recall"][i]], [f1["precision"][i]], "o", color=line.get_color(), ms=6)

@@ -26,20 +26,11 @@ from graft.core import checkpoint as ckpt
 from graft.core.errors import ConfigError, RunError
 from graft.core.rundir import run_val_items
 from graft.inference.classifier import Classifier
+from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError
+from graft.inference.int8_classifier import Int8Classifier, Int8Program
 from graft.inference.logits import compute_logits
-from graft.int8.backend import (
-    ACT_PERCENTILE,
-    BENCH_BATCH,
-    DEFAULT_CALIB,
-    INT8_FORMAT,
-    PROGRAM_FILE,
-    QUANT_FILE,
-    Backend,
-    QuantizationError,
-    choose_backend,
-    cpu_info,
-)
-from graft.int8.program import Int8Classifier, Int8Program, quantize_checked, save_program
+from graft.int8.backend import ACT_PERCENTILE, BENCH_BATCH, DEFAULT_CALIB, QUANT_FILE, Backend, choose_backend, cpu_info
+from graft.int8.program import quantize_checked, save_program
 
 # measuring
 

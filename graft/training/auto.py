@@ -36,6 +36,7 @@ from graft.core import checkpoint as ckpt
 from graft.core.config import TrainConfig, table_options, to_jsonable
 from graft.core.device import one_thread, pick_device
 from graft.core.heads import HeadSpec, build_head
+from graft.core.metrics import accuracy, balanced_accuracy, confusion_matrix, macro_f1, stratified_folds
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key, cached_features
 from graft.inference.ensemble import ensemble_meta
@@ -164,19 +165,6 @@ def grid(arch: str, *, imbalanced: bool, lr: float, weight_decay: float) -> list
     return out
 
 
-def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Fold index (0..k-1) of every row: each class's rows shuffled (seeded) and dealt out in turn."""
-    generator = torch.Generator().manual_seed(seed)
-    fold = torch.empty(len(labels), dtype=torch.long)
-    offset = 0
-    for c in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        rows = rows[torch.randperm(len(rows), generator=generator)]
-        fold[rows] = (torch.arange(len(rows)) + offset) % k
-        offset += len(rows)  # classes continue the deal, so small classes do not all start at fold 0
-    return fold
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # cross-validation
 
@@ -187,7 +175,7 @@ def cross_validate(
     """``candidate``'s head trained on 4 folds and scored on the fifth, for each fold."""
     began = time.perf_counter()
     n_classes = int(labels.max()) + 1
-    folds = stratified_folds(labels, FOLDS, cfg.seed)
+    folds = torch.from_numpy(stratified_folds(labels.numpy(), FOLDS, cfg.seed))
     settings = dataclasses.replace(cfg, **{k: v for k, v in candidate.options().items() if k != "arch"})
     scores, accuracies = [], []
     for k in range(FOLDS):
@@ -196,9 +184,9 @@ def cross_validate(
         criterion, _ = make_criterion(settings, counts)
         head = fit_head(features[train], labels[train], settings, n_classes, criterion, seed=cfg.seed * 100 + k)
         with torch.inference_mode():
-            predicted = head(features[held]).argmax(1)
-        truth = labels[held]
-        accuracies.append(float((predicted == truth).float().mean()))
+            predicted = head(features[held]).argmax(1).numpy()
+        truth = labels[held].numpy()
+        accuracies.append(accuracy(truth, predicted))
         scores.append(_score(predicted, truth, n_classes, metric))
     return Scored(candidate, scores, accuracies, time.perf_counter() - began)
 
@@ -228,20 +216,12 @@ def fit_head(
     return head.eval()
 
 
-def _score(predicted: torch.Tensor, truth: torch.Tensor, n_classes: int, metric: str) -> float:
+def _score(predicted: np.ndarray, truth: np.ndarray, n_classes: int, metric: str) -> float:
     """Accuracy, balanced accuracy or macro-F1 of one fold."""
     if metric == "acc":
-        return float((predicted == truth).float().mean())
-    cm = torch.zeros(n_classes, n_classes)
-    cm.index_put_((truth, predicted), torch.ones(len(truth)), accumulate=True)
-    present = cm.sum(1) > 0
-    recall = cm.diag()[present] / cm.sum(1)[present]
-    if metric == "balanced_acc":
-        return float(recall.mean())
-    precision = cm.diag() / cm.sum(0).clamp_min(1)
-    full_recall = cm.diag() / cm.sum(1).clamp_min(1)
-    f1 = 2 * precision * full_recall / (precision + full_recall).clamp_min(1e-12)
-    return float(f1.mean())
+        return accuracy(truth, predicted)
+    cm = confusion_matrix(truth, predicted, n_classes)
+    return balanced_accuracy(cm) if metric == "balanced_acc" else macro_f1(cm)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -450,7 +430,7 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
 
         clf.prepare()
         logits, _, _ = compute_logits(clf, val_paths, batch_size=batch)
-    acc = float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+    acc = accuracy(labels, np.asarray(logits).argmax(1))
     metrics = {
         "best_val_acc": acc,
         "members": [{"run": p, "best_val_acc": r.best_val_acc} for p, r in zip(paths, members, strict=True)],

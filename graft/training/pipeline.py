@@ -333,7 +333,7 @@ def lr_find(
     cfg: Any, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
 ) -> list[RangeTest]:
     """``graft lr-find``: the range test (:mod:`graft.training.lrfind`) of every stage a run of ``cfg`` (an
-    :class:`graft.core.config_lrfind.LrFindConfig`) would train: head stages on the stored features, the all-layers
+    :class:`graft.core.config.LrFindConfig`) would train: head stages on the stored features, the all-layers
     stage of ``--mode finetune`` on images (a copy of the weights: the model is left as it was). Writes
     ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``) into ``cfg.plot_dir``, or ``lr_find-<stage>.*`` when
     there are two stages. Returns the tests, in stage order."""

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from numerics import PROB_ATOL, softmax
 
 import graft
 from graft.insight import evaluate
+
+pytestmark = pytest.mark.slow
 
 OPTIONS = {"auto": True, "time_budget": 1.0, "epochs": 2, "device": "cpu", "seed": 0}
 

@@ -118,6 +118,7 @@ def test_crash_anywhere_then_resume_ends_like_an_uninterrupted_run(staged, tmp_p
     assert not (run_dir / RESUME_FILE).exists()  # a completed run leaves no state behind
 
 
+@pytest.mark.subprocess
 def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) -> None:
     """A real ``graft train`` process is SIGKILLed in the middle of its second epoch and resumed with ``--resume``.
 
