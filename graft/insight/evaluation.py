@@ -22,7 +22,7 @@ import numpy as np
 
 from graft.core import checkpoint as ckpt
 from graft.core.errors import DataError
-from graft.core.rundir import run_val_items
+from graft.core.rundir import run_split
 from graft.inference.logits import compute_logits, stored_val_logits
 from graft.insight.multilabel import evaluate_multilabel, table_labels
 
@@ -384,7 +384,8 @@ def _items_and_out_dir(
     """(paths, labels, source, output folder) of :func:`evaluate`: the run's val split into ``run_dir``, or the
     images of ``data`` into ``run_dir/eval-<data name>``; ``out`` overrides the folder."""
     if data is None:
-        paths, labels = run_val_items(run_dir, classes)
+        split = run_split(run_dir, "val", classes)
+        paths, labels = split.paths, split.labels
         return paths, labels, "val split", Path(out) if out is not None else run_dir
     if Path(data).suffix.lower() in (".csv", ".tsv"):  # a table's val rows (every row without a split column)
         paths, labels = table_labels(run_dir, Path(data), classes)

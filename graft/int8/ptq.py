@@ -24,7 +24,6 @@ from torch import nn
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.errors import ConfigError, RunError
-from graft.core.rundir import run_val_items
 from graft.inference.classifier import Classifier
 from graft.inference.logits import compute_logits
 from graft.int8.backend import (
@@ -121,22 +120,6 @@ class QuantizeResult:
             f"{f['fp32_graft_images_per_s']:.1f}), int8 {f['int8_images_per_s']:.1f} img/s; batch 1: fp32 "
             f"{f['fp32_latency_ms']:.1f} ms, int8 {f['int8_latency_ms']:.1f} ms"
         )
-
-
-def split_items(run_dir: Path, classes: Sequence[str], split: str) -> tuple[list[Path], list[int]]:
-    """Paths and labels of a run's saved ``train`` or ``val`` split (``data_report.json``)."""
-    if split == "val":
-        return run_val_items(run_dir, classes)
-    saved = rundir.read_split(run_dir, split)
-    if saved is None:
-        raise RunError(f"{run_dir / rundir.DATA_REPORT} has no saved {split} split; train the run again")
-    paths, labels, _ = saved.items(list(classes))  # classes the model lacks are not calibrated on
-    if paths and not paths[0].exists():
-        raise RunError(
-            f"the run's training images are not under {saved.root} any more (e.g. {paths[0]} is missing); "
-            "calibration needs them: put the data back where it was trained"
-        )
-    return paths, labels
 
 
 def calibration_batches(preprocess: Any, paths: Sequence[Path], n: int) -> list[torch.Tensor]:
@@ -236,8 +219,10 @@ def quantize(
     if src.multilabel:  # its accuracy, calibration split and int8 run files are single-label ones
         raise QuantizationError("multi-label int8 is not supported yet: use the float run (predict, serve, export)")
     backend = choose_backend(activation_bits=activation_bits)
-    train_paths, _ = split_items(run_dir, src.classes, "train")
-    val_paths, val_labels = split_items(run_dir, src.classes, "val")
+    calibrate_on = "calibration needs them: put the data back where the run was trained"
+    train_paths = rundir.run_split(run_dir, "train", src.classes, fix=calibrate_on, skip_unknown=True).paths
+    val = rundir.run_split(run_dir, "val", src.classes)
+    val_paths, val_labels = val.paths, val.labels
     calibration = calibration_batches(src.preprocess, train_paths, calib)
     fresh = not (run_dir.parent / (name or f"{run_dir.name}-int8")).exists()
     out = _int8_dir(run_dir, name, exist_ok)

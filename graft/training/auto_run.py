@@ -113,7 +113,8 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
     config = settings(cfg, found.ranked()[0].candidate).to_dict() | {"ensemble_members": paths}
     ckpt.atomic_write_json(run_dir / "config.json", config)
     clf = load(run_dir, device=cfg.device, prepare=False)
-    val_paths, labels = rundir.run_val_items(run_dir, clf.classes)
+    val = rundir.run_split(run_dir, "val", clf.classes)
+    val_paths, labels = val.paths, val.labels
     batch = cfg.batch_size
     logits = stored_val_logits(clf, run_dir, val_paths, batch_size=batch)
     if logits is None:
