@@ -312,6 +312,17 @@ class RunMeta:
         return cls.from_dict(read_object(path), source=path)
 
     @classmethod
+    def read(cls, run_dir: str | Path) -> RunMeta:
+        """``run_dir/model.json``, checked."""
+        return cls.from_json(Path(run_dir) / META_FILE)
+
+    @classmethod
+    def read_or_none(cls, run_dir: str | Path) -> RunMeta | None:
+        """``run_dir/model.json``, checked; None while the run has not saved a model yet (no file)."""
+        path = Path(run_dir) / META_FILE
+        return cls.from_json(path) if path.is_file() else None
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: Any = META_FILE) -> RunMeta:
         """Check ``d`` (the content of ``source``, named in errors) and keep it typed."""
         if not isinstance(d, Mapping):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from graft.core.runmeta import RunMeta
 from graft.core.runtime import autocast, fast_inference, optimize_for_inference, prepare_input
 from graft.inference.classifier import Classifier
 
@@ -26,7 +26,7 @@ class FloatClassifier(Classifier):
     """A float run (``model.json`` + ``model.safetensors``)."""
 
     def __init__(
-        self, model: nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path, *, prepare: bool = True
+        self, model: nn.Module, meta: RunMeta, device: torch.device, run_dir: Path, *, prepare: bool = True
     ) -> None:
         super().__init__(meta, device, run_dir)
         self.model = model.eval()

@@ -20,6 +20,7 @@ import numpy as np
 from graft.core import checkpoint as ckpt
 from graft.core.errors import RunError
 from graft.core.rundir import read_split
+from graft.core.runmetrics import RunMetrics
 from graft.inference import multilabel as ml
 
 
@@ -138,7 +139,7 @@ def evaluate_multilabel(
     paths, sets, source, out_dir = _items(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     logits, kept, unreadable, features = logits_of(clf, run_dir, paths, val_split=data is None, batch_size=batch_size)
-    metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
+    metrics = RunMetrics.read(run_dir)
     result = MultiLabelEvaluation(
         run_dir=run_dir,
         out_dir=out_dir,
@@ -149,7 +150,7 @@ def evaluate_multilabel(
         probs=ml.sigmoid(logits).reshape(len(kept), len(clf.classes)),
         thresholds=list(clf.thresholds),
         unreadable=unreadable,
-        run_best_val_map=metrics.get("best_val_map"),
+        run_best_val_map=metrics.best_val_map,
         features=features,
     )
     _write_tables(result)

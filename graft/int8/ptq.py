@@ -24,6 +24,7 @@ from torch import nn
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.errors import ConfigError, RunError
+from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
 from graft.inference.logits import compute_logits
 from graft.int8.backend import (
@@ -175,7 +176,7 @@ def finish_int8_run(
         "quantization": info | {"format": INT8_FORMAT},
     }
     ckpt.atomic_write_json(out / ckpt.META_FILE, meta)
-    return Int8Classifier(program.graph, meta, out, program=program)
+    return Int8Classifier(program.graph, RunMeta.from_dict(meta, source=out / ckpt.META_FILE), out, program=program)
 
 
 def write_figures(out: Path, figures: dict[str, Any], info: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -235,7 +236,7 @@ def quantize(
 
     try:
         _, program, backend, check = quantize_checked(
-            model.body, calibration, size, backend=backend, what=src.meta["arch"], log=log, finish=finish
+            model.body, calibration, size, backend=backend, what=src.meta.arch, log=log, finish=finish
         )
     except QuantizationError:
         if fresh:  # nothing usable was written: the same command with other settings may run again
@@ -249,7 +250,7 @@ def quantize(
         "compiled_check": check,
     }
     data = saved["data"]
-    int8 = finish_int8_run(out, src.meta, data, program, info)
+    int8 = finish_int8_run(out, src.meta.to_dict(), data, program, info)
     config = ckpt.read_json_or(run_dir / "config.json", {})
     batch = int(config.get("batch_size", BENCH_BATCH))  # the run's val numerics: its own batch size
     start = time.perf_counter()

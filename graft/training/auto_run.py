@@ -17,6 +17,7 @@ import numpy as np
 from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.config import TrainConfig, table_options
+from graft.core.runmeta import RunMeta
 from graft.data.folders import read_exclude_list, scan
 from graft.inference.ensemble import ensemble_meta
 from graft.models.backbones import get_backbone
@@ -107,7 +108,7 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
         member = settings(cfg, c, out=run_dir / "members", name=name, exist_ok=True)
         members.append(run_training(member, log=log))
         paths.append(f"members/{name}")
-    metas = [ckpt.read_json(r.run_dir / ckpt.META_FILE) for r in members]
+    metas = [RunMeta.read(r.run_dir) for r in members]
     ckpt.atomic_write_json(run_dir / ckpt.META_FILE, ensemble_meta(metas, paths))
     shutil.copyfile(members[0].run_dir / rundir.DATA_REPORT, run_dir / rundir.DATA_REPORT)
     config = settings(cfg, found.ranked()[0].candidate).to_dict() | {"ensemble_members": paths}

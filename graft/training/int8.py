@@ -16,6 +16,7 @@ from graft.core import checkpoint as ckpt
 from graft.core import rundir
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
+from graft.core.runmeta import RunMeta
 from graft.inference.floatrun import FloatClassifier
 from graft.int8.backend import ACT_PERCENTILE, QAT_LR_FACTOR, Backend, choose_backend
 from graft.int8.program import (
@@ -149,7 +150,7 @@ def run_int8_training(
     # The float model's size and speed (the same for any weights of the architecture): ``model``. Its accuracy,
     # fp32_acc, is that of the head on float features (freeze), or of the float fine-tuned model QAT started from.
     model = s.model
-    fp32 = FloatClassifier(model.eval(), meta, device, run_dir)
+    fp32 = FloatClassifier(model.eval(), RunMeta.from_dict(meta), device, run_dir)
     figures = measure(fp32, int8, fp32_acc, int8_acc, float_file(model), data_bytes)
     metrics = {
         "epochs_run": len(history),
