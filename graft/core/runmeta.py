@@ -101,7 +101,7 @@ def _sha256(v: Any) -> str:
 
 
 def check_str_list(v: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(v, list):
+    if not isinstance(v, list | tuple):
         raise FieldProblem(f"must be a list of {what}, got {type_name(v)}")
     for x in v:
         if not isinstance(x, str) or not x:
@@ -136,7 +136,7 @@ def _preprocess(v: Any) -> Preprocess:
             raise FieldProblem(f"{key} {e}") from None
     for key in ("mean", "std"):
         x = d.get(key)
-        if not isinstance(x, list) or len(x) != 3 or not all(is_number(c) for c in x):
+        if not isinstance(x, list | tuple) or len(x) != 3 or not all(is_number(c) for c in x):
             raise FieldProblem(f"{key} must be a list of 3 numbers (one per RGB channel), got {json.dumps(x)[:60]}")
     if not all(c > 0 for c in d["std"]):
         raise FieldProblem(f"std must be greater than 0, got {d['std']}")
@@ -150,7 +150,7 @@ def _head(v: Any) -> HeadSpec | None:
         return None
     d = check_object(v, "an object (hidden, dropout)")
     hidden = d.get("hidden", [])
-    if not isinstance(hidden, list) or not all(
+    if not isinstance(hidden, list | tuple) or not all(
         isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
     ):
         raise FieldProblem(f"hidden must be a list of layer widths (whole numbers > 0), got {json.dumps(hidden)[:60]}")
@@ -163,7 +163,7 @@ def _head(v: Any) -> HeadSpec | None:
 #: The builder kwargs the backbone registry records (``graft.models.backbones``: Inception/GoogLeNet weights,
 #: MaxViT's and ViT's input sizes), and what each must hold. Nothing else reaches a model builder.
 def _int_pair(v: Any) -> Any:
-    if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v):
+    if not isinstance(v, list | tuple) or len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v):
         raise FieldProblem(f"must be a list of 2 sizes, got {json.dumps(v)[:40]}")
     return v
 
@@ -221,7 +221,7 @@ def check_task(v: Any) -> str:
 
 
 def _thresholds(v: Any) -> tuple[float, ...]:
-    if not isinstance(v, list) or not all(is_number(t) and 0 <= t <= 1 for t in v):
+    if not isinstance(v, list | tuple) or not all(is_number(t) and 0 <= t <= 1 for t in v):
         raise FieldProblem(f"must be a list of probabilities in [0, 1], one per class, got {json.dumps(v)[:60]}")
     return tuple(v)
 

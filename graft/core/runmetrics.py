@@ -61,7 +61,7 @@ def _number(v: Any) -> float:
 
 
 def _interval(v: Any) -> tuple[float, float]:
-    if not isinstance(v, list) or len(v) != 2 or not all(is_number(x) and 0 <= x <= 1 for x in v):
+    if not isinstance(v, list | tuple) or len(v) != 2 or not all(is_number(x) and 0 <= x <= 1 for x in v):
         raise FieldProblem(f"must be [low, high], two numbers in [0, 1], got {json.dumps(v)[:40]}")
     return (v[0], v[1])
 

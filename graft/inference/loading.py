@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from graft.core import checkpoint as ckpt
 from graft.core.errors import RunError
