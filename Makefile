@@ -1,4 +1,5 @@
-# graft: `make demo` trains and predicts on the bundled default data; `make test` runs the test suite.
+# graft: `make demo` trains and predicts on the bundled default data; `make test` runs the test suite, `make test-fast`
+# the part of it that trains on no real data, spawns no process and opens no browser.
 # Both install first. The virtual environment lives in a cache keyed by the dependency files and .venv links to
 # it, so a fresh clone reuses it; a fresh machine builds it (torch comes from the local wheel disk, ~2-3 min).
 
@@ -14,7 +15,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install browser demo test test-portable fuzz lint format clean
+.PHONY: install browser demo test test-fast test-portable fuzz lint format clean
 
 install:
 	@if [ ! -f "$(VENV_DIR)/.complete" ]; then \
@@ -47,6 +48,12 @@ test: install browser
 	$(VENV)/bin/ruff check graft tests benchmarks
 	$(VENV)/bin/ruff format --check graft tests benchmarks
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The tests not marked slow, subprocess or browser (see pyproject.toml's markers): a few minutes on 2 cores, for the
+# edit-and-check loop; make test (and CI) still runs everything.
+test-fast: install
+	$(VENV)/bin/ruff check graft tests benchmarks
+	$(PY) -m pytest -q -m "not slow and not subprocess and not browser" $(PYTEST_ARGS)
 
 # The numerics-sensitive tests (marker `numerics`) twice: with this CPU's own kernels, then with PyTorch's AVX2 ones
 # (ONNX Runtime picks its kernels itself either way). CPUs differ in their SIMD kernels (AVX2, AVX-512, VNNI, AMX),

@@ -28,6 +28,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: shutil.rmtree(SESSION_CACHE, ignore_errors=True))
 
 
+#: The session fixtures below that train a run on the real data (a minute or more on 2 cores).
+TRAINING_FIXTURES = frozenset({"frozen_run", "mosaic_run"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a trained run (directly or through another fixture) is ``slow`` whatever its own body costs.
+    The test files say so with their own markers; this catches a new test that does not, so that make test-fast
+    never trains these runs."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     """The real ants/bees dataset: ``$GRAFT_DATA``, else ``../shared/data/hymenoptera_data`` from the repo."""

@@ -12,6 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -136,6 +140,7 @@ def test_torchvision_ops_still_work_with_the_stand_in() -> None:
     assert got["value"] == 5.0  # aligned box [-0.5, 2.5]^2 averages the ramp around (1, 1): 4 * 1 + 1
 
 
+@pytest.mark.slow
 def test_a_frozen_run_never_imports_dynamo(hymenoptera: Path, tmp_path: Path) -> None:
     """The whole `graft train --mode freeze` path (scan, ONNX features, head on stored features, report)."""
     got = run(

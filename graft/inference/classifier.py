@@ -4,7 +4,8 @@
 top of one method a kind of run implements, :meth:`Classifier.logits`. Capabilities that only some runs have
 (:meth:`Classifier.float_model`: the eager body and head, for stored features and Grad-CAM) return None where
 they are unsupported, so callers never reach into a model's attributes. Float runs are
-:class:`graft.inference.floatrun.FloatClassifier`; int8 runs :class:`graft.int8.program.Int8Classifier`.
+:class:`graft.inference.float_classifier.FloatClassifier`; int8 runs
+:class:`graft.inference.int8_classifier.Int8Classifier`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Classifier(abc.ABC):
 
     def prepare(self) -> Classifier:
         """Build whatever runs the model before images are decoded on other threads (see
-        :meth:`graft.inference.floatrun.FloatClassifier.prepare`); nothing for runs that need no preparing."""
+        :meth:`graft.inference.float_classifier.FloatClassifier.prepare`); nothing for runs that need no preparing."""
         return self
 
     def float_model(self) -> torch.nn.Module | None:

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
 from graft.core.preprocess import Preprocess, eval_transform
 from graft.core.runmeta import ENSEMBLE, RunMeta
-from graft.core.runtime import autocast, prepare_input
 from graft.inference.classifier import Classifier, ImageInput
-from graft.inference.floatrun import body_and_head
+from graft.inference.float_classifier import body_and_head
 
 
 def ensemble_meta(members: list[RunMeta], paths: list[str]) -> dict[str, Any]:

@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.device import pick_device
 from graft.core.errors import RunError
 from graft.core.runmeta import RunMeta, field_error
-from graft.core.runtime import pick_device
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import load_ensemble
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.float_classifier import FloatClassifier
+from graft.inference.int8_classifier import load_int8
 
 
 def is_int8(meta: RunMeta | dict[str, Any]) -> bool:
@@ -26,7 +28,7 @@ def read_meta(run_dir: Path) -> RunMeta | None:
     """``run_dir/model.json``, checked; None when it is missing or not a JSON object (a float run's loader then
     recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`). A JSON object with a wrong
     field is a RunError naming the field."""
-    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE)
+    meta = atomic.read_json_or(run_dir / ckpt.META_FILE)
     return RunMeta.from_dict(meta, source=run_dir / ckpt.META_FILE) if isinstance(meta, dict) else None
 
 
@@ -52,8 +54,6 @@ def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
     meta = read_meta(run_dir)
     if meta is not None and meta.is_int8:
-        from graft.int8.program import load_int8
-
         return load_int8(run_dir, meta, device=device)
     if meta is not None and meta.is_ensemble:  # graft train --auto --ensemble K: members loaded as runs
         clf = load_ensemble(run_dir, meta, device=device, load_member=load)

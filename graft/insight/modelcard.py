@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
+from graft.core.metrics import wilson_interval
 from graft.core.runmeta import RunMeta
 from graft.core.runmetrics import RunMetrics
-from graft.insight.evaluation import wilson_interval
 from graft.training.callbacks import Callback
 
 CARD_FILE = "README.md"
@@ -44,7 +44,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     """Write ``RUN/README.md`` from the run's files; returns its path."""
     run_dir = Path(run_dir)
     path = run_dir / CARD_FILE
-    ckpt.atomic_write_text(path, render_model_card(run_dir))
+    atomic.atomic_write_text(path, render_model_card(run_dir))
     return path
 
 
@@ -68,13 +68,13 @@ class _Run:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.meta = RunMeta.read(run_dir)
-        self.config = ckpt.read_json_or(run_dir / "config.json") or {}
+        self.config = atomic.read_json_or(run_dir / "config.json") or {}
         self.metrics = RunMetrics.read(run_dir)
-        self.data = ckpt.read_json_or(run_dir / "data_report.json") or {}
-        ev = ckpt.read_json_or(run_dir / "evaluation.json")
+        self.data = atomic.read_json_or(run_dir / "data_report.json") or {}
+        ev = atomic.read_json_or(run_dir / "evaluation.json")
         # a multi-label evaluation has no accuracy: its card gives the mAP and F1 of metrics.json (:func:`_metrics`)
         self.evaluation = ev if ev and ev.get("source") == "val split" and ev.get("task") != "multilabel" else None
-        self.quant = ckpt.read_json_or(run_dir / "quantization.json")
+        self.quant = atomic.read_json_or(run_dir / "quantization.json")
         self.classes: list[str] = list(self.meta.classes)
 
     @property
@@ -166,7 +166,7 @@ def _description(run: _Run) -> str:
         ("Training", _training_words(cfg, run.metrics)),
         ("Versions", ", ".join(f"{k} {v}" for k, v in (meta.versions or {}).items())),
     ]
-    tracked = ckpt.read_json_or(run.dir / "mlflow.json")
+    tracked = atomic.read_json_or(run.dir / "mlflow.json")
     if tracked:
         rows.append(("MLflow", f"run `{tracked['run_id']}` of experiment {tracked['experiment']!r}"))
     return "## Model description\n\n" + _table(["", ""], rows)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.runmeta import RunMeta
 from graft.core.runmetrics import RunMetrics
@@ -65,7 +66,7 @@ def write_report(
     if evaluation is None:
         evaluate(run_dir, plots=figures, explain=explain, explain_predictions=False, device=_trained_on(run_dir))
     path = run_dir / REPORT_FILE
-    ckpt.atomic_write_text(path, render_report(run_dir, report_seconds=time.perf_counter() - started))
+    atomic.atomic_write_text(path, render_report(run_dir, report_seconds=time.perf_counter() - started))
     if log is not None:
         log(f"report: {path} ({time.perf_counter() - started:.1f}s)")
     return path
@@ -404,7 +405,7 @@ def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
 
     with open(run_dir / "leaderboard.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    auto = ckpt.read_json_or(run_dir / "auto.json") or {}
+    auto = atomic.read_json_or(run_dir / "auto.json") or {}
     keys = ["rank", "arch", "hidden", "dropout", "lr", "weight_decay", "balance", "cv_mean", "cv_sd", "seconds"]
     table = _table(keys, [[r.get(k, "") for k in keys] for r in rows[:top]], numeric_from=3)
     note = (
@@ -418,11 +419,11 @@ def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
 def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -> str:
     """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
     run_dir = Path(run_dir)
-    config = ckpt.read_json_or(run_dir / "config.json") or {}
+    config = atomic.read_json_or(run_dir / "config.json") or {}
     metrics = RunMetrics.read(run_dir)
     meta = RunMeta.read_or_none(run_dir)
-    data = ckpt.read_json_or(run_dir / "data_report.json")
-    ev = ckpt.read_json_or(run_dir / "evaluation.json")
+    data = atomic.read_json_or(run_dir / "data_report.json")
+    ev = atomic.read_json_or(run_dir / "evaluation.json")
     results = []
     if (run_dir / "results.csv").is_file():
         from graft.insight.plots import read_results

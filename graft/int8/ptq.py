@@ -21,25 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import ConfigError, RunError
 from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
+from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError
+from graft.inference.int8_classifier import Int8Classifier, Int8Program
 from graft.inference.logits import compute_logits
-from graft.int8.backend import (
-    ACT_PERCENTILE,
-    BENCH_BATCH,
-    DEFAULT_CALIB,
-    INT8_FORMAT,
-    PROGRAM_FILE,
-    QUANT_FILE,
-    Backend,
-    QuantizationError,
-    choose_backend,
-    cpu_info,
-)
-from graft.int8.program import Int8Classifier, Int8Program, quantize_checked, save_program
+from graft.int8.backend import ACT_PERCENTILE, BENCH_BATCH, DEFAULT_CALIB, QUANT_FILE, Backend, choose_backend, cpu_info
+from graft.int8.program import quantize_checked, save_program
 
 # measuring
 
@@ -175,15 +166,15 @@ def finish_int8_run(
         "program_sha256": hashlib.sha256(data).hexdigest(),
         "quantization": info | {"format": INT8_FORMAT},
     }
-    ckpt.atomic_write_json(out / ckpt.META_FILE, meta)
+    atomic.atomic_write_json(out / ckpt.META_FILE, meta)
     return Int8Classifier(program.graph, RunMeta.from_dict(meta, source=out / ckpt.META_FILE), out, program=program)
 
 
 def write_figures(out: Path, figures: dict[str, Any], info: dict[str, Any], metrics: dict[str, Any]) -> None:
     """quantization.json, and metrics.json with ``best_val_acc`` = the int8 val accuracy."""
-    ckpt.atomic_write_json(out / QUANT_FILE, figures | {"quantization": info})
+    atomic.atomic_write_json(out / QUANT_FILE, figures | {"quantization": info})
     base = {"best_val_acc": figures["int8_val_acc"], "fp32_val_acc": figures["fp32_val_acc"], "device": "cpu"}
-    ckpt.atomic_write_json(out / "metrics.json", base | metrics | {"int8": True})
+    atomic.atomic_write_json(out / "metrics.json", base | metrics | {"int8": True})
 
 
 def quantize(
@@ -251,7 +242,7 @@ def quantize(
     }
     data = saved["data"]
     int8 = finish_int8_run(out, src.meta.to_dict(), data, program, info)
-    config = ckpt.read_json_or(run_dir / "config.json", {})
+    config = atomic.read_json_or(run_dir / "config.json", {})
     batch = int(config.get("batch_size", BENCH_BATCH))  # the run's val numerics: its own batch size
     start = time.perf_counter()
     int8_acc = accuracy(int8, val_paths, val_labels, batch_size=batch)

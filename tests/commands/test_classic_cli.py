@@ -47,6 +47,8 @@ def classic_run(classic_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return save_dir / "classic", proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_classic_train_options_take_effect(classic_run: tuple[Path, str]) -> None:
     run_dir, _ = classic_run
     config = json.loads((run_dir / "config.json").read_text())
@@ -57,6 +59,8 @@ def test_classic_train_options_take_effect(classic_run: tuple[Path, str]) -> Non
     assert head == {"hidden": [64, 32], "dropout": 0.2}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_test_folder_is_evaluated_once_and_never_trained_on(classic_run: tuple[Path, str], classic_data: Path) -> None:
     run_dir, stdout = classic_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -77,6 +81,8 @@ def test_test_folder_is_evaluated_once_and_never_trained_on(classic_run: tuple[P
     assert "test accuracy" in (run_dir / "report.html").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_classic_predict_with_checkpoint_file(
     classic_run: tuple[Path, str], classic_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -59,6 +59,8 @@ def assert_one_error(proc: subprocess.CompletedProcess[str], *fragments: str) ->
 # --- predict ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_json(cli_env, frozen_run, hymenoptera) -> None:
     ant = sorted((hymenoptera / "val/ants").glob("*.jpg"))[0]
     proc = graft_cli(cli_env, "predict", frozen_run.run_dir, hymenoptera / BEE, ant, "--device", "cpu", "--json")
@@ -74,6 +76,8 @@ def test_predict_json(cli_env, frozen_run, hymenoptera) -> None:
     assert results[0]["predictions"][0]["label"] == "bees"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_top_k_category_names_and_bad_files(cli_env, frozen_run, hymenoptera, tmp_path) -> None:
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"ants": "Ant", "bees": "Bee"}))
@@ -100,6 +104,8 @@ def test_predict_top_k_category_names_and_bad_files(cli_env, frozen_run, hymenop
     assert lines[1].startswith(f"{notes}  error: not an image")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_errors(cli_env, frozen_run, tmp_path) -> None:
     assert_one_error(graft_cli(cli_env, "predict", tmp_path / "no-run", tmp_path), "no-run", "does not exist")
     names = tmp_path / "names.json"
@@ -112,6 +118,7 @@ def test_predict_errors(cli_env, frozen_run, tmp_path) -> None:
 # --- check and archs -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_check(cli_env, hymenoptera) -> None:
     proc = graft_cli(cli_env, "check", hymenoptera)
     assert proc.returncode == 0, proc.stderr
@@ -132,6 +139,7 @@ def test_check(cli_env, hymenoptera) -> None:
     assert report["skipped"][0]["reason"]
 
 
+@pytest.mark.subprocess
 def test_archs_json(cli_env) -> None:
     proc = graft_cli(cli_env, "archs", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -161,6 +169,7 @@ def make_folder(root: Path, layout: dict[str, int]) -> Path:
 TWO_CLASSES = {"train/ants": 2, "train/bees": 2, "val/ants": 1, "val/bees": 1}
 
 
+@pytest.mark.subprocess
 def test_train_without_weights_fails_fast_and_clearly(cli_env, tmp_path) -> None:
     data = make_folder(tmp_path / "data", TWO_CLASSES)
     args = ["train", data, "--arch", "resnet18", "--epochs", "1", "--out", tmp_path / "runs"]
@@ -187,6 +196,7 @@ def test_missing_weights_error_in_process(tmp_path, monkeypatch) -> None:
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.subprocess
 def test_train_from_the_command_line(cli_env, tmp_path) -> None:
     data = make_folder(tmp_path / "data", TWO_CLASSES)
     proc = graft_cli(
@@ -248,6 +258,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_train_errors_are_one_readable_line(cli_env, tmp_path, case) -> None:
     make_args, fragments = ERRORS[case]

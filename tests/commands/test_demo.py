@@ -21,6 +21,7 @@ def test_the_bundled_data_is_found_beside_the_checkout(monkeypatch: pytest.Monke
     assert hymenoptera() == SHARED_HYMENOPTERA and (SHARED_HYMENOPTERA / "train" / "ants").is_dir()
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_make_demo_trains_and_predicts(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "GRAFT_DATA"}

@@ -9,14 +9,16 @@ import json
 
 import httpx
 import numpy as np
+import pytest
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import export
 from graft.core.config import ServeConfig
+from graft.deploy.export import export
 from tests.commands.test_serve import serving
 
 
+@pytest.mark.slow
 def test_predict_csv_and_threshold(mosaic_run, mosaics, tmp_path, capsys) -> None:
     clf = graft.load(mosaic_run.run_dir, device="cpu")
     val = mosaics.parent / "val"
@@ -40,6 +42,7 @@ def test_predict_csv_and_threshold(mosaic_run, mosaics, tmp_path, capsys) -> Non
     assert "(no label over its threshold)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_serve_answers_a_labels_list_with_probabilities(mosaic_run, mosaics) -> None:
     clf = graft.load(mosaic_run.run_dir, device="cpu")
     image = mosaics.parent / "val" / "val0002.jpg"  # a both-class mosaic (the kinds cycle ants, bees, both)
@@ -55,6 +58,7 @@ def test_serve_answers_a_labels_list_with_probabilities(mosaic_run, mosaics) -> 
     assert np.allclose([p["probability"] for p in answer["predictions"]], [p.probability for p in expected], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_is_verified_and_records_task_and_thresholds(mosaic_run, tmp_path) -> None:
     result = export(mosaic_run.run_dir, format="onnx", out=tmp_path / "m.onnx", verify_images=4)
     assert result.verification.passed
@@ -63,6 +67,7 @@ def test_export_is_verified_and_records_task_and_thresholds(mosaic_run, tmp_path
     assert sidecar["postprocess"].startswith("sigmoid")
 
 
+@pytest.mark.slow
 def test_quantize_refuses_with_one_line(mosaic_run, capsys) -> None:
     assert main(["quantize", str(mosaic_run.run_dir)]) == 1
     err = capsys.readouterr().err

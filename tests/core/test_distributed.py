@@ -96,6 +96,8 @@ def assert_matches_single(run_dir: Path, single: RunResult) -> None:
 # real launches
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.numerics
 def test_two_gloo_processes_match_one(frozen_run, hymenoptera: Path, tmp_path: Path) -> None:
     """torchrun --nproc_per_node=2: features extracted in shares and gathered, the head trained alike on every
@@ -119,6 +121,8 @@ def test_two_gloo_processes_match_one(frozen_run, hymenoptera: Path, tmp_path: P
     assert sorted(p.name for p in tmp_path.glob("two.csv*")) == ["two.csv"]  # part files removed
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_node_launch_on_loopback(frozen_run, hymenoptera: Path, tmp_path: Path) -> None:
     """Multi-node as two torchrun launches (one process each) meeting at a c10d rendezvous on 127.0.0.1."""
     env = env_for(tmp_path / "cache")
@@ -147,6 +151,8 @@ def test_two_node_launch_on_loopback(frozen_run, hymenoptera: Path, tmp_path: Pa
     assert_matches_single(tmp_path / "nodes", frozen_run)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.numerics
 def test_finetune_with_nproc(hymenoptera: Path, tmp_path: Path) -> None:
     """graft train --nproc 2 relaunches itself under torchrun; a fine-tune (a head stage on features of a random
@@ -179,6 +185,8 @@ def test_finetune_with_nproc(hymenoptera: Path, tmp_path: Path) -> None:
     assert proc.stdout.count("epoch   2 all") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_an_error_on_rank_0_stops_every_rank(hymenoptera: Path, tmp_path: Path) -> None:
     """A run directory that exists: rank 0 finds out, every rank reports the error and exits (no rank hangs)."""
     (tmp_path / "taken").mkdir()

@@ -297,6 +297,7 @@ def test_used_kinds_decode_to_rgb(corpus) -> None:
     assert load_rgb(folder / "palette.png").getpixel((5, 0)) == (255, 255, 255)  # transparent -> white
 
 
+@pytest.mark.slow
 def test_train_uses_the_good_kinds_and_reports_the_rest(run, corpus) -> None:
     run_dir = run.run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -310,6 +311,7 @@ def test_train_uses_the_good_kinds_and_reports_the_rest(run, corpus) -> None:
     assert (run_dir / "report.html").stat().st_size > 0 and (run_dir / "evaluation.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_corpus(run, corpus, unreadable_as_root) -> None:
     from graft.insight.evaluation import evaluate
 
@@ -319,6 +321,7 @@ def test_evaluate_on_the_corpus(run, corpus, unreadable_as_root) -> None:
     assert other.n == 2 * 4 + len(USED)
 
 
+@pytest.mark.slow
 def test_predict_gives_a_row_per_file_and_an_error_for_each_bad_one(run, corpus, unreadable_as_root, capsys) -> None:
     clf = graft.load(run.run_dir, device="cpu")
     folder = corpus / "val" / GOOD
@@ -373,6 +376,8 @@ def server(run, tmp_path_factory) -> Iterator[str]:
     assert "Traceback" not in log.read_text(errors="replace")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", [k for k in KINDS if k.status is not None], ids=lambda k: k.name)
 def test_serve_answers_every_kind(server, corpus, kind) -> None:
     data = (corpus / "val" / GOOD / kind.file).read_bytes()

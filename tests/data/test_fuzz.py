@@ -274,6 +274,7 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
     return {"data": {"file": draw(st.text(max_size=30))}, "params": params}
 
 
+@pytest.mark.slow
 def test_fuzz_serve_predict(app_client) -> None:
     good = SEEDS["jpeg"]
 

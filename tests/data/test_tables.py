@@ -42,6 +42,7 @@ def check(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, 
     return code, out, err
 
 
+@pytest.mark.slow
 def test_table_run_reproduces_the_folder_run(frozen_run, hymenoptera, tmp_path) -> None:
     """A table listing hymenoptera's files (shuffled, with their split) trains the very run the folder trains.
 

@@ -91,6 +91,7 @@ def test_a_body_that_falls_back_to_torch_stores_and_finds_torch_rows(samples: li
     assert computed == 0 and torch.equal(again, first)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_evaluate_reads_stored_val_rows_only_through_their_engine(frozen_run: Any, tmp_path: Path, monkeypatch) -> None:
     """The frozen run's val rows were computed by ONNX Runtime: ``evaluate`` reads them back under that engine

@@ -43,6 +43,7 @@ def check_top_k(preds: list[Prediction], k: int) -> None:
     assert len({p.label for p in preds}) == k
 
 
+@pytest.mark.slow
 def test_predict_one_bee(clf, hymenoptera) -> None:
     preds = clf.predict(hymenoptera / "val/bees/72100438_73de9f17af.jpg", top_k=2)
     check_top_k(preds, 2)
@@ -52,6 +53,7 @@ def test_predict_one_bee(clf, hymenoptera) -> None:
     assert preds[0].to_dict() == {"label": "bees", "probability": preds[0].probability}
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_predicting_the_val_folder_reproduces_best_val_acc(clf, frozen_run, hymenoptera) -> None:
     """Through the backbone again (training's val phase read its stored features): the same accuracy, to one
@@ -65,6 +67,7 @@ def test_predicting_the_val_folder_reproduces_best_val_acc(clf, frozen_run, hyme
     assert_accuracy_within_one_image(correct / len(results), frozen_run.metrics["best_val_acc"], 153)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_predict_pil_image_and_lists(clf, hymenoptera) -> None:
     path = hymenoptera / "val/bees/72100438_73de9f17af.jpg"
@@ -91,6 +94,7 @@ def test_predict_pil_image_and_lists(clf, hymenoptera) -> None:
     assert sum(p.probability for p in clipped) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_raises_image_error_for_a_bad_file(clf, tmp_path) -> None:
     bad = tmp_path / "notes.jpg"
     bad.write_text("just text")
@@ -99,6 +103,7 @@ def test_predict_raises_image_error_for_a_bad_file(clf, tmp_path) -> None:
     assert "not an image" in info.value.reason
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 2, 32])
 def test_predict_paths_reports_bad_files_and_goes_on(clf, hymenoptera, tmp_path, batch_size) -> None:
     bad = tmp_path / "notes.jpg"
@@ -133,6 +138,7 @@ def test_expand_paths(hymenoptera, tmp_path) -> None:
 # --- damaged or missing runs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tampered_weights_are_refused(run_copy) -> None:
     weights = run_copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -147,6 +153,7 @@ def test_missing_run_dir(tmp_path) -> None:
         graft.load(tmp_path / "no-such-run", device="cpu")
 
 
+@pytest.mark.slow
 def test_missing_or_damaged_files(run_copy) -> None:
     (run_copy / "model.safetensors").unlink()
     with pytest.raises(RunError, match=r"model\.safetensors"):
@@ -159,6 +166,7 @@ def test_missing_or_damaged_files(run_copy) -> None:
         graft.load(run_copy, device="cpu")
 
 
+@pytest.mark.slow
 def test_model_json_that_does_not_fit_the_weights(run_copy) -> None:
     meta = json.loads((run_copy / "model.json").read_text())
     (run_copy / "model.json").write_text(json.dumps(meta | {"classes": ["ants", "bees", "wasps"]}))
@@ -186,8 +194,15 @@ def unpickling_uses(source: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_load_never_unpickles(frozen_run, monkeypatch) -> None:
-    for name in ("inference/loading.py", "inference/floatrun.py", "core/checkpoint.py", "int8/program.py"):
+    for name in (
+        "inference/loading.py",
+        "inference/float_classifier.py",
+        "core/checkpoint.py",
+        "training/resume.py",
+        "int8/program.py",
+    ):
         assert unpickling_uses((GRAFT / name).read_text(encoding="utf-8")) == [], name
     assert unpickling_uses("import pickle\nx = torch.load(f)\nfrom torch import load") != []  # the check works
 

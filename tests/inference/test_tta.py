@@ -17,6 +17,8 @@ from graft.commands.cli import main
 from graft.core.config import ServeConfig
 from graft.evaluation import evaluate
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def run_copy(frozen_run, tmp_path: Path) -> Path:

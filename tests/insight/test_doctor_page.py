@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from browser import chromium, console_errors, full_page_screenshot
 from PIL import Image
 
 from graft.insight.doctor import doctor
+
+pytestmark = pytest.mark.browser
 
 
 def test_doctor_page_renders_without_console_errors(hymenoptera: Path, tmp_path: Path) -> None:

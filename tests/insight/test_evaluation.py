@@ -16,13 +16,8 @@ from PIL import Image
 
 from graft.commands.cli import main
 from graft.core.errors import DataError, RunError
-from graft.insight.evaluation import (
-    balanced_accuracy,
-    confusion_matrix,
-    evaluate,
-    per_class_metrics,
-    wilson_interval,
-)
+from graft.core.metrics import balanced_accuracy, confusion_matrix, wilson_interval
+from graft.insight.evaluation import evaluate, per_class_metrics
 
 
 def decode_png(path: Path) -> Image.Image:
@@ -75,6 +70,7 @@ def evaluation(frozen_run, tmp_path_factory):
     return evaluate(frozen_run.run_dir, out=tmp_path_factory.mktemp("evaluation"), explain=True, device="cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_evaluate_reproduces_best_val_acc(evaluation, frozen_run) -> None:
     metrics = frozen_run.metrics
@@ -90,6 +86,7 @@ def test_evaluate_reproduces_best_val_acc(evaluation, frozen_run) -> None:
     assert 0.8 < evaluation.balanced_accuracy <= 1.0
 
 
+@pytest.mark.slow
 def test_evaluation_files(evaluation, frozen_run) -> None:
     out = evaluation.out_dir
     data = json.loads((out / "evaluation.json").read_text())
@@ -119,6 +116,7 @@ def test_evaluation_files(evaluation, frozen_run) -> None:
     assert 800 <= grid.width <= 4000 and 800 <= grid.height <= 4000
 
 
+@pytest.mark.slow
 def test_top_losses_are_misclassified(evaluation, frozen_run) -> None:
     import graft
 
@@ -141,6 +139,7 @@ def test_top_losses_are_misclassified(evaluation, frozen_run) -> None:
     assert all(s["correct"] == (s["true"] == s["predicted"]) for s in shown)
 
 
+@pytest.mark.slow
 def test_predictions_grid_marks_wrong_images_in_red(evaluation) -> None:
     data = json.loads((evaluation.out_dir / "evaluation.json").read_text())
     n_wrong = sum(not s["correct"] for s in data["predictions_figure"])
@@ -151,6 +150,7 @@ def test_predictions_grid_marks_wrong_images_in_red(evaluation) -> None:
     assert green.sum() > 100  # titles of the right ones
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_cli_evaluate_prints_best_val_acc(frozen_run, hymenoptera, tmp_path, capsys) -> None:
     best = frozen_run.metrics["best_val_acc"]
@@ -169,6 +169,7 @@ def test_cli_evaluate_prints_best_val_acc(frozen_run, hymenoptera, tmp_path, cap
     assert_accuracy_within_one_image(data["accuracy"], best, 153)
 
 
+@pytest.mark.slow
 def test_evaluate_folder_with_unreadable_and_unknown(frozen_run, hymenoptera, tmp_path) -> None:
     data = tmp_path / "test"
     (data / "bees").mkdir(parents=True)
@@ -187,6 +188,7 @@ def test_evaluate_folder_with_unreadable_and_unknown(frozen_run, hymenoptera, tm
         evaluate(frozen_run.run_dir, data, plots=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_evaluate_run_whose_data_moved(frozen_run, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(frozen_run.run_dir, run)

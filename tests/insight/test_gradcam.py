@@ -25,6 +25,7 @@ def clf(frozen_run):
     return graft.load(frozen_run.run_dir, device="cpu")
 
 
+@pytest.mark.slow
 def test_gradcam_maps_of_the_trained_run(clf, hymenoptera) -> None:
     paths = [hymenoptera / "val/ants/10308379_1b6c72e180.jpg", next((hymenoptera / "val/bees").glob("*.jpg"))]
     crops = load_crops(paths, clf.preprocess)
@@ -87,6 +88,7 @@ def test_architectures_without_a_spatial_layer() -> None:
         target_layer(torch.nn.Sequential(torch.nn.Identity()), "features", "x")
 
 
+@pytest.mark.slow
 def test_evaluation_says_when_gradcam_is_unavailable(frozen_run, hymenoptera, tmp_path, monkeypatch) -> None:
     """A registry entry without a gradcam_layer: the figures are drawn without maps and say why."""
     import shutil

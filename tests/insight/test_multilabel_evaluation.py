@@ -13,11 +13,13 @@ import pytest
 
 import graft
 from graft.core.errors import DataError
+from graft.core.metrics import average_precision, multilabel_f1
 from graft.inference import multilabel as ml
 from graft.insight.evaluation import evaluate
 from graft.insight.report import write_report
 
 
+@pytest.mark.slow
 def test_the_val_split_gives_the_runs_own_numbers(mosaic_run) -> None:
     """Frozen: evaluated from the val features training stored, so the very probabilities the thresholds were
     chosen on (equal up to float formatting of the saved thresholds)."""
@@ -35,11 +37,13 @@ def test_the_val_split_gives_the_runs_own_numbers(mosaic_run) -> None:
     assert (mosaic_run.run_dir / "pr_curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_report_shows_map_and_pr_curves(mosaic_run) -> None:
     page = write_report(mosaic_run.run_dir).read_text(encoding="utf-8")
     assert "best val mAP" in page and "Precision-recall curves" in page and "micro F1" in page
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_table_of_other_images(mosaic_run, mosaics, tmp_path) -> None:
     """A table's val rows (its split column), labels read with the run's --label-delim; the same images as the
     val split give the same mAP (computed through the model here, not from stored features)."""
@@ -52,6 +56,7 @@ def test_evaluate_on_a_table_of_other_images(mosaic_run, mosaics, tmp_path) -> N
         evaluate(mosaic_run.run_dir, bad, device="cpu", plots=False)
 
 
+@pytest.mark.slow
 def test_a_single_label_run_evaluates_a_table(frozen_run, hymenoptera, tmp_path) -> None:
     """Paths relative to the table's folder; without a split column every row is evaluated; the accuracy is that
     of the predictions on those images."""
@@ -74,10 +79,10 @@ def test_thresholds_are_chosen_to_maximize_f1() -> None:
     """The numbers on a hand-made case: AP as sklearn defines it, thresholds halfway below the best cut."""
     probs = np.array([[0.9, 0.2], [0.8, 0.7], [0.4, 0.6], [0.3, 0.1]])
     targets = np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)
-    assert ml.average_precision(probs[:, 0], targets[:, 0]) == pytest.approx((1 + 1 + 0.75) / 3)
-    assert ml.average_precision(probs[:, 1], targets[:, 1]) == pytest.approx(1.0)
+    assert average_precision(probs[:, 0], targets[:, 0]) == pytest.approx((1 + 1 + 0.75) / 3)
+    assert average_precision(probs[:, 1], targets[:, 1]) == pytest.approx(1.0)
     thresholds = ml.best_thresholds(probs, targets)
     assert thresholds[1] == pytest.approx((0.6 + 0.2) / 2)  # both positives above, every negative below
-    report = ml.f1_report(probs, targets, thresholds)
+    report = multilabel_f1(probs, targets, thresholds)
     assert report["f1"][1] == 1.0 and report["support"] == [3, 2]
-    assert math.isnan(ml.average_precision(np.array([0.5]), np.array([0.0])))
+    assert math.isnan(average_precision(np.array([0.5]), np.array([0.0])))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graft.core.runtime import in_notebook
+from graft.core.progress import in_notebook
 from graft.inference.loading import load
 from graft.insight.evaluation import evaluate
 from graft.insight.plots import plot_confusion
@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
 
 
+@pytest.mark.slow
 def test_run_and_classifier_show_summary_and_figures(frozen_run) -> None:
     metrics = frozen_run.metrics
     evaluation = json.loads((frozen_run.run_dir / "evaluation.json").read_text())
@@ -31,6 +32,7 @@ def test_run_and_classifier_show_summary_and_figures(frozen_run) -> None:
     assert "graft classifier" in clf_html and "cpu" in clf_html and f"{metrics['best_val_acc']:.4f}" in clf_html
 
 
+@pytest.mark.slow
 def test_evaluation_shows_interval_per_class_and_confusion(frozen_run, tmp_path: Path) -> None:
     result = evaluate(frozen_run.run_dir, out=tmp_path / "ev", plots=False, device="cpu")
     html = result._repr_html_()
@@ -72,6 +74,8 @@ def _outputs(nb: dict) -> tuple[str, list[str], list[str], str]:
     return "".join(html), pngs, stdout, "".join(stderr)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_quickstart_notebook_runs(hymenoptera: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -46,6 +46,7 @@ def test_show_batch_cli(hymenoptera, tmp_path, capsys) -> None:
     assert 60 < a.mean() < 230
 
 
+@pytest.mark.slow
 def test_curves_from_the_run(frozen_run, tmp_path) -> None:
     path = plots.plot_curves(frozen_run.run_dir / "results.csv", tmp_path / "curves.png")
     im = decode_png(path)
@@ -78,6 +79,7 @@ def test_confusion_matrix_many_classes(tmp_path) -> None:
     assert 1000 <= im.width <= 4000 and 500 <= im.height <= 2000
 
 
+@pytest.mark.slow
 def test_predict_plot_and_explain(frozen_run, hymenoptera, tmp_path, capsys) -> None:
     images = sorted((hymenoptera / "val/bees").glob("*.jpg"))[:2]
     plot_dir = tmp_path / "figs"
@@ -95,6 +97,7 @@ def test_predict_plot_and_explain(frozen_run, hymenoptera, tmp_path, capsys) -> 
     assert plain.width < decode_png(plot_dir / f"{images[0].stem}.png").width  # two panels
 
 
+@pytest.mark.subprocess
 def test_headless_without_display(tmp_path) -> None:
     """No DISPLAY, no MPLBACKEND: figures are still drawn (Agg, no pyplot)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}

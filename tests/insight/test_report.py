@@ -18,6 +18,7 @@ from PIL import Image
 from graft.insight.report import render_report, write_run_report
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_train_writes_the_report_and_its_figures(frozen_run) -> None:
     run = frozen_run.run_dir
@@ -33,6 +34,7 @@ def test_train_writes_the_report_and_its_figures(frozen_run) -> None:
     assert ev["explained"] == {"top_losses": True, "predictions": False}
 
 
+@pytest.mark.slow
 def test_report_is_self_contained(frozen_run) -> None:
     page = (frozen_run.run_dir / "report.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
@@ -61,6 +63,8 @@ def test_report_is_self_contained(frozen_run) -> None:
         assert text in page, text
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_in_headless_chromium(frozen_run, tmp_path) -> None:
     report = frozen_run.run_dir / "report.html"
     shots = Path(os.environ.get("GRAFT_SCREENSHOT_DIR", tmp_path))
@@ -77,6 +81,7 @@ def test_report_in_headless_chromium(frozen_run, tmp_path) -> None:
         assert im.width >= 1000 and im.height > 3000  # the whole page, figures included
 
 
+@pytest.mark.slow
 def test_imbalance_warning_and_missing_pieces(frozen_run, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(frozen_run.run_dir, run)
@@ -96,6 +101,7 @@ def test_a_failing_report_only_warns(tmp_path) -> None:
     assert "the trained model is saved" in messages[0]
 
 
+@pytest.mark.slow
 def test_report_without_matplotlib(frozen_run, tmp_path, monkeypatch) -> None:
     """No matplotlib: the page is still written (figures marked missing) and the run says why."""
     import sys

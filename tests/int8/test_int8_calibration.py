@@ -89,6 +89,7 @@ def test_percentile_ranges_ignore_rare_outliers() -> None:
     assert abs(float(scale) * 255 - 8.0) < 0.1 and abs(int(zero_point) - 128) <= 1
 
 
+@pytest.mark.slow
 def test_forced_seven_bits_are_recorded_with_the_cpu(seven_bit: dict[str, Any]) -> None:
     info = seven_bit["quantization"]
     assert info["activation_bits"] == 7
@@ -100,6 +101,7 @@ def test_forced_seven_bits_are_recorded_with_the_cpu(seven_bit: dict[str, Any]) 
     assert cpu["features"]["avx2"] == ("avx2" in Q.cpu_flags())
 
 
+@pytest.mark.slow
 def test_seven_bits_stay_within_one_point(seven_bit: dict[str, Any]) -> None:
     """The compiled 7-bit program (saved, reloaded, as graft predict runs it) against the float run."""
     assert seven_bit["int8_val_acc"] >= seven_bit["fp32_val_acc"] - 0.01
@@ -117,6 +119,7 @@ class _Eager(Classifier):
             return self.model(batch).float()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not X86, reason="8-bit vs 7-bit activations is an x86 setting")
 def test_eight_bits_stay_within_one_point(run: Path) -> None:
     """8-bit activations: on a CPU with VNNI the compiled program is measured; without VNNI its kernels overflow,
@@ -144,6 +147,7 @@ def test_eight_bits_stay_within_one_point(run: Path) -> None:
     assert Q.accuracy(reference, val, labels, batch_size=32) >= fp32 - 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not X86 or VNNI, reason="needs an x86 CPU without VNNI")
 def test_forced_eight_bits_never_fall_back_silently(run: Path) -> None:
     """Without VNNI, forced 8-bit activations either fail with an error that says why and leave no folder, or

@@ -51,6 +51,7 @@ def test_metadata_schema(name: str) -> None:
         assert w.preprocess.input_size >= w.min_input_size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_head_contract(name: str) -> None:
     """Random weights; the declared head is replaced (plain and MLP) for 3 classes; a forward pass at the smallest

@@ -456,6 +456,7 @@ def test_load_state_dict_bad_files(tmp_path):
 # ---------------------------------------------------------------------------------------------- cheap lookup
 
 
+@pytest.mark.subprocess
 def test_is_available_does_not_import_torch(tmp_path):
     """`graft archs` relies on is_available being cheap; also checks the hub folder torch would use."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}

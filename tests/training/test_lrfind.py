@@ -22,6 +22,7 @@ def read_rows(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_lr_find_on_stored_features_suggests_a_rate_where_the_loss_falls(hymenoptera, tmp_path, capsys) -> None:
     out = tmp_path / "lrf"
     assert main(["lr-find", str(hymenoptera), "--device", "cpu", "--plot-dir", str(out)]) == 0
@@ -43,6 +44,7 @@ def test_lr_find_on_stored_features_suggests_a_rate_where_the_loss_falls(hymenop
     assert 1e-5 < suggestion < 1  # not at either end of the range on real data
 
 
+@pytest.mark.slow
 def test_lr_auto_is_recorded_and_reproducible_with_a_seed(hymenoptera, tmp_path) -> None:
     common = {"arch": "mobilenet_v2", "epochs": 3, "device": "cpu", "out": tmp_path, "seed": 3}
     first = graft.train(hymenoptera, lr="auto", name="a", **common)

@@ -71,6 +71,7 @@ def jpeg_bytes(im: Image.Image) -> bytes:
 # --- the shared real run ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_frozen_run_model_json(frozen_run) -> None:
     run_dir = frozen_run.run_dir
     assert (run_dir / "model.safetensors").is_file()
@@ -94,6 +95,7 @@ def test_frozen_run_model_json(frozen_run) -> None:
     assert meta["weights_sha256"] == hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_frozen_run_config_json(frozen_run) -> None:
     cfg = read_json(frozen_run.run_dir / "config.json")
     assert cfg["arch"] == "mobilenet_v2"
@@ -107,6 +109,7 @@ def test_frozen_run_config_json(frozen_run) -> None:
     assert set(graft.TrainConfig.__dataclass_fields__) <= set(cfg)
 
 
+@pytest.mark.slow
 def test_frozen_run_results_and_metrics(frozen_run) -> None:
     run_dir = frozen_run.run_dir
     header, rows = read_results(run_dir)
@@ -137,6 +140,7 @@ def test_frozen_run_results_and_metrics(frozen_run) -> None:
     assert round(metrics["best_val_acc"] * 153) == pytest.approx(metrics["best_val_acc"] * 153, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_frozen_run_data_report(frozen_run) -> None:
     report = read_json(frozen_run.run_dir / "data_report.json")
     skipped = {s["path"]: s["reason"] for s in report["skipped"]}

@@ -1,4 +1,4 @@
-"""Tests of graft.core.runtime's inference runners: ONNX Runtime on the CPU where it is faithful, torch otherwise."""
+"""Tests of graft.core.fast_inference: ONNX Runtime on the CPU where it is faithful, torch otherwise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from graft.core.runtime import OnnxRuntimeModule, fast_inference
+from graft.core.fast_inference import OnnxRuntimeModule, fast_inference
 
 CPU = torch.device("cpu")
 

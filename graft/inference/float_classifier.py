@@ -8,15 +8,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graft.core.device import autocast, prepare_input
+from graft.core.fast_inference import fast_inference, optimize_for_inference
 from graft.core.runmeta import RunMeta
-from graft.core.runtime import autocast, fast_inference, optimize_for_inference, prepare_input
 from graft.inference.classifier import Classifier
 
 
 def body_and_head(model: nn.Module, device: torch.device, *, torch_only: bool = False) -> nn.Sequential:
     """What a float model runs for inference everywhere (prediction, training's val phase, export): the body
-    BatchNorm-folded through :func:`graft.core.runtime.fast_inference` (ONNX Runtime where it pays), or, with
-    ``torch_only`` (a module to export), :func:`graft.core.runtime.optimize_for_inference`; the head in torch;
+    BatchNorm-folded through :func:`graft.core.fast_inference.fast_inference` (ONNX Runtime where it pays), or, with
+    ``torch_only`` (a module to export), :func:`graft.core.fast_inference.optimize_for_inference`; the head in torch;
     eval mode."""
     body = optimize_for_inference(model.body) if torch_only else fast_inference(model.body, device)
     return nn.Sequential(body, model.head.eval()).eval()
@@ -34,7 +35,8 @@ class FloatClassifier(Classifier):
             self.prepare()
 
     def prepare(self) -> FloatClassifier:
-        """Build the runner of the body now (:func:`graft.core.runtime.fast_inference`: BatchNorm folded by torch.fx).
+        """Build the runner of the body now (:func:`graft.core.fast_inference.fast_inference`: BatchNorm folded by
+        torch.fx).
 
         :func:`graft.load` does this unless told not to (a run's report reads the stored val features and needs
         only the head). It must happen before images are decoded on other threads: torch.fx's tracing patches

@@ -1,6 +1,5 @@
 """Accuracy levers of a training run: the loss (with ``--balance weights``), the class-balanced sampler's weights
-(``--balance sampler``), what "best epoch" means (``--select-by``), and the per-epoch val metrics that selection
-reads (balanced accuracy and macro-F1 from the val phase's confusion matrix)."""
+(``--balance sampler``), and what "best epoch" means (``--select-by``: the metric, read from an epoch's record)."""
 
 from __future__ import annotations
 
@@ -84,16 +83,3 @@ def describe(cfg: Any, counts: Sequence[int], metric: str, classes: Sequence[str
     elif ratio >= IMBALANCED and used == "none":
         line += "; imbalanced: --balance weights or --balance sampler may help the small classes"
     return line
-
-
-def confusion_metrics(cm: torch.Tensor) -> tuple[float, float]:
-    """Balanced accuracy (mean recall over classes that have images: sklearn's) and macro-F1 (mean F1 over all
-    classes, 0 where undefined: :mod:`graft.insight.evaluation`'s) of a confusion matrix (rows true)."""
-    cm = cm.double()
-    tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
-    present = support > 0
-    balanced = float((tp[present] / support[present]).mean()) if present.any() else 0.0
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
-    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-300), 0.0)
-    return balanced, float(f1.mean())

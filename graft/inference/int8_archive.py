@@ -1,4 +1,5 @@
-"""Loading an int8 program without pickle or code from the file.
+"""An int8 run's program file (``model.pt2``, format :data:`INT8_FORMAT`) and loading it without pickle or code
+from the file.
 
 :func:`check_archive` lists what ``torch.export.load`` would otherwise unpickle or execute; graft saves nothing of
 that kind, verifies the file's sha256 (from ``model.json``) and refuses any archive that holds it. No calibration
@@ -14,7 +15,15 @@ import zipfile
 from collections.abc import Iterable
 from typing import Any
 
-from graft.int8.backend import QuantizationError
+from graft.core.errors import GraftError
+
+PROGRAM_FILE = "model.pt2"
+INT8_FORMAT = "graft-int8/1"
+
+
+class QuantizationError(GraftError):
+    """A model cannot be quantized, or an int8 run cannot be loaded."""
+
 
 # saving and loading without pickle (and without running code from the file)
 

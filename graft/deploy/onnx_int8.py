@@ -18,7 +18,7 @@ The export is a folder (default ``RUN/onnx-int8/``) that runs without graft or t
 - ``requirements.txt``: those three packages.
 
 This is ONNX Runtime's quantization of a *float* run; int8 runs of graft (``graft quantize``, ``--int8``,
-``--mode qat``) are still refused by ``graft export`` (see :mod:`graft.commands.export`).
+``--mode qat``) are still refused by ``graft export`` (see :mod:`graft.deploy.export`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.commands.export import (
+from graft.core import atomic, rundir
+from graft.core.config import ExportConfig, from_options
+from graft.core.config.fields import takes_fields
+from graft.core.errors import RunError
+from graft.core.version import __version__
+from graft.deploy.formats import (
     ExportError,
     ExportResult,
     Verification,
@@ -50,12 +55,7 @@ from graft.commands.export import (
     verification_paths,
     verify,
 )
-from graft.core import checkpoint as ckpt
-from graft.core import rundir
-from graft.core.errors import ConfigError, RunError
-from graft.core.version import __version__
 
-DEFAULT_CALIB = 128
 DEFAULT_DIR = "onnx-int8"
 #: The largest val accuracy the int8 model may lose against the float one (one point).
 MAX_DROP = 0.01
@@ -66,29 +66,26 @@ EXPORT_JSON = "export.json"
 REQUIREMENTS = "onnxruntime\nnumpy\npillow\n"
 
 
+@takes_fields(ExportConfig, "run")
 def export_int8(
-    run_dir: str | os.PathLike[str],
-    *,
-    out: str | os.PathLike[str] | None = None,
-    calib: int = DEFAULT_CALIB,
-    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-    verify_images: int = 256,
-    tolerance: float = 1e-4,
-    opset: int | None = None,
-    batch_size: int = 32,
-    log: Callable[[str], None] = print,
+    run_dir: str | os.PathLike[str], /, *, log: Callable[[str], None] = print, **options: Any
 ) -> ExportResult:
-    """Export a float run as an int8 ONNX folder (see the module's doc); return what was written.
+    """Export a float run as an int8 ONNX folder (see the module's doc); return what was written. ``options`` are
+    the fields of :class:`graft.core.config.ExportConfig` (``out`` is the folder here; ``int8`` is implied).
 
     Raises:
         ExportError: the float export does not reproduce PyTorch, the training or val images are missing, or the
             int8 model's val accuracy is more than :data:`MAX_DROP` below the float model's (nothing written).
     """
+    return run_export_int8(from_options(ExportConfig, options | {"int8": True}, run=run_dir), log=log)
+
+
+def run_export_int8(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
+    """:func:`export_int8` with an :class:`ExportConfig`."""
     from graft.inference.loading import load
 
-    if calib < 1:
-        raise ConfigError(f"--calib must be >= 1 (got {calib})")
-    run_dir = Path(run_dir)
+    run_dir, out, calib, batch_size, opset = cfg.run, cfg.out, cfg.calib, cfg.batch_size, cfg.opset
+    images, verify_images, tolerance = cfg.images, cfg.verify_images, cfg.tolerance
     check_exportable(run_dir, "onnx")
     paths, source = verification_paths(run_dir, images, verify_images)
     clf = load(run_dir, device="cpu")
@@ -168,14 +165,14 @@ def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from graft.commands.export import INPUT_NAME
+    from graft.deploy.formats import INPUT_NAME
 
     quiet = logging.getLogger()
     level = quiet.level
     with tempfile.TemporaryDirectory(prefix="graft-ort-int8-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
-        ckpt.atomic_write_bytes(src, fp32)
+        atomic.atomic_write_bytes(src, fp32)
         quiet.setLevel(logging.ERROR)  # ONNX Runtime's tools log each step at INFO/WARNING
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ... and print the calibration's progress
@@ -218,7 +215,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
     difference), then images/s on the same batch with the same threads."""
     import numpy as np
 
-    from graft.commands.export import INPUT_NAME, OUTPUT_NAME
+    from graft.deploy.formats import INPUT_NAME, OUTPUT_NAME
 
     val = rundir.run_split(run_dir, "val", clf.classes)
     paths, labels = val.paths, val.labels
@@ -262,7 +259,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
 
 def images_per_s(s: Any, batch: Any, seconds: float = TIME_SECONDS) -> float:
     """Images per second of one session on ``batch``: the median time of repeated runs after a warm-up."""
-    from graft.commands.export import INPUT_NAME
+    from graft.deploy.formats import INPUT_NAME
 
     s.run(None, {INPUT_NAME: batch})
     times: list[float] = []
@@ -300,7 +297,7 @@ def write_folder(
     """model.onnx (metadata embedded), its sidecar, export.json, predict.py and requirements.txt."""
     import onnx
 
-    from graft.commands import standalone_predict
+    from graft.deploy import standalone_predict
     from graft.int8.backend import cpu_info
 
     proto = onnx.load_from_string(int8)
@@ -308,10 +305,10 @@ def write_folder(
     entry.key, entry.value = "graft", json.dumps(info)
     data = proto.SerializeToString()
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_bytes(model_path, data)
+    atomic.atomic_write_bytes(model_path, data)
     info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
     sidecar = sidecar_path(model_path)
-    ckpt.atomic_write_json(sidecar, info)
+    atomic.atomic_write_json(sidecar, info)
     record = {
         "format": "graft-onnx-int8/1",
         "model": model_path.name,
@@ -323,9 +320,9 @@ def write_folder(
         "cpu": cpu_info(),
         "versions": info["versions"] | {"graft": __version__},
     }
-    ckpt.atomic_write_json(folder / EXPORT_JSON, record)
-    ckpt.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
-    ckpt.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
+    atomic.atomic_write_json(folder / EXPORT_JSON, record)
+    atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
+    atomic.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
     return ExportResult(model_path, sidecar, "onnx", verification, info, figures=record)
 
 

@@ -1,4 +1,4 @@
-"""Tests of graft.commands.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
+"""Tests of graft.deploy.export (ONNX and TorchScript, verified against PyTorch) and of batch prediction to CSV
 (``graft predict RUN FOLDER --out preds.csv``), the two offline halves of shipping a run."""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from numerics import (
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import ExportError, export, sidecar_path
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError, sidecar_path
 from graft.inference.classifier import Classifier
 from graft.inference.paths import expand_paths, iter_paths
 
@@ -52,6 +53,7 @@ def run_copy(frozen_run, tmp_path: Path) -> Path:
 # --- ONNX ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_onnx_export_matches_pytorch_on_all_val_images(onnx_export, frozen_run, clf, hymenoptera) -> None:
     v = onnx_export.verification
@@ -90,6 +92,7 @@ def test_onnx_export_matches_pytorch_on_all_val_images(onnx_export, frozen_run, 
     assert_same_top1(ort_logits, graft_logits)
 
 
+@pytest.mark.slow
 def test_onnx_file_and_sidecar_describe_the_model(onnx_export, frozen_run) -> None:
     import onnx
 
@@ -112,6 +115,7 @@ def test_onnx_file_and_sidecar_describe_the_model(onnx_export, frozen_run) -> No
     assert embedded["classes"] == side["classes"] and embedded["preprocess"] == side["preprocess"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 64])
 def test_onnx_batch_axis_is_dynamic(onnx_export, batch) -> None:
     import onnxruntime as ort
@@ -124,6 +128,7 @@ def test_onnx_batch_axis_is_dynamic(onnx_export, batch) -> None:
 # --- TorchScript, the CLI, refusals -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_export_from_the_cli(frozen_run, tmp_path, capsys) -> None:
     out = tmp_path / "ts" / "model.pt"
@@ -141,21 +146,22 @@ def test_torchscript_export_from_the_cli(frozen_run, tmp_path, capsys) -> None:
     assert side["export_format"] == "torchscript" and side["verification"]["top1_agree"] == 20
 
 
+@pytest.mark.slow
 def test_export_verifies_on_given_images_and_keeps_nothing_unverified(run_copy, hymenoptera, tmp_path, monkeypatch):
-    import graft.commands.export as gx
+    import graft.deploy.export as gx
 
     report = json.loads((run_copy / "data_report.json").read_text())
     (run_copy / "data_report.json").write_text(json.dumps(report | {"root": str(tmp_path / "moved")}))
     with pytest.raises(ExportError, match="not on this machine; pass --images"):
         export(run_copy, format="torchscript")
 
-    real = gx._torchscript_runner
+    real = gx.torchscript_runner
 
     def off_by_a_little(data: bytes):
         run = real(data)
         return lambda batch: run(batch) + 1e-3  # what a subtly wrong exporter would give
 
-    monkeypatch.setattr(gx, "_torchscript_runner", off_by_a_little)
+    monkeypatch.setattr(gx, "torchscript_runner", off_by_a_little)
     with pytest.raises(ExportError, match=r"does not reproduce.*3 images \(.*val/bees\).*difference\| 1.00e-03"):
         export(run_copy, format="torchscript", images=hymenoptera / "val/bees", verify_images=3)
     assert not list(run_copy.glob("model.torchscript*"))
@@ -164,6 +170,7 @@ def test_export_verifies_on_given_images_and_keeps_nothing_unverified(run_copy, 
 # --- graft predict --out: streaming batch prediction to CSV ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_folder_to_csv(frozen_run, hymenoptera, tmp_path, capsys) -> None:
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
@@ -197,6 +204,7 @@ def test_predict_folder_to_csv(frozen_run, hymenoptera, tmp_path, capsys) -> Non
     assert "--out writes a CSV" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_paths_streams_with_bounded_look_ahead(clf, hymenoptera) -> None:
     """A lazy input is consumed a few batches ahead of the output, never all at once (constant memory)."""
     bees = sorted((hymenoptera / "val/bees").glob("*.jpg"))[:5]
@@ -219,6 +227,7 @@ def test_predict_paths_streams_with_bounded_look_ahead(clf, hymenoptera) -> None
     results.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_parallel_decoding_gives_identical_results(clf, hymenoptera, workers) -> None:
     """Exactly: the decoding threads change who decodes an image, not what is computed (the same batches of 4

@@ -1,31 +1,9 @@
-"""Export a trained run for use without graft: ONNX (onnxruntime, any language) or TorchScript (libtorch).
-
-    graft export runs/001-mobilenet_v2-freeze --format onnx          # model.onnx + model.onnx.json in the run
-
-The exported network is the one ``graft predict`` runs (BatchNorm folded into the convolutions), float32, input
-``input`` of shape ``(batch, 3, H, W)`` with a dynamic batch axis, output ``logits`` of shape ``(batch, classes)``
-(softmax them for probabilities). Next to the file, ``<file>.json`` (the sidecar) holds the class names, the
-preprocessing a caller must apply, the input and output names, the file's sha256 and the verification figures; the
-same JSON is embedded in the file itself (ONNX metadata property ``graft``, TorchScript extra file ``graft.json``).
-
-Every export is verified before it is kept: the written file is loaded back (onnxruntime for ONNX, ``torch.jit``
-for TorchScript) and run on real images (by default the run's own val images) beside graft's PyTorch model, at
-batch size 1 and at full batches; the largest absolute logit difference must stay within the tolerance (1e-4 for
-float32) and the top-1 class must agree on every image whose two best logits are further apart than twice the
-tolerance (closer ones are ties that noise within the tolerance may break either way). A failed verification
-removes the files and raises :class:`ExportError`.
-
-int8 runs (``graft quantize``, ``graft train --int8``, ``--mode qat``) are refused with the reason and what to
-export instead. Their program does export to ONNX (QuantizeLinear/DequantizeLinear around float Conv and Gemm),
-but no file can be verified to reproduce it: ONNX Runtime's int8 kernels round differently from the oneDNN
-kernels of graft's compiled program. On a MobileNetV2 hymenoptera run, the two differed by up to 0.36 in logits
-of magnitude ~2, and the compiled program and its own eager graph by 0.41, where a verified export holds to
-1e-4. TorchScript would carry the eager graph, no closer.
-"""
+"""The exported formats: ONNX and TorchScript bytes of a run's inference network, their runners, the JSON sidecar,
+and the verification of an exported file against graft's PyTorch model on real images (:mod:`graft.deploy.export`
+says what an export holds and why int8 runs are refused)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -35,8 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import GraftError, RunError
 from graft.core.runmeta import RunMeta
 from graft.core.version import __version__
@@ -94,7 +72,7 @@ class ExportResult:
     format: str
     verification: Verification
     info: dict[str, Any]
-    #: ``export.json`` of an int8 ONNX export (:mod:`graft.commands.onnx_int8`), else None.
+    #: ``export.json`` of an int8 ONNX export (:mod:`graft.deploy.onnx_int8`), else None.
     figures: dict[str, Any] | None = None
 
 
@@ -102,76 +80,6 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of an exported file: ``model.onnx`` -> ``model.onnx.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def export(
-    run_dir: str | os.PathLike[str],
-    *,
-    format: ExportFormat = "onnx",
-    out: str | os.PathLike[str] | None = None,
-    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
-    verify_images: int = 256,
-    tolerance: float = 1e-4,
-    opset: int | None = None,
-    batch_size: int = 32,
-) -> ExportResult:
-    """Export a run as ONNX or TorchScript, write its JSON sidecar, and verify both against PyTorch.
-
-    Args:
-        run_dir: a run directory written by ``graft train``.
-        format: ``onnx`` or ``torchscript``.
-        out: the model file to write (default ``RUN/model.onnx`` or ``RUN/model.torchscript.pt``); the sidecar is
-            ``OUT.json``.
-        images: image files or folders to verify with (default: the run's val images, from ``data_report.json``).
-        verify_images: verify on at most this many images, spread evenly over them (0: all).
-        tolerance: the largest allowed absolute difference between exported and PyTorch logits.
-        opset: ONNX opset (default: the exporter's).
-        batch_size: batch size of the verification (batch size 1 is always checked as well).
-
-    Raises:
-        ExportError: the run is an int8 run, the exporter failed, no images to verify with, or the exported file
-            does not match (the files are then removed).
-    """
-    from graft.inference.loading import load
-
-    if format not in DEFAULT_NAMES:
-        raise ExportError(f"unknown export format {format!r}; use one of {', '.join(DEFAULT_NAMES)}")
-    run_dir = Path(run_dir)
-    check_exportable(run_dir, format)
-    if verify_images < 0:
-        raise ExportError(f"--verify-images must be >= 0 (got {verify_images}); 0 verifies on all images")
-    if tolerance <= 0:
-        raise ExportError(f"--tolerance must be > 0 (got {tolerance})")
-    paths, source = verification_paths(run_dir, images, verify_images)
-
-    clf = load(run_dir, device="cpu")
-    module = inference_module(clf)
-    size = clf.preprocess.input_size
-    path = Path(out) if out is not None else run_dir / DEFAULT_NAMES[format]
-    if path.is_dir():
-        path = path / DEFAULT_NAMES[format]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = describe(clf, format, path)
-
-    if format == "onnx":
-        data, info["opset"] = onnx_bytes(module, size, opset, info)
-        runner: Callable[[Any], Any] = onnx_runner(data)
-    else:
-        data = _torchscript_bytes(module, size, info)
-        runner = _torchscript_runner(data)
-
-    verification = verify(clf, runner, paths, tolerance=tolerance, batch_size=batch_size, source=source)
-    if not verification.passed:
-        raise ExportError(
-            f"the {format} export of {run_dir} does not reproduce the PyTorch model: {verification.format()}. "
-            "Nothing was written; report this with the run's model.json (a --tolerance above 1e-4 is only right "
-            "for reduced-precision models)."
-        )
-    ckpt.atomic_write_bytes(path, data)
-    info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
-    sidecar = sidecar_path(path)
-    ckpt.atomic_write_json(sidecar, info)
-    return ExportResult(path=path, sidecar=sidecar, format=format, verification=verification, info=info)
 
 
 #: How each kind of int8 run (``quantization.method`` in model.json) is made, and the float run to train instead.
@@ -212,7 +120,7 @@ def inference_module(clf: Any) -> Any:
     """The network ``graft predict`` runs, as one float32 CPU module: BatchNorm-folded body, then the head."""
     import torch
 
-    from graft.inference.floatrun import body_and_head
+    from graft.inference.float_classifier import body_and_head
 
     if hasattr(clf, "export_module"):  # an ensemble: its members in one module (graft.inference.ensemble)
         return clf.export_module()
@@ -248,7 +156,7 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
         "source": {
             "run": clf.run_dir.name,
             "weights_sha256": meta.weights_sha256,
-            "metrics": ckpt.read_json_or(clf.run_dir / "metrics.json"),
+            "metrics": atomic.read_json_or(clf.run_dir / "metrics.json"),
         },
         "versions": {"graft": __version__, "torch": torch.__version__},
     }
@@ -318,7 +226,7 @@ def onnx_runner(data: bytes) -> Callable[[Any], Any]:
     return run
 
 
-def _torchscript_bytes(module: Any, size: int, info: dict[str, Any]) -> bytes:
+def torchscript_bytes(module: Any, size: int, info: dict[str, Any]) -> bytes:
     import torch
 
     example = torch.randn(2, 3, size, size)
@@ -335,7 +243,7 @@ def _torchscript_bytes(module: Any, size: int, info: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def _torchscript_runner(data: bytes) -> Callable[[Any], Any]:
+def torchscript_runner(data: bytes) -> Callable[[Any], Any]:
     import torch
 
     with warnings.catch_warnings():

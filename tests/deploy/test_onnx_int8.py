@@ -1,4 +1,4 @@
-"""Tests of ``graft export RUN --format onnx --int8`` (graft.commands.onnx_int8): ONNX Runtime's static int8 of a
+"""Tests of ``graft export RUN --format onnx --int8`` (graft.deploy.onnx_int8): ONNX Runtime's static int8 of a
 float run, compared with the float model on val, and the export folder's standalone ``predict.py`` run in a venv
 that has onnxruntime, numpy and Pillow but no torch, against ``graft predict``."""
 
@@ -17,8 +17,9 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import ExportError, export
-from graft.commands.onnx_int8 import MAX_DROP, check_drop, export_int8
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError
+from graft.deploy.onnx_int8 import MAX_DROP, check_drop, export_int8
 
 #: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
 RUNTIME_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
@@ -63,6 +64,7 @@ def torch_free_python(tmp_path_factory) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_int8_folder_holds_a_smaller_model_within_one_point(int8_export, frozen_run) -> None:
     folder = int8_export.path.parent
     assert {p.name for p in folder.iterdir()} >= {
@@ -94,6 +96,7 @@ def test_int8_folder_holds_a_smaller_model_within_one_point(int8_export, frozen_
     assert sidecar["sha256"] == hashlib.sha256(int8_export.path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_cli_refuses_int8_with_torchscript_and_bad_calib(frozen_run, capsys) -> None:
     for args in (["--format", "torchscript", "--int8"], ["--int8", "--calib", "0"]):
         capsys.readouterr()
@@ -103,6 +106,8 @@ def test_cli_refuses_int8_with_torchscript_and_bad_calib(frozen_run, capsys) -> 
     assert not (frozen_run.run_dir / "onnx-int8").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_standalone_predict_runs_without_torch_and_matches_graft_predict(
     int8_export, fp32_export, torch_free_python, hymenoptera, frozen_run
 ) -> None:
@@ -136,6 +141,8 @@ def test_standalone_predict_runs_without_torch_and_matches_graft_predict(
     assert_accuracy_within_one_image(float(acc8), int8_export.figures["int8_val_acc"], 153)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_standalone_predict_reports_an_unreadable_file(int8_export, torch_free_python, tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")

@@ -32,7 +32,7 @@ class StageData:
         *,
         check_leakage: bool = True,
     ) -> None:
-        from graft.core.runtime import default_workers
+        from graft.core.loaders import default_workers
 
         self.cfg, self.model, self.dataset, self.preprocess = cfg, model, dataset, preprocess
         self.device, self.generator, self.cache_key, self.log = device, generator, cache_key, log
@@ -44,7 +44,7 @@ class StageData:
         self.check_leakage = check_leakage
 
     def features(self) -> tuple[Any, Any]:
-        from graft.core.runtime import inference_loader, train_loader
+        from graft.core.loaders import inference_loader, train_loader
 
         if self._features is None:
             cfg, ds = self.cfg, self.dataset
@@ -72,7 +72,7 @@ class StageData:
 
     def sample_weights(self, labels: Any) -> torch.Tensor | None:
         """Per-sample weights of class-balanced sampling (``--balance sampler``), else None (shuffling)."""
-        from graft.training.levers import sample_weights
+        from graft.training.balance import sample_weights
 
         return sample_weights(labels, len(self.dataset.classes)) if self.cfg.balance == "sampler" else None
 
@@ -89,8 +89,8 @@ class StageData:
         return self._images
 
     def _image_loaders(self) -> tuple[Any, Any]:
+        from graft.core.loaders import inference_loader, train_loader
         from graft.core.preprocess import eval_crop, eval_transform, normalize, resize_shorter, train_transform
-        from graft.core.runtime import inference_loader, train_loader
         from graft.data.datasets import ImageDataset, MemoryImageDataset, available_memory, estimated_decoded_bytes
         from graft.data.device import DeviceBatches, fits_on_device
 

@@ -1,25 +1,15 @@
-"""``graft.doctor(DATA)``: scan, stored features, then every check on them; writes doctor.json/.csv/.html.
-
-The scan is training's (``graft.data.folders``: it decodes each new file once to validate it, and takes the quality
-measures and hashes then, cached with its verdict); the features are training's (the same store, key and engine,
-so ``graft doctor`` and ``graft train`` run the backbone once per image between them). What is left is arithmetic
-on features: one blocked similarity product (kNN + hash matches), k-fold linear heads, and thresholds.
-"""
+"""The checks of ``graft doctor`` and their thresholds: each takes the per-image facts (:class:`Context`) and the
+similarity survey of the stored features and returns its findings (:mod:`graft.insight.doctor.findings`)."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from graft.core.config import DoctorConfig, table_options
-from graft.core.errors import DataError
 from graft.features import similarity as sim
-from graft.insight.doctor.findings import DoctorResult, Finding, csv_text, exclude_entries, write_exclude_list
+from graft.insight.doctor.findings import Finding
 
 #: Neighbours kept per image (near-duplicates, outliers, label disagreement).
 K = 10
@@ -39,76 +29,7 @@ GRAY_CHROMA, COLOUR_SHARE = 0.04, 0.9
 IMBALANCE_RATIO = 3.0
 
 
-def doctor(data: str | Path, /, **options: Any) -> DoctorResult:
-    """Check a dataset folder; ``options`` are the fields of :class:`DoctorConfig` (``arch``, ``out``, ...).
-
-    Returns a :class:`DoctorResult` (``findings``, ``summary``, ``exit_code``) and writes ``doctor.json``,
-    ``doctor.csv`` and ``doctor.html`` into ``out`` (default ``doctor/<name of DATA>``)."""
-    return run_doctor(DoctorConfig(data=Path(data), **options))
-
-
-def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> DoctorResult:
-    from graft.core.checkpoint import atomic_write_text
-
-    times: dict[str, float] = {}
-    clock = [time.perf_counter()]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        times[name] = round(now - clock[0], 3)
-        clock[0] = now
-
-    ds, feats, preprocess = _scan_and_features(cfg, lap)
-    root = Path(ds.report.root)
-    samples = ds.train + ds.val
-    rel = [s.path.relative_to(root).as_posix() for s in samples]
-    split = ["train"] * len(ds.train) + ["val"] * len(ds.val)
-    labels = np.array([s.label for s in samples], np.int64)
-    measures = _measures(ds, samples, preprocess.resize_size)
-    lap("measures")
-    ctx = _Context(ds.classes, rel, split, labels, measures)
-    hashes = sim.Hashes.of([m["phash"] for m in measures], [m["phash_flip"] for m in measures])
-    found = sim.survey(feats, K, hashes=hashes, n_train=len(ds.train), raw_k=OUTLIER_K)
-    lap("similarity")
-    findings = _duplicates(ctx, samples, found.found)
-    findings += _leakage(ctx, found.leaked, len(ds.train))
-    lap("duplicates")
-    findings += _label_errors(ctx, found.x, found.found, cfg.seed)
-    lap("labels")
-    findings += _outliers(ctx, found.raw_sims) + _quality(ctx, preprocess.input_size) + _unreadable(ds)
-    imbalance, advice = _imbalance(ds)
-    findings += imbalance
-    files = {r: {"split": s, "label": ds.classes[y]} for r, s, y in zip(rel, split, labels, strict=True)}
-    summary = {
-        "images": len(samples),
-        "train": len(ds.train),
-        "val": len(ds.val),
-        "classes": ds.classes,
-        "counts": ds.report.counts,
-        "arch": cfg.arch,
-        "found": {k: sum(f.kind == k for f in findings) for k in dict.fromkeys(f.kind for f in findings)},
-        "thresholds": _thresholds(),
-        "advice": advice,
-    }
-    result = DoctorResult(str(root), findings, files, summary, times)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg.out / "doctor.csv", csv_text(result))
-    result.written = {"json": str(cfg.out / "doctor.json"), "csv": str(cfg.out / "doctor.csv")}
-    if cfg.exclude_list is not None:
-        write_exclude_list(cfg.exclude_list, exclude_entries(result))
-        result.written["exclude_list"] = str(cfg.exclude_list)
-    lap("write")
-    if cfg.html:
-        from graft.insight.doctor.page import write_page
-
-        write_page(cfg.out / "doctor.html", result, root)
-        result.written["html"] = str(cfg.out / "doctor.html")
-        lap("page")
-    atomic_write_text(cfg.out / "doctor.json", result.json_text())  # last: with the page's time
-    return result
-
-
-class _Context:
+class Context:
     """Per-image facts the checks share (index i = position in train + val)."""
 
     def __init__(
@@ -118,84 +39,6 @@ class _Context:
 
     def label(self, i: int) -> str:
         return self.classes[int(self.labels[i])]
-
-
-def _scan_and_features(cfg: DoctorConfig, lap: Callable[[str], None]) -> tuple[Any, Any, Any]:
-    """The scan and the view-0 features of every usable image, exactly as ``graft train`` gets them."""
-    import torch
-
-    from graft.core.runtime import default_workers, pick_device
-    from graft.data.datasets import available_memory
-    from graft.data.folders import scan
-    from graft.features.store import cached_features
-    from graft.models.backbones import get_backbone
-    from graft.models.model import build_model, choose_weights
-
-    device = pick_device(cfg.device)
-    spec = get_backbone(cfg.arch)
-    chosen = choose_weights(spec, cfg.pretrained)
-    preprocess = chosen.preprocess if chosen else spec.preprocess
-    keep = min(1 << 30, int(available_memory() * 0.1))
-    draft = preprocess.resize_size
-    ds = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=draft, keep_decoded=keep, **table_options(cfg))
-    if ds.label_sets is not None:  # its label checks (out-of-fold heads, confident learning) are single-label
-        raise DataError("graft doctor checks single-label datasets; this table is multi-label (--task multilabel)")
-    lap("scan")
-    model, weights, pretrained = build_model(spec, len(ds.classes), pretrained=cfg.pretrained)
-    lap("model")
-    samples = ds.train + ds.val
-    if pretrained.sha256 is None:
-        from graft.features.store import extract_features
-
-        feats = extract_features(model.body, samples, preprocess, device=device, batch_size=cfg.batch_size)
-    else:
-        key = {
-            "arch": spec.name,
-            "arch_kwargs": spec.arch_kwargs(weights),
-            "weights_sha256": pretrained.sha256,
-            "device": device.type,
-        }
-        feats, _ = cached_features(
-            model.body,
-            samples,
-            preprocess,
-            key,
-            device=device,
-            batch_size=cfg.batch_size,
-            workers=default_workers(),
-            desc="features",
-            decoded=ds.decoded,
-        )
-    ds.decoded.clear()
-    lap("features")
-    return ds, torch.as_tensor(feats, dtype=torch.float32), preprocess
-
-
-def _measures(ds: Any, samples: list[Any], draft: int) -> list[dict[str, Any]]:
-    """The scan's measures of every sample; those it did not take (files validated before measures existed, or
-    at another draft size) are taken now, decoding those files once, and stored with their verdicts."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from graft.core.runtime import progress
-    from graft.data.folders import ScanVerdicts
-    from graft.data.images import load_rgb
-    from graft.data.quality import measure, usable
-
-    out = [ds.measures.get(s.path) for s in samples]
-    todo = [i for i, m in enumerate(out) if not usable(m, draft)]
-    if todo:
-        verdicts = ScanVerdicts(Path(ds.report.root))
-
-        def take(i: int) -> dict[str, Any]:
-            path = samples[i].path
-            return measure(path, load_rgb(path, draft=draft), draft)
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for i, m in zip(todo, progress(pool.map(take, todo), desc="measures", total=len(todo)), strict=True):
-                out[i] = m
-                verdicts.put(samples[i].path, None, m)
-        verdicts.save()
-    return out  # type: ignore[return-value]
 
 
 def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -214,13 +57,13 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         label = new
 
 
-def _keep_drop(ctx: _Context, group: list[int]) -> tuple[int, list[int]]:
+def _keep_drop(ctx: Context, group: list[int]) -> tuple[int, list[int]]:
     """The copy a user keeps (a val copy if there is one: the train copies are what leaks) and the ones to drop."""
     keep = next((i for i in group if ctx.split[i] == "val"), group[0])
     return keep, [i for i in group if i != keep]
 
 
-def _duplicates(ctx: _Context, samples: list[Any], found: sim.Neighbours) -> list[Finding]:
+def duplicates(ctx: Context, samples: list[Any], found: sim.Neighbours) -> list[Finding]:
     from graft.data.quality import file_sha256
 
     by_pixels: dict[str, list[int]] = defaultdict(list)
@@ -250,7 +93,7 @@ def _duplicates(ctx: _Context, samples: list[Any], found: sim.Neighbours) -> lis
     return out + _near_duplicates(ctx, near.where((ia != ib) | (ia < 0)))
 
 
-def _near_duplicates(ctx: _Context, near: sim.Pairs) -> list[Finding]:
+def _near_duplicates(ctx: Context, near: sim.Pairs) -> list[Finding]:
     """Groups of near-copies (connected by matching pairs); per group, each copy to drop with its closest match
     in the group: a group of m copies lists m - 1 pairs or fewer, not its up to m(m-1)/2 matching pairs."""
     label = _components(len(ctx.rel), near.a, near.b)
@@ -283,7 +126,7 @@ def _near_duplicates(ctx: _Context, near: sim.Pairs) -> list[Finding]:
     return out
 
 
-def _leakage(ctx: _Context, pairs: list[sim.Pair], n_train: int) -> list[Finding]:
+def leakage(ctx: Context, pairs: list[sim.Pair], n_train: int) -> list[Finding]:
     """Each val image whose nearest train image is a near-duplicate (or identical)."""
     out = []
     for p in pairs:
@@ -301,7 +144,7 @@ def _leakage(ctx: _Context, pairs: list[sim.Pair], n_train: int) -> list[Finding
     return out
 
 
-def _label_errors(ctx: _Context, x: Any, found: sim.Neighbours, seed: int) -> list[Finding]:
+def label_errors(ctx: Context, x: Any, found: sim.Neighbours, seed: int) -> list[Finding]:
     from graft.insight.doctor.labels import CONFIDENT, score_labels
 
     if len(ctx.rel) < 2 * len(ctx.classes):
@@ -324,7 +167,7 @@ def _label_errors(ctx: _Context, x: Any, found: sim.Neighbours, seed: int) -> li
     return out
 
 
-def _outliers(ctx: _Context, raw_sims: np.ndarray) -> list[Finding]:
+def outliers(ctx: Context, raw_sims: np.ndarray) -> list[Finding]:
     """Images whose mean uncentred similarity to their nearest neighbours is far below the dataset's median."""
     if len(ctx.rel) < 10:
         return []
@@ -343,7 +186,7 @@ def _outliers(ctx: _Context, raw_sims: np.ndarray) -> list[Finding]:
     ]
 
 
-def _quality(ctx: _Context, input_size: int) -> list[Finding]:
+def quality(ctx: Context, input_size: int) -> list[Finding]:
     m = ctx.measures
     sharp = np.array([x["sharpness"] for x in m])
     median_sharp = float(np.median(sharp)) if len(sharp) else 0.0
@@ -379,11 +222,11 @@ def _quality(ctx: _Context, input_size: int) -> list[Finding]:
     return out
 
 
-def _unreadable(ds: Any) -> list[Finding]:
+def unreadable(ds: Any) -> list[Finding]:
     return [Finding("unreadable", [s.path], 1.0, {"reason": s.reason}) for s in ds.report.skipped]
 
 
-def _imbalance(ds: Any) -> tuple[list[Finding], list[str]]:
+def imbalance(ds: Any) -> tuple[list[Finding], list[str]]:
     counts = {c: ds.report.counts["train"][c] + ds.report.counts["val"][c] for c in ds.classes}
     big, small = max(counts, key=counts.__getitem__), min(counts, key=counts.__getitem__)
     ratio = counts[big] / max(counts[small], 1)
@@ -398,7 +241,7 @@ def _imbalance(ds: Any) -> tuple[list[Finding], list[str]]:
     return [Finding("imbalance", [], ratio, evidence)], advice
 
 
-def _thresholds() -> dict[str, Any]:
+def thresholds() -> dict[str, Any]:
     from graft.insight.doctor.labels import CONFIDENT
 
     return {

@@ -7,7 +7,6 @@ import csv
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,14 +15,12 @@ import graft
 import graft.training.loop as loop
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.loaders import train_loader
 from graft.core.preprocess import Preprocess
-from graft.core.runtime import train_loader
 from graft.data.device import DeviceBatches
-from graft.insight.evaluation import balanced_accuracy, per_class_metrics
-from graft.training.levers import (
+from graft.training.balance import (
     balance_used,
     class_weights,
-    confusion_metrics,
     make_criterion,
     sample_weights,
     select_metric,
@@ -92,16 +89,6 @@ def test_select_auto_follows_the_imbalance() -> None:
     assert select_metric(TrainConfig(data="x", select_by="macro_f1"), [123, 121]) == "macro_f1"
 
 
-def test_confusion_metrics_agree_with_evaluation() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        cm = rng.integers(0, 30, size=(4, 4))
-        cm[rng.integers(0, 4)] = 0  # a class without val images
-        balanced, macro = confusion_metrics(torch.from_numpy(cm))
-        assert balanced == pytest.approx(balanced_accuracy(cm), abs=1e-12)
-        assert macro == pytest.approx(np.mean([m.f1 for m in per_class_metrics(cm, "abcd")]), abs=1e-12)
-
-
 def test_select_by_picks_the_best_balanced_accuracy(monkeypatch) -> None:
     """Crafted val phases: epoch 2 has the best accuracy (majority class always right), epoch 3 the best balanced
     accuracy; the loop keeps epoch 3's weights with select=balanced_acc, epoch 2's with acc."""
@@ -142,6 +129,7 @@ def _rows(run_dir) -> list[dict[str, str]]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_default_run_is_unchanged_by_the_lever_options(frozen_run, hymenoptera, tmp_path) -> None:
     defaults = {"balance": "auto", "select_by": "auto", "augment": "standard", "mixup": 0.0, "cutmix": 0.0,
                 "random_erasing": 0.0}  # fmt: skip
@@ -158,6 +146,7 @@ def test_default_run_is_unchanged_by_the_lever_options(frozen_run, hymenoptera, 
     assert metrics["best_val_macro_f1"] == pytest.approx(evaluation["macro_f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_frozen_run_with_balance_and_selection(hymenoptera, tmp_path, capsys) -> None:
     for balance in ("weights", "sampler"):
         run = graft.train(hymenoptera, mode="freeze", epochs=2, device="cpu", out=tmp_path, balance=balance,

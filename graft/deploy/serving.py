@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.errors import ImageError
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ class Service:
 
     def _model_info(self) -> dict[str, Any]:
         meta, cfg = self.clf.meta, self.cfg
-        metrics = ckpt.read_json_or(self.clf.run_dir / "metrics.json")
+        metrics = atomic.read_json_or(self.clf.run_dir / "metrics.json")
         pretrained = meta.pretrained or {}
         return {
             "run": self.clf.run_dir.name,
