@@ -293,7 +293,7 @@ def run_config(cfg: ServeConfig) -> None:
     shown_host = f"[{cfg.host.strip('[]')}]" if ":" in cfg.host else cfg.host
     access = "API key required" if cfg.api_key is not None else "no API key"
     print(
-        f"graft serve: {clf.run_dir.name} ({clf.meta['arch']}, {len(clf.classes)} classes) "
+        f"graft serve: {clf.run_dir.name} ({clf.meta.arch}, {len(clf.classes)} classes) "
         f"on http://{shown_host}:{actual_port}/ ({access}; Ctrl-C stops)",
         file=sys.stderr,
         flush=True,

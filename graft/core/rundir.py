@@ -115,26 +115,52 @@ def read_split(run_dir: Path, split: str) -> SavedSplit | None:
         return None
 
 
-def run_val_items(run_dir: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
-    """The run's val split (paths under the data root saved in ``data_report.json``, saved order) and labels."""
-    saved = read_split(run_dir, "val")
+@dataclass(frozen=True)
+class RunSplit:
+    """A run's saved split as files: ``paths`` in saved order, their class indices (``labels``: empty when no
+    classes were given) and the data root they were found under."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[int]
+
+
+def run_split(
+    run_dir: Path,
+    split: str = "val",
+    classes: Sequence[str] | None = None,
+    *,
+    fix: str | None = None,
+    skip_unknown: bool = False,
+    check_files: bool = True,
+) -> RunSplit:
+    """The ``train`` or ``val`` images a run was trained and validated on (``data_report.json``), in saved order.
+
+    ``classes``: keep the files of these classes and label them (a file of another class is an error, or left
+    out with ``skip_unknown``); None keeps every file. ``check_files``: the data must still be where it was
+    trained (the first file is looked for). ``fix`` ends the error messages: what the caller's user can do.
+
+    Raises:
+        RunError: no saved split, the images moved, or a class the model does not know.
+    """
+    default = f"pass the images to evaluate: graft evaluate {run_dir} DATA" if split == "val" else None
+    fix = fix or default or "put the data back where the run was trained, or train the run again"
+    saved = read_split(run_dir, split)
     if saved is None:
+        raise RunError(f"{run_dir / DATA_REPORT} has no saved {split} split (missing or damaged); {fix}")
+    if check_files and saved.rels and not (saved.root / saved.rels[0]).exists():
         raise RunError(
-            f"{run_dir / DATA_REPORT} has no saved val split; pass the images to evaluate: "
-            f"graft evaluate {run_dir} DATA"
+            f"the run's {split} images are not under {saved.root} any more (e.g. {saved.rels[0]} is missing); {fix}"
         )
-    if saved.rels and not (saved.root / saved.rels[0]).exists():
-        raise RunError(
-            f"the run's val images are not under {saved.root} any more (e.g. {saved.rels[0]} is missing); "
-            f"pass the data folder: graft evaluate {run_dir} DATA"
-        )
+    if classes is None:
+        return RunSplit(saved.root, [saved.root / rel for rel in saved.rels], [])
     paths, labels, unknown = saved.items(list(classes))
-    if unknown:
+    if unknown and not skip_unknown:
         raise RunError(
             f"{run_dir / DATA_REPORT} lists {unknown[0]}, whose class {saved.class_of(unknown[0])!r} the "
             "model does not know"
         )
-    return paths, labels
+    return RunSplit(saved.root, paths, labels)
 
 
 def model_meta(

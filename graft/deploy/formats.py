@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core.errors import GraftError
+from graft.core.errors import GraftError, RunError
+from graft.core.runmeta import RunMeta
 from graft.core.version import __version__
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -91,16 +92,16 @@ _INT8_MAKERS = {
 
 def check_exportable(run_dir: Path, format: str) -> None:
     """Refuse an int8 run (one ``error:`` line saying what to export instead)."""
-    from graft.inference.loading import is_int8, read_meta
+    from graft.inference.loading import read_meta
 
     meta = read_meta(run_dir)
-    if meta is not None and is_int8(meta):
+    if meta is not None and meta.is_int8:
         raise ExportError(_int8_refusal(run_dir, meta, format))
 
 
-def _int8_refusal(run_dir: Path, meta: dict[str, Any], format: str) -> str:
+def _int8_refusal(run_dir: Path, meta: RunMeta, format: str) -> str:
     """Why an int8 run is not exported, and what to export instead (one line)."""
-    info = meta.get("quantization") or {}
+    info = meta.quantization or {}
     made, instead = _INT8_MAKERS.get(str(info.get("method")), ("int8 quantization", "graft train without --int8"))
     name = {"onnx": "ONNX", "torchscript": "TorchScript"}.get(format, format)
     why = (
@@ -136,7 +137,7 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
         "format": EXPORT_FORMAT,
         "export_format": format,
         "file": path.name,
-        "arch": meta["arch"],
+        "arch": meta.arch,
         "classes": list(clf.classes),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, p.input_size, p.input_size], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(clf.classes)], "dtype": "float32", "is": "logits"},
@@ -154,7 +155,7 @@ def describe(clf: Any, format: str, path: Path) -> dict[str, Any]:
         "quantized": False,
         "source": {
             "run": clf.run_dir.name,
-            "weights_sha256": meta.get("weights_sha256"),
+            "weights_sha256": meta.weights_sha256,
             "metrics": atomic.read_json_or(clf.run_dir / "metrics.json"),
         },
         "versions": {"graft": __version__, "torch": torch.__version__},
@@ -321,17 +322,14 @@ def verification_paths(
 
 
 def _val_images(run_dir: Path) -> tuple[list[Path], str]:
-    saved = rundir.read_split(run_dir, "val")
-    if saved is None:
-        raise ExportError(
-            f"cannot find the run's val images ({run_dir / rundir.DATA_REPORT} is missing or damaged); "
-            "pass --images with a folder of images like the ones the model will see"
-        )
-    paths = [saved.root / r for r in saved.rels]
-    present = [p for p in paths if p.is_file()]
+    fix = "pass --images with a folder of images like the ones the model will see"
+    try:
+        split = rundir.run_split(run_dir, "val", fix=fix, check_files=False)
+    except RunError as e:
+        raise ExportError(str(e)) from None
+    present = [p for p in split.paths if p.is_file()]
     if not present:
         raise ExportError(
-            f"the run's val images ({len(paths)} under {saved.root}) are not on this machine; "
-            "pass --images with a folder of images like the ones the model will see"
+            f"the run's val images ({len(split.paths)} under {split.root}) are not on this machine; {fix}"
         )
-    return present, f"the run's val images under {saved.root}"
+    return present, f"the run's val images under {split.root}"

@@ -40,6 +40,7 @@ from typing import Any
 from graft.core import atomic, rundir
 from graft.core.config import ExportConfig, from_options
 from graft.core.config.fields import takes_fields
+from graft.core.errors import RunError
 from graft.core.version import __version__
 from graft.deploy.formats import (
     ExportError,
@@ -128,15 +129,13 @@ def check_drop(figures: dict[str, Any], run_dir: Path) -> None:
 def calibration_batches(clf: Any, run_dir: Path, n: int, batch_size: int) -> list[Any]:
     """``n`` of the run's training images, spread evenly over the split (every class is seen), as graft's eval
     transform makes them (what the deployed model is fed), in float32 NCHW numpy batches."""
-    saved = rundir.read_split(run_dir, "train")
-    if saved is None:
-        raise ExportError(f"{run_dir / rundir.DATA_REPORT} has no saved train split to calibrate int8 with")
-    paths, _, _ = saved.items(list(clf.classes))
-    if not paths or not paths[0].exists():
-        raise ExportError(
-            f"the run's training images are not under {saved.root} any more; int8 calibration needs them: "
-            "put the data back where it was trained"
-        )
+    fix = "int8 calibration needs them: put the data back where the run was trained"
+    try:
+        paths = rundir.run_split(run_dir, "train", clf.classes, fix=fix, skip_unknown=True).paths
+    except RunError as e:
+        raise ExportError(str(e)) from None
+    if not paths:
+        raise ExportError(f"{run_dir / rundir.DATA_REPORT} lists no training images of the model's classes")
     n = min(n, len(paths))
     picks = sorted({round(i * (len(paths) - 1) / max(n - 1, 1)) for i in range(n)})
     picked = [paths[i] for i in picks]
@@ -218,7 +217,8 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
 
     from graft.deploy.formats import INPUT_NAME, OUTPUT_NAME
 
-    paths, labels = rundir.run_val_items(run_dir, clf.classes)
+    val = rundir.run_split(run_dir, "val", clf.classes)
+    paths, labels = val.paths, val.labels
     threads = cores()
     models = {"fp32": session(fp32, threads), "int8": session(int8, threads)}
     correct, agree, seen, max_diff, timing_batch = {"fp32": 0, "int8": 0}, 0, 0, 0.0, None

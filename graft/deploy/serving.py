@@ -180,18 +180,18 @@ class Service:
     def _model_info(self) -> dict[str, Any]:
         meta, cfg = self.clf.meta, self.cfg
         metrics = atomic.read_json_or(self.clf.run_dir / "metrics.json")
-        pretrained = meta.get("pretrained") or {}
+        pretrained = meta.pretrained or {}
         return {
             "run": self.clf.run_dir.name,
-            "arch": meta["arch"],
-            "mode": meta.get("mode"),
+            "arch": meta.arch,
+            "mode": meta.mode,
             "classes": list(self.clf.classes),
             "num_classes": len(self.clf.classes),
-            "head": meta.get("head"),
+            "head": meta.to_dict().get("head"),
             "preprocess": self.clf.preprocess.to_dict(),
             "pretrained": {"tag": pretrained.get("tag"), "source": pretrained.get("source")},
             "metrics": metrics,
-            "versions": meta.get("versions"),
+            "versions": meta.versions,
             "device": str(self.clf.device),
             "tta": self.clf.tta,
             "top_k": self.top_k,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from graft.core.device import autocast, prepare_input
 from graft.core.fast_inference import fast_inference, optimize_for_inference
+from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
 
 
@@ -27,7 +27,7 @@ class FloatClassifier(Classifier):
     """A float run (``model.json`` + ``model.safetensors``)."""
 
     def __init__(
-        self, model: nn.Module, meta: dict[str, Any], device: torch.device, run_dir: Path, *, prepare: bool = True
+        self, model: nn.Module, meta: RunMeta, device: torch.device, run_dir: Path, *, prepare: bool = True
     ) -> None:
         super().__init__(meta, device, run_dir)
         self.model = model.eval()

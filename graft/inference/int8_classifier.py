@@ -16,6 +16,7 @@ from torch import nn
 
 from graft.core import checkpoint as ckpt
 from graft.core.errors import ConfigError, RunError
+from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
 from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError, check_archive
 
@@ -105,26 +106,24 @@ def load_program(path: Path, *, sha256: str | None) -> nn.Module:
         ) from None
 
 
-def load_int8(run_dir: Path, meta: dict[str, Any], *, device: str = "auto") -> Int8Classifier:
+def load_int8(run_dir: Path, meta: RunMeta, *, device: str = "auto") -> Int8Classifier:
     """The :class:`graft.inference.Classifier` of an int8 run (``graft.inference.loading`` calls this)."""
-    info = meta.get("quantization")
-    if not isinstance(info, dict) or info.get("format") != INT8_FORMAT or not meta.get("program_sha256"):
+    info = meta.quantization or {}
+    if info.get("format") != INT8_FORMAT or not meta.program_sha256:
         raise RunError(
             f"{run_dir / ckpt.META_FILE} does not describe an int8 run of this graft ({INT8_FORMAT}, with the "
             f"sha256 of {PROGRAM_FILE}); quantize the float run again (graft quantize RUN)"
         )
     if device not in ("auto", "cpu"):
         raise ConfigError(f"int8 runs run on the CPU; use --device cpu (or auto), not {device!r}")
-    graph = load_program(run_dir / PROGRAM_FILE, sha256=meta["program_sha256"])
+    graph = load_program(run_dir / PROGRAM_FILE, sha256=meta.program_sha256)
     return Int8Classifier(graph, meta, run_dir)
 
 
 class Int8Classifier(Classifier):
     """A :class:`graft.inference.Classifier` over a compiled int8 program (CPU only; no Grad-CAM)."""
 
-    def __init__(
-        self, graph: nn.Module, meta: dict[str, Any], run_dir: Path, program: Int8Program | None = None
-    ) -> None:
+    def __init__(self, graph: nn.Module, meta: RunMeta, run_dir: Path, program: Int8Program | None = None) -> None:
         super().__init__(meta, torch.device("cpu"), run_dir)
         self.graph = graph
         self._inference = program or Int8Program(graph)

@@ -30,7 +30,9 @@ from graft.core.metrics import (
     precision_recall_f1,
     wilson_interval,
 )
-from graft.core.rundir import run_val_items
+from graft.core.rundir import run_split
+from graft.core.runmeta import RunMeta
+from graft.core.runmetrics import RunMetrics
 from graft.inference.logits import compute_logits, stored_val_logits
 from graft.insight.multilabel import evaluate_multilabel, table_labels
 
@@ -301,7 +303,7 @@ def evaluate(
     run_dir = Path(run_dir)
     clf = load(run_dir, device=device, prepare=False, tta=bool(tta))  # stored val features need only the head
     config = atomic.read_json_or(run_dir / "config.json", {})
-    metrics = atomic.read_json_or(run_dir / "metrics.json", {})
+    metrics = RunMetrics.read(run_dir)
     batch_size = batch_size or int(config.get("batch_size", 32))
     if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves (graft.insight.multilabel)
         return evaluate_multilabel(
@@ -320,7 +322,7 @@ def evaluate(
         labels=np.asarray([labels[i] for i in kept], dtype=np.int64),
         logits=logits,
         unreadable=unreadable,
-        best_val_acc=metrics.get("best_val_acc"),
+        best_val_acc=metrics.best_val_acc,
         features=features,
         tta=clf.tta,
     )
@@ -348,8 +350,8 @@ def _items_and_out_dir(
     """(paths, labels, source, output folder) of :func:`evaluate`: the run's val split into ``run_dir``, or the
     images of ``data`` into ``run_dir/eval-<data name>``; ``out`` overrides the folder."""
     if data is None:
-        paths, labels = run_val_items(run_dir, classes)
-        return paths, labels, "val split", Path(out) if out is not None else run_dir
+        split = run_split(run_dir, "val", classes)
+        return split.paths, split.labels, "val split", Path(out) if out is not None else run_dir
     if Path(data).suffix.lower() in (".csv", ".tsv"):  # a table's val rows (every row without a split column)
         paths, labels = table_labels(run_dir, Path(data), classes)
     else:
@@ -375,9 +377,9 @@ def _logits(
 
 def record_tta(run_dir: Path, tta: bool | None) -> None:
     """``tta`` (unless None) into ``run_dir/model.json``: what :func:`graft.load` (predict, serve) defaults to."""
-    meta = atomic.read_json(run_dir / ckpt.META_FILE) if tta is not None else {}
-    if tta is not None and meta.get("tta", False) != tta:
-        atomic.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"tta": tta})
+    meta = RunMeta.read(run_dir) if tta is not None else None
+    if meta is not None and bool(meta.tta) != tta:
+        atomic.atomic_write_json(run_dir / ckpt.META_FILE, meta.replace(tta=tta).to_dict())
 
 
 def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int]:

@@ -21,6 +21,7 @@ from graft.core import atomic
 from graft.core.errors import RunError
 from graft.core.metrics import mean_average_precision, multilabel_f1, per_class_ap, pr_curve
 from graft.core.rundir import read_split
+from graft.core.runmetrics import RunMetrics
 from graft.inference import multilabel as ml
 
 
@@ -139,7 +140,7 @@ def evaluate_multilabel(
     paths, sets, source, out_dir = _items(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     logits, kept, unreadable, features = logits_of(clf, run_dir, paths, val_split=data is None, batch_size=batch_size)
-    metrics = atomic.read_json_or(run_dir / "metrics.json", {})
+    metrics = RunMetrics.read(run_dir)
     result = MultiLabelEvaluation(
         run_dir=run_dir,
         out_dir=out_dir,
@@ -150,7 +151,7 @@ def evaluate_multilabel(
         probs=ml.sigmoid(logits).reshape(len(kept), len(clf.classes)),
         thresholds=list(clf.thresholds),
         unreadable=unreadable,
-        run_best_val_map=metrics.get("best_val_map"),
+        run_best_val_map=metrics.best_val_map,
         features=features,
     )
     _write_tables(result)

@@ -17,7 +17,7 @@ from graft.int8.backend import (
     cpu_info,
 )
 from graft.int8.program import program_bytes, quantize_body
-from graft.int8.ptq import QuantizeResult, accuracy, calibration_batches, float_file, measure, quantize, split_items
+from graft.int8.ptq import QuantizeResult, accuracy, calibration_batches, float_file, measure, quantize
 
 __all__ = [
     "ACTIVATION_BITS",
@@ -44,5 +44,4 @@ __all__ = [
     "program_bytes",
     "quantize",
     "quantize_body",
-    "split_items",
 ]

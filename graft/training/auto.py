@@ -37,6 +37,7 @@ from graft.core.config import TrainConfig, table_options, to_jsonable
 from graft.core.device import one_thread, pick_device
 from graft.core.heads import HeadSpec, build_head
 from graft.core.metrics import accuracy, balanced_accuracy, confusion_matrix, macro_f1, stratified_folds
+from graft.core.runmeta import RunMeta
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key, cached_features
 from graft.inference.ensemble import ensemble_meta
@@ -416,13 +417,14 @@ def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callabl
         member = settings(cfg, c, out=run_dir / "members", name=name, exist_ok=True)
         members.append(run_training(member, log=log))
         paths.append(f"members/{name}")
-    metas = [atomic.read_json(r.run_dir / ckpt.META_FILE) for r in members]
+    metas = [RunMeta.read(r.run_dir) for r in members]
     atomic.atomic_write_json(run_dir / ckpt.META_FILE, ensemble_meta(metas, paths))
     shutil.copyfile(members[0].run_dir / rundir.DATA_REPORT, run_dir / rundir.DATA_REPORT)
     config = settings(cfg, found.ranked()[0].candidate).to_dict() | {"ensemble_members": paths}
     atomic.atomic_write_json(run_dir / "config.json", config)
     clf = load(run_dir, device=cfg.device, prepare=False)
-    val_paths, labels = rundir.run_val_items(run_dir, clf.classes)
+    val = rundir.run_split(run_dir, "val", clf.classes)
+    val_paths, labels = val.paths, val.labels
     batch = cfg.batch_size
     logits = stored_val_logits(clf, run_dir, val_paths, batch_size=batch)
     if logits is None:

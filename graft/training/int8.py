@@ -15,6 +15,7 @@ from torch import nn
 from graft.core import atomic, rundir
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
+from graft.core.runmeta import RunMeta
 from graft.inference.float_classifier import FloatClassifier
 from graft.int8.backend import ACT_PERCENTILE, QAT_LR_FACTOR, Backend, choose_backend
 from graft.int8.program import (
@@ -148,7 +149,7 @@ def run_int8_training(
     # The float model's size and speed (the same for any weights of the architecture): ``model``. Its accuracy,
     # fp32_acc, is that of the head on float features (freeze), or of the float fine-tuned model QAT started from.
     model = s.model
-    fp32 = FloatClassifier(model.eval(), meta, device, run_dir)
+    fp32 = FloatClassifier(model.eval(), RunMeta.from_dict(meta), device, run_dir)
     figures = measure(fp32, int8, fp32_acc, int8_acc, float_file(model), data_bytes)
     metrics = {
         "epochs_run": len(history),

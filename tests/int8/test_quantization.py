@@ -20,6 +20,8 @@ from torch import nn
 from graft import int8 as Q
 from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
+from graft.core.preprocess import Preprocess
+from graft.core.runmeta import RunMeta
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model
 
@@ -227,7 +229,7 @@ def test_pickled_sample_inputs_are_refused(small_program: dict[str, Any]) -> Non
 
 def test_not_an_int8_run(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="does not describe an int8 run"):
-        Q.load_int8(tmp_path, {"classes": ["a", "b"]})
+        Q.load_int8(tmp_path, RunMeta("graft-run/1", "mobilenet_v2", ("a", "b"), Preprocess(), HeadSpec()))
 
 
 # ----------------------------------------------------------------------------------------------------------------

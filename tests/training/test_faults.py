@@ -125,11 +125,11 @@ def test_a_crash_between_weights_and_model_json_is_resolved_on_load(run, monkeyp
     assert recorded != hashlib.sha256((run / ckpt.MODEL_FILE).read_bytes()).hexdigest()  # the mismatch is there
     clf = graft.load(run, device="cpu")
     assert all(torch.equal(v, new[k]) for k, v in clf.model.state_dict().items())
-    assert clf.meta["classes"] == ["a", "b"] and clf.meta["weights_sha256"] != recorded
+    assert clf.meta.classes == ("a", "b") and clf.meta.weights_sha256 != recorded
 
     # model.json lost altogether: the copy inside the weights is enough
     (run / ckpt.META_FILE).unlink()
-    assert graft.load(run, device="cpu").meta["arch"] == "mobilenet_v3_small"
+    assert graft.load(run, device="cpu").meta.arch == "mobilenet_v3_small"
 
 
 def test_a_tampered_weights_file_is_still_refused(run) -> None:
