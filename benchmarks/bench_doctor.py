@@ -7,7 +7,7 @@ into train, each edited by one random transform (mirror, re-crop keeping 60-90% 
 JPEG quality 30-60, brightness x0.7-0.85 or x1.15-1.3); 10% of the train labels moved to another class
 (hymenoptera, trashnet_half). Times are whole `graft doctor` processes: cold (empty cache: the scan decodes and
 the backbone runs) and warm (the same command again), beside the start-up: a process importing what the doctor
-needs (`python -c "import torch, graft.insight.doctor.api"`; `graft doctor --help` imports no torch). The 1-minute
+needs (`python -c "import torch, graft.insight.doctor.run"`; `graft doctor --help` imports no torch). The 1-minute
 load average before each size is printed and recorded: on a shared 2-core machine the figures mean little above ~1.
 """
 
@@ -63,12 +63,12 @@ def leakage(tmp: Path) -> dict[str, Any]:
 def label_noise(name: str, tmp: Path, seed: int = 0) -> dict[str, Any]:
     from graft.core.config import DoctorConfig
     from graft.features import similarity
-    from graft.insight.doctor import api
+    from graft.insight.doctor import run
     from graft.insight.doctor.labels import score_labels
 
     data = tmp / f"noise-{name}"
     flipped = {p for p, _ in flip_labels(SHARED / name, data, 0.10, seed=seed)}
-    ds, feats, _ = api._scan_and_features(DoctorConfig(data=data), lambda _: None)
+    ds, feats, _ = run.scan_and_features(DoctorConfig(data=data), lambda _: None)
     samples = ds.train + ds.val
     rel = [s.path.relative_to(Path(ds.report.root)).as_posix() for s in samples]
     labels = np.array([s.label for s in samples])
@@ -147,7 +147,7 @@ def build(n: int, dst: Path, seed: int = 0) -> None:
 
 def startup(env: dict[str, str]) -> float:
     """Seconds of a process that imports what the doctor needs and does nothing (the best of 3)."""
-    code = "import torch, graft.insight.doctor.api"
+    code = "import torch, graft.insight.doctor.run"
     times = []
     for _ in range(3):
         start = time.perf_counter()
@@ -261,7 +261,7 @@ def _table(f: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        'Start-up: `python -c "import torch, graft.insight.doctor.api"` (best of 3). Cold beyond = cold - start-up '
+        'Start-up: `python -c "import torch, graft.insight.doctor.run"` (best of 3). Cold beyond = cold - start-up '
         "- features, and - scan too (the scan's validating decode feeds the feature pass). Warm beyond = warm - "
         "start-up, also without the similarity product (all pairs: quadratic; its share: of the steps doctor.json "
         "times) and per image.",

@@ -39,7 +39,7 @@ TORCH_DEFAULTS = {
 
 def train_step_rate(arch: str, batch: int, *, fast: bool, compile: bool, steps: int = 20, windows: int = 3) -> float:
     """Training images/s of ``arch`` (random weights, 1000 classes) on random device-resident batches."""
-    from graft.core.runtime import autocast, pick_device, tune_convolutions
+    from graft.core.device import autocast, pick_device, tune_convolutions
     from graft.models.backbones import get_backbone
     from graft.models.model import build_model
 

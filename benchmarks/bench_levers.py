@@ -46,7 +46,7 @@ def imbalanced_copy(
 
 
 def _wilson(acc: float, n: int) -> str:
-    from graft.insight.evaluation import wilson_interval
+    from graft.core.metrics import wilson_interval
 
     lo, hi = wilson_interval(round(acc * n), n)
     return f"{lo:.3f}-{hi:.3f}"

@@ -58,9 +58,10 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
 
     import graft
     from graft import int8 as Q
+    from graft.core import atomic
     from graft.core import checkpoint as ckpt
     from graft.core.heads import HeadSpec
-    from graft.inference.floatrun import FloatClassifier
+    from graft.inference.float_classifier import FloatClassifier
     from graft.models.backbones import get_backbone
     from graft.models.model import build_for_inference
 
@@ -81,7 +82,7 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
     )
     if "fp32_bytes" in old and float_run is None:
         new["fp32_bytes"], new["fp32_deflated_bytes"] = old["fp32_bytes"], old["fp32_deflated_bytes"]
-    ckpt.atomic_write_json(path, old | new)
+    atomic.atomic_write_json(path, old | new)
     print(f"remeasured {int8_run}: {Q.QuantizeResult(int8_run, old | new).summary()}", flush=True)
 
 

@@ -1,4 +1,5 @@
-"""graft.core.deps: torch._dynamo deferred until something compiles, and nothing behaves differently for it.
+"""graft.core.deps: in the graft command's process, torch._dynamo deferred until something compiles, and nothing
+behaves differently for it; a library import of graft never patches torch. And the packages' lazy exports.
 
 Each test runs in a fresh interpreter: this pytest process has long since imported the real dynamo.
 """
@@ -37,7 +38,9 @@ def run(code: str, **env: str) -> dict:
 TRAIN_A_HEAD = """
     import json, sys
     import torch
-    from graft.core.deps import import_torchvision, dynamo_deferred
+    from graft.core.deps import import_torchvision, dynamo_deferred, own_process
+    if OWN:
+        own_process()  # as the graft command does first
     tv = import_torchvision()
     from torchvision.transforms import v2
     torch.manual_seed(0)
@@ -57,6 +60,7 @@ TRAIN_A_HEAD = """
     inspect.getmodule(inspect)  # reads __file__ of every module in sys.modules
     print(json.dumps({
         "deferred": dynamo_deferred(),
+        "dynamo": type(sys.modules.get("torch._dynamo")).__name__,
         "dynamo_modules": sorted(m for m in sys.modules if m.startswith("torch._dynamo.")),
         "weights": head.weight.flatten().tolist(),
         "steps": int(state["state"][0]["step"]),
@@ -65,26 +69,57 @@ TRAIN_A_HEAD = """
 """
 
 
+def command(code: str) -> str:
+    """``code`` as it runs in the graft command's process (:func:`graft.core.deps.own_process` called first)."""
+    return "OWN = True\n" + textwrap.dedent(code)
+
+
+def library(code: str) -> str:
+    """``code`` as it runs in someone else's process that imports graft."""
+    return "OWN = False\n" + textwrap.dedent(code)
+
+
 def test_eager_training_and_transforms_never_import_dynamo() -> None:
-    got = run(TRAIN_A_HEAD)
+    got = run(command(TRAIN_A_HEAD))
     assert got["deferred"] is True
     assert got["dynamo_modules"] == []
     assert got["steps"] == 3 and got["image"] == [3, 4, 4]
 
 
 def test_deferring_changes_no_number() -> None:
-    deferred = run(TRAIN_A_HEAD)
-    real = run(TRAIN_A_HEAD, GRAFT_DEFER_DYNAMO="0")
+    deferred = run(command(TRAIN_A_HEAD))
+    real = run(command(TRAIN_A_HEAD), GRAFT_DEFER_DYNAMO="0")
     assert real["deferred"] is False  # the switch works: the real dynamo was imported
     # exactly: two interpreters on this CPU with the same threads and kernels run the same arithmetic; only the
     # import differs
     assert deferred["weights"] == real["weights"]
 
 
+def test_a_library_import_never_patches_torch() -> None:
+    got = run(library(TRAIN_A_HEAD))
+    assert got["deferred"] is False
+    assert got["dynamo"] == "module"  # torch's own torch._dynamo, imported by the optimizer step as usual
+
+
+def test_the_graft_command_owns_its_process() -> None:
+    got = run(
+        """
+        import json
+        import graft.commands.cli as cli
+        import graft.core.deps as deps
+        before = bool(deps._OWN_PROCESS)
+        cli.main = lambda: print(json.dumps({"before": before, "after": bool(deps._OWN_PROCESS)})) or 0
+        cli.entry()
+        """
+    )
+    assert got == {"before": False, "after": True}
+
+
 COMPILE_AFTER_DEFERRAL = """
     import json, sys
     import torch
-    from graft.core.deps import import_torchvision, dynamo_deferred
+    from graft.core.deps import import_torchvision, dynamo_deferred, own_process
+    own_process()
     import_torchvision()
     before = dynamo_deferred()
     torch.manual_seed(0)
@@ -129,7 +164,8 @@ def test_torchvision_ops_still_work_with_the_stand_in() -> None:
         """
         import json
         import torch
-        from graft.core.deps import import_torchvision, dynamo_deferred
+        from graft.core.deps import import_torchvision, dynamo_deferred, own_process
+        own_process()
         tv = import_torchvision()
         x = torch.arange(16.0).reshape(1, 1, 4, 4)
         out = tv.ops.roi_align(x, [torch.tensor([[0.0, 0.0, 3.0, 3.0]])], output_size=1, aligned=True)
@@ -147,7 +183,8 @@ def test_a_frozen_run_never_imports_dynamo(hymenoptera: Path, tmp_path: Path) ->
         f"""
         import json, sys
         from graft import train
-        from graft.core.deps import dynamo_deferred
+        from graft.core.deps import dynamo_deferred, own_process
+        own_process()
         result = train({str(hymenoptera)!r}, mode="freeze", epochs=2, device="cpu", out={str(tmp_path)!r}, name="r")
         print(json.dumps({{"deferred": dynamo_deferred(), "acc": result.metrics["best_val_acc"]}}))
         """,
@@ -155,3 +192,17 @@ def test_a_frozen_run_never_imports_dynamo(hymenoptera: Path, tmp_path: Path) ->
     )
     assert got["deferred"] is True
     assert got["acc"] >= 0.9
+
+
+def test_package_exports_resolve_and_import_their_modules_on_first_use() -> None:
+    got = run(
+        """
+        import json, sys
+        import graft.insight, graft.models
+        light = {m: m in sys.modules for m in ("torch", "matplotlib")}
+        missing = [f"{p.__name__}.{n}" for p in (graft.models, graft.insight) for n in p.__all__ if not hasattr(p, n)]
+        print(json.dumps({"light": light, "missing": missing}))
+        """
+    )
+    assert got["light"] == {"torch": False, "matplotlib": False}
+    assert got["missing"] == []

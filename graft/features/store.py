@@ -31,25 +31,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from graft.core.checkpoint import atomic_write_json
+from graft.core.atomic import atomic_write_json
+from graft.core.device import autocast, prepare_input, release_freed_memory
+from graft.core.fast_inference import OnnxRuntimeModule, fast_inference
+from graft.core.loaders import inference_loader, threaded_batches
 from graft.core.paths import cache_root
 from graft.core.preprocess import Preprocess, eval_crop, normalize, train_crop
-from graft.core.runtime import (
-    OnnxRuntimeModule,
-    autocast,
-    fast_inference,
-    inference_loader,
-    prepare_input,
-    progress,
-    release_freed_memory,
-    threaded_batches,
-)
+from graft.core.progress import progress
 from graft.data.datasets import ImageDataset
 from graft.data.folders import Sample
 from graft.data.images import DecodedImages, load_rgb
 
 CACHE_VERSION = 1
-#: The engines a body's rows can come from (see :func:`graft.core.runtime.fast_inference`).
+#: The engines a body's rows can come from (see :func:`graft.core.fast_inference.fast_inference`).
 ENGINES = ("onnxruntime", "torch")
 
 
@@ -99,9 +93,10 @@ def store_key(
 
 
 def planned_engine(device: torch.device) -> str:
-    """The engine :func:`graft.core.runtime.fast_inference` gives a body that torch.fx traces: ONNX Runtime on the CPU
-    when it is installed and ``GRAFT_ENGINE`` is not ``torch``, else torch. Known without building anything, so a
-    store can be read without running the body; a body that falls back to torch is settled by :func:`body_engine`."""
+    """The engine :func:`graft.core.fast_inference.fast_inference` gives a body that torch.fx traces: ONNX Runtime
+    on the CPU when it is installed and ``GRAFT_ENGINE`` is not ``torch``, else torch. Known without building
+    anything, so a store can be read without running the body; a body that falls back to torch is settled by
+    :func:`body_engine`."""
     if device.type != "cpu" or os.environ.get("GRAFT_ENGINE", "auto") == "torch":
         return "torch"
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") is not None else "torch"

@@ -4,7 +4,8 @@
 top of one method a kind of run implements, :meth:`Classifier.logits`. Capabilities that only some runs have
 (:meth:`Classifier.float_model`: the eager body and head, for stored features and Grad-CAM) return None where
 they are unsupported, so callers never reach into a model's attributes. Float runs are
-:class:`graft.inference.floatrun.FloatClassifier`; int8 runs :class:`graft.int8.program.Int8Classifier`.
+:class:`graft.inference.float_classifier.FloatClassifier`; int8 runs
+:class:`graft.inference.int8_classifier.Int8Classifier`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import torch
 
 from graft.core.errors import ImageError
-from graft.core.preprocess import Preprocess, eval_transform
+from graft.core.preprocess import eval_transform
+from graft.core.runmeta import RunMeta
 
 ImageInput = str | os.PathLike[str] | Any  # a path or a PIL image
 
@@ -64,23 +66,23 @@ class DecodedBatch:
 class Classifier(abc.ABC):
     """A trained run, ready to predict. Build it with :func:`graft.load`.
 
-    A kind of run sets ``meta`` (its ``model.json``), ``device`` and ``run_dir`` through this ``__init__`` and
-    implements :meth:`logits`."""
+    A kind of run sets ``meta`` (its ``model.json``, checked: :class:`graft.core.runmeta.RunMeta`), ``device`` and
+    ``run_dir`` through this ``__init__`` and implements :meth:`logits`."""
 
-    def __init__(self, meta: dict[str, Any], device: torch.device, run_dir: Path) -> None:
+    def __init__(self, meta: RunMeta, device: torch.device, run_dir: Path) -> None:
         self.meta = meta
         self.device = device
         self.run_dir = run_dir
-        self.classes: list[str] = list(meta["classes"])
-        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self.classes: list[str] = list(meta.classes)
+        self.preprocess = meta.preprocess
         self._transform = eval_transform(self.preprocess)
         #: multi-label runs (sigmoid outputs): an image gets every class whose probability reaches the class's
         #: threshold (model.json's, chosen on val by training; :meth:`set_threshold` overrides them)
-        self.multilabel = meta.get("task") == "multilabel"
-        self.thresholds: list[float] = [float(t) for t in meta.get("thresholds") or [0.5] * len(self.classes)]
+        self.multilabel = meta.multilabel
+        self.thresholds: list[float] = [float(t) for t in meta.thresholds or [0.5] * len(self.classes)]
         #: test-time augmentation in :meth:`predict_logits` (the image and its mirror); by default what model.json
         #: records (``graft evaluate RUN --tta`` writes ``tta: true`` there)
-        self.tta: bool = bool(meta.get("tta", False))
+        self.tta: bool = bool(meta.tta)
 
     def _repr_html_(self) -> str:
         """Jupyter: the run this classifier was loaded from (summary, curves, confusion matrix) and its device."""
@@ -102,7 +104,7 @@ class Classifier(abc.ABC):
 
     def prepare(self) -> Classifier:
         """Build whatever runs the model before images are decoded on other threads (see
-        :meth:`graft.inference.floatrun.FloatClassifier.prepare`); nothing for runs that need no preparing."""
+        :meth:`graft.inference.float_classifier.FloatClassifier.prepare`); nothing for runs that need no preparing."""
         return self
 
     def float_model(self) -> torch.nn.Module | None:

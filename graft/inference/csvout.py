@@ -64,7 +64,7 @@ def predict_to_csv(
     import sys
     import time
 
-    from graft.core.runtime import progress
+    from graft.core.progress import progress
 
     out = Path(out)
     index, count = shard

@@ -20,43 +20,38 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
 from graft.core.preprocess import Preprocess, eval_transform
-from graft.core.runtime import autocast, prepare_input
+from graft.core.runmeta import ENSEMBLE, RunMeta
 from graft.inference.classifier import Classifier, ImageInput
-from graft.inference.floatrun import body_and_head
-
-KIND = "ensemble"
+from graft.inference.float_classifier import body_and_head
 
 
-def is_ensemble(meta: dict[str, Any]) -> bool:
-    return meta.get("kind") == KIND
-
-
-def ensemble_meta(members: list[dict[str, Any]], paths: list[str]) -> dict[str, Any]:
+def ensemble_meta(members: list[RunMeta], paths: list[str]) -> dict[str, Any]:
     """``model.json`` of an ensemble of the runs whose ``model.json`` contents are ``members``, at ``paths``
     (relative to the ensemble's run directory)."""
     first = members[0]
-    if any(m["classes"] != first["classes"] for m in members):
+    if any(m.classes != first.classes for m in members):
         raise RunError("ensemble members must have the same classes in the same order")
     return {
-        "format": first["format"],
-        "kind": KIND,
-        "arch": "ensemble(" + ",".join(m["arch"] for m in members) + ")",
-        "mode": "freeze" if all(m.get("mode") == "freeze" for m in members) else "mixed",
-        "classes": first["classes"],
-        "preprocess": first["preprocess"],
+        "format": first.format,
+        "kind": ENSEMBLE,
+        "arch": "ensemble(" + ",".join(m.arch for m in members) + ")",
+        "mode": "freeze" if all(m.mode == "freeze" for m in members) else "mixed",
+        "classes": list(first.classes),
+        "preprocess": first.to_dict()["preprocess"],
         "head": None,
         "combine": "mean of the members' probabilities",
         "members": paths,
-        "versions": first.get("versions"),
+        "versions": first.versions,
     }
 
 
 class EnsembleClassifier(Classifier):
     """The mean of the probabilities of several loaded float runs."""
 
-    def __init__(self, meta: dict[str, Any], device: torch.device, run_dir: Path, members: list[Classifier]) -> None:
+    def __init__(self, meta: RunMeta, device: torch.device, run_dir: Path, members: list[Classifier]) -> None:
         super().__init__(meta, device, run_dir)
         self.members = members
         self.views = _distinct([m.preprocess.to_dict() for m in members])  # one input crop per preprocessing
@@ -146,17 +141,17 @@ class EnsembleModule(nn.Module):
 
 
 def load_ensemble(
-    run_dir: Path, meta: dict[str, Any], *, device: str, load_member: Callable[..., Classifier]
+    run_dir: Path, meta: RunMeta, *, device: str, load_member: Callable[..., Classifier]
 ) -> EnsembleClassifier:
     """The ensemble at ``run_dir``; ``load_member(path, device=..., prepare=False)`` loads one member run (each
     checks its own weights' sha256)."""
     members = []
-    for rel in meta.get("members") or []:
+    for rel in meta.members or ():
         path = (run_dir / rel).resolve()
         if run_dir.resolve() not in path.parents:
             raise RunError(f"{run_dir / 'model.json'}: member {rel!r} is outside the run directory")
         member = load_member(path, device=device, prepare=False)
-        if member.float_model() is None or member.classes != list(meta["classes"]):
+        if member.float_model() is None or member.classes != list(meta.classes):
             raise RunError(f"{path}: not a float run with the ensemble's classes")
         members.append(member)
     if not members:

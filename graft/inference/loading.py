@@ -6,29 +6,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.device import pick_device
 from graft.core.errors import RunError
-from graft.core.heads import HeadSpec
-from graft.core.runtime import pick_device
+from graft.core.runmeta import RunMeta, field_error
 from graft.inference.classifier import Classifier
-from graft.inference.ensemble import is_ensemble, load_ensemble
-from graft.inference.floatrun import FloatClassifier
+from graft.inference.ensemble import load_ensemble
+from graft.inference.float_classifier import FloatClassifier
+from graft.inference.int8_classifier import load_int8
 
 
-def is_int8(meta: dict[str, Any]) -> bool:
-    """Whether ``model.json`` content ``meta`` describes an int8 run (``graft quantize``, ``graft train --int8``,
-    ``--mode qat``): their writer (:func:`graft.int8.ptq.finish_int8_run`) records the program file and a
-    ``quantization`` block with its format. The one test every command uses."""
-    info = meta.get("quantization")
-    quantized = isinstance(info, dict) and str(info.get("format", "")).startswith("graft-int8/")
-    return quantized or bool(meta.get("program_file"))
+def is_int8(meta: RunMeta | dict[str, Any]) -> bool:
+    """Whether ``meta`` (a run's ``model.json``, read or as a dict) describes an int8 run (``graft quantize``,
+    ``graft train --int8``, ``--mode qat``): their writer (:func:`graft.int8.ptq.finish_int8_run`) records the
+    program file and a ``quantization`` block with its format (:attr:`RunMeta.is_int8`)."""
+    return (meta if isinstance(meta, RunMeta) else RunMeta.from_dict(meta)).is_int8
 
 
-def read_meta(run_dir: Path) -> dict[str, Any] | None:
-    """``run_dir/model.json`` as a dict, or None when it is missing, unreadable or not an object (a float run's
-    loader then recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`)."""
-    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE)
-    return meta if isinstance(meta, dict) else None
+def read_meta(run_dir: Path) -> RunMeta | None:
+    """``run_dir/model.json``, checked; None when it is missing or not a JSON object (a float run's loader then
+    recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`). A JSON object with a wrong
+    field is a RunError naming the field."""
+    meta = atomic.read_json_or(run_dir / ckpt.META_FILE)
+    return RunMeta.from_dict(meta, source=run_dir / ckpt.META_FILE) if isinstance(meta, dict) else None
 
 
 def load(
@@ -52,19 +53,19 @@ def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; pass a folder written by graft train")
     meta = read_meta(run_dir)
-    if meta is not None and is_int8(meta):
-        from graft.int8.program import load_int8
-
+    if meta is not None and meta.is_int8:
         return load_int8(run_dir, meta, device=device)
-    if meta is not None and is_ensemble(meta):  # graft train --auto --ensemble K: members loaded as runs
+    if meta is not None and meta.is_ensemble:  # graft train --auto --ensemble K: members loaded as runs
         clf = load_ensemble(run_dir, meta, device=device, load_member=load)
         return clf.prepare() if prepare else clf
-    meta, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
-    if meta.get("format") != ckpt.FORMAT:
-        raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.get('format')!r}; this graft reads {ckpt.FORMAT}")
-    spec = get_backbone(meta["arch"])
-    arch_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get("arch_kwargs", {}).items()}
-    model = build_for_inference(spec, len(meta["classes"]), HeadSpec.from_dict(meta["head"]), arch_kwargs)
+    found, state = ckpt.load_model(run_dir)  # sha256 verified; a crash between the two writes is resolved
+    meta = RunMeta.from_dict(found, source=run_dir / ckpt.META_FILE)
+    if meta.format != ckpt.FORMAT:
+        raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.format!r}; this graft reads {ckpt.FORMAT}")
+    if meta.head is None:
+        raise field_error(run_dir / ckpt.META_FILE, "head", "is null (only an ensemble has no head of its own)")
+    spec = get_backbone(meta.arch)
+    model = build_for_inference(spec, len(meta.classes), meta.head, meta.builder_kwargs())
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

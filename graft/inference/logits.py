@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from graft.core import checkpoint as ckpt
-from graft.core.runtime import autocast
+from graft.core import atomic
+from graft.core.device import autocast
 from graft.features.store import FeatureStore, body_key, file_identity, planned_engine, store_key
 
 
@@ -53,18 +53,18 @@ def stored_val_logits(clf: Any, run_dir: Path, paths: Sequence[Path], *, batch_s
         log_probs = torch.log_softmax(torch.from_numpy(np.stack(parts)), dim=2)
         return (torch.logsumexp(log_probs, dim=0) - math.log(len(parts))).numpy()
     model = clf.float_model()
-    meta, config = clf.meta, ckpt.read_json_or(run_dir / "config.json", {})
-    sha = (meta.get("pretrained") or {}).get("sha256")
+    meta, config = clf.meta, atomic.read_json_or(run_dir / "config.json", {})
+    sha = (meta.pretrained or {}).get("sha256")
     if (
         model is None
         or clf.tta
-        or meta.get("mode") != "freeze"
+        or meta.mode != "freeze"
         or not sha
         or not config.get("cache_features", False)
         or not paths
     ):
         return None
-    body = body_key(meta["arch"], meta.get("arch_kwargs", {}), sha, clf.device.type)
+    body = body_key(meta.arch, meta.arch_kwargs, sha, clf.device.type)
     key = store_key(**body, preprocess=clf.preprocess, view=0, engine=planned_engine(clf.device))
     try:
         found, missing = FeatureStore(key).lookup([file_identity(p) for p in paths])

@@ -11,7 +11,6 @@ which is what keeps the report at the end of ``graft train`` cheap.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,41 +19,22 @@ from typing import Any
 
 import numpy as np
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.errors import DataError
-from graft.core.rundir import run_val_items
+from graft.core.metrics import (
+    accuracy,
+    balanced_accuracy,
+    confusion_matrix,
+    macro_f1,
+    precision_recall_f1,
+    wilson_interval,
+)
+from graft.core.rundir import run_split
+from graft.core.runmeta import RunMeta
+from graft.core.runmetrics import RunMetrics
 from graft.inference.logits import compute_logits, stored_val_logits
 from graft.insight.multilabel import evaluate_multilabel, table_labels
-
-#: z of a two-sided 95% interval
-Z95 = 1.959963984540054
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# metrics (plain numpy, no torch)
-
-
-def wilson_interval(correct: int, n: int, *, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n`` (95% by default); ``(0, 1)`` when ``n`` is 0.
-
-    Unlike the normal approximation it stays inside [0, 1] and behaves at 0% and 100% accuracy.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if correct <= 0 else max(0.0, centre - half)  # exact bounds at 0% and 100%, not 1 - 1e-16
-    hi = 1.0 if correct >= n else min(1.0, centre + half)
-    return lo, hi
-
-
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
-    """``(n_classes, n_classes)`` int64 counts: rows are true classes, columns predicted classes."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return cm
 
 
 @dataclass(frozen=True)
@@ -80,24 +60,10 @@ class ClassMetrics:
 
 
 def per_class_metrics(cm: np.ndarray, classes: Sequence[str]) -> list[ClassMetrics]:
-    """Per-class precision, recall and F1 from a confusion matrix (rows true, columns predicted)."""
-    out = []
-    for i, name in enumerate(classes):
-        tp, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out.append(ClassMetrics(name, precision, recall, f1, support, predicted))
-    return out
-
-
-def balanced_accuracy(cm: np.ndarray) -> float:
-    """Mean recall over the classes that have images (sklearn's definition)."""
-    support = cm.sum(axis=1)
-    present = support > 0
-    if not present.any():
-        return 0.0
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    """Per-class precision, recall and F1 (:func:`graft.core.metrics.precision_recall_f1`) of a confusion matrix
+    (rows true, columns predicted), named."""
+    p, r, f1, support, predicted = (a.tolist() for a in precision_recall_f1(cm))
+    return [ClassMetrics(c, p[i], r[i], f1[i], support[i], predicted[i]) for i, c in enumerate(classes)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,7 +128,7 @@ class EvaluationResult:
 
     @property
     def accuracy(self) -> float:
-        return self.correct / max(self.n, 1)
+        return accuracy(self.labels, self.predicted)
 
     @property
     def accuracy_ci95(self) -> tuple[float, float]:
@@ -233,7 +199,7 @@ class EvaluationResult:
             "accuracy_ci95": [lo, hi],
             "ci_method": "Wilson score interval",
             "balanced_accuracy": self.balanced_accuracy,
-            "macro_f1": float(np.mean([m.f1 for m in per_class])) if per_class else 0.0,
+            "macro_f1": macro_f1(self.confusion),
             "run_best_val_acc": self.best_val_acc,
             "classes": self.classes,
             "per_class": [m.to_dict() for m in per_class],
@@ -336,8 +302,8 @@ def evaluate(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     clf = load(run_dir, device=device, prepare=False, tta=bool(tta))  # stored val features need only the head
-    config = ckpt.read_json_or(run_dir / "config.json", {})
-    metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
+    config = atomic.read_json_or(run_dir / "config.json", {})
+    metrics = RunMetrics.read(run_dir)
     batch_size = batch_size or int(config.get("batch_size", 32))
     if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves (graft.insight.multilabel)
         return evaluate_multilabel(
@@ -356,7 +322,7 @@ def evaluate(
         labels=np.asarray([labels[i] for i in kept], dtype=np.int64),
         logits=logits,
         unreadable=unreadable,
-        best_val_acc=metrics.get("best_val_acc"),
+        best_val_acc=metrics.best_val_acc,
         features=features,
         tta=clf.tta,
     )
@@ -384,8 +350,8 @@ def _items_and_out_dir(
     """(paths, labels, source, output folder) of :func:`evaluate`: the run's val split into ``run_dir``, or the
     images of ``data`` into ``run_dir/eval-<data name>``; ``out`` overrides the folder."""
     if data is None:
-        paths, labels = run_val_items(run_dir, classes)
-        return paths, labels, "val split", Path(out) if out is not None else run_dir
+        split = run_split(run_dir, "val", classes)
+        return split.paths, split.labels, "val split", Path(out) if out is not None else run_dir
     if Path(data).suffix.lower() in (".csv", ".tsv"):  # a table's val rows (every row without a split column)
         paths, labels = table_labels(run_dir, Path(data), classes)
     else:
@@ -411,9 +377,9 @@ def _logits(
 
 def record_tta(run_dir: Path, tta: bool | None) -> None:
     """``tta`` (unless None) into ``run_dir/model.json``: what :func:`graft.load` (predict, serve) defaults to."""
-    meta = ckpt.read_json(run_dir / ckpt.META_FILE) if tta is not None else {}
-    if tta is not None and meta.get("tta", False) != tta:
-        ckpt.atomic_write_json(run_dir / ckpt.META_FILE, meta | {"tta": tta})
+    meta = RunMeta.read(run_dir) if tta is not None else None
+    if meta is not None and bool(meta.tta) != tta:
+        atomic.atomic_write_json(run_dir / ckpt.META_FILE, meta.replace(tta=tta).to_dict())
 
 
 def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int]:
@@ -432,7 +398,7 @@ def grid_indices(result: EvaluationResult, k: int, *, seed: int = 0) -> list[int
 def write_tables(result: EvaluationResult) -> None:
     """``evaluation.json`` and ``per_class.csv`` in ``result.out_dir``."""
     result.files["per_class.csv"] = result.out_dir / "per_class.csv"
-    ckpt.write_csv(
+    atomic.write_csv(
         result.files["per_class.csv"],
         ["class", "precision", "recall", "f1", "support", "predicted"],
         [
@@ -441,7 +407,7 @@ def write_tables(result: EvaluationResult) -> None:
         ],
     )
     result.files["evaluation.json"] = result.out_dir / "evaluation.json"
-    ckpt.atomic_write_json(result.files["evaluation.json"], result.to_dict())
+    atomic.atomic_write_json(result.files["evaluation.json"], result.to_dict())
 
 
 def write_figures(

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.errors import GraftError
 
 
@@ -57,7 +57,7 @@ def save_figure(fig: Any, path: str | Path | None, *, dpi: int = 100) -> Any:
         return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_bytes(path, png_bytes(fig, dpi=dpi))
+    atomic.atomic_write_bytes(path, png_bytes(fig, dpi=dpi))
     return path
 
 

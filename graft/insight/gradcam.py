@@ -131,7 +131,7 @@ def gradcam(
     from graft.core.preprocess import normalize
     from graft.models.backbones import get_backbone
 
-    arch = clf.meta["arch"]
+    arch = clf.meta.arch
     declared = get_backbone(arch).gradcam_layer
     if declared is None:  # true of every run of the architecture: said before anything run-specific
         raise _no_spatial_layer(arch)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.errors import GraftError
 from graft.training.callbacks import Callback
 from graft.training.lrfind import RangeTest, read_csv
@@ -46,7 +46,7 @@ def plot_lr_find(test: RangeTest, path: str | Path | None = None) -> Any:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write_bytes(path, buf.getvalue())
+    atomic.atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
 

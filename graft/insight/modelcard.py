@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
-from graft.insight.evaluation import wilson_interval
+from graft.core import atomic
+from graft.core.metrics import wilson_interval
+from graft.core.runmeta import RunMeta
+from graft.core.runmetrics import RunMetrics
 from graft.training.callbacks import Callback
 
 CARD_FILE = "README.md"
@@ -42,7 +44,7 @@ def write_model_card(run_dir: str | Path) -> Path:
     """Write ``RUN/README.md`` from the run's files; returns its path."""
     run_dir = Path(run_dir)
     path = run_dir / CARD_FILE
-    ckpt.atomic_write_text(path, render_model_card(run_dir))
+    atomic.atomic_write_text(path, render_model_card(run_dir))
     return path
 
 
@@ -65,15 +67,15 @@ class _Run:
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
-        self.meta = ckpt.read_json(run_dir / "model.json")
-        self.config = ckpt.read_json_or(run_dir / "config.json") or {}
-        self.metrics = ckpt.read_json_or(run_dir / "metrics.json") or {}
-        self.data = ckpt.read_json_or(run_dir / "data_report.json") or {}
-        ev = ckpt.read_json_or(run_dir / "evaluation.json")
+        self.meta = RunMeta.read(run_dir)
+        self.config = atomic.read_json_or(run_dir / "config.json") or {}
+        self.metrics = RunMetrics.read(run_dir)
+        self.data = atomic.read_json_or(run_dir / "data_report.json") or {}
+        ev = atomic.read_json_or(run_dir / "evaluation.json")
         # a multi-label evaluation has no accuracy: its card gives the mAP and F1 of metrics.json (:func:`_metrics`)
         self.evaluation = ev if ev and ev.get("source") == "val split" and ev.get("task") != "multilabel" else None
-        self.quant = ckpt.read_json_or(run_dir / "quantization.json")
-        self.classes: list[str] = list(self.meta.get("classes") or self.metrics.get("classes") or [])
+        self.quant = atomic.read_json_or(run_dir / "quantization.json")
+        self.classes: list[str] = list(self.meta.classes)
 
     @property
     def int8(self) -> bool:
@@ -96,10 +98,10 @@ class _Run:
         if m.get("test_acc") is None or not m.get("n_test"):
             return None
         lo, hi = m.get("test_acc_ci95") or (0.0, 1.0)
-        return m["test_acc"], m["n_test"], (lo, hi)
+        return m.test_acc, m.n_test, (lo, hi)
 
     def summary(self) -> str:
-        arch, mode = self.meta.get("arch", "?"), self.meta.get("mode", "?")
+        arch, mode = self.meta.arch, self.meta.mode or "?"
         what = f"An image classifier of {len(self.classes)} classes ({_names(self.classes)}), trained by "
         what += f"[graft](https://pypi.org/project/graft/) from `{arch}` ({_mode_words(mode, self.int8)})."
         val = self.val_accuracy()
@@ -110,8 +112,8 @@ class _Run:
 
 
 def _front_matter(run: _Run) -> dict[str, Any]:
-    tags = ["graft", "image-classification", "transfer-learning", str(run.meta.get("arch", ""))]
-    tags += [str(run.meta.get("mode", ""))] + (["int8"] if run.int8 else [])
+    tags = ["graft", "image-classification", "transfer-learning", run.meta.arch]
+    tags += [run.meta.mode or ""] + (["int8"] if run.int8 else [])
     card: dict[str, Any] = {
         "library_name": "graft",
         "pipeline_tag": "image-classification",
@@ -141,29 +143,30 @@ def _front_matter(run: _Run) -> dict[str, Any]:
 
 def _description(run: _Run) -> str:
     meta, cfg = run.meta, run.config
-    pre, head, weights = meta.get("preprocess", {}), meta.get("head", {}), meta.get("pretrained", {})
+    pre, weights = meta.preprocess, meta.pretrained or {}
+    head = meta.to_dict().get("head") or {}
     start = weights.get("tag") or weights.get("source") or "?"
     if weights.get("sha256"):
         start += f" (`{Path(weights.get('file') or 'weights').name}`, sha256 {weights['sha256'][:12]}...)"
     hidden = head.get("hidden") or []
-    layers = " -> ".join(str(w) for w in [meta.get("in_features", "?"), *hidden, len(run.classes)])
+    layers = " -> ".join(str(w) for w in [meta.in_features or "?", *hidden, len(run.classes)])
     shape = "one Linear layer" if not hidden else "an MLP"
     dropout = f", dropout {head['dropout']}" if head.get("dropout") else ""
     rows = [
-        ("Backbone", f"`{meta.get('arch', '?')}` ({meta.get('arch_source', '?')})"),
+        ("Backbone", f"`{meta.arch}` ({meta.arch_source or '?'})"),
         ("Starting weights", start),
-        ("Mode", _mode_words(meta.get("mode", "?"), run.int8)),
+        ("Mode", _mode_words(meta.mode or "?", run.int8)),
         ("Head", f"{shape}: {layers}{dropout}"),
         (
             "Input",
-            f"{pre.get('input_size', '?')} px centre crop of a {pre.get('resize_size', '?')} px resize "
-            f"({pre.get('interpolation', '?')}), normalised with mean {pre.get('mean')} and std {pre.get('std')}",
+            f"{pre.input_size} px centre crop of a {pre.resize_size} px resize "
+            f"({pre.interpolation}), normalised with mean {list(pre.mean)} and std {list(pre.std)}",
         ),
         ("Weights file", _weights_file(run)),
         ("Training", _training_words(cfg, run.metrics)),
-        ("Versions", ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items())),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in (meta.versions or {}).items())),
     ]
-    tracked = ckpt.read_json_or(run.dir / "mlflow.json")
+    tracked = atomic.read_json_or(run.dir / "mlflow.json")
     if tracked:
         rows.append(("MLflow", f"run `{tracked['run_id']}` of experiment {tracked['experiment']!r}"))
     return "## Model description\n\n" + _table(["", ""], rows)
@@ -183,24 +186,24 @@ def _weights_file(run: _Run) -> str:
     if run.int8:
         q = (run.quant or {}).get("quantization", {})
         bits = q.get("activation_bits")
-        return f"`{meta.get('program_file', 'model.pt2')}` (torch.export program, int8 weights" + (
+        return f"`{meta.program_file or 'model.pt2'}` (torch.export program, int8 weights" + (
             f", {bits}-bit activations)" if bits else ")"
         )
-    sha = meta.get("weights_sha256")
-    return f"`{meta.get('weights_file', 'model.safetensors')}`" + (f" (sha256 {sha[:12]}...)" if sha else "")
+    sha = meta.weights_sha256
+    return f"`{meta.weights_file or 'model.safetensors'}`" + (f" (sha256 {sha[:12]}...)" if sha else "")
 
 
-def _training_words(cfg: dict[str, Any], metrics: dict[str, Any]) -> str:
+def _training_words(cfg: dict[str, Any], metrics: RunMetrics) -> str:
     if not cfg:
         return "config.json is not available"
     parts = [f"{metrics.get('epochs_run', '?')} epochs run of {cfg.get('epochs')}"]
     if metrics.get("best_epoch"):
-        parts[0] += f" (best: epoch {metrics['best_epoch']})"
+        parts[0] += f" (best: epoch {metrics.best_epoch})"
     lr = cfg.get("lr") or "graft's default for each stage"
     parts.append(f"{cfg.get('optimizer')}, lr {lr}, {cfg.get('scheduler')} schedule")
     parts.append(f"batch size {cfg.get('batch_size')}, seed {cfg.get('seed')}")
     if metrics.get("train_seconds") is not None:
-        parts.append(f"{metrics['train_seconds']:.0f} s on {metrics.get('device', '?')}")
+        parts.append(f"{metrics.train_seconds:.0f} s on {metrics.device or '?'}")
     return "; ".join(parts) + " (all options: `config.json`)"
 
 
@@ -233,8 +236,8 @@ def _data(run: _Run) -> str:
 def _metrics(run: _Run) -> str:
     lines = ["## Metrics", ""]
     m = run.metrics
-    if "best_val_map" in m:  # a multi-label run: mAP, and F1 at the per-class thresholds chosen on val
-        rows = [("val mAP", f"{m['best_val_map']:.4f}")] + [
+    if m.best_val_map is not None:  # a multi-label run: mAP, and F1 at the per-class thresholds chosen on val
+        rows = [("val mAP", f"{m.best_val_map:.4f}")] + [
             (f"val {k} F1 at the thresholds", f"{m.get(f'val_{k}_f1', float('nan')):.4f}") for k in ("micro", "macro")
         ]
         return "\n".join([*lines, _table(["metric", "value"], rows), "", f"Thresholds: `{m.get('thresholds')}`"])

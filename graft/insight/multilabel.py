@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core.errors import RunError
+from graft.core.metrics import mean_average_precision, multilabel_f1, per_class_ap, pr_curve
 from graft.core.rundir import read_split
+from graft.core.runmetrics import RunMetrics
 from graft.inference import multilabel as ml
 
 
@@ -47,15 +49,15 @@ class MultiLabelEvaluation:
 
     @property
     def ap(self) -> list[float]:
-        return ml.per_class_ap(self.probs, self.targets)
+        return per_class_ap(self.probs, self.targets)
 
     @property
     def map(self) -> float:
-        return ml.mean_average_precision(self.probs, self.targets)
+        return mean_average_precision(self.probs, self.targets)
 
     @property
     def f1(self) -> dict[str, Any]:
-        return ml.f1_report(self.probs, self.targets, self.thresholds)
+        return multilabel_f1(self.probs, self.targets, self.thresholds)
 
     def summary(self) -> str:
         f1 = self.f1
@@ -138,7 +140,7 @@ def evaluate_multilabel(
     paths, sets, source, out_dir = _items(run_dir, data, out, clf.classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     logits, kept, unreadable, features = logits_of(clf, run_dir, paths, val_split=data is None, batch_size=batch_size)
-    metrics = ckpt.read_json_or(run_dir / "metrics.json", {})
+    metrics = RunMetrics.read(run_dir)
     result = MultiLabelEvaluation(
         run_dir=run_dir,
         out_dir=out_dir,
@@ -149,7 +151,7 @@ def evaluate_multilabel(
         probs=ml.sigmoid(logits).reshape(len(kept), len(clf.classes)),
         thresholds=list(clf.thresholds),
         unreadable=unreadable,
-        run_best_val_map=metrics.get("best_val_map"),
+        run_best_val_map=metrics.best_val_map,
         features=features,
     )
     _write_tables(result)
@@ -189,7 +191,7 @@ def table_labels(
     run's column options, and their labels: class indices, or (``multilabel``) tuples of them."""
     from graft.data.tables import table_items
 
-    config = ckpt.read_json_or(run_dir / "config.json", {})
+    config = atomic.read_json_or(run_dir / "config.json", {})
     options = {k: config.get(k) for k in ("path_col", "label_col", "split_col", "label_delim")}
     paths, sets = table_items(table, list(classes), multilabel=multilabel, **options)
     return paths, (sets if multilabel else [s[0] for s in sets])
@@ -199,9 +201,9 @@ def _write_tables(result: MultiLabelEvaluation) -> None:
     result.files["per_class.csv"] = result.out_dir / "per_class.csv"
     header = ["class", "threshold", "ap", "precision", "recall", "f1", "support", "predicted"]
     rows = [[("" if r[k] is None else r[k]) for k in header] for r in result.per_class()]
-    ckpt.write_csv(result.files["per_class.csv"], header, rows)
+    atomic.write_csv(result.files["per_class.csv"], header, rows)
     result.files["evaluation.json"] = result.out_dir / "evaluation.json"
-    ckpt.atomic_write_json(result.files["evaluation.json"], result.to_dict())
+    atomic.atomic_write_json(result.files["evaluation.json"], result.to_dict())
 
 
 def plot_pr_curves(result: MultiLabelEvaluation, path: Path) -> Any:
@@ -213,7 +215,7 @@ def plot_pr_curves(result: MultiLabelEvaluation, path: Path) -> Any:
     for i, c in enumerate(result.classes):
         if result.targets[:, i].sum() == 0:
             continue  # no positive image: no curve
-        precision, recall = ml.pr_curve(result.probs[:, i], result.targets[:, i])
+        precision, recall = pr_curve(result.probs[:, i], result.targets[:, i])
         (line,) = ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="post", label=f"{c} (AP {result.ap[i]:.3f})")
         f1 = result.f1
         ax.plot([f1["recall"][i]], [f1["precision"][i]], "o", color=line.get_color(), ms=6)

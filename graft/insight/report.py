@@ -20,7 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.runmeta import RunMeta
+from graft.core.runmetrics import RunMetrics
 
 REPORT_FILE = "report.html"
 FIGURES = ("curves.png", "confusion_matrix.png", "predictions.png", "top_losses.png")
@@ -63,7 +66,7 @@ def write_report(
     if evaluation is None:
         evaluate(run_dir, plots=figures, explain=explain, explain_predictions=False, device=_trained_on(run_dir))
     path = run_dir / REPORT_FILE
-    ckpt.atomic_write_text(path, render_report(run_dir, report_seconds=time.perf_counter() - started))
+    atomic.atomic_write_text(path, render_report(run_dir, report_seconds=time.perf_counter() - started))
     if log is not None:
         log(f"report: {path} ({time.perf_counter() - started:.1f}s)")
     return path
@@ -87,7 +90,7 @@ def _trained_on(run_dir: Path) -> str:
     phase's numerics (and a frozen run's stored val features, which are keyed by device) are the training's."""
     import torch
 
-    device = str((ckpt.read_json_or(run_dir / "metrics.json") or {}).get("device") or "auto").split(":")[0]
+    device = (RunMetrics.read(run_dir).device or "auto").split(":")[0]
     present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     return device if present.get(device) else "auto"
 
@@ -131,12 +134,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _model_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
-    from graft.inference.loading import is_int8
-
-    if is_int8(meta):
+def _model_size(run_dir: Path, meta: RunMeta) -> list[tuple[str, Any]]:
+    if meta.is_int8:
         return _program_size(run_dir, meta)
-    path = run_dir / meta.get("weights_file", ckpt.MODEL_FILE)
+    path = run_dir / (meta.weights_file or ckpt.MODEL_FILE)
     if not path.is_file():
         return [("weights file", "missing")]
     total = head = 0
@@ -156,18 +157,18 @@ def _model_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
         ("weights file", f"{path.name}, {_size(path.stat().st_size)}"),
         ("values stored (parameters and buffers)", f"{total:,}"),
         ("of which the head", f"{head:,}"),
-        ("weights sha256", meta.get("weights_sha256", "?")),
+        ("weights sha256", meta.weights_sha256 or "?"),
     ]
 
 
-def _program_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
+def _program_size(run_dir: Path, meta: RunMeta) -> list[tuple[str, Any]]:
     """The model rows of an int8 run: its program file (int8 body and float head in one) and how it was made."""
-    info = meta.get("quantization") or {}
+    info = meta.quantization or {}
     backend = info.get("backend") or {}
-    path = run_dir / meta.get("program_file", "model.pt2")
+    path = run_dir / (meta.program_file or "model.pt2")
     rows: list[tuple[str, Any]] = [
         ("int8 program file", f"{path.name}, {_size(path.stat().st_size)}" if path.is_file() else "missing"),
-        ("program sha256", meta.get("program_sha256", "?")),
+        ("program sha256", meta.program_sha256 or "?"),
         (
             "quantization",
             f"{info.get('method', '?')}, {backend.get('name', '?')} (reduce_range {backend.get('reduce_range', '?')}), "
@@ -179,10 +180,10 @@ def _program_size(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
-def _environment(meta: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+def _environment(meta: RunMeta | None, metrics: RunMetrics) -> list[tuple[str, Any]]:
     import importlib.metadata
 
-    versions = dict(meta.get("versions", {}))
+    versions = dict((meta.versions if meta else None) or {})
     for package in ("numpy", "pillow", "matplotlib"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions.setdefault(package, importlib.metadata.version(package))
@@ -208,7 +209,7 @@ def _layout_text(report: dict[str, Any]) -> str:
     return f"one folder per class, {held}"
 
 
-def _data_section(report: dict[str, Any] | None, metrics: dict[str, Any]) -> str:
+def _data_section(report: dict[str, Any] | None, metrics: RunMetrics) -> str:
     if not report:
         return '<p class="muted">data_report.json is not available.</p>'
     classes = report.get("classes", [])
@@ -302,26 +303,23 @@ def _evaluation_section(run_dir: Path, ev: dict[str, Any] | None) -> str:
     )
 
 
-def _summary_cards(
-    config: dict[str, Any], metrics: dict[str, Any], meta: dict[str, Any], ev: dict[str, Any] | None
-) -> str:
+def _summary_cards(config: dict[str, Any], metrics: RunMetrics, meta: RunMeta | None, ev: dict[str, Any] | None) -> str:
     """The headline figures at the top of the page: accuracy (and its interval), best epoch, model, time."""
-    from graft.inference.loading import is_int8
-
+    arch = meta.arch if meta else config.get("arch", "?")
     best = metrics.get("best_val_acc")
     cards = [
         ("best val accuracy", f"{best:.4f}" if isinstance(best, float) else "?"),
         ("best epoch", f"{metrics.get('best_epoch', '?')} of {metrics.get('epochs_run', '?')}" + _selected(metrics)),
-        ("architecture", f"{meta.get('arch', config.get('arch', '?'))} ({config.get('mode', '?')})"),
+        ("architecture", f"{arch} ({config.get('mode', '?')})"),
         ("training time", f"{metrics.get('train_seconds', 0):.1f} s"),
     ]
-    if is_int8(meta):  # its accuracy is the int8 program's; the float model's is the reference beside it
+    if meta and meta.is_int8:  # its accuracy is the int8 program's; the float model's is the reference beside it
         fp32 = metrics.get("fp32_val_acc")
         cards[0] = ("int8 val accuracy", cards[0][1])
         cards[1] = ("float val accuracy", f"{fp32:.4f}" if isinstance(fp32, float) else "?")
-        cards[2] = (cards[2][0], f"{meta.get('arch', '?')} ({config.get('mode', '?')}, int8)")
+        cards[2] = (cards[2][0], f"{arch} ({config.get('mode', '?')}, int8)")
     if isinstance(metrics.get("best_val_map"), float):  # a multi-label run
-        cards[0] = ("best val mAP", f"{metrics['best_val_map']:.4f}")
+        cards[0] = ("best val mAP", f"{metrics.best_val_map:.4f}")
     if ev and "accuracy_ci95" in ev:
         lo, hi = ev["accuracy_ci95"]
         cards.insert(1, ("95% CI", f"{lo:.3f} to {hi:.3f}"))
@@ -333,7 +331,7 @@ def _summary_cards(
     return "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in cards)
 
 
-def _selected(metrics: dict[str, Any]) -> str:
+def _selected(metrics: RunMetrics) -> str:
     """How the best epoch was chosen, when not by val accuracy (``--select-by``)."""
     by = metrics.get("selected_by")
     return f" (by val {by.replace('_', ' ')})" if by and by != "acc" else ""
@@ -356,9 +354,7 @@ def _curves_section(run_dir: Path, results: list[dict[str, Any]]) -> str:
     )
 
 
-def _timing_rows(
-    metrics: dict[str, Any], ev: dict[str, Any] | None, report_seconds: float | None
-) -> list[tuple[str, Any]]:
+def _timing_rows(metrics: RunMetrics, ev: dict[str, Any] | None, report_seconds: float | None) -> list[tuple[str, Any]]:
     timing: list[tuple[str, Any]] = [
         ("whole run (scan, features, training, saving)", f"{metrics.get('train_seconds', 0):.2f} s"),
         ("training epochs", f"{metrics.get('fit_seconds', 0):.2f} s"),
@@ -371,14 +367,16 @@ def _timing_rows(
     return timing
 
 
-def _model_rows(run_dir: Path, meta: dict[str, Any]) -> list[tuple[str, Any]]:
-    pretrained = meta.get("pretrained", {})
+def _model_rows(run_dir: Path, meta: RunMeta | None) -> list[tuple[str, Any]]:
+    if meta is None:
+        return [("model.json", "missing: the run has not saved a model")]
+    pretrained, written = meta.pretrained or {}, meta.to_dict()
     return [
-        ("architecture", f"{meta.get('arch', '?')} ({meta.get('arch_source', '?')})"),
+        ("architecture", f"{meta.arch} ({meta.arch_source or '?'})"),
         ("starting weights", f"{pretrained.get('tag') or ''} {pretrained.get('source', '')}".strip() or "?"),
-        ("head", json.dumps(meta.get("head", {}))),
-        ("preprocessing", json.dumps(meta.get("preprocess", {}))),
-        ("classes", ", ".join(meta.get("classes", []))),
+        ("head", json.dumps(written.get("head", {}))),
+        ("preprocessing", json.dumps(written["preprocess"])),
+        ("classes", ", ".join(meta.classes)),
         *_model_size(run_dir, meta),
     ]
 
@@ -407,7 +405,7 @@ def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
 
     with open(run_dir / "leaderboard.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    auto = ckpt.read_json_or(run_dir / "auto.json") or {}
+    auto = atomic.read_json_or(run_dir / "auto.json") or {}
     keys = ["rank", "arch", "hidden", "dropout", "lr", "weight_decay", "balance", "cv_mean", "cv_sd", "seconds"]
     table = _table(keys, [[r.get(k, "") for k in keys] for r in rows[:top]], numeric_from=3)
     note = (
@@ -421,11 +419,11 @@ def _leaderboard_section(run_dir: Path, *, top: int = 20) -> str:
 def render_report(run_dir: str | Path, *, report_seconds: float | None = None) -> str:
     """The HTML of ``report.html``, from the run's files (missing pieces are noted, not fatal)."""
     run_dir = Path(run_dir)
-    config = ckpt.read_json_or(run_dir / "config.json") or {}
-    metrics = ckpt.read_json_or(run_dir / "metrics.json") or {}
-    meta = ckpt.read_json_or(run_dir / ckpt.META_FILE) or {}
-    data = ckpt.read_json_or(run_dir / "data_report.json")
-    ev = ckpt.read_json_or(run_dir / "evaluation.json")
+    config = atomic.read_json_or(run_dir / "config.json") or {}
+    metrics = RunMetrics.read(run_dir)
+    meta = RunMeta.read_or_none(run_dir)
+    data = atomic.read_json_or(run_dir / "data_report.json")
+    ev = atomic.read_json_or(run_dir / "evaluation.json")
     results = []
     if (run_dir / "results.csv").is_file():
         from graft.insight.plots import read_results

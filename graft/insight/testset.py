@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.data.folders import held_out_test
 from graft.training.callbacks import Callback
 
@@ -41,7 +41,7 @@ def evaluate_test(run_dir: Path, folder: Path, metrics: dict[str, Any], log: Cal
         n_test=result.n,
         test_dir=str(folder),
     )
-    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics)
     unread = f", {len(result.unreadable)} unreadable" if result.unreadable else ""
     log(
         f"test acc {result.accuracy:.4f} (95% CI {lo:.4f}-{hi:.4f}; {result.correct}/{result.n} images of "

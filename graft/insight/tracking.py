@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
 from graft.core.errors import DependencyError, GraftError
@@ -63,14 +63,14 @@ def final_metrics(run_dir: Path, metrics: dict[str, Any]) -> dict[str, float]:
     """The run's numbers at its end: metrics.json's, the val evaluation's (``eval_*``) and an int8 run's
     comparison (``quantization.json``), numbers only."""
     out = {k: float(v) for k, v in metrics.items() if _is_number(v)}
-    ev = ckpt.read_json_or(run_dir / "evaluation.json") or {}
+    ev = atomic.read_json_or(run_dir / "evaluation.json") or {}
     if ev.get("source") == "val split":
         for key in ("accuracy", "balanced_accuracy", "macro_f1"):
             if _is_number(ev.get(key)):
                 out[f"eval_{key}"] = float(ev[key])
         if isinstance(ev.get("accuracy_ci95"), list) and len(ev["accuracy_ci95"]) == 2:
             out["eval_accuracy_ci95_low"], out["eval_accuracy_ci95_high"] = map(float, ev["accuracy_ci95"])
-    quant = ckpt.read_json_or(run_dir / "quantization.json") or {}
+    quant = atomic.read_json_or(run_dir / "quantization.json") or {}
     out |= {k: float(v) for k, v in quant.items() if _is_number(v) and k not in out}
     return out
 
@@ -147,7 +147,7 @@ class TensorBoard(Tracker):
     def on_run_start(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.writer = self._writer_class(log_dir=str(run_dir / TENSORBOARD_DIR), flush_secs=10)
-        config = ckpt.read_json_or(run_dir / "config.json") or {}
+        config = atomic.read_json_or(run_dir / "config.json") or {}
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
 
     @guarded
@@ -171,7 +171,7 @@ class TensorBoard(Tracker):
         would write a second run folder)."""
         from torch.utils.tensorboard.summary import hparams
 
-        config = hyperparameters(ckpt.read_json_or(run_dir / "config.json") or {})
+        config = hyperparameters(atomic.read_json_or(run_dir / "config.json") or {})
         final = {f"final/{k}": v for k, v in final_metrics(run_dir, metrics).items()}
         experiment, start, end = hparams(config, final)
         for summary in (experiment, start, end):
@@ -249,7 +249,7 @@ class MLflow(Tracker):
 
     @guarded
     def on_run_start(self, run_dir: Path) -> None:
-        saved = ckpt.read_json_or(run_dir / MLFLOW_FILE) if self.resume else None
+        saved = atomic.read_json_or(run_dir / MLFLOW_FILE) if self.resume else None
         if saved and saved.get("tracking_uri") == self.uri:  # the run this one continues
             self.run_id = saved["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
@@ -260,7 +260,7 @@ class MLflow(Tracker):
         run = self.client.create_run(self.experiment_id, run_name=run_dir.name, tags=tags)
         self.run_id = run.info.run_id
         record = {"tracking_uri": self.uri, "experiment": self.experiment, "run_id": self.run_id}
-        ckpt.atomic_write_json(run_dir / MLFLOW_FILE, record | {"experiment_id": self.experiment_id})
+        atomic.atomic_write_json(run_dir / MLFLOW_FILE, record | {"experiment_id": self.experiment_id})
         params = [Param(k, str(v)) for k, v in hyperparameters(_config(run_dir)).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
@@ -294,7 +294,7 @@ class MLflow(Tracker):
 
 
 def _config(run_dir: Path) -> dict[str, Any]:
-    return ckpt.read_json_or(run_dir / "config.json") or {}
+    return atomic.read_json_or(run_dir / "config.json") or {}
 
 
 def trackers(cfg: TrainConfig, log: Callable[[str], None] = print) -> list[Tracker]:

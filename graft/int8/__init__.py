@@ -1,24 +1,23 @@
-"""Int8 models: which quantizer for this CPU (:mod:`~graft.int8.backend`), quantizing, compiling, saving and
-loading a program (:mod:`~graft.int8.program`, pickle-free archives: :mod:`~graft.int8.archive`), and
-post-training quantization of a run, ``graft quantize`` (:mod:`~graft.int8.ptq`). Int8 training (``--int8``,
-``--mode qat``) is a training pipeline: :mod:`graft.training.int8`."""
+"""Int8 quantization: which quantizer for this CPU (:mod:`~graft.int8.backend`), quantizing, compiling, checking
+and saving a program (:mod:`~graft.int8.program`), and post-training quantization of a run, ``graft quantize``
+(:mod:`~graft.int8.ptq`). Loading and running a saved program is inference's (:mod:`graft.inference.int8_classifier`,
+pickle-free archives: :mod:`graft.inference.int8_archive`); its names are re-exported here. Int8 training
+(``--int8``, ``--mode qat``) is a training pipeline: :mod:`graft.training.int8`."""
 
-from graft.int8.archive import check_archive
+from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError, check_archive
+from graft.inference.int8_classifier import Int8Classifier, Int8Program, load_int8, load_program
 from graft.int8.backend import (
     ACTIVATION_BITS,
     CPU_FEATURES,
     DEFAULT_CALIB,
-    INT8_FORMAT,
-    PROGRAM_FILE,
     QUANT_FILE,
     Backend,
-    QuantizationError,
     choose_backend,
     cpu_flags,
     cpu_info,
 )
-from graft.int8.program import Int8Classifier, Int8Program, load_int8, load_program, program_bytes, quantize_body
-from graft.int8.ptq import QuantizeResult, accuracy, calibration_batches, float_file, measure, quantize, split_items
+from graft.int8.program import program_bytes, quantize_body
+from graft.int8.ptq import QuantizeResult, accuracy, calibration_batches, float_file, measure, quantize
 
 __all__ = [
     "ACTIVATION_BITS",
@@ -45,5 +44,4 @@ __all__ = [
     "program_bytes",
     "quantize",
     "quantize_body",
-    "split_items",
 ]

@@ -1,4 +1,5 @@
-"""Which int8 quantizer for this CPU, and the int8 constants every int8 module shares.
+"""Which int8 quantizer for this CPU, and the constants of quantizing (the program file's name and format are
+:mod:`graft.inference.int8_archive`'s).
 
 Settings by measurement: X86InductorQuantizer with 8-bit activations where the CPU has VNNI, 7-bit
 (``reduce_range``) where it has not (without VNNI the int8 kernels add pairs of u8 x s8 products in 16 bits, which
@@ -19,20 +20,15 @@ from typing import Any
 
 import torch
 
-from graft.core.errors import ConfigError, GraftError
+from graft.core.errors import ConfigError
+from graft.inference.int8_classifier import backend_name
 
-PROGRAM_FILE = "model.pt2"
 QUANT_FILE = "quantization.json"
-INT8_FORMAT = "graft-int8/1"
 DEFAULT_CALIB = 128
 #: QAT's learning rate, as a share of the fine-tuning one (its weights only adapt to the int8 grid).
 QAT_LR_FACTOR = 0.1
 #: Calibration/QAT batch size and the batch size of the images/s figures.
 BENCH_BATCH = 32
-
-
-class QuantizationError(GraftError):
-    """A model cannot be quantized, or an int8 run cannot be loaded."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,9 +185,9 @@ def choose_backend(machine: str | None = None, flags: set[str] | None = None, ac
     (:func:`quantize_checked`) instead of falling back to 7."""
     if activation_bits not in ACTIVATION_BITS:
         raise ConfigError(f"--activation-bits must be one of {', '.join(ACTIVATION_BITS)} (got {activation_bits!r})")
-    machine = (machine or platform.machine()).lower()
+    name = backend_name(machine)  # a CPU with neither quantizer: QuantizationError
     flags = cpu_flags() if flags is None else flags
-    if machine in ("x86_64", "amd64", "i686", "x86"):
+    if name == "x86_inductor":
         vnni = bool(flags & VNNI)
         if activation_bits == "7":
             return Backend(
@@ -205,25 +201,9 @@ def choose_backend(machine: str | None = None, flags: set[str] | None = None, ac
         if vnni:
             return Backend("x86_inductor", False, "x86 CPU with VNNI: full 8-bit activations")
         return Backend("x86_inductor", True, "x86 CPU without VNNI: 7-bit activations (reduce_range) avoid overflow")
-    if machine in ("aarch64", "arm64"):
-        if activation_bits == "7":
-            raise ConfigError(
-                "--activation-bits 7 is an x86 setting (reduce_range); ARM's quantizer uses 8-bit activations: "
-                "use --activation-bits auto or 8"
-            )
-        return Backend("arm_inductor", False, "ARM CPU: torchao's ArmInductorQuantizer", activation_bits == "8")
-    raise QuantizationError(
-        f"int8 quantization is supported on x86-64 and ARM CPUs; this machine is {machine!r}. "
-        "Use the float run (graft predict works on it) or quantize on an x86-64/ARM machine."
-    )
-
-
-def register_int8_lowering() -> None:
-    """Register inductor's int8 passes for this CPU (dequantize-conv-quantize -> one oneDNN int8 conv, weight
-    prepacking). torchao registers them when its quantizer module is imported; a process that only loads a saved
-    program (``graft predict``) never imports it, and without the passes the compiled program runs the decomposed
-    reference ops: MobileNetV2 at 85 instead of 330-500 images/s on this machine's 2 cores."""
-    import importlib
-
-    name = choose_backend().name  # "x86_inductor" | "arm_inductor"
-    importlib.import_module(f"torchao.quantization.pt2e.quantizer.{name}_quantizer")
+    if activation_bits == "7":
+        raise ConfigError(
+            "--activation-bits 7 is an x86 setting (reduce_range); ARM's quantizer uses 8-bit activations: "
+            "use --activation-bits auto or 8"
+        )
+    return Backend("arm_inductor", False, "ARM CPU: torchao's ArmInductorQuantizer", activation_bits == "8")

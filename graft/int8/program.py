@@ -1,4 +1,5 @@
-"""An int8 program: export, quantize, compile, check, save and load (``model.pt2``), and the classifier over it.
+"""An int8 program made: export, quantize, compile, check and save (``model.pt2``); loading and running it is
+:mod:`graft.inference.int8_classifier`.
 
 One pipeline on the current API, torchao's PT2E (``torch.ao.quantization`` is deprecated in torch 2.14):
 ``torch.export`` the backbone (dynamic batch) -> ``prepare_pt2e`` (or ``prepare_qat_pt2e``) with the CPU's
@@ -30,20 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
-from graft.core.errors import ConfigError, GraftError, RunError
-from graft.inference.classifier import Classifier
-from graft.int8.archive import check_archive
-from graft.int8.backend import (
-    INT8_FORMAT,
-    PROGRAM_FILE,
-    VNNI,
-    Backend,
-    QuantizationError,
-    cpu_flags,
-    cpu_info,
-    register_int8_lowering,
-)
+from graft.core import atomic
+from graft.core.errors import GraftError
+from graft.inference.int8_archive import PROGRAM_FILE, QuantizationError, check_archive
+from graft.inference.int8_classifier import Int8Program, load_program
+from graft.int8.backend import VNNI, Backend, cpu_flags, cpu_info
 
 # export, quantize, compile
 
@@ -76,38 +68,6 @@ def strip_unused(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             owner = gm.get_submodule(parent) if parent else gm
             delattr(owner, leaf)
     return gm
-
-
-class Int8Program(nn.Module):
-    """A converted (int8) graph and its ``torch.compile``\\ d form; calling it runs the compiled one.
-
-    Inference only: ``train()`` does nothing, deep copies share it, and torch.fx cannot trace it (graft's BatchNorm
-    folding then leaves it as it is). Batch size 1 and larger batches are two compilations (``dynamic=True``
-    specializes on 1), each done on its first call.
-    """
-
-    def __init__(self, graph: nn.Module) -> None:
-        super().__init__()
-        self.graph = graph
-        self._compiled = torch.compile(graph, dynamic=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
-
-        if isinstance(x, torch.fx.Proxy):
-            raise TypeError("int8 programs are compiled graphs; torch.fx does not trace them")
-        # Freezing (weights as constants) is what lets inductor prepack the int8 weights for oneDNN; it is set
-        # around the call because compilation happens there (torch.compile(options={"freezing": True}) fails in
-        # torch 2.14: UnsupportedOperatorException onednn.qconv_prepack). Outside inference mode: the prepacking
-        # fails on inference tensors.
-        with inductor_config.patch(freezing=True), torch.inference_mode(False), torch.no_grad():
-            return self._compiled(x.to(memory_format=torch.channels_last, copy=True))
-
-    def train(self, mode: bool = True) -> Int8Program:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Int8Program:
-        return self
 
 
 def separate_module_calls(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -248,74 +208,13 @@ def quantize_checked(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_program(path: Path, *, sha256: str | None) -> nn.Module:
-    """The saved int8 graph: the file's sha256 (from ``model.json``) and :func:`check_archive` first, then
-    ``torch.export.load``. No pickle, no calibration. ``sha256=None`` only for a file this process just wrote."""
-    import hashlib
-
-    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  registers the quantized_decomposed ops
-
-    register_int8_lowering()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing: the int8 run did not finish saving its model") from None
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise RunError(
-            f"{path} does not match the sha256 recorded in {path.parent / ckpt.META_FILE}: the file was changed or "
-            "damaged. Quantize the float run again (graft quantize RUN)."
-        )
-    check_archive(data, source=str(path))
-    try:
-        return torch.export.load(io.BytesIO(data)).module()
-    except Exception as e:
-        raise RunError(
-            f"{path} cannot be loaded by this torch ({torch.__version__}): {type(e).__name__}: {e}. torch.export "
-            "files are tied to the torch version that wrote them; quantize the float run again."
-        ) from None
-
-
-def load_int8(run_dir: Path, meta: dict[str, Any], *, device: str = "auto") -> Int8Classifier:
-    """The :class:`graft.inference.Classifier` of an int8 run (``graft.inference.loading`` calls this)."""
-    info = meta.get("quantization")
-    if not isinstance(info, dict) or info.get("format") != INT8_FORMAT or not meta.get("program_sha256"):
-        raise RunError(
-            f"{run_dir / ckpt.META_FILE} does not describe an int8 run of this graft ({INT8_FORMAT}, with the "
-            f"sha256 of {PROGRAM_FILE}); quantize the float run again (graft quantize RUN)"
-        )
-    if device not in ("auto", "cpu"):
-        raise ConfigError(f"int8 runs run on the CPU; use --device cpu (or auto), not {device!r}")
-    graph = load_program(run_dir / PROGRAM_FILE, sha256=meta["program_sha256"])
-    return Int8Classifier(graph, meta, run_dir)
-
-
-class Int8Classifier(Classifier):
-    """A :class:`graft.inference.Classifier` over a compiled int8 program (CPU only; no Grad-CAM)."""
-
-    def __init__(
-        self, graph: nn.Module, meta: dict[str, Any], run_dir: Path, program: Int8Program | None = None
-    ) -> None:
-        super().__init__(meta, torch.device("cpu"), run_dir)
-        self.graph = graph
-        self._inference = program or Int8Program(graph)
-
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits of a preprocessed batch ``(B, 3, H, W)`` through the compiled int8 program."""
-        return self._inference(batch.cpu()).float()
-
-    def float_model(self) -> None:
-        """None: body and head are one compiled int8 program, with no float head for stored float features (they
-        are not this program's features) and no float layers for Grad-CAM to differentiate."""
-        return None
-
-
 def save_program(out: Path, converted_body: nn.Module, head: nn.Module, size: int) -> tuple[bytes, Int8Program]:
     """Write ``out/model.pt2`` (int8 body + float head) and load it back the way ``graft predict`` does: what
     gets checked and measured is the saved file's program."""
     import hashlib
 
     data = program_bytes(converted_body, head, size)
-    ckpt.atomic_write_bytes(out / PROGRAM_FILE, data)
+    atomic.atomic_write_bytes(out / PROGRAM_FILE, data)
     return data, Int8Program(load_program(out / PROGRAM_FILE, sha256=hashlib.sha256(data).hexdigest()))
 
 

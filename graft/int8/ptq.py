@@ -21,25 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import ConfigError, RunError
-from graft.core.rundir import run_val_items
+from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
+from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError
+from graft.inference.int8_classifier import Int8Classifier, Int8Program
 from graft.inference.logits import compute_logits
-from graft.int8.backend import (
-    ACT_PERCENTILE,
-    BENCH_BATCH,
-    DEFAULT_CALIB,
-    INT8_FORMAT,
-    PROGRAM_FILE,
-    QUANT_FILE,
-    Backend,
-    QuantizationError,
-    choose_backend,
-    cpu_info,
-)
-from graft.int8.program import Int8Classifier, Int8Program, quantize_checked, save_program
+from graft.int8.backend import ACT_PERCENTILE, BENCH_BATCH, DEFAULT_CALIB, QUANT_FILE, Backend, choose_backend, cpu_info
+from graft.int8.program import quantize_checked, save_program
 
 # measuring
 
@@ -123,22 +114,6 @@ class QuantizeResult:
         )
 
 
-def split_items(run_dir: Path, classes: Sequence[str], split: str) -> tuple[list[Path], list[int]]:
-    """Paths and labels of a run's saved ``train`` or ``val`` split (``data_report.json``)."""
-    if split == "val":
-        return run_val_items(run_dir, classes)
-    saved = rundir.read_split(run_dir, split)
-    if saved is None:
-        raise RunError(f"{run_dir / rundir.DATA_REPORT} has no saved {split} split; train the run again")
-    paths, labels, _ = saved.items(list(classes))  # classes the model lacks are not calibrated on
-    if paths and not paths[0].exists():
-        raise RunError(
-            f"the run's training images are not under {saved.root} any more (e.g. {paths[0]} is missing); "
-            "calibration needs them: put the data back where it was trained"
-        )
-    return paths, labels
-
-
 def calibration_batches(preprocess: Any, paths: Sequence[Path], n: int) -> list[torch.Tensor]:
     """``n`` training images spread evenly over the split (so every class is seen), eval transform, batches of 32."""
     from graft.core.errors import ImageError
@@ -191,15 +166,15 @@ def finish_int8_run(
         "program_sha256": hashlib.sha256(data).hexdigest(),
         "quantization": info | {"format": INT8_FORMAT},
     }
-    ckpt.atomic_write_json(out / ckpt.META_FILE, meta)
-    return Int8Classifier(program.graph, meta, out, program=program)
+    atomic.atomic_write_json(out / ckpt.META_FILE, meta)
+    return Int8Classifier(program.graph, RunMeta.from_dict(meta, source=out / ckpt.META_FILE), out, program=program)
 
 
 def write_figures(out: Path, figures: dict[str, Any], info: dict[str, Any], metrics: dict[str, Any]) -> None:
     """quantization.json, and metrics.json with ``best_val_acc`` = the int8 val accuracy."""
-    ckpt.atomic_write_json(out / QUANT_FILE, figures | {"quantization": info})
+    atomic.atomic_write_json(out / QUANT_FILE, figures | {"quantization": info})
     base = {"best_val_acc": figures["int8_val_acc"], "fp32_val_acc": figures["fp32_val_acc"], "device": "cpu"}
-    ckpt.atomic_write_json(out / "metrics.json", base | metrics | {"int8": True})
+    atomic.atomic_write_json(out / "metrics.json", base | metrics | {"int8": True})
 
 
 def quantize(
@@ -236,8 +211,10 @@ def quantize(
     if src.multilabel:  # its accuracy, calibration split and int8 run files are single-label ones
         raise QuantizationError("multi-label int8 is not supported yet: use the float run (predict, serve, export)")
     backend = choose_backend(activation_bits=activation_bits)
-    train_paths, _ = split_items(run_dir, src.classes, "train")
-    val_paths, val_labels = split_items(run_dir, src.classes, "val")
+    calibrate_on = "calibration needs them: put the data back where the run was trained"
+    train_paths = rundir.run_split(run_dir, "train", src.classes, fix=calibrate_on, skip_unknown=True).paths
+    val = rundir.run_split(run_dir, "val", src.classes)
+    val_paths, val_labels = val.paths, val.labels
     calibration = calibration_batches(src.preprocess, train_paths, calib)
     fresh = not (run_dir.parent / (name or f"{run_dir.name}-int8")).exists()
     out = _int8_dir(run_dir, name, exist_ok)
@@ -250,7 +227,7 @@ def quantize(
 
     try:
         _, program, backend, check = quantize_checked(
-            model.body, calibration, size, backend=backend, what=src.meta["arch"], log=log, finish=finish
+            model.body, calibration, size, backend=backend, what=src.meta.arch, log=log, finish=finish
         )
     except QuantizationError:
         if fresh:  # nothing usable was written: the same command with other settings may run again
@@ -264,8 +241,8 @@ def quantize(
         "compiled_check": check,
     }
     data = saved["data"]
-    int8 = finish_int8_run(out, src.meta, data, program, info)
-    config = ckpt.read_json_or(run_dir / "config.json", {})
+    int8 = finish_int8_run(out, src.meta.to_dict(), data, program, info)
+    config = atomic.read_json_or(run_dir / "config.json", {})
     batch = int(config.get("batch_size", BENCH_BATCH))  # the run's val numerics: its own batch size
     start = time.perf_counter()
     int8_acc = accuracy(int8, val_paths, val_labels, batch_size=batch)

@@ -28,9 +28,6 @@ class GraftModel(nn.Module):
         self.head = head
         self.frozen = False
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
 

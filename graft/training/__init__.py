@@ -1,4 +1,4 @@
-"""Training: the loop (:mod:`~graft.training.loop`), what stages train on (:mod:`~graft.training.stagedata`),
+"""Training: the loop (:mod:`~graft.training.loop`), what stages train on (:mod:`~graft.training.stage_inputs`),
 resume state, callbacks, and the pipelines from a config to a run directory (float: :mod:`~graft.training.pipeline`;
 int8: :mod:`~graft.training.int8`). ``graft.train`` (the top-level function) picks the pipeline and attaches the
 callbacks of the layers above. Internal modules import the submodules; this package re-exports the public names."""

@@ -9,31 +9,43 @@ scored on the fifth (the run's selection metric: accuracy, or balanced accuracy 
 With ``--time-budget`` no candidate starts once the budget is spent (feature extraction counts, and a backbone
 whose extraction would not fit is skipped). Feature views (augmented copies) are not searched: each view costs a
 feature pass.
+
+Then :func:`run_auto` trains the winner the usual way (frozen mode on its stored features) into a run that also
+holds ``leaderboard.csv`` and ``auto.json``; with ``--ensemble K``, the top K candidates are trained as member runs
+under ``members/`` and the run is their ensemble (:mod:`graft.inference.ensemble`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
-from graft.core.config import TrainConfig, to_jsonable
+from graft.core.config import TrainConfig, table_options, to_jsonable
+from graft.core.device import one_thread, pick_device
 from graft.core.heads import HeadSpec, build_head
-from graft.core.runtime import one_thread, pick_device
+from graft.core.metrics import accuracy, balanced_accuracy, confusion_matrix, macro_f1, stratified_folds
+from graft.core.runmeta import RunMeta
+from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key, cached_features
+from graft.inference.ensemble import ensemble_meta
 from graft.models.backbones import get_backbone, list_backbones
 from graft.models.model import build_model, choose_weights
-from graft.training.levers import class_counts, imbalance, make_criterion, select_metric
+from graft.training.balance import class_counts, imbalance, make_criterion, select_metric
 from graft.training.loop import make_optimizer, make_scheduler
+from graft.training.pipeline import RunResult, run_training
 
 FOLDS = 5
 CHUNK = 64  # images per feature-extraction step of the search (the budget is checked between them)
@@ -154,19 +166,6 @@ def grid(arch: str, *, imbalanced: bool, lr: float, weight_decay: float) -> list
     return out
 
 
-def stratified_folds(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Fold index (0..k-1) of every row: each class's rows shuffled (seeded) and dealt out in turn."""
-    generator = torch.Generator().manual_seed(seed)
-    fold = torch.empty(len(labels), dtype=torch.long)
-    offset = 0
-    for c in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        rows = rows[torch.randperm(len(rows), generator=generator)]
-        fold[rows] = (torch.arange(len(rows)) + offset) % k
-        offset += len(rows)  # classes continue the deal, so small classes do not all start at fold 0
-    return fold
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # cross-validation
 
@@ -177,7 +176,7 @@ def cross_validate(
     """``candidate``'s head trained on 4 folds and scored on the fifth, for each fold."""
     began = time.perf_counter()
     n_classes = int(labels.max()) + 1
-    folds = stratified_folds(labels, FOLDS, cfg.seed)
+    folds = torch.from_numpy(stratified_folds(labels.numpy(), FOLDS, cfg.seed))
     settings = dataclasses.replace(cfg, **{k: v for k, v in candidate.options().items() if k != "arch"})
     scores, accuracies = [], []
     for k in range(FOLDS):
@@ -186,9 +185,9 @@ def cross_validate(
         criterion, _ = make_criterion(settings, counts)
         head = fit_head(features[train], labels[train], settings, n_classes, criterion, seed=cfg.seed * 100 + k)
         with torch.inference_mode():
-            predicted = head(features[held]).argmax(1)
-        truth = labels[held]
-        accuracies.append(float((predicted == truth).float().mean()))
+            predicted = head(features[held]).argmax(1).numpy()
+        truth = labels[held].numpy()
+        accuracies.append(accuracy(truth, predicted))
         scores.append(_score(predicted, truth, n_classes, metric))
     return Scored(candidate, scores, accuracies, time.perf_counter() - began)
 
@@ -218,20 +217,12 @@ def fit_head(
     return head.eval()
 
 
-def _score(predicted: torch.Tensor, truth: torch.Tensor, n_classes: int, metric: str) -> float:
+def _score(predicted: np.ndarray, truth: np.ndarray, n_classes: int, metric: str) -> float:
     """Accuracy, balanced accuracy or macro-F1 of one fold."""
     if metric == "acc":
-        return float((predicted == truth).float().mean())
-    cm = torch.zeros(n_classes, n_classes)
-    cm.index_put_((truth, predicted), torch.ones(len(truth)), accumulate=True)
-    present = cm.sum(1) > 0
-    recall = cm.diag()[present] / cm.sum(1)[present]
-    if metric == "balanced_acc":
-        return float(recall.mean())
-    precision = cm.diag() / cm.sum(0).clamp_min(1)
-    full_recall = cm.diag() / cm.sum(1).clamp_min(1)
-    f1 = 2 * precision * full_recall / (precision + full_recall).clamp_min(1e-12)
-    return float(f1.mean())
+        return accuracy(truth, predicted)
+    cm = confusion_matrix(truth, predicted, n_classes)
+    return balanced_accuracy(cm) if metric == "balanced_acc" else macro_f1(cm)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,13 +330,118 @@ def write_leaderboard(path: Path, found: Search) -> Path:
             c.balance, found.metric, f"{s.mean:.6f}", f"{s.sd:.6f}", f"{statistics.fmean(s.accuracies):.6f}",
             " ".join(f"{v:.4f}" for v in s.scores), f"{s.seconds:.3f}", f"{s.features_seconds:.3f}",
         ])  # fmt: skip
-    ckpt.write_csv(path, LEADERBOARD_FIELDS, rows)
+    atomic.write_csv(path, LEADERBOARD_FIELDS, rows)
     return path
 
 
-def read_leaderboard(path: Path) -> Iterator[dict[str, str]]:
-    """The rows of a run's ``leaderboard.csv`` (for the report)."""
-    import csv
+AUTO_FILE = "auto.json"
 
-    with open(path, newline="") as f:
-        yield from csv.DictReader(f)
+
+def settings(cfg: TrainConfig, candidate: Candidate, **more: Any) -> TrainConfig:
+    """``cfg`` with the candidate's settings, as a plain frozen run (no search options)."""
+    return dataclasses.replace(cfg, auto=False, time_budget=None, ensemble=None, **candidate.options(), **more)
+
+
+def run_auto(
+    cfg: TrainConfig, *, log: Callable[[str], None] = print, train: Callable[[TrainConfig], RunResult] | None = None
+) -> RunResult:
+    """Search, then train the winner with ``train`` (default: :func:`run_training`; ``graft.train`` passes itself,
+    so the run gets its curves and report) or, with ``cfg.ensemble``, the top candidates as one ensemble run."""
+    started = time.perf_counter()
+    spec = get_backbone(cfg.arch)  # the scan decodes at the draft size a run of --arch would
+    chosen = choose_weights(spec, "auto")
+    dataset = scan(
+        cfg.data,
+        val_split=cfg.val_split,
+        seed=cfg.seed,
+        draft=(chosen.preprocess if chosen else spec.preprocess).resize_size,
+        exclude=read_exclude_list(cfg.exclude) if cfg.exclude else None,
+        **table_options(cfg),
+    )
+    found = search(cfg, dataset, log=log, started=started)
+    ranked = found.ranked()
+    name = cfg.name or rundir.next_run_name(cfg.out, "auto-" + ("ensemble" if cfg.ensemble else "freeze"))
+    run_dir = rundir.make_run_dir(dataclasses.replace(cfg, name=name))
+    write_leaderboard(run_dir / "leaderboard.csv", found)
+    summary = found.summary() | {"ensemble": cfg.ensemble}
+    atomic.atomic_write_json(run_dir / AUTO_FILE, summary)
+    log(
+        f"auto: {len(found.scored)} candidates in {found.seconds:.1f}s"
+        + (f" (budget {found.budget:g}s)" if found.budget is not None else "")
+        + f"; best {ranked[0].candidate.describe()} (cv {found.metric} {ranked[0].mean:.4f} +- {ranked[0].sd:.4f}); "
+        f"wrote {run_dir / 'leaderboard.csv'}"
+    )
+    for line in found.skipped:
+        log(f"auto: skipped {line}")
+    final_start = time.perf_counter()
+    if cfg.ensemble:
+        result = _train_ensemble(cfg, found, run_dir, log)
+    else:
+        winner = settings(cfg, ranked[0].candidate, name=name, exist_ok=True)
+        result = (train or (lambda c: run_training(c, log=log)))(winner)
+    timing = {
+        "search_seconds": round(found.seconds, 3),
+        "final_seconds": round(time.perf_counter() - final_start, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+    }
+    _record(run_dir, summary | timing, cfg)
+    result.metrics["auto"] = summary | timing
+    log(
+        f"auto: search {timing['search_seconds']:.1f}s + final training {timing['final_seconds']:.1f}s = "
+        f"{timing['total_seconds']:.1f}s; val acc {result.metrics.get('best_val_acc', float('nan')):.4f}"
+    )
+    return result
+
+
+def _record(run_dir: Path, auto: dict[str, Any], cfg: TrainConfig) -> None:
+    """The search in metrics.json (``auto``) and config.json (the options given, under ``auto``)."""
+    metrics = atomic.read_json_or(run_dir / "metrics.json", {}) or {}
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics | {"auto": auto})
+    config = atomic.read_json_or(run_dir / "config.json", {}) or {}
+    given = {k: v for k, v in cfg.to_dict().items() if k in ("auto", "time_budget", "ensemble")}
+    atomic.atomic_write_json(run_dir / "config.json", config | {"auto_search": given})
+    atomic.atomic_write_json(run_dir / AUTO_FILE, auto)
+
+
+def _train_ensemble(cfg: TrainConfig, found: Search, run_dir: Path, log: Callable[[str], None]) -> RunResult:
+    """The top ``cfg.ensemble`` candidates as member runs, and the ensemble's model.json, config, data report and
+    metrics (its val accuracy from the members' stored val features: what ``graft evaluate`` reads back)."""
+    from graft.inference.loading import load
+    from graft.inference.logits import stored_val_logits
+
+    members, paths = [], []
+    for rank, scored in enumerate(found.ranked()[: cfg.ensemble], 1):
+        c = scored.candidate
+        name = f"{rank}-{c.arch}"
+        log(f"auto: ensemble member {rank}: {c.describe()}")
+        member = settings(cfg, c, out=run_dir / "members", name=name, exist_ok=True)
+        members.append(run_training(member, log=log))
+        paths.append(f"members/{name}")
+    metas = [RunMeta.read(r.run_dir) for r in members]
+    atomic.atomic_write_json(run_dir / ckpt.META_FILE, ensemble_meta(metas, paths))
+    shutil.copyfile(members[0].run_dir / rundir.DATA_REPORT, run_dir / rundir.DATA_REPORT)
+    config = settings(cfg, found.ranked()[0].candidate).to_dict() | {"ensemble_members": paths}
+    atomic.atomic_write_json(run_dir / "config.json", config)
+    clf = load(run_dir, device=cfg.device, prepare=False)
+    val = rundir.run_split(run_dir, "val", clf.classes)
+    val_paths, labels = val.paths, val.labels
+    batch = cfg.batch_size
+    logits = stored_val_logits(clf, run_dir, val_paths, batch_size=batch)
+    if logits is None:
+        from graft.inference.logits import compute_logits
+
+        clf.prepare()
+        logits, _, _ = compute_logits(clf, val_paths, batch_size=batch)
+    acc = accuracy(labels, np.asarray(logits).argmax(1))
+    metrics = {
+        "best_val_acc": acc,
+        "members": [{"run": p, "best_val_acc": r.best_val_acc} for p, r in zip(paths, members, strict=True)],
+        "n_train": members[0].metrics["n_train"],
+        "n_val": len(val_paths),
+        "classes": clf.classes,
+        "device": members[0].metrics["device"],
+        "train_seconds": round(sum(r.metrics["train_seconds"] for r in members), 3),
+    }
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics)
+    log(f"auto: ensemble of {len(members)}: val acc {acc:.4f} (members {[r.best_val_acc for r in members]})")
+    return RunResult(run_dir=run_dir, metrics=metrics)

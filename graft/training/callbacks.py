@@ -14,8 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from graft.core import checkpoint as ckpt
-from graft.core import rundir
+from graft.core import atomic, rundir
 from graft.training.loop import EpochResult, FitResult
 from graft.training.resume import ProgressSaver
 
@@ -78,7 +77,7 @@ class ResultsLog(Callback):
 
     def on_epoch_end(self, r: EpochResult, improved: bool, result: FitResult) -> None:
         self.rows.append(r.row())
-        ckpt.write_csv(self.run_dir / rundir.RESULTS_FILE, self.header, self.rows)
+        atomic.write_csv(self.run_dir / rundir.RESULTS_FILE, self.header, self.rows)
         self.log(
             f"epoch {r.epoch:>3} {r.stage:<4} train loss {r.train_loss:.4f} {self.score} {r.train_acc:.4f}  "
             f"val loss {r.val_loss:.4f} {self.score} {r.val_acc:.4f}  lr {r.lr:.2e}  {r.seconds:5.1f}s"

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
-from graft.core import rundir
+from graft.core import atomic, rundir
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
-from graft.inference.floatrun import FloatClassifier
+from graft.core.runmeta import RunMeta
+from graft.inference.float_classifier import FloatClassifier
 from graft.int8.backend import ACT_PERCENTILE, QAT_LR_FACTOR, Backend, choose_backend
 from graft.int8.program import (
     check_compiled,
@@ -42,7 +42,7 @@ from graft.models.model import GraftModel
 from graft.training.callbacks import Callback, Callbacks, ResultsLog
 from graft.training.loop import fit, make_optimizer, make_scheduler, run_epoch
 from graft.training.pipeline import RunResult, RunSetup, set_up
-from graft.training.stagedata import StageData
+from graft.training.stage_inputs import StageData
 
 # int8 training: --mode freeze --int8, and --mode qat
 
@@ -149,7 +149,7 @@ def run_int8_training(
     # The float model's size and speed (the same for any weights of the architecture): ``model``. Its accuracy,
     # fp32_acc, is that of the head on float features (freeze), or of the float fine-tuned model QAT started from.
     model = s.model
-    fp32 = FloatClassifier(model.eval(), meta, device, run_dir)
+    fp32 = FloatClassifier(model.eval(), RunMeta.from_dict(meta), device, run_dir)
     figures = measure(fp32, int8, fp32_acc, int8_acc, float_file(model), data_bytes)
     metrics = {
         "epochs_run": len(history),
@@ -160,7 +160,7 @@ def run_int8_training(
     }
     write_figures(run_dir, figures, info, metrics)
     log(f"int8: {QuantizeResult(run_dir, figures).summary()}; run saved to {run_dir}")
-    metrics = ckpt.read_json(run_dir / "metrics.json")
+    metrics = atomic.read_json(run_dir / "metrics.json")
     listeners.on_run_end(run_dir, metrics)
     return RunResult(run_dir=run_dir, metrics=metrics)
 

@@ -18,11 +18,14 @@ from torch import nn
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
-from graft.core.runtime import autocast, optimize_for_inference, prepare_input, progress
-from graft.inference.floatrun import body_and_head
+from graft.core.fast_inference import optimize_for_inference
+from graft.core.metrics import balanced_accuracy, confusion_matrix, macro_f1
+from graft.core.progress import progress
+from graft.inference.float_classifier import body_and_head
 from graft.models.model import GraftModel
-from graft.training.levers import confusion_metrics, selector
+from graft.training.balance import selector
 
 
 @dataclass
@@ -97,8 +100,9 @@ class Tally:
         self.loss += loss * labels.size(0)
         self.correct += (predicted == hard).sum()
         self.seen += labels.size(0)
-        if not self.training:
-            self.confusion = _confusion(self.confusion, hard, predicted, logits.size(1))
+        if not self.training:  # counted on the device, summed there batch by batch
+            counts = confusion_matrix(hard, predicted, logits.size(1))
+            self.confusion = counts if self.confusion is None else self.confusion + counts
 
     def result(self, loader: Any) -> Phase:
         # under torchrun, a loader of this rank's share: the totals of all ranks (the whole data)
@@ -136,15 +140,9 @@ def run_epoch(
     return tally.result(loader)
 
 
-def _confusion(cm: torch.Tensor | None, labels: torch.Tensor, predicted: torch.Tensor, n: int) -> torch.Tensor:
-    """``cm`` plus this batch's (true, predicted) counts (one bincount on the device)."""
-    counts = torch.bincount(labels * n + predicted, minlength=n * n).view(n, n)
-    return counts if cm is None else cm + counts
-
-
 def _inference_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.floatrun.body_and_head`); a model
-    with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
+    """What :class:`graft.inference.FloatClassifier` runs (:func:`graft.inference.float_classifier.body_and_head`);
+    a model with no body/head parts (a QAT graph) BatchNorm-folded as a whole."""
     if isinstance(model, GraftModel):
         return body_and_head(model, device)
     return optimize_for_inference(model)
@@ -192,10 +190,11 @@ def fit(
         _check_finite(train.loss, epoch, lr, result)
         if scheduler is not None:
             scheduler.step()
-        balanced, macro_f1 = confusion_metrics(val.confusion) if val.confusion is not None else (math.nan, math.nan)
+        cm = val.confusion
+        balanced, macro = (balanced_accuracy(cm), macro_f1(cm)) if cm is not None else (math.nan, math.nan)
         seconds = time.perf_counter() - began
         record = EpochResult(
-            epoch, train.loss, train.accuracy, val.loss, val.accuracy, lr, seconds, stage, balanced, macro_f1
+            epoch, train.loss, train.accuracy, val.loss, val.accuracy, lr, seconds, stage, balanced, macro
         )
         score = (select or selector("acc"))(record)
         improved = score > result.best_score

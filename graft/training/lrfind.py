@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
-from graft.core.runtime import autocast, one_thread, prepare_input
+from graft.core import atomic
+from graft.core.device import autocast, one_thread, prepare_input
 
 START_LR, END_LR, ITERATIONS, BETA = 1e-7, 10.0, 100, 0.98
 CSV_FIELDS = ["iteration", "lr", "loss", "smoothed_loss", "suggested"]
@@ -63,7 +63,7 @@ class RangeTest:
             [i, f"{lr:.6e}", f"{loss:.6f}", f"{s:.6f}", int(i == self.index)]
             for i, (lr, loss, s) in enumerate(zip(self.lrs, self.losses, self.smoothed, strict=True))
         ]
-        ckpt.write_csv(path, CSV_FIELDS, rows)
+        atomic.write_csv(path, CSV_FIELDS, rows)
         self.files["csv"] = path
         return path
 
@@ -237,7 +237,7 @@ def stage_lr(
     the rate its first part recorded. Under torchrun rank 0's rate is used by every rank."""
     from graft.core import distributed as dist
 
-    recorded = (ckpt.read_json_or(run_dir / "config.json", {}) or {}).get("lr_auto") or {}
+    recorded = (atomic.read_json_or(run_dir / "config.json", {}) or {}).get("lr_auto") or {}
     if stage in recorded:
         found[stage] = float(recorded[stage])
         log(f"lr auto: {stage} stage lr {found[stage]:.3g} (recorded by the run's first part)")
@@ -247,7 +247,7 @@ def stage_lr(
     found[stage] = float(dist.broadcast_object(test.suggestion))
     if dist.is_main():
         test.write_csv(run_dir / f"lr_find-{stage}.csv")
-        config = ckpt.read_json_or(run_dir / "config.json", {}) or {}
-        ckpt.atomic_write_json(run_dir / "config.json", config | {"lr_auto": dict(found)})
+        config = atomic.read_json_or(run_dir / "config.json", {}) or {}
+        atomic.atomic_write_json(run_dir / "config.json", config | {"lr_auto": dict(found)})
     log(f"lr auto: {test.format()}")
     return found[stage]

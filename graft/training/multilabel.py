@@ -17,6 +17,7 @@ from torch import nn
 
 from graft.core import distributed as dist
 from graft.core.errors import ConfigError
+from graft.core.metrics import mean_average_precision, multilabel_f1, per_class_ap
 from graft.inference import multilabel as ml
 from graft.training.loop import Phase
 
@@ -89,18 +90,18 @@ class MultiLabelTally:
         logits, targets = torch.cat(self.scores).numpy(), torch.cat(self.targets).numpy()
         if not self.training:
             self.criterion.outputs = (ml.sigmoid(logits), targets)
-        return Phase(self.total / self.seen, ml.mean_average_precision(logits, targets))
+        return Phase(self.total / self.seen, mean_average_precision(logits, targets))
 
 
 def thresholds_and_metrics(probs: np.ndarray, targets: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """What a multi-label run saves: per-class thresholds maximizing each class's val F1 (model.json), and the
     val mAP, per-class AP and micro/macro F1 at those thresholds (metrics.json)."""
     thresholds = [round(t, 6) for t in ml.best_thresholds(probs, targets)]  # as model.json keeps them
-    f1 = ml.f1_report(probs, targets, thresholds)
-    aps = ml.per_class_ap(probs, targets)
+    f1 = multilabel_f1(probs, targets, thresholds)
+    aps = per_class_ap(probs, targets)
     return {
         "task": "multilabel",
-        "best_val_map": ml.mean_average_precision(probs, targets),
+        "best_val_map": mean_average_precision(probs, targets),
         "val_ap": {c: (None if a != a else round(a, 6)) for c, a in zip(classes, aps, strict=True)},
         "thresholds": dict(zip(classes, thresholds, strict=True)),
         "val_micro_f1": f1["micro_f1"],

@@ -4,6 +4,7 @@
 images) through :func:`graft.training.loop.fit` and tells its callbacks what happens; what reacts (results.csv,
 checkpoints and resume state here; curves and the report from :mod:`graft.insight.callbacks`) is attached by the
 caller. int8 runs are another pipeline (:mod:`graft.training.int8`); :func:`graft.train` chooses between them.
+:func:`lr_find` (``graft lr-find``) sets up the same run and range-tests its stages instead of training them.
 """
 
 from __future__ import annotations
@@ -19,26 +20,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core import checkpoint as ckpt
+from graft.core import atomic, rundir
 from graft.core import distributed as dist
-from graft.core import rundir
 from graft.core.config import TrainConfig, table_options
+from graft.core.device import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
-from graft.core.runtime import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.data.datasets import available_memory
 from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key
 from graft.inference.multilabel import DEFAULT_THRESHOLD
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model, choose_weights
+from graft.training.balance import balance_used, class_counts, describe, make_criterion, select_metric, selector
 from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
-from graft.training.levers import balance_used, class_counts, describe, make_criterion, select_metric, selector
 from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler, run_epoch
-from graft.training.lrfind import stage_lr
+from graft.training.lrfind import RangeTest, stage_lr, stage_range_test
 from graft.training.multilabel import make_multilabel_loss, thresholds_and_metrics
 from graft.training.resume import ProgressSaver, check_resumable, load_progress
-from graft.training.stagedata import StageData
+from graft.training.stage_inputs import StageData
 
 
 @dataclass
@@ -183,7 +183,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
             rundir.write_data_report(run_dir, s.dataset, val_near_copies_in_train=data.leakage)
     if not dist.is_main():
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
-    ckpt.atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic.atomic_write_json(run_dir / "metrics.json", metrics)
     score = f"acc {best.val_acc:.4f}"  # a multi-label run's accuracy slot holds its mAP
     score = f"mAP {best.val_acc:.4f} (micro F1 {multilabel['val_micro_f1']:.4f})" if multilabel else score
     log(f"best val {score} at epoch {best_epoch}; {metrics['train_seconds']:.1f}s in all; run saved to {run_dir}")
@@ -327,3 +327,38 @@ def _memory_advice(cfg: TrainConfig, device: torch.device, run_dir: Path) -> Ite
             + f"; the best model so far is kept in {run_dir}, and adding --resume {run_dir} --batch-size {smaller} "
             "continues from the last finished epoch."
         ) from None
+
+
+def lr_find(
+    cfg: Any, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
+) -> list[RangeTest]:
+    """``graft lr-find``: the range test (:mod:`graft.training.lrfind`) of every stage a run of ``cfg`` (an
+    :class:`graft.core.config.LrFindConfig`) would train: head stages on the stored features, the all-layers
+    stage of ``--mode finetune`` on images (a copy of the weights: the model is left as it was). Writes
+    ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``) into ``cfg.plot_dir``, or ``lr_find-<stage>.*`` when
+    there are two stages. Returns the tests, in stage order."""
+    device = pick_device(cfg.device)
+    s = set_up(cfg)
+    model = s.model.to(device)
+    key = s.cache_key(s.meta(cfg), device.type)
+    data = StageData(cfg, model, s.dataset, s.preprocess, device, s.generator, key, log, check_leakage=False)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    stages = [stage for stage, _, _ in cfg.stages()]
+    cfg.plot_dir.mkdir(parents=True, exist_ok=True)
+    tests = []
+    for stage in stages:
+        on_features = stage == "head" and (cfg.cache_features or cfg.mode == "finetune")
+        if stage == "head":
+            model.freeze()
+        else:
+            model.unfreeze()
+        target, loader = (model.head, data.features()[0]) if on_features else (model, data.images()[0])
+        test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
+                                start=cfg.start_lr, end=cfg.end_lr, iterations=cfg.iterations,
+                                generator=s.generator)  # fmt: skip
+        stem = "lr_find" if len(stages) == 1 else f"lr_find-{stage}"
+        test.write_csv(cfg.plot_dir / f"{stem}.csv")
+        if draw is not None:
+            test.files["png"] = draw(test, cfg.plot_dir / f"{stem}.png")
+        tests.append(test)
+    return tests

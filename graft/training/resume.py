@@ -1,7 +1,7 @@
 """Resuming a training run after a crash or a kill: ``graft train DATA ... --resume RUN_DIR``.
 
 After every finished epoch, ``RUN_DIR/resume.safetensors`` is rewritten atomically (no pickle: tensors as
-safetensors, everything else as JSON in its metadata, see :func:`graft.core.checkpoint.save_state`) with what the next
+safetensors, everything else as JSON in its metadata, see :func:`save_state`) with what the next
 epoch needs: the model's weights, the optimizer's and the scheduler's state, every RNG state (Python, NumPy, torch,
 the data-order generator), the stage, the best weights and accuracy so far and every epoch's results. During a head
 stage (frozen body) only the head's weights are stored, with the sha256 of the body's: the body is what the run
@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.atomic import atomic_write_bytes
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError, RunError
 
@@ -55,7 +57,7 @@ def check_resumable(cfg: TrainConfig) -> list[str]:
         )
     if (run_dir / "metrics.json").is_file() and not (run_dir / RESUME_FILE).is_file():
         raise ConfigError(f"--resume {run_dir}: that run has finished (metrics.json is written); nothing to resume")
-    saved = ckpt.read_json(run_dir / "config.json")
+    saved = atomic.read_json(run_dir / "config.json")
     given = json.loads(json.dumps(cfg.to_dict()))
     changed = []
     for key, value in given.items():
@@ -135,7 +137,7 @@ def load_progress(run_dir: Path) -> Progress | None:
     path = run_dir / RESUME_FILE
     if not path.exists():
         return None
-    state = ckpt.load_state(path)
+    state = load_state(path)
     if not isinstance(state, dict) or state.get("version") != VERSION:
         raise RunError(f"{path} was written by another version of graft; delete it to start the run over")
     return Progress(
@@ -182,7 +184,7 @@ class ProgressSaver:
             model = {k: v for k, v in model.items() if not k.startswith(FIXED)}
             if best is not None and any(k.startswith(FIXED) for k in best):
                 best, best_fixed = {k: v for k, v in best.items() if not k.startswith(FIXED)}, True
-        ckpt.save_state(
+        save_state(
             self.path,
             {
                 "version": VERSION,
@@ -248,3 +250,85 @@ def _set_rng(state: dict[str, Any], generator: torch.Generator) -> None:
     generator.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+STATE_FORMAT = "graft-state/1"
+
+
+def save_state(path: Path, state: Any) -> None:
+    """Write nested training state atomically: its tensors as safetensors, the rest (dicts, lists, tuples,
+    numbers, strings, NumPy arrays) as JSON in the safetensors metadata. No pickle."""
+    tensors: dict[str, Any] = {}
+    text = json.dumps(_pack(state, tensors))
+    atomic_write_bytes(path, ckpt.serialize(tensors, {"format": STATE_FORMAT, "graft.state": text}))
+
+
+def load_state(path: Path) -> Any:
+    """Read what :func:`save_state` wrote (verifying its tensor bytes); never unpickles.
+
+    Raises:
+        RunError: the file is missing, not a graft state file, or damaged.
+    """
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing") from None
+    metadata = ckpt.read_header(data).get("__metadata__") or {}
+    if metadata.get("format") != STATE_FORMAT or not isinstance(metadata.get("graft.state"), str):
+        raise RunError(
+            f"{path} is not a graft training state file (safetensors with format {STATE_FORMAT}); it was not "
+            "loaded. Delete it to start the run over, or resume another run directory."
+        )
+    if ckpt.payload_sha256(data) != metadata.get("graft.tensors_sha256"):
+        raise RunError(f"{path} is damaged (its tensor bytes do not match their sha256); it was not loaded")
+    try:
+        tensors = load(data)
+        return _unpack(json.loads(metadata["graft.state"]), tensors)
+    except Exception as e:
+        raise RunError(f"{path} is damaged ({type(e).__name__}: {e}); it was not loaded") from None
+
+
+def _pack(obj: Any, tensors: dict[str, Any]) -> Any:
+    """``obj`` as JSON values; tensors are moved to ``tensors`` and replaced by ``{"$tensor": name}``."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = obj
+        return {"$tensor": name}
+    if isinstance(obj, np.ndarray):
+        return {"$ndarray": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"$tuple": [_pack(x, tensors) for x in obj]}
+    if isinstance(obj, list):
+        return [_pack(x, tensors) for x in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _pack(v, tensors) for k, v in obj.items()}
+        return {"$items": [[_pack(k, tensors), _pack(v, tensors)] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a graft state file")
+
+
+def _unpack(obj: Any, tensors: dict[str, Any]) -> Any:
+    import numpy as np
+
+    if isinstance(obj, list):
+        return [_unpack(x, tensors) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "$tensor" in obj:
+        return tensors[obj["$tensor"]]
+    if "$ndarray" in obj:
+        return np.array(obj["$ndarray"], dtype=obj["dtype"])
+    if "$tuple" in obj:
+        return tuple(_unpack(x, tensors) for x in obj["$tuple"])
+    if "$items" in obj:
+        return {_unpack(k, tensors): _unpack(v, tensors) for k, v in obj["$items"]}
+    return {k: _unpack(v, tensors) for k, v in obj.items()}

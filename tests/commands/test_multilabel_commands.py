@@ -13,8 +13,8 @@ import pytest
 
 import graft
 from graft.commands.cli import main
-from graft.commands.export import export
 from graft.core.config import ServeConfig
+from graft.deploy.export import export
 from tests.commands.test_serve import serving
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from graft.core.loaders import train_loader
 from graft.core.preprocess import Preprocess, eval_crop, train_crop
-from graft.core.runtime import train_loader
 from graft.data.augment import MixedBatches, batch_mix
 from graft.features.store import store_key
-from graft.training.levers import sample_weights
+from graft.training.balance import sample_weights
 
 
 def test_mixed_batches_keep_the_loader_s_shape_and_sampler() -> None:

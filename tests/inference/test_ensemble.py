@@ -11,7 +11,7 @@ import torch
 from numerics import PROB_ATOL, softmax
 
 import graft
-from graft.evaluation import evaluate
+from graft.insight import evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_ensemble_run_loads_predicts_and_evaluates(hymenoptera, tmp_path) -> Non
     result = evaluate(run.run_dir, plots=False, device="cpu")
     assert result.accuracy == run.metrics["best_val_acc"]  # the members' stored val rows, as the run measured
 
-    from graft.commands.export import export
+    from graft.deploy.export import export
 
     exported = export(run.run_dir, verify_images=4)  # one ONNX module: one body for the two heads, averaged
     assert exported.verification.passed and exported.path.stat().st_size < 20e6  # one mobilenet_v2 body, not two

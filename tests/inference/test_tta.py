@@ -15,7 +15,7 @@ from numerics import PROB_ATOL, softmax
 import graft
 from graft.commands.cli import main
 from graft.core.config import ServeConfig
-from graft.evaluation import evaluate
+from graft.insight import evaluate
 
 pytestmark = pytest.mark.slow
 

@@ -16,13 +16,8 @@ from PIL import Image
 
 from graft.commands.cli import main
 from graft.core.errors import DataError, RunError
-from graft.insight.evaluation import (
-    balanced_accuracy,
-    confusion_matrix,
-    evaluate,
-    per_class_metrics,
-    wilson_interval,
-)
+from graft.core.metrics import balanced_accuracy, confusion_matrix, wilson_interval
+from graft.insight.evaluation import evaluate, per_class_metrics
 
 
 def decode_png(path: Path) -> Image.Image:

@@ -13,6 +13,7 @@ import pytest
 
 import graft
 from graft.core.errors import DataError
+from graft.core.metrics import average_precision, multilabel_f1
 from graft.inference import multilabel as ml
 from graft.insight.evaluation import evaluate
 from graft.insight.report import write_report
@@ -78,10 +79,10 @@ def test_thresholds_are_chosen_to_maximize_f1() -> None:
     """The numbers on a hand-made case: AP as sklearn defines it, thresholds halfway below the best cut."""
     probs = np.array([[0.9, 0.2], [0.8, 0.7], [0.4, 0.6], [0.3, 0.1]])
     targets = np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)
-    assert ml.average_precision(probs[:, 0], targets[:, 0]) == pytest.approx((1 + 1 + 0.75) / 3)
-    assert ml.average_precision(probs[:, 1], targets[:, 1]) == pytest.approx(1.0)
+    assert average_precision(probs[:, 0], targets[:, 0]) == pytest.approx((1 + 1 + 0.75) / 3)
+    assert average_precision(probs[:, 1], targets[:, 1]) == pytest.approx(1.0)
     thresholds = ml.best_thresholds(probs, targets)
     assert thresholds[1] == pytest.approx((0.6 + 0.2) / 2)  # both positives above, every negative below
-    report = ml.f1_report(probs, targets, thresholds)
+    report = multilabel_f1(probs, targets, thresholds)
     assert report["f1"][1] == 1.0 and report["support"] == [3, 2]
-    assert math.isnan(ml.average_precision(np.array([0.5]), np.array([0.0])))
+    assert math.isnan(average_precision(np.array([0.5]), np.array([0.0])))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graft.core.runtime import in_notebook
+from graft.core.progress import in_notebook
 from graft.inference.loading import load
 from graft.insight.evaluation import evaluate
 from graft.insight.plots import plot_confusion

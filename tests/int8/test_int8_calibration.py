@@ -16,6 +16,7 @@ import torch
 import graft
 from graft import int8 as Q
 from graft.core.errors import ConfigError
+from graft.core.rundir import run_split
 from graft.inference.classifier import Classifier
 
 VNNI = bool(Q.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -133,8 +134,9 @@ def test_eight_bits_stay_within_one_point(run: Path) -> None:
         assert figures["int8_val_acc"] >= figures["fp32_val_acc"] - 0.01
         return
     src = load(run, device="cpu")
-    train, _ = Q.split_items(run, src.classes, "train")
-    val, labels = Q.split_items(run, src.classes, "val")
+    train = run_split(run, "train", src.classes, skip_unknown=True).paths
+    val_split = run_split(run, "val", src.classes)
+    val, labels = val_split.paths, val_split.labels
     calibration = Q.calibration_batches(src.preprocess, train, Q.DEFAULT_CALIB)
     backend = Q.choose_backend(activation_bits="8")
     converted = Q.quantize_body(

@@ -20,6 +20,8 @@ from torch import nn
 from graft import int8 as Q
 from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
+from graft.core.preprocess import Preprocess
+from graft.core.runmeta import RunMeta
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model
 
@@ -139,10 +141,11 @@ def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, 
     script = (
         "import pathlib, sys, torch\n"
         "from torch._dynamo.utils import counters\n"
-        "from graft import int8 as Q\n"
-        "graph = Q.load_program(pathlib.Path(sys.argv[1]), sha256=sys.argv[2])\n"
-        "Q.Int8Program(graph)(torch.randn(2, 3, int(sys.argv[3]), int(sys.argv[3])))\n"
+        "from graft.inference.int8_classifier import Int8Program, load_program\n"
+        "graph = load_program(pathlib.Path(sys.argv[1]), sha256=sys.argv[2])\n"
+        "Int8Program(graph)(torch.randn(2, 3, int(sys.argv[3]), int(sys.argv[3])))\n"
         "print('prepacked convs', counters['inductor']['qconv_weight_prepack_matcher_count'])\n"
+        "assert 'graft.int8' not in sys.modules  # loading needs no quantizer\n"
     )
     args = [str(small_program["path"]), small_program["sha256"], str(SIZE)]
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
@@ -232,7 +235,7 @@ def test_pickled_sample_inputs_are_refused(small_program: dict[str, Any]) -> Non
 
 def test_not_an_int8_run(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="does not describe an int8 run"):
-        Q.load_int8(tmp_path, {"classes": ["a", "b"]})
+        Q.load_int8(tmp_path, RunMeta("graft-run/1", "mobilenet_v2", ("a", "b"), Preprocess(), HeadSpec()))
 
 
 # ----------------------------------------------------------------------------------------------------------------

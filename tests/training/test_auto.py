@@ -10,10 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import graft
-from graft.training.auto import stratified_folds
 
 SEARCH = ["arch", "hidden", "dropout", "lr", "weight_decay", "balance", "metric", "cv_mean", "cv_sd", "folds"]
 
@@ -65,11 +63,3 @@ def test_auto_chooses_on_train_only_and_records_the_search(hymenoptera, tmp_path
     winner = auto["winner"]
     assert config["arch"] == winner["arch"] and config["lr"] == winner["lr"] and config["auto"] is False
     assert "5-fold CV on train" in (plain.run_dir / "report.html").read_text()
-
-
-def test_stratified_folds_keep_the_class_shares() -> None:
-    labels = torch.tensor([0] * 50 + [1] * 10)
-    folds = stratified_folds(labels, 5, seed=0)
-    for k in range(5):
-        assert int(((folds == k) & (labels == 0)).sum()) == 10 and int(((folds == k) & (labels == 1)).sum()) == 2
-    assert torch.equal(stratified_folds(labels, 5, seed=0), folds)

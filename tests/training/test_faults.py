@@ -18,6 +18,7 @@ import torch
 import graft
 import graft.core.rundir
 import graft.training.loop
+from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.errors import GraftError, ResourceError, RunError, WriteError
 
@@ -79,8 +80,8 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, name: str, *, after_bytes: int 
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt.os, "fdopen", fdopen)
-    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
+    monkeypatch.setattr(atomic.os, "replace", replace)
     return calls
 
 
@@ -124,11 +125,11 @@ def test_a_crash_between_weights_and_model_json_is_resolved_on_load(run, monkeyp
     assert recorded != hashlib.sha256((run / ckpt.MODEL_FILE).read_bytes()).hexdigest()  # the mismatch is there
     clf = graft.load(run, device="cpu")
     assert all(torch.equal(v, new[k]) for k, v in clf.model.state_dict().items())
-    assert clf.meta["classes"] == ["a", "b"] and clf.meta["weights_sha256"] != recorded
+    assert clf.meta.classes == ("a", "b") and clf.meta.weights_sha256 != recorded
 
     # model.json lost altogether: the copy inside the weights is enough
     (run / ckpt.META_FILE).unlink()
-    assert graft.load(run, device="cpu").meta["arch"] == "mobilenet_v3_small"
+    assert graft.load(run, device="cpu").meta.arch == "mobilenet_v3_small"
 
 
 def test_a_tampered_weights_file_is_still_refused(run) -> None:
@@ -159,14 +160,14 @@ def test_a_full_disk_during_training_keeps_the_best_model_and_resumes(tmp_image_
     whole = graft.train(data, out=out, name="whole", **options).run_dir
 
     snapshot: dict[str, str] = {}
-    real_write_csv = ckpt.write_csv
+    real_write_csv = atomic.write_csv
 
     def write_csv(path, header, rows):
         if len(rows) == 3:
             snapshot.update(files(path.parent))
         real_write_csv(path, header, rows)
 
-    monkeypatch.setattr(ckpt, "write_csv", write_csv)
+    monkeypatch.setattr(atomic, "write_csv", write_csv)
     fail_writes(monkeypatch, "results.csv", after_bytes=10, nth=3)
     with pytest.raises(WriteError, match=r"results\.csv"):
         graft.train(data, out=out, name="full", **options)
@@ -260,14 +261,14 @@ def test_a_planted_pickle_as_model_weights_is_refused_unrun(run, tmp_path, as_to
 
 # --- every writer is atomic ---------------------------------------------------------------------------------------
 
-#: Writes that do not go through graft.core.checkpoint's atomic helpers, and why they are safe.
+#: Writes that do not go through graft.core.atomic, and why they are safe.
 NON_ATOMIC_ALLOWED = {
-    "core/checkpoint.py": "the atomic helpers themselves",
+    "core/atomic.py": "the atomic helpers themselves",
     "features/store.py": "append-only feature matrix (a crash leaves a partial row, dropped; rows carry a crc32) and "
     "a lock file; its index is written atomically",
     "inference/csvout.py": "predict --out streams rows to OUT.partial, fsyncs it and renames it to OUT; the merged "
     "predict --out of several processes likewise",
-    "commands/serving.py": "an upload's scratch copy in a private temporary folder",
+    "deploy/serving.py": "an upload's scratch copy in a private temporary folder",
 }
 
 

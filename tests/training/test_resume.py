@@ -20,9 +20,8 @@ import pytest
 import graft
 import graft.training.loop
 import graft.training.pipeline
-from graft.core import checkpoint as ckpt
 from graft.core.errors import ConfigError, DataError, RunError
-from graft.training.resume import RESUME_FILE
+from graft.training.resume import RESUME_FILE, load_state, save_state
 
 SMALL = {"arch": "mobilenet_v3_small", "pretrained": "none", "seed": 0, "device": "cpu", "batch_size": 4}
 SMALL["checkpoint_budget"] = 1.0  # a checkpoint after every epoch, however fast: the tests count on it
@@ -163,7 +162,7 @@ def test_sigkill_mid_epoch_then_resume_from_the_cli(tmp_image_folder, tmp_path) 
     assert proc.returncode == -signal.SIGKILL, "".join(lines)
     run_dir = out / "killed"
     assert not (run_dir / "metrics.json").exists()
-    state = ckpt.load_state(run_dir / RESUME_FILE)
+    state = load_state(run_dir / RESUME_FILE)
     assert len(state["history"]) == 1  # killed during epoch 2: epoch 1 is the last finished one
 
     resumed = subprocess.run([*cmd, "--name", "killed", "--resume", str(run_dir)], capture_output=True, env=env)
@@ -239,14 +238,14 @@ def test_head_stage_state_holds_the_head_only_and_checks_the_body(staged, tmp_pa
     with pytest.raises(Crash):
         graft.train(data, out=out, name="r", **STAGED)
     path = out / "r" / RESUME_FILE
-    state = ckpt.load_state(path)
+    state = load_state(path)
     assert state["model"] and all(k.startswith("head.") for k in state["model"])
     assert all(not k.startswith("body.") for k in state["fit"]["best_state"])
     assert len(state["fixed"]["sha256"]) == 64
     assert path.stat().st_size < 100_000  # mobilenet_v3_small's body alone is ~4 MB
 
     state["fixed"]["sha256"] = "0" * 64  # as if --pretrained now resolved to another weights file
-    ckpt.save_state(path, state)
+    save_state(path, state)
     with pytest.raises(RunError, match="frozen backbone's weights differ"):
         graft.train(data, out=out, name="r", resume=out / "r", **STAGED)
     assert state["version"] == resume.VERSION

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def doctor(data: Any, /, **options: Any) -> Any:
-    """See :func:`graft.insight.doctor.api.doctor`."""
-    from graft.insight.doctor.api import doctor as run
+    """See :func:`graft.insight.doctor.run.doctor`."""
+    from graft.insight.doctor.run import doctor as run
 
     return run(data, **options)

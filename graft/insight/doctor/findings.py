@@ -137,7 +137,7 @@ def exclude_entries(result: DoctorResult) -> dict[str, str]:
 
 
 def write_exclude_list(path: Path, entries: dict[str, str]) -> None:
-    from graft.core.checkpoint import atomic_write_text
+    from graft.core.atomic import atomic_write_text
 
     body = "".join(f"{file}\t{reason}\n" for file, reason in entries.items())
     atomic_write_text(path, "# graft doctor: files to leave out (graft train --exclude THIS_FILE)\n" + body)

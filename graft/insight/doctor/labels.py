@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from graft.core.runtime import one_thread
+from graft.core.device import one_thread
+from graft.core.metrics import stratified_folds
 
 #: A candidate whose score reaches this is a confident error (``--exclude-list`` leaves it out): its own label got
 #: under ~20% out of fold and most of its neighbours carry another label.
@@ -38,17 +39,6 @@ class LabelScores:
     score: np.ndarray
     suggested: np.ndarray
     candidate: np.ndarray
-
-
-def stratified_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
-    """Fold number of each image: every class dealt round-robin over the folds after a seeded shuffle."""
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(labels), np.int64)
-    for c in np.unique(labels):
-        idx = np.nonzero(labels == c)[0]
-        rng.shuffle(idx)
-        fold[idx] = np.arange(len(idx)) % folds
-    return fold
 
 
 def row_space(x: torch.Tensor) -> torch.Tensor:

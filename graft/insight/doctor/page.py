@@ -98,6 +98,6 @@ def render(result: DoctorResult, root: Path) -> str:
 
 
 def write_page(path: Path, result: DoctorResult, root: Path, **_: Any) -> None:
-    from graft.core.checkpoint import atomic_write_text
+    from graft.core.atomic import atomic_write_text
 
     atomic_write_text(path, render(result, root))

@@ -1,0 +1,337 @@
+"""``graft export RUN --format onnx --int8``: an int8 ONNX model for machines without torch.
+
+The float run's network is exported to ONNX and verified against PyTorch exactly as ``graft export`` does, then
+quantized by ONNX Runtime's static quantization (``onnxruntime.quantization.quantize_static``): QDQ format,
+weights int8 per output channel with a 7-bit range (``reduce_range``: the u8s8 kernels of CPUs without VNNI
+overflow with full 8-bit weights), activations uint8 per tensor, each activation's range the 99.99th percentile
+of its histogram over ``calib`` of the run's training images (graft's eval transform; min/max ranges lost two
+of 153 val images on MobileNetV2). The int8 model is then compared with the float one in ONNX Runtime over the
+run's val split: if its accuracy is more than one point lower, nothing is written and the export ends in an
+``error:`` line. Both are timed in ONNX Runtime on the same batch with the same threads.
+
+The export is a folder (default ``RUN/onnx-int8/``) that runs without graft or torch:
+
+- ``model.onnx``: the int8 model (the sidecar's JSON is embedded as metadata property ``graft``);
+- ``model.onnx.json``: class names, preprocessing, input/output names, sha256 (as for every graft export);
+- ``export.json``: fp32 and int8 val accuracy, images/s, sizes, the quantization settings, the CPU;
+- ``predict.py``: ``python predict.py IMAGE...`` (onnxruntime, numpy, Pillow), graft's preprocessing;
+- ``requirements.txt``: those three packages.
+
+This is ONNX Runtime's quantization of a *float* run; int8 runs of graft (``graft quantize``, ``--int8``,
+``--mode qat``) are still refused by ``graft export`` (see :mod:`graft.deploy.export`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from graft.core import atomic, rundir
+from graft.core.config import ExportConfig, from_options
+from graft.core.config.fields import takes_fields
+from graft.core.errors import RunError
+from graft.core.version import __version__
+from graft.deploy.formats import (
+    ExportError,
+    ExportResult,
+    Verification,
+    check_exportable,
+    describe,
+    inference_module,
+    onnx_bytes,
+    onnx_runner,
+    sidecar_path,
+    verification_paths,
+    verify,
+)
+
+DEFAULT_DIR = "onnx-int8"
+#: The largest val accuracy the int8 model may lose against the float one (one point).
+MAX_DROP = 0.01
+CALIB_PERCENTILE = 99.99
+#: Seconds each model is timed for (after one warm-up batch).
+TIME_SECONDS = 2.0
+EXPORT_JSON = "export.json"
+REQUIREMENTS = "onnxruntime\nnumpy\npillow\n"
+
+
+@takes_fields(ExportConfig, "run")
+def export_int8(
+    run_dir: str | os.PathLike[str], /, *, log: Callable[[str], None] = print, **options: Any
+) -> ExportResult:
+    """Export a float run as an int8 ONNX folder (see the module's doc); return what was written. ``options`` are
+    the fields of :class:`graft.core.config.ExportConfig` (``out`` is the folder here; ``int8`` is implied).
+
+    Raises:
+        ExportError: the float export does not reproduce PyTorch, the training or val images are missing, or the
+            int8 model's val accuracy is more than :data:`MAX_DROP` below the float model's (nothing written).
+    """
+    return run_export_int8(from_options(ExportConfig, options | {"int8": True}, run=run_dir), log=log)
+
+
+def run_export_int8(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
+    """:func:`export_int8` with an :class:`ExportConfig`."""
+    from graft.inference.loading import load
+
+    run_dir, out, calib, batch_size, opset = cfg.run, cfg.out, cfg.calib, cfg.batch_size, cfg.opset
+    images, verify_images, tolerance = cfg.images, cfg.verify_images, cfg.tolerance
+    check_exportable(run_dir, "onnx")
+    paths, source = verification_paths(run_dir, images, verify_images)
+    clf = load(run_dir, device="cpu")
+    if getattr(clf, "multilabel", False):  # the val comparison and predict.py are single-label (softmax, top-1)
+        raise ExportError(f"--int8 exports single-label runs; {run_dir} is multi-label: export it without --int8")
+    folder = Path(out) if out is not None else run_dir / DEFAULT_DIR
+    model_path = folder / "model.onnx"
+    info = describe(clf, "onnx", model_path)
+    fp32, info["opset"] = onnx_bytes(inference_module(clf), clf.preprocess.input_size, opset, info)
+    verification = verify(clf, onnx_runner(fp32), paths, tolerance=tolerance, batch_size=batch_size, source=source)
+    if not verification.passed:
+        raise ExportError(
+            f"the float ONNX export of {run_dir} does not reproduce the PyTorch model: "
+            f"{verification.format()}. Nothing was written."
+        )
+    log(f"float ONNX model {verification.format()}")
+
+    calibration = calibration_batches(clf, run_dir, calib, batch_size)
+    n_calib = sum(len(b) for b in calibration)
+    log(f"quantizing with ONNX Runtime (QDQ, calibrated on {n_calib} training images)")
+    int8 = quantize(fp32, calibration)
+    figures = compare(clf, run_dir, fp32, int8, batch_size=batch_size)
+    figures["calibration_images"] = n_calib
+    check_drop(figures, run_dir)
+    info["quantized"] = quantization_info(n_calib)
+    return write_folder(folder, model_path, int8, info, figures, verification, run_dir)
+
+
+def check_drop(figures: dict[str, Any], run_dir: Path) -> None:
+    """Refuse (one ``error:`` line, nothing written) an int8 model more than :data:`MAX_DROP` below the float one."""
+    drop = figures["fp32_val_acc"] - figures["int8_val_acc"]
+    if drop > MAX_DROP + 1e-9:  # 1e-9: accuracies are ratios of counts, a drop of exactly one point passes
+        raise ExportError(
+            f"the int8 model loses {drop * 100:.2f} points of val accuracy ({figures['fp32_val_acc']:.4f} -> "
+            f"{figures['int8_val_acc']:.4f} on {figures['val_images']} images; at most {MAX_DROP * 100:g} point is "
+            "allowed): nothing was written. Try more calibration images (--calib), or export the float model: "
+            f"graft export {run_dir} --format onnx"
+        )
+
+
+def calibration_batches(clf: Any, run_dir: Path, n: int, batch_size: int) -> list[Any]:
+    """``n`` of the run's training images, spread evenly over the split (every class is seen), as graft's eval
+    transform makes them (what the deployed model is fed), in float32 NCHW numpy batches."""
+    fix = "int8 calibration needs them: put the data back where the run was trained"
+    try:
+        paths = rundir.run_split(run_dir, "train", clf.classes, fix=fix, skip_unknown=True).paths
+    except RunError as e:
+        raise ExportError(str(e)) from None
+    if not paths:
+        raise ExportError(f"{run_dir / rundir.DATA_REPORT} lists no training images of the model's classes")
+    n = min(n, len(paths))
+    picks = sorted({round(i * (len(paths) - 1) / max(n - 1, 1)) for i in range(n)})
+    picked = [paths[i] for i in picks]
+    batches = [b.images.numpy() for b in clf.batches(picked, batch_size=batch_size) if b.images is not None]
+    if not batches:
+        raise ExportError("none of the calibration images could be read")
+    return batches
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of input batches."""
+
+    def __init__(self, batches: Sequence[Any], input_name: str) -> None:
+        self.batches, self.input_name = batches, input_name
+        self.it = iter(batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        batch = next(self.it, None)
+        return None if batch is None else {self.input_name: batch}
+
+    def rewind(self) -> None:
+        self.it = iter(self.batches)
+
+
+def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
+    """The float ONNX model quantized by ONNX Runtime (static, QDQ; settings in the module's doc)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from graft.deploy.formats import INPUT_NAME
+
+    quiet = logging.getLogger()
+    level = quiet.level
+    with tempfile.TemporaryDirectory(prefix="graft-ort-int8-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, pre, dst = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
+        atomic.atomic_write_bytes(src, fp32)
+        quiet.setLevel(logging.ERROR)  # ONNX Runtime's tools log each step at INFO/WARNING
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # ... and print the calibration's progress
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                quantize_static(
+                    str(pre),
+                    str(dst),
+                    _Reader(calibration, INPUT_NAME),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    reduce_range=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    extra_options={"CalibPercentile": CALIB_PERCENTILE},
+                )
+        except Exception as e:
+            raise ExportError(f"ONNX Runtime could not quantize the model: {type(e).__name__}: {e}") from None
+        finally:
+            quiet.setLevel(level)
+        return dst.read_bytes()
+
+
+def session(data: bytes, threads: int) -> Any:
+    """A CPU ONNX Runtime session with ``threads`` intra-op threads (the same for both models when timed)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: int = 32) -> dict[str, Any]:
+    """Both models in ONNX Runtime over the run's val split (accuracy, top-1 agreement, largest probability
+    difference), then images/s on the same batch with the same threads."""
+    import numpy as np
+
+    from graft.deploy.formats import INPUT_NAME, OUTPUT_NAME
+
+    val = rundir.run_split(run_dir, "val", clf.classes)
+    paths, labels = val.paths, val.labels
+    threads = cores()
+    models = {"fp32": session(fp32, threads), "int8": session(int8, threads)}
+    correct, agree, seen, max_diff, timing_batch = {"fp32": 0, "int8": 0}, 0, 0, 0.0, None
+    for decoded in clf.batches(paths, batch_size=batch_size):
+        if decoded.images is None:
+            continue
+        x = np.ascontiguousarray(decoded.images.numpy(), dtype=np.float32)
+        y = np.asarray([labels[i] for i in decoded.positions])
+        probs = {}
+        for name, s in models.items():
+            (logits,) = s.run([OUTPUT_NAME], {INPUT_NAME: x})
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            probs[name] = z / z.sum(1, keepdims=True)
+            correct[name] += int((probs[name].argmax(1) == y).sum())
+        agree += int((probs["fp32"].argmax(1) == probs["int8"].argmax(1)).sum())
+        max_diff = max(max_diff, float(np.abs(probs["fp32"] - probs["int8"]).max()))
+        seen += len(x)
+        if timing_batch is None or len(x) > len(timing_batch):
+            timing_batch = x
+    if not seen:
+        raise ExportError(f"none of the run's {len(paths)} val images could be read to compare fp32 and int8")
+    speed = {name: images_per_s(s, timing_batch) for name, s in models.items()}
+    return {
+        "val_images": seen,
+        "fp32_val_acc": correct["fp32"] / seen,
+        "int8_val_acc": correct["int8"] / seen,
+        "top1_agreement": agree / seen,
+        "max_probability_diff": max_diff,
+        "fp32_images_per_s": speed["fp32"],
+        "int8_images_per_s": speed["int8"],
+        "speedup": speed["int8"] / speed["fp32"],
+        "timing": {"batch_size": len(timing_batch), "threads": threads, "load_avg_1m": os.getloadavg()[0]},
+        "fp32_bytes": len(fp32),
+        "int8_bytes": len(int8),
+        "size_ratio": len(fp32) / len(int8),
+    }
+
+
+def images_per_s(s: Any, batch: Any, seconds: float = TIME_SECONDS) -> float:
+    """Images per second of one session on ``batch``: the median time of repeated runs after a warm-up."""
+    from graft.deploy.formats import INPUT_NAME
+
+    s.run(None, {INPUT_NAME: batch})
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        t = time.perf_counter()
+        s.run(None, {INPUT_NAME: batch})
+        times.append(time.perf_counter() - t)
+    return len(batch) / statistics.median(times)
+
+
+def quantization_info(n_calib: int) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    return {
+        "tool": f"onnxruntime {ort.__version__} quantize_static",
+        "format": "QDQ",
+        "weights": "int8, per output channel, 7-bit range (reduce_range)",
+        "activations": "uint8, per tensor",
+        "ranges": f"{CALIB_PERCENTILE}th percentile of each activation's histogram",
+        "calibration_images": n_calib,
+        "calibration_split": "train",
+    }
+
+
+def write_folder(
+    folder: Path,
+    model_path: Path,
+    int8: bytes,
+    info: dict[str, Any],
+    figures: dict[str, Any],
+    verification: Verification,
+    run_dir: Path,
+) -> ExportResult:
+    """model.onnx (metadata embedded), its sidecar, export.json, predict.py and requirements.txt."""
+    import onnx
+
+    from graft.deploy import standalone_predict
+    from graft.int8.backend import cpu_info
+
+    proto = onnx.load_from_string(int8)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "graft", json.dumps(info)
+    data = proto.SerializeToString()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic.atomic_write_bytes(model_path, data)
+    info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
+    sidecar = sidecar_path(model_path)
+    atomic.atomic_write_json(sidecar, info)
+    record = {
+        "format": "graft-onnx-int8/1",
+        "model": model_path.name,
+        "source_run": str(run_dir),
+        **figures,
+        "max_drop": MAX_DROP,
+        "quantization": info["quantized"],
+        "fp32_verification": verification.to_dict(),
+        "cpu": cpu_info(),
+        "versions": info["versions"] | {"graft": __version__},
+    }
+    atomic.atomic_write_json(folder / EXPORT_JSON, record)
+    atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
+    atomic.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
+    return ExportResult(model_path, sidecar, "onnx", verification, info, figures=record)
+
+
+def summary(figures: dict[str, Any]) -> str:
+    """One line of the export's figures, for the command line."""
+    f = figures
+    return (
+        f"int8 val acc {f['int8_val_acc']:.4f} (fp32 {f['fp32_val_acc']:.4f}, {f['val_images']} images, top-1 agrees "
+        f"on {f['top1_agreement']:.1%}); {f['int8_images_per_s']:.1f} vs {f['fp32_images_per_s']:.1f} images/s "
+        f"({f['speedup']:.2f}x, batch {f['timing']['batch_size']}, {f['timing']['threads']} threads); "
+        f"{f['int8_bytes'] / 1e6:.1f} vs {f['fp32_bytes'] / 1e6:.1f} MB"
+    )
