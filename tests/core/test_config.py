@@ -53,6 +53,7 @@ def test_api_refuses_unknown_options_and_checks_through_the_config(tmp_path) -> 
         export(tmp_path, tolerance=0)
 
 
+@pytest.mark.subprocess
 def test_import_is_light() -> None:
     import subprocess
     import sys

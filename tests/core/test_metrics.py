@@ -211,6 +211,7 @@ def test_confusion_matrix_of_tensors_stays_a_tensor() -> None:
         assert metrics.balanced_accuracy(cm) == metrics.balanced_accuracy(cm.numpy())
 
 
+@pytest.mark.subprocess
 def test_importing_the_metrics_does_not_import_torch() -> None:
     code = "import sys, graft.core.metrics; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -240,6 +240,7 @@ def old_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return run
 
 
+@pytest.mark.slow
 def test_an_old_run_directory_loads_predicts_and_evaluates(old_run: Path, hymenoptera: Path) -> None:
     from graft.insight.evaluation import evaluate
 
@@ -258,6 +259,7 @@ def test_an_old_run_directory_loads_predicts_and_evaluates(old_run: Path, hymeno
     assert result.best_val_acc == json.loads((OLD_RUN / "metrics.json").read_text())["best_val_acc"]
 
 
+@pytest.mark.subprocess
 def test_a_corrupted_model_json_is_one_error_line(old_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(old_run, run)
