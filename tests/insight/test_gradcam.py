@@ -83,7 +83,7 @@ def test_layouts(name: str) -> None:
 
 def test_architectures_without_a_spatial_layer() -> None:
     assert get_backbone("vit_b_16").gradcam_layer is None
-    fake = SimpleNamespace(meta={"arch": "vit_b_16"}, model=SimpleNamespace(body=torch.nn.Identity()))
+    fake = SimpleNamespace(meta=SimpleNamespace(arch="vit_b_16"), model=SimpleNamespace(body=torch.nn.Identity()))
     with pytest.raises(GradCAMUnavailable, match="vit_b_16 has no spatial feature map"):
         gradcam(fake, [torch.zeros(3, 224, 224, dtype=torch.uint8)])
     with pytest.raises(GradCAMUnavailable, match="not a module"):
