@@ -32,7 +32,9 @@ def covered(module: str, paths: set[str]) -> bool:
 
 
 def test_the_layout_table_names_only_files_that_exist() -> None:
-    missing = sorted(p for p in layout_paths((ROOT / "NOTES.md").read_text(encoding="utf-8")) if not (ROOT / p).exists())
+    missing = sorted(
+        p for p in layout_paths((ROOT / "NOTES.md").read_text(encoding="utf-8")) if not (ROOT / p).exists()
+    )
     assert missing == [], f"NOTES.md's Layout table names files that do not exist: {missing}"
 
 
