@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from graft.core.config.fields import AT_LEAST_1, FRACTION, Shared, check_fields, opt
+from graft.core.config.fields import AT_LEAST_1, FRACTION, Rule, Shared, check_fields, opt
 
 DATA_HELP = "dataset folder (DATA/train/<class>/* + DATA/val/<class>/*, or DATA/<class>/*), or a .csv/.tsv table"
 DATA_AS_TRAIN_HELP = "dataset folder or .csv/.tsv table (as for graft train)"
@@ -32,7 +32,7 @@ Task = Literal["auto", "single", "multilabel"]
 DATA = Shared(None, DATA_HELP, missing="no dataset folder given: pass DATA{example}", positional=True)
 VAL_SPLIT = Shared(0.2, check=FRACTION)
 BATCH_SIZE = Shared(32, "images per batch", AT_LEAST_1)
-SEED = Shared(0)
+SEED = Shared(0, check=Rule("in 0..2**64-1", lambda v: 0 <= v < 2**64))
 #: a table DATA's options
 TABLE = {name: Shared({"task": "auto", "pos_weight": "none"}.get(name), help) for name, help in TABLE_HELP.items()}
 

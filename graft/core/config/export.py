@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Literal
 
 from graft.core.config.data import BATCH_SIZE
-from graft.core.config.fields import ABOVE_0, AT_LEAST_0, RUN, Rule, check_all, check_fields, opt, optional_path
+from graft.core.config.fields import (
+    ABOVE_0,
+    AT_LEAST_0,
+    AT_LEAST_1,
+    RUN,
+    Rule,
+    check_all,
+    check_fields,
+    opt,
+    optional_path,
+)
 from graft.core.config.model import ACTIVATION_BITS, CALIB, ActivationBits
 
 
@@ -60,7 +70,7 @@ class ExportConfig:
     tolerance: float = opt(
         1e-4, "largest allowed absolute difference between exported and PyTorch logits", check=ABOVE_0
     )
-    opset: int | None = opt(None, "ONNX opset (default: the exporter's)")
+    opset: int | None = opt(None, "ONNX opset (default: the exporter's)", check=AT_LEAST_1)
     json: bool = opt(False, "print the sidecar as JSON")
     int8: bool = opt(
         False,

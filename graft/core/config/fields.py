@@ -5,6 +5,7 @@ config as JSON. No heavy imports: ``graft --help`` imports it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +83,14 @@ DEVICE = Shared("auto", DEVICE_HELP)
 
 
 def check_fields(cfg: Any) -> None:
-    """Raise a :class:`ConfigError` for the first field, in declaration order, that is missing or fails its check."""
+    """Raise a :class:`ConfigError` for the first field, in declaration order, that is missing, not a finite number
+    where it is a number (nan and inf pass comparisons such as ``lr <= 0`` unnoticed), or fails its check."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if value is None and "missing" in f.metadata:
             raise ConfigError(f.metadata["missing"])
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number (got {value})")
         rule: Rule | None = f.metadata.get("check")
         if rule is not None and value is not None and not rule.ok(value):
             raise ConfigError(f"--{f.name.replace('_', '-')} must be {rule.must} (got {value}){rule.hint}")

@@ -54,8 +54,8 @@ class TrainConfig:
     batch_size: int = opt(BATCH_SIZE)
     optimizer: Literal["adamw", "sgd"] = opt("adamw", "optimizer (sgd uses --momentum, as in the tutorial)")
     lr: float | Literal["auto"] | None = opt(None, TUNING_HELP["lr"], parse=parse_lr)
-    momentum: float = opt(0.9, "SGD momentum")
-    weight_decay: float = opt(1e-4, "weight decay")
+    momentum: float = opt(0.9, "SGD momentum", check=BELOW_1)
+    weight_decay: float = opt(1e-4, "weight decay", check=AT_LEAST_0)
     auto: bool = opt(False, TUNING_HELP["auto"])
     time_budget: float | None = opt(None, TUNING_HELP["time_budget"])
     ensemble: int | None = opt(None, TUNING_HELP["ensemble"], metavar="K")
@@ -63,7 +63,9 @@ class TrainConfig:
         "cosine", "learning-rate schedule per epoch: cosine decay, step (StepLR), or none"
     )
     step_size: int = opt(7, "StepLR period in epochs (with --scheduler step)", check=AT_LEAST_1)
-    gamma: float = opt(0.1, "StepLR decay factor (with --scheduler step)")
+    gamma: float = opt(
+        0.1, "StepLR decay factor (with --scheduler step)", check=Rule("in (0, 1]", lambda v: 0 < v <= 1)
+    )
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss", check=BELOW_1)
     hidden: tuple[int, ...] = opt((), "hidden layer widths of an MLP head, e.g. 1024,512 (default: one Linear)")
     dropout: float = opt(0.0, "dropout before each Linear of the head", check=BELOW_1)
