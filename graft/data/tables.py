@@ -325,11 +325,26 @@ def _inside(source: _Source, line: int, base: Path, real_base: Path, path: str) 
     resolved = full.resolve()
     if full.is_relative_to(base) and resolved.is_relative_to(real_base):
         return full.relative_to(base).as_posix()
-    how = "is" if not full.is_relative_to(base) else f"is a symbolic link to {resolved},"
+    how = "is" if not full.is_relative_to(base) else _through_link(base, full, resolved)
     raise DataError(
         f"{source.at(line)}: {path!r} {how} outside the data root {base}; graft reads only files under the root "
         "(refused, not followed): move the file under it, or pass --root with a folder that holds every listed file."
     )
+
+
+def _through_link(base: Path, full: Path, resolved: Path) -> str:
+    """How ``full``, under ``base`` by name, ends up at ``resolved``: the symbolic link on its way that leads out."""
+    link = base
+    for part in full.relative_to(base).parts:
+        link = link / part
+        if link.is_symlink() and not link.resolve().is_relative_to(base.resolve()):
+            if link == full:
+                return f"is a symbolic link to {resolved},"
+            return (
+                f"resolves to {resolved} (its folder {link.relative_to(base).as_posix()} is a symbolic link to "
+                f"{link.resolve()}),"
+            )
+    return f"resolves to {resolved},"
 
 
 def _usable_rows(

@@ -136,6 +136,7 @@ def outside(root: Path) -> None:
     """An image beside the data root, and a symbolic link to it inside the root."""
     (root.parent / "elsewhere.jpg").write_bytes((root / "a/img000.jpg").read_bytes())
     (root / "a/link.jpg").symlink_to(root.parent / "elsewhere.jpg")
+    (root / "linked").symlink_to(root.parent, target_is_directory=True)
 
 
 #: case -> (extra rows or a header change, fragments of the one error line)
@@ -146,6 +147,10 @@ BAD = {
     "dot-dot": ({"rows": [["a/../../elsewhere.jpg", "a", "train"]]}, ["outside the data root", "refused"]),
     "absolute": ({"rows": [["{parent}/elsewhere.jpg", "a", "train"]]}, ["outside the data root", "--root"]),
     "symlink": ({"rows": [["a/link.jpg", "a", "train"]]}, ["is a symbolic link to", "outside the data root"]),
+    "folder symlink": (
+        {"rows": [["linked/elsewhere.jpg", "a", "train"]]},
+        ["'linked/elsewhere.jpg' resolves to", "its folder linked is a symbolic link to", "outside the data root"],
+    ),
     "several labels, --task single": (
         {"rows": [["a/img000.jpg", "a b", "train"]], "args": ["--task", "single"]},
         ["several labels", "--task multilabel"],
