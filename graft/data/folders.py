@@ -22,6 +22,8 @@ from graft.data.samples import (
     ScanVerdicts,
     Skipped,
     count_classes,
+    is_folder,
+    outside_link,
     split_per_class,
     validate_files,
 )
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 _VAL_DIR_NAMES = ("val", "valid", "validation")
+_ACCESS = "Give this user read and search permission on the data (e.g. chmod -R u+rX DATA), or run as one who has it."
 _LAYOUT_HELP = (
     "A dataset is a folder with one sub-folder per class (e.g. data/cats/*.jpg, data/dogs/*.jpg), "
     "or with train/ and val/ folders that each hold the same class sub-folders."
@@ -47,23 +50,32 @@ _LAYOUT_HELP = (
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    """The folders in ``folder`` (hidden ones and entries that cannot be looked at left out), sorted by name."""
+    return sorted((p for p in folder.iterdir() if is_folder(p)[0] and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def _walk(folder: Path, base: Path, skipped: list[Skipped], seen: set[tuple[int, int]]) -> list[Path]:
-    """Every non-directory entry under ``folder``, recursively, following symlinks but not loops."""
+    """Every non-directory entry under ``folder``, recursively, following symlinks but not loops, and no link out of
+    the data root (skipped with the reason, as a folder that cannot be read)."""
+    rel = folder.relative_to(base).as_posix() + "/"
+    if (outside := outside_link(folder, base.resolve())) is not None:
+        skipped.append(Skipped(rel, outside))
+        return []
     try:
         st = folder.stat()
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as e:
-        skipped.append(Skipped(folder.relative_to(base).as_posix() + "/", f"cannot read folder: {e.strerror}"))
+        skipped.append(Skipped(rel, f"cannot read folder: {e.strerror}"))
         return []
     if (st.st_dev, st.st_ino) in seen:
         return []
     seen.add((st.st_dev, st.st_ino))
     out: list[Path] = []
     for p in entries:
-        if p.is_dir():
+        folder_, why = is_folder(p)
+        if why is not None:
+            skipped.append(Skipped(p.relative_to(base).as_posix(), why))
+        elif folder_:
             if not p.name.startswith("."):
                 out += _walk(p, base, skipped, seen)
         else:
@@ -117,20 +129,19 @@ def scan(
     if is_dataframe(root):
         return scan_table(root, val_split=val_split, seed=seed, **common, **table, **labels)
     base = Path(os.path.abspath(os.path.expanduser(root)))
-    if base.suffix.lower() in TABLE_SUFFIXES and not base.is_dir():
+    if base.suffix.lower() in TABLE_SUFFIXES and not is_folder(base)[0]:
         return scan_table(base, val_split=val_split, seed=seed, **common, **table, **labels)
-    if not base.exists():
-        raise DataError(f"Data folder {base} does not exist. Check the path. {_LAYOUT_HELP}")
-    if not base.is_dir():
-        raise DataError(f"Data path {base} is not a folder or a .csv/.tsv table. {_LAYOUT_HELP}")
+    _check_root(base)
     given = [f"--{k.replace('_', '-')}" for k, v in (table | labels).items() if v not in (None, "auto")]
     if given:
         raise DataError(f"{', '.join(given)} only apply when DATA is a .csv/.tsv table; {base} is a folder.")
-    layout, splits = _layout(base, val_split)
-    used_split, used_seed = (val_split, seed) if layout == "split" else (None, None)
-
     skipped: list[Skipped] = []
-    class_dirs = _class_folders(base, layout, splits, skipped)
+    try:
+        layout, splits = _layout(base, val_split)
+        class_dirs = _class_folders(base, layout, splits, skipped)
+    except PermissionError as e:  # the root, or its train/ or val/ folder, cannot be listed
+        raise DataError(_unreadable(Path(e.filename or base), e)) from None
+    used_split, used_seed = (val_split, seed) if layout == "split" else (None, None)
     classes = sorted(next(iter(class_dirs.values())))
     if len(classes) < 2:
         raise DataError(
@@ -147,6 +158,21 @@ def scan(
 
     report = DataReport(str(base), layout, classes, count_classes(classes, train, val), skipped, used_split, used_seed)
     return Dataset.of(classes, train, val, report, decoded, verdicts)
+
+
+def _check_root(base: Path) -> None:
+    """The data root exists, is a folder, and can be looked at; else a :class:`DataError` that says which."""
+    try:
+        if not base.exists():
+            raise DataError(f"Data folder {base} does not exist. Check the path. {_LAYOUT_HELP}")
+        if not base.is_dir():
+            raise DataError(f"Data path {base} is not a folder or a .csv/.tsv table. {_LAYOUT_HELP}")
+    except OSError as e:
+        raise DataError(_unreadable(base, e)) from None
+
+
+def _unreadable(folder: Path, e: OSError) -> str:
+    return f"cannot read the data folder {folder}: {e.strerror or e}. {_ACCESS}"
 
 
 def read_exclude_list(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -194,12 +220,16 @@ def _class_folders(
     class_dirs: dict[str, dict[str, Path]] = {}
     for split, folder in splits.items():
         for p in sorted(folder.iterdir(), key=lambda p: p.name):
-            if not p.is_dir():
-                skipped.append(Skipped(p.relative_to(base).as_posix(), _loose_reason(p)))
+            folder_, why = is_folder(p)
+            if not folder_:
+                skipped.append(Skipped(p.relative_to(base).as_posix(), why or _loose_reason(p)))
         held_out = held_out_test(folder) if split == "all" else None  # DATA/test/<class>: not a class
         class_dirs[split] = {d.name: d for d in _subdirs(folder) if d != held_out}
         if not class_dirs[split]:
             where = folder if split != "all" else base
+            unreadable = [s for s in skipped if s.reason.startswith("cannot read")]
+            if unreadable:  # e.g. a folder without search permission: its entries cannot be told apart
+                raise DataError(f"No class folder of {where} can be read ({_skip_summary(unreadable)}). " + _ACCESS)
             raise DataError(f"No class folders found in {where}. {_LAYOUT_HELP}")
     if layout == "train/val":
         only_train = sorted(class_dirs["train"].keys() - class_dirs["val"].keys())

@@ -230,6 +230,27 @@ class ScanVerdicts:
             pass  # a read-only cache folder only costs the next scan its decodes
 
 
+def is_folder(path: Path) -> tuple[bool, str | None]:
+    """(whether ``path`` is a folder, following links; why it cannot be told or None): an entry that cannot be
+    looked at (EACCES in a folder without search permission) is a reason to skip it, not an exception."""
+    try:
+        return path.is_dir(), None
+    except OSError as e:
+        return False, f"cannot read: {e.strerror or e}"
+
+
+def outside_link(folder: Path, real_root: Path) -> str | None:
+    """Why the scan does not enter ``folder`` (a symbolic link to a folder outside ``real_root``), or None. A
+    walk never leaves the folder it was given: a link to ``/`` would read the whole machine."""
+    try:
+        target = folder.resolve()
+    except OSError as e:
+        return f"cannot read folder: {e.strerror or e}"
+    if target.is_relative_to(real_root):
+        return None
+    return f"symbolic link to {target}, a folder outside the data root (not followed)"
+
+
 def _json_safe(text: str) -> str:
     """File names that are not UTF-8 (lone surrogates in Python) as JSON-safe text."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

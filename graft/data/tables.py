@@ -32,6 +32,7 @@ from graft.data.samples import (
     ScanVerdicts,
     Skipped,
     count_classes,
+    is_folder,
     split_per_class,
     validate_files,
 )
@@ -360,8 +361,10 @@ def _usable_rows(
             skipped.append(Skipped(rel, f"listed again on {unit} {line} ({unit} {first[rel]} is used)"))
         elif exclude and rel in exclude:
             skipped.append(Skipped(rel, f"excluded: {exclude[rel]}"))
-        elif full.is_dir():
+        elif (folder := is_folder(full))[0]:
             skipped.append(Skipped(rel, "a folder, not an image file"))
+        elif folder[1] is not None:
+            skipped.append(Skipped(rel, folder[1]))
         elif not full.exists():
             skipped.append(Skipped(rel, "listed in the table, but there is no such file"))
         else:
