@@ -126,7 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
     _threshold(clf, cfg.threshold)
     results = []
-    for r in clf.predict_paths(expand_paths(cfg.paths), top_k=cfg.top_k, batch_size=cfg.batch_size):
+    paths = expand_paths(cfg.paths, **_walk_options(cfg))
+    for r in clf.predict_paths(paths, top_k=cfg.top_k, batch_size=cfg.batch_size):
         for i, p in enumerate(r.predictions or []):
             r.predictions[i] = type(p)(names.get(p.label, p.label), p.probability)  # type: ignore[index]
         results.append(r)
@@ -147,6 +148,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rows = [r.to_dict() | ({"figure": str(figures[r.path])} if r.path in figures else {}) for r in results]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     return 0
+
+
+def _walk_options(cfg: PredictConfig) -> dict[str, Any]:
+    """How ``graft predict`` walks its folders: ``--follow-links``, and a note on stderr per link passed over."""
+
+    def note(link: Any, why: str) -> None:
+        print(f"note: {link}: {why}", file=sys.stderr)
+
+    return {"follow_links": cfg.follow_links, "on_skip": note}
 
 
 def _threshold(clf: Any, threshold: float | None) -> None:
@@ -173,14 +183,18 @@ def _predict_to_csv(cfg: PredictConfig, names: dict[str, str]) -> int:
 
         clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))), tta=cfg.tta)
         _threshold(clf, cfg.threshold)
-        s = predict_to_csv_sharded(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
+        s = predict_to_csv_sharded(
+            clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names, **_walk_options(cfg)
+        )
         dist.shutdown()
         if not dist.is_main():
             return 0
     else:
         clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
         _threshold(clf, cfg.threshold)
-        s = predict_to_csv(clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names)
+        s = predict_to_csv(
+            clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names, **_walk_options(cfg)
+        )
     print(
         f"{s.images} images ({s.errors} unreadable) in {s.seconds:.1f}s, {s.images_per_second:.1f} images/s; "
         f"wrote {s.path}",

@@ -14,7 +14,7 @@ from typing import Any
 from graft.core import distributed as dist
 from graft.core.errors import GraftError
 from graft.inference.classifier import Classifier
-from graft.inference.paths import iter_paths
+from graft.inference.paths import OnSkip, iter_paths
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ def predict_to_csv(
     workers: int | None = None,
     names: dict[str, str] | None = None,
     shard: tuple[int, int] = (0, 1),
+    follow_links: bool = False,
+    on_skip: OnSkip | None = None,
 ) -> CsvSummary:
     """Classify every image under ``inputs`` (files or folders) into a CSV file, streaming.
 
@@ -57,7 +59,7 @@ def predict_to_csv(
     renamed to ``out`` at the end, so memory stays constant and an interrupted run keeps the rows it finished.
     A progress bar shows on an interactive terminal. ``names`` maps class names to display names.
     ``shard=(i, n)`` classifies only every ``n``-th file from the ``i``-th (one process's share under torchrun,
-    see :func:`graft.core.distributed.predict_to_csv`).
+    see :func:`graft.core.distributed.predict_to_csv`). ``follow_links`` and ``on_skip`` are :func:`iter_paths`'s.
     """
     import csv
     import itertools
@@ -68,8 +70,11 @@ def predict_to_csv(
 
     out = Path(out)
     index, count = shard
-    paths = itertools.islice(iter_paths(inputs), index, None, count)
-    total = sum(1 for _ in iter_paths(inputs)) if sys.stderr.isatty() else None  # a cheap walk, for the bar only
+    walk = {"follow_links": follow_links}
+    paths = itertools.islice(iter_paths(inputs, **walk, on_skip=on_skip), index, None, count)
+    total = (
+        sum(1 for _ in iter_paths(inputs, **walk)) if sys.stderr.isatty() else None
+    )  # a cheap walk, for the bar only
     total = len(range(index, total, count)) if total is not None else None
     partial = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)

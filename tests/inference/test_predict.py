@@ -12,6 +12,7 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 from PIL import Image
 
 import graft
+from graft.commands import cli
 from graft.core.errors import GraftError, ImageError, RunError
 from graft.inference.classifier import Classifier, Prediction
 from graft.inference.paths import expand_paths
@@ -133,6 +134,48 @@ def test_expand_paths(hymenoptera, tmp_path) -> None:
     assert expand_paths([tmp_path, one]) == [tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "sub/c.jpg", one]
     with pytest.raises(GraftError, match="does not exist"):
         expand_paths([tmp_path / "nope.jpg"])
+
+
+def _linked_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """DIR with an image, a link to a folder inside DIR, and a link to a folder outside DIR (holding an image)."""
+    folder, outside = tmp_path / "dir", tmp_path / "outside"
+    (folder / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("dir/a.jpg", "dir/sub/b.jpg", "outside/c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (folder / "inside").symlink_to(folder / "sub", target_is_directory=True)
+    (folder / "out").symlink_to(outside, target_is_directory=True)
+    return folder, outside
+
+
+def test_folder_links_out_of_the_folder_given_are_passed_over(tmp_path) -> None:
+    folder, outside = _linked_folder(tmp_path)
+    skipped: list[tuple[Path, str]] = []
+    inside = [folder / "a.jpg", folder / "inside/b.jpg"]  # dir/inside leads to dir/sub, walked once
+    assert expand_paths([folder], on_skip=lambda p, why: skipped.append((p, why))) == inside
+    assert skipped == [(folder / "out", f"a link to {outside}, outside {folder}: not followed (--follow-links)")]
+    assert expand_paths([folder], follow_links=True) == [*inside, folder / "out/c.jpg"]
+    (folder / "root").symlink_to("/", target_is_directory=True)
+    assert expand_paths([folder]) == inside
+    assert expand_paths([folder / "out"]) == [folder / "out/c.jpg"]  # a link named by the user is followed
+
+
+@pytest.mark.slow
+def test_predict_cli_passes_over_links_out_of_the_folder(frozen_run, tmp_path, capsys) -> None:
+    folder, outside = _linked_folder(tmp_path)
+    base = ["predict", str(frozen_run.run_dir), str(folder), "--json", "--device", "cpu"]
+    assert cli.main(base) == 0
+    captured = capsys.readouterr()
+    assert [r["path"] for r in json.loads(captured.out)] == [str(folder / "a.jpg"), str(folder / "inside/b.jpg")]
+    assert (
+        captured.err.strip() == f"note: {folder / 'out'}: a link to {outside}, outside {folder}: not followed "
+        "(--follow-links)"
+    )
+    assert cli.main([*base, "--follow-links"]) == 0
+    assert str(folder / "out/c.jpg") in [r["path"] for r in json.loads(capsys.readouterr().out)]
+    csv = tmp_path / "p.csv"
+    assert cli.main(["predict", str(frozen_run.run_dir), str(folder), "--out", str(csv), "--device", "cpu"]) == 0
+    assert "c.jpg" not in csv.read_text() and "not followed" in capsys.readouterr().err
 
 
 # --- damaged or missing runs -----------------------------------------------------------------------------------

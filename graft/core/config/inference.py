@@ -29,6 +29,7 @@ class PredictConfig:
     explain: bool = opt(False, "add a Grad-CAM overlay of the top class to each figure (implies --plot)")
     plot_dir: Path = opt(Path("predictions"), "folder for the --plot figures")
     tta: bool | None = opt(TTA)
+    follow_links: bool = opt(False, "follow links to folders outside the folders given (default: passed over)")
     out: Path | None = opt(
         None, "write a CSV (path, label, probability, top_k, error) instead of printing; streams any number of images"
     )
