@@ -32,17 +32,55 @@ RESULTS_HEADER = [
 ]
 
 
+#: what graft writes into a run directory about one model (its description and weights, its evaluations, exports,
+#: search, trackers, resume state): a new run into the same folder (--exist-ok) removes them first, so none of the
+#: previous model's results is taken for the new one's. Anything else in the folder is the user's and stays.
+PREVIOUS_RESULTS = (
+    *("config.json", "data_report.json", "model.json", "model.safetensors", "results.csv", "metrics.json"),
+    *("evaluation.json", "confusion_matrix.png", "top_losses.png", "predictions.png", "pr_curves.png"),
+    *("report.html", "curves.png", "leaderboard.csv", "auto.json", "members", "eval-test", "resume.safetensors"),
+    *("tensorboard", "mlflow.json", "quantization.json", "model.pt2", "onnx-int8"),
+    *("model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json"),
+)
+
+
 def make_run_dir(cfg: TrainConfig) -> Path:
-    """``--out/--name`` (or the next free ``NNN-<arch>-<mode>``), created; an existing one only with --exist-ok."""
+    """``--out/--name`` (or the next free ``NNN-<arch>-<mode>``), created; an existing one only with --exist-ok,
+    and then without the previous model's results (:func:`clear_previous_results`)."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     name = cfg.name or next_run_name(cfg.out, f"{cfg.arch.replace('/', '_')}-{cfg.mode}")
     run_dir = cfg.out / name
-    if run_dir.exists() and not cfg.exist_ok:
+    existed = run_dir.exists()
+    if existed and not cfg.exist_ok:
         raise ConfigError(
             f"run directory {run_dir} already exists: choose another --name, or pass --exist-ok to replace its files"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    if existed and (run_dir / "config.json").exists():  # a run was here (not the --auto search's own folder)
+        clear_previous_results(run_dir)
     return run_dir
+
+
+def clear_previous_results(run_dir: Path) -> list[str]:
+    """Remove the results a previous run left in ``run_dir`` (:data:`PREVIOUS_RESULTS`, the ``lr_find-*`` range
+    tests of ``--lr auto``, and ``graft evaluate``'s ``eval-*`` folders, known by their evaluation.json); a link
+    is removed, never followed. The names removed, sorted."""
+    import shutil
+
+    names = set(PREVIOUS_RESULTS) | {p.name for p in run_dir.glob("lr_find-*.csv")}
+    names |= {p.name for p in run_dir.glob("lr_find-*.png")}
+    names |= {p.name for p in run_dir.glob("eval-*") if (p / "evaluation.json").is_file() and not p.is_symlink()}
+    removed = []
+    for name in sorted(names):
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any) -> None:

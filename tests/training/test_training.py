@@ -502,3 +502,28 @@ def test_existing_run_name_needs_exist_ok(tmp_image_folder, tmp_path) -> None:
     run = tiny_train(data, out, name="taken", exist_ok=True)
     assert run.run_dir == out / "taken"
     assert (out / "taken/model.json").is_file() and (out / "taken/notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_exist_ok_removes_the_previous_models_results_and_keeps_the_users_files(tmp_image_folder, tmp_path) -> None:
+    out = tmp_path / "runs"
+    first = tiny_train(tmp_image_folder(TINY | {"test/a": 2, "test/b": 2}), out, name="again").run_dir
+    assert (first / "eval-test/evaluation.json").is_file()
+    (first / "eval-other").mkdir()  # graft evaluate RUN other/ of the first model
+    (first / "eval-other/evaluation.json").write_text("{}")
+    (first / "model.onnx").write_bytes(b"first model")
+    (first / "eval-mine").mkdir()  # the user's own folders and files, named as they like
+    (first / "eval-mine/notes.txt").write_text("keep me")
+    (first / "notes.txt").write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/evaluation.json").write_text("{}")
+    (first / "eval-linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+
+    second = tiny_train(tmp_image_folder(TINY), out, name="again", exist_ok=True).run_dir
+    assert second == first
+    names = {p.name for p in second.iterdir()}
+    assert not names & {"eval-test", "eval-other", "model.onnx"}, names
+    assert {"eval-mine", "notes.txt", "eval-linked", "model.json"} <= names
+    assert (second / "eval-mine/notes.txt").read_text() == "keep me"
+    assert (tmp_path / "elsewhere/evaluation.json").is_file()  # a link is never followed into
+    assert "test_acc" not in json.loads((second / "metrics.json").read_text())
