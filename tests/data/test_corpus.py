@@ -132,6 +132,20 @@ def folder_loop(p: Path) -> None:
     os.symlink(".", p)  # a folder symlink back to its own folder: walked once
 
 
+def unreadable_folder(p: Path) -> None:
+    p.mkdir()
+    (p / "inside.jpg").write_bytes(jpeg(10))
+    p.chmod(0)
+
+
+def link_outside(p: Path) -> None:
+    """A link to a folder of images beside the dataset: not followed by the scan or predict's folder walk."""
+    outside = p.parents[2].with_name(p.parents[2].name + "-outside")
+    outside.mkdir(exist_ok=True)
+    (outside / "elsewhere.jpg").write_bytes(jpeg(11))
+    os.symlink(outside, p, target_is_directory=True)
+
+
 KINDS: list[Kind] = [
     Kind("zero-byte file", "empty.jpg", write(b""), "empty file (0 bytes)", 400),
     Kind("truncated JPEG", "truncated.jpg", write(lambda: jpeg(1, (320, 240))[:2500]), "truncated", 422),
@@ -201,7 +215,11 @@ KINDS: list[Kind] = [
         415,
     ),
     Kind("folder symlink loop", "loop", folder_loop, "loop", None),
+    Kind("unreadable folder (mode 000)", "locked_dir", unreadable_folder, "cannot read folder", None),
+    Kind("folder symlink out of the data", "outside", link_outside, "a folder outside the data root", None),
 ]
+#: the kinds that are folders: skipped as ``path/``, and passed over by predict's folder walk
+FOLDERS = {"locked_dir", "outside"}
 USED = [k for k in KINDS if k.reason is None]
 SKIPPED = [k for k in KINDS if k.reason not in (None, "hidden", "loop")]
 # The class folder names are the last kind: "honey bees" and "guêpes ü" hold the corpus and the valid images.
@@ -226,7 +244,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def unreadable_as_root(corpus: Path) -> Iterator[None]:
-    """Root reads a mode-000 file anyway: then opening the ``locked.jpg`` files raises EACCES, as for a user."""
+    """Root reads a mode-000 file or folder anyway: then opening the ``locked.jpg`` files and listing the
+    ``locked_dir`` folders raise EACCES, as for a user."""
     if not ROOT:
         yield
         return
@@ -237,9 +256,19 @@ def unreadable_as_root(corpus: Path) -> Iterator[None]:
             raise PermissionError(13, "Permission denied", os.fspath(file))
         return real(file, *args, **kwargs)
 
+    def unlisted(real_list):  # type: ignore[no-untyped-def]  # listing a mode-000 folder: EACCES
+        def call(path=".", *args, **kwargs):  # type: ignore[no-untyped-def]
+            if isinstance(path, str | os.PathLike) and os.path.basename(os.fspath(path)) == "locked_dir":
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_list(path, *args, **kwargs)
+
+        return call
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(builtins, "open", guarded)
         mp.setattr(io, "open", guarded)
+        mp.setattr(os, "listdir", unlisted(os.listdir))
+        mp.setattr(os, "scandir", unlisted(os.scandir))
         yield
 
 
@@ -275,7 +304,8 @@ def test_check_reports_every_kind(corpus, unreadable_as_root, capsys) -> None:
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     for split in ("train", "val"):
         for kind in SKIPPED:
-            assert kind.reason.lower() in reasons.pop(f"{split}/{GOOD}/{kind.file}").lower(), kind.name
+            key = f"{split}/{GOOD}/{kind.file}" + ("/" if kind.file in FOLDERS else "")
+            assert kind.reason.lower() in reasons.pop(key).lower(), kind.name
         for kind in KINDS:
             if kind.reason == "hidden":
                 assert reasons.pop(f"{split}/{GOOD}/{kind.file}") == "hidden file"
@@ -304,7 +334,8 @@ def test_train_uses_the_good_kinds_and_reports_the_rest(run, corpus) -> None:
     assert metrics["n_train"] == 2 * 8 + len(USED) and metrics["n_val"] == 2 * 4 + len(USED)
     assert json.loads((run_dir / "model.json").read_text())["classes"] == sorted([GOOD, OTHER])
     report = json.loads((run_dir / "data_report.json").read_text())
-    assert {s["path"] for s in report["skipped"]} >= {f"train/{GOOD}/{k.file}" for k in SKIPPED}
+    skipped = {f"train/{GOOD}/{k.file}" + ("/" if k.file in FOLDERS else "") for k in SKIPPED}
+    assert {s["path"] for s in report["skipped"]} >= skipped
     # the non-UTF-8 name: escaped in the JSON file, read back as the str Python uses for those bytes
     assert "caf\\udce9.jpg" in (run_dir / "data_report.json").read_text(encoding="utf-8")
     assert f"val/{GOOD}/caf\udce9.jpg" in report["split"]["val"]
@@ -327,8 +358,9 @@ def test_predict_gives_a_row_per_file_and_an_error_for_each_bad_one(run, corpus,
     folder = corpus / "val" / GOOD
     rows = {Path(r.path).name: r for r in clf.predict_paths(iter_paths([folder]), top_k=2, batch_size=4)}
     for kind in KINDS:
-        if kind.reason in ("hidden", "loop") or kind.file == "pipe.jpg":
-            assert kind.file not in rows, kind.name  # walked past: hidden, visited already, not a file
+        if kind.reason in ("hidden", "loop") or kind.file in {"pipe.jpg"} | FOLDERS:
+            assert kind.file not in rows, kind.name  # walked past: hidden, visited already, not a file, not read
+            assert not any(name in rows for name in ("inside.jpg", "elsewhere.jpg")), kind.name
         elif kind.reason is None:
             assert rows[kind.file].error is None and len(rows[kind.file].predictions) == 2, kind.name
         else:
