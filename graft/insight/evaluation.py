@@ -224,14 +224,27 @@ class EvaluationResult:
 def folder_items(data: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
     """Images of ``data``: a folder of class folders (every image is used), or a dataset with train/ and val/
     (its val folder is used). Class folders must be among the model's classes."""
+    from graft.data.samples import is_folder
     from graft.inference.paths import expand_paths
 
     data = Path(data)
-    if not data.is_dir():
+    folder, why = is_folder(data)
+    access = "give this user read and search permission on it (e.g. chmod -R u+rX {})"
+    if why is not None:
+        raise DataError(f"{data}: {why}; " + access.format(data))
+    if not folder:
         raise DataError(f"{data} is not a folder: pass a folder with one sub-folder per class (e.g. DATA/ants/*.jpg)")
 
     def subdirs(folder: Path) -> dict[str, Path]:
-        return {d.name: d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as e:
+            raise DataError(f"cannot read the folder {folder}: {e.strerror or e}; " + access.format(folder)) from None
+        kinds = {d: is_folder(d) for d in entries if not d.name.startswith(".")}
+        unreadable = [f"{d.name}: {why}" for d, (_, why) in kinds.items() if why is not None]
+        if unreadable and not any(is_dir for is_dir, _ in kinds.values()):
+            raise DataError(f"no class folder of {folder} can be read ({unreadable[0]}); " + access.format(folder))
+        return {d.name: d for d, (is_dir, _) in kinds.items() if is_dir}
 
     dirs = subdirs(data)
     lower = {k.lower(): v for k, v in dirs.items()}

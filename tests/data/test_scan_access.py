@@ -127,3 +127,22 @@ def test_a_class_folder_linked_to_the_filesystem_root_is_one_error_line(tmp_imag
     (root / "c").symlink_to("/", target_is_directory=True)
     line = _one_error_line(*_cli(capsys, "check", str(root)))
     assert "Class 'c'" in line and "symbolic link to /, a folder outside the data root (not followed)" in line
+
+
+def test_evaluate_on_a_folder_that_cannot_be_read_is_a_data_error(tmp_image_folder, denied) -> None:
+    from graft.insight.evaluation import folder_items
+
+    root = tmp_image_folder({"a": 2, "b": 2})
+    denied.unsearchable.add(str(root))  # chmod -R 644: the class folders cannot be told from files
+    with pytest.raises(
+        DataError, match=r"no class folder of .* can be read \(a: cannot read: Permission denied\); give"
+    ):
+        folder_items(root, ["a", "b"])
+    denied.unsearchable.clear()
+    denied.unlisted.add(str(root))
+    with pytest.raises(DataError, match=f"cannot read the folder {root}: Permission denied; give this user"):
+        folder_items(root, ["a", "b"])
+    denied.unlisted.clear()
+    denied.unsearchable.add(str(root.parent))
+    with pytest.raises(DataError, match="cannot read: Permission denied; give this user"):
+        folder_items(root, ["a", "b"])
