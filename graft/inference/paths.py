@@ -29,18 +29,26 @@ def iter_paths(
     A symbolic link to a folder is followed while it stays inside the folder given; one that leads out of it (a
     link to ``/`` would walk the whole machine) is passed over and reported to ``on_skip``, unless
     ``follow_links``. Links to files are read where they point. A path that does not exist raises
-    :class:`GraftError` before anything is yielded.
+    :class:`GraftError` before anything is yielded; one that may not be looked at is yielded as it is.
     """
     given = [Path(p) for p in paths]
     for p in given:
-        if not (p.exists() or p.is_symlink()):
+        try:
+            present = p.exists() or p.is_symlink()
+        except OSError:  # there, but not to be looked at (EACCES): reading it then says why
+            present = True
+        if not present:
             raise GraftError(f"{p} does not exist; pass image files or folders of images")
     return _walk_given(given, follow_links, on_skip)
 
 
 def _walk_given(given: list[Path], follow_links: bool, on_skip: OnSkip | None) -> Iterator[Path]:
     for p in given:
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
             yield from _walk_folder(p, set(), None if follow_links else p.resolve(), on_skip)
         else:
             yield p

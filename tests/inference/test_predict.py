@@ -160,6 +160,23 @@ def test_folder_links_out_of_the_folder_given_are_passed_over(tmp_path) -> None:
     assert expand_paths([folder / "out"]) == [folder / "out/c.jpg"]  # a link named by the user is followed
 
 
+def test_a_path_that_may_not_be_looked_at_is_yielded_for_its_read_to_fail(tmp_path, monkeypatch) -> None:
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.stat
+
+    def stat(path, *args, **kwargs):  # type: ignore[no-untyped-def]  # as in a folder without search permission
+        if str(path).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "lstat", stat)
+    assert expand_paths([locked / "x.jpg", locked]) == [locked / "x.jpg", locked]
+
+
 @pytest.mark.slow
 def test_predict_cli_passes_over_links_out_of_the_folder(frozen_run, tmp_path, capsys) -> None:
     folder, outside = _linked_folder(tmp_path)
