@@ -171,12 +171,18 @@ def _open(
         default_root = Path.cwd()
     else:
         table = Path(table)
-        if not table.is_file():
-            what = "does not exist" if not table.exists() else "is not a file"
-            raise DataError(f"Data table {table} {what}. Check the path.")
+        try:
+            if not table.is_file():
+                what = "does not exist" if not table.exists() else "is not a file"
+                raise DataError(f"Data table {table} {what}. Check the path.")
+        except OSError as e:  # a folder on its path without search permission
+            raise DataError(f"cannot read the data table {table}: {e.strerror or e}.") from None
         source, (header, lines), default_root = _Source(str(table), "line"), _read(table), table.parent
     base = Path(os.path.abspath(os.path.expanduser(root))) if root is not None else default_root
-    if not base.is_dir():
+    folder, why = is_folder(base)
+    if why is not None:
+        raise DataError(f"cannot read --root {base}: {why}; give this user read and search permission on it.")
+    if not folder:
         raise DataError(f"--root {base} is not a folder: pass the folder that the table's paths are relative to.")
     return source, base, header, lines
 

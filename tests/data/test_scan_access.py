@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import errno
 import io
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -146,3 +147,18 @@ def test_evaluate_on_a_folder_that_cannot_be_read_is_a_data_error(tmp_image_fold
     denied.unsearchable.add(str(root.parent))
     with pytest.raises(DataError, match="cannot read: Permission denied; give this user"):
         folder_items(root, ["a", "b"])
+
+
+def test_a_table_that_cannot_be_read_is_one_error_line(tmp_image_folder, denied, capsys) -> None:
+    root = tmp_image_folder({"a": 2, "b": 2, "a/locked": 1})
+    rows = [f"{c}/img{i:03d}.jpg,{c}" for c in "ab" for i in range(2)] + ["a/locked/img000.jpg,a"]
+    (root / "t.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    denied.unsearchable.add(str(root))
+    assert "cannot read the data table" in _one_error_line(*_cli(capsys, "check", str(root / "t.csv")))
+    denied.unsearchable.clear()
+    denied.unsearchable.add(str(root / "a/locked"))  # a row's image cannot be looked at: skipped with the reason
+    assert cli.main(["check", str(root / "t.csv"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {s["path"]: s["reason"] for s in report["skipped"]} == {
+        "a/locked/img000.jpg": "cannot read: Permission denied"
+    }
