@@ -81,6 +81,8 @@ def test_every_float_option_refuses_nan_and_inf(command: str, option: str, value
         (["serve", "RUN", "--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
         (["serve", "RUN", "--timeout", "-1"], "--timeout must be > 0"),
         (["export", "RUN", "--opset", "0"], "--opset must be >= 1"),
+        (["train", "DATA", "--hidden", "512,0"], "--hidden widths must be in 1..65536"),
+        (["train", "DATA", "--hidden", "1000000000"], "--hidden widths must be in 1..65536"),
         (["lr-find", "DATA", "--start-lr", "1", "--end-lr", "0.5"], "--start-lr must be > 0 and below --end-lr"),
     ],
 )

@@ -156,7 +156,7 @@ class TrainConfig:
         self.log = tracker_names(self.log)
         check_all(
             [
-                (all(h > 0 for h in self.hidden), f"--hidden widths must be positive (got {self.hidden})"),
+                (all(0 < h <= 65536 for h in self.hidden), f"--hidden widths must be in 1..65536 (got {self.hidden})"),
                 (
                     not self.int8 or self.mode == "freeze",
                     "--int8 goes with --mode freeze; for fine-tuning use --mode qat",
