@@ -150,13 +150,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _walk_options(cfg: PredictConfig) -> dict[str, Any]:
-    """How ``graft predict`` walks its folders: ``--follow-links``, and a note on stderr per link passed over."""
+def _walk_options(cfg: PredictConfig, *, speak: bool = True) -> dict[str, Any]:
+    """How ``graft predict`` walks its folders: ``--follow-links``, and a note on stderr per link passed over
+    (``speak``: from one process of several)."""
 
     def note(link: Any, why: str) -> None:
         print(f"note: {link}: {why}", file=sys.stderr)
 
-    return {"follow_links": cfg.follow_links, "on_skip": note}
+    return {"follow_links": cfg.follow_links, "on_skip": note if speak else None}
 
 
 def _threshold(clf: Any, threshold: float | None) -> None:
@@ -184,7 +185,13 @@ def _predict_to_csv(cfg: PredictConfig, names: dict[str, str]) -> int:
         clf = load(cfg.run, device=str(dist.setup(pick_device(cfg.device))), tta=cfg.tta)
         _threshold(clf, cfg.threshold)
         s = predict_to_csv_sharded(
-            clf, cfg.paths, cfg.out, top_k=cfg.top_k, batch_size=cfg.batch_size, names=names, **_walk_options(cfg)
+            clf,
+            cfg.paths,
+            cfg.out,
+            top_k=cfg.top_k,
+            batch_size=cfg.batch_size,
+            names=names,
+            **_walk_options(cfg, speak=dist.is_main()),
         )
         dist.shutdown()
         if not dist.is_main():

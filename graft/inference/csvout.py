@@ -70,11 +70,9 @@ def predict_to_csv(
 
     out = Path(out)
     index, count = shard
-    walk = {"follow_links": follow_links}
-    paths = itertools.islice(iter_paths(inputs, **walk, on_skip=on_skip), index, None, count)
-    total = (
-        sum(1 for _ in iter_paths(inputs, **walk)) if sys.stderr.isatty() else None
-    )  # a cheap walk, for the bar only
+    paths = itertools.islice(iter_paths(inputs, follow_links=follow_links, on_skip=on_skip), index, None, count)
+    bar = sys.stderr.isatty()  # then a cheap walk first, for the bar's total
+    total = sum(1 for _ in iter_paths(inputs, follow_links=follow_links)) if bar else None
     total = len(range(index, total, count)) if total is not None else None
     partial = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
