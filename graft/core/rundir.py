@@ -37,7 +37,7 @@ RESULTS_HEADER = [
 #: previous model's results is taken for the new one's. Anything else in the folder is the user's and stays.
 PREVIOUS_RESULTS = (
     *("config.json", "data_report.json", "model.json", "model.safetensors", "results.csv", "metrics.json"),
-    *("evaluation.json", "confusion_matrix.png", "top_losses.png", "predictions.png", "pr_curves.png"),
+    *("evaluation.json", "per_class.csv", "confusion_matrix.png", "top_losses.png", "predictions.png", "pr_curves.png"),
     *("report.html", "curves.png", "leaderboard.csv", "auto.json", "members", "eval-test", "resume.safetensors"),
     *("tensorboard", "mlflow.json", "quantization.json", "model.pt2", "onnx-int8"),
     *("model.onnx", "model.onnx.json", "model.torchscript.pt", "model.torchscript.pt.json"),

@@ -504,6 +504,23 @@ def test_existing_run_name_needs_exist_ok(tmp_image_folder, tmp_path) -> None:
     assert (out / "taken/model.json").is_file() and (out / "taken/notes.txt").read_text() == "keep me"
 
 
+def test_the_previous_results_list_names_what_graft_writes() -> None:
+    from graft.core import rundir
+    from graft.deploy.formats import DEFAULT_NAMES
+    from graft.deploy.onnx_int8 import DEFAULT_DIR
+    from graft.inference.int8_archive import PROGRAM_FILE
+    from graft.insight.report import REPORT_FILE
+    from graft.insight.testset import TEST_EVAL_DIR
+    from graft.insight.tracking import MLFLOW_FILE, TENSORBOARD_DIR
+    from graft.int8.backend import QUANT_FILE
+    from graft.training.auto import AUTO_FILE
+    from graft.training.resume import RESUME_FILE
+
+    known = {REPORT_FILE, TEST_EVAL_DIR, MLFLOW_FILE, TENSORBOARD_DIR, QUANT_FILE, AUTO_FILE, RESUME_FILE}
+    known |= {DEFAULT_DIR, PROGRAM_FILE, *DEFAULT_NAMES.values(), *(f"{n}.json" for n in DEFAULT_NAMES.values())}
+    assert known <= set(rundir.PREVIOUS_RESULTS)
+
+
 @pytest.mark.slow
 def test_exist_ok_removes_the_previous_models_results_and_keeps_the_users_files(tmp_image_folder, tmp_path) -> None:
     out = tmp_path / "runs"
