@@ -24,6 +24,7 @@ from graft.data.samples import (
     count_classes,
     is_folder,
     outside_link,
+    real_path,
     split_per_class,
     validate_files,
 )
@@ -54,11 +55,14 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if is_folder(p)[0] and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def _walk(folder: Path, base: Path, skipped: list[Skipped], seen: set[tuple[int, int]]) -> list[Path]:
-    """Every non-directory entry under ``folder``, recursively, following symlinks but not loops, and no link out of
-    the data root (skipped with the reason, as a folder that cannot be read)."""
+def _walk(
+    folder: Path, base: Path, skipped: list[Skipped], seen: set[tuple[int, int]], inside: tuple[Path, ...]
+) -> list[Path]:
+    """Every non-directory entry under ``folder``, recursively, following symlinks but not loops, nor links out of
+    ``inside`` (the resolved data root and class folder: a class folder may itself be a link to elsewhere, the
+    folders in it stay within it) or to a folder holding the data root; those are skipped with the reason."""
     rel = folder.relative_to(base).as_posix() + "/"
-    if (outside := outside_link(folder, base.resolve())) is not None:
+    if (outside := outside_link(folder, inside)) is not None:
         skipped.append(Skipped(rel, outside))
         return []
     try:
@@ -77,7 +81,7 @@ def _walk(folder: Path, base: Path, skipped: list[Skipped], seen: set[tuple[int,
             skipped.append(Skipped(p.relative_to(base).as_posix(), why))
         elif folder_:
             if not p.name.startswith("."):
-                out += _walk(p, base, skipped, seen)
+                out += _walk(p, base, skipped, seen, inside)
         else:
             out.append(p)
     return out
@@ -219,6 +223,10 @@ def _class_folders(
     train/val layout must have the same classes."""
     class_dirs: dict[str, dict[str, Path]] = {}
     for split, folder in splits.items():
+        if split != "all" and real_path(base).is_relative_to(target := real_path(folder)):
+            raise DataError(
+                f"{folder} is a symbolic link to {target}, which holds the data folder itself: not followed."
+            )
         for p in sorted(folder.iterdir(), key=lambda p: p.name):
             folder_, why = is_folder(p)
             if not folder_:
@@ -259,9 +267,10 @@ def _validate(
     """split -> class -> usable images, each decoded once (or known good from the verdict cache); every other
     file goes to ``skipped`` with its reason, and ``skipped`` ends sorted by path."""
     candidates: list[tuple[str, str, Path]] = []  # (split, class, path)
+    real_base = real_path(base)
     for split, dirs in class_dirs.items():
         for c in classes:
-            for p in _walk(dirs[c], base, skipped, set()):
+            for p in _walk(dirs[c], base, skipped, set(), (real_base, real_path(dirs[c]))):
                 rel = p.relative_to(base).as_posix()
                 if p.name.startswith("."):
                     skipped.append(Skipped(rel, "hidden file"))

@@ -239,14 +239,19 @@ def is_folder(path: Path) -> tuple[bool, str | None]:
         return False, f"cannot read: {e.strerror or e}"
 
 
-def outside_link(folder: Path, real_root: Path) -> str | None:
-    """Why the scan does not enter ``folder`` (a symbolic link to a folder outside ``real_root``), or None. A
-    walk never leaves the folder it was given: a link to ``/`` would read the whole machine."""
-    try:
-        target = folder.resolve()
-    except OSError as e:
-        return f"cannot read folder: {e.strerror or e}"
-    if target.is_relative_to(real_root):
+def real_path(path: Path) -> Path:
+    """``path`` with every symbolic link resolved, as far as they resolve (never raises, loops included)."""
+    return Path(os.path.realpath(path))
+
+
+def outside_link(folder: Path, inside: tuple[Path, ...]) -> str | None:
+    """Why a walk does not enter ``folder``, or None: it resolves (through a symbolic link) outside every folder of
+    ``inside`` (resolved paths; the first is the data root), or it holds the data root itself (a link to ``/``
+    or to a parent: walking it would read the whole disk, the data included)."""
+    target = real_path(folder)
+    if inside[0].is_relative_to(target):
+        return f"symbolic link to {target}, a folder that holds the data folder itself (not followed)"
+    if any(target.is_relative_to(root) for root in inside):
         return None
     return f"symbolic link to {target}, a folder outside the data root (not followed)"
 

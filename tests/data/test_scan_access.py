@@ -127,7 +127,29 @@ def test_a_class_folder_linked_to_the_filesystem_root_is_one_error_line(tmp_imag
     root = tmp_image_folder({"a": 3, "b": 3})
     (root / "c").symlink_to("/", target_is_directory=True)
     line = _one_error_line(*_cli(capsys, "check", str(root)))
-    assert "Class 'c'" in line and "symbolic link to /, a folder outside the data root (not followed)" in line
+    assert "Class 'c'" in line and "symbolic link to /, a folder that holds the data folder itself" in line
+    (root / "c").unlink()
+    (root / "c").symlink_to(root.parent, target_is_directory=True)  # any folder above the data
+    assert "holds the data folder itself" in _one_error_line(*_cli(capsys, "check", str(root)))
+
+
+def test_split_and_class_folders_may_be_links_to_elsewhere(tmp_image_folder, capsys) -> None:
+    """A dataset assembled from links (DATA/train -> the real train folder, DATA/c -> a class elsewhere) is read;
+    the folders inside a linked one stay within it."""
+    real = tmp_image_folder({"train/a": 2, "train/b": 2, "val/a": 1, "val/b": 1, "more": 2}, name="real")
+    (real / "train/b/away").symlink_to(real / "more", target_is_directory=True)  # out of its class folder
+    data = real.parent / "assembled"
+    (data / "val").mkdir(parents=True)
+    (data / "train").symlink_to(real / "train", target_is_directory=True)
+    for c in "ab":
+        (data / "val" / c).symlink_to(real / "val" / c, target_is_directory=True)
+    ds = scan(data)
+    assert ds.report.counts == {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
+    assert [s.path for s in ds.report.skipped] == ["train/b/away/"]
+    (data / "train").unlink()
+    (data / "train").symlink_to("/", target_is_directory=True)
+    line = _one_error_line(*_cli(capsys, "check", str(data)))
+    assert "is a symbolic link to /, which holds the data folder itself: not followed" in line
 
 
 def test_evaluate_on_a_folder_that_cannot_be_read_is_a_data_error(tmp_image_folder, denied) -> None:
