@@ -81,6 +81,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = tp
         if "parse" in meta:  # a value that is not just the annotation's type (--lr 1e-3 or auto)
             kwargs["type"] = meta["parse"]
+        if meta.get("action") == "extend":  # repeatable, each a name or a comma list: --opt a --opt b,c
+            kwargs["action"], kwargs["default"] = "extend", None
         parser.add_argument(*name_or_flags, **kwargs)
 
 

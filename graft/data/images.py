@@ -153,6 +153,23 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
         raise ImageError(p, f"corrupt image data ({msg})") from None
 
 
+def decoded_bytes(im: Image.Image) -> int:
+    """Memory, in bytes, that :func:`load_rgb` takes to decode an opened (not yet loaded) image and convert it to
+    RGB: its pixels in their own format, the RGB result, and what the conversion of :func:`_to_rgb` adds (a float64
+    copy for 16-bit, 32-bit and float images, three RGBA layers for transparency). Read from the header only, so a
+    caller can refuse an image before decoding it (a float TIFF costs ~5 times an RGB one of the same size)."""
+    from PIL import ImageMode
+
+    mode = ImageMode.getmode(im.mode)
+    per_pixel = len(mode.bands) * int(mode.typestr[-1]) + 3
+    if im.mode.startswith("I") or im.mode == "F":
+        per_pixel += 8 + 1  # float64 copy, then uint8
+    elif "A" in mode.bands or "a" in mode.bands or "transparency" in im.info:
+        per_pixel += 3 * 4
+    w, h = im.size
+    return w * h * per_pixel
+
+
 def _limit_aspect(im: Image.Image) -> Image.Image:
     """``im`` cropped to its centre when one side is more than :data:`MAX_ASPECT` times the other."""
     w, h = im.size
