@@ -81,8 +81,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
             a = a / 257.0  # full 16-bit range -> 8-bit, so a mid-gray stays mid-gray
         elif mode == "F" and lo >= 0 and hi <= 1:
             a = a * 255.0
-        elif lo < 0 or hi > 255:
-            a = (a - lo) * (255.0 / (hi - lo))  # unknown range: stretch rather than clip
+        elif (lo < 0 or hi > 255) and hi > lo:
+            a = (a - lo) * (255.0 / (hi - lo))  # unknown range: stretch rather than clip (a constant one is clipped)
         gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
         return gray.convert("RGB")
     return im.convert("RGB")  # also a copy when already RGB, detached from the file
