@@ -488,7 +488,7 @@ def test_a_request_over_the_time_limit_gets_408(clf, frozen_run, hymenoptera) ->
     from fastapi.testclient import TestClient
 
     app = create_app(clf, ServeConfig(run=frozen_run.run_dir, timeout=1e-4, device="cpu"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/predict", content=(hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes())
         assert r.status_code == 408 and "--timeout" in r.json()["detail"]
         assert client.get("/health").json()["status"] == "ok"

@@ -76,8 +76,9 @@ class ServeConfig:
     device: Device = opt(DEVICE)
     api_key: str | None = opt(
         None,
-        "key that requests must send (Authorization: Bearer KEY or X-API-Key: KEY; GET /health and the "
-        "page stay open, the page asks for the key); required with a --host other than loopback. Prefer the "
+        "key that requests must send (Authorization: Bearer KEY or X-API-Key: KEY; GET /health, which then says "
+        "only that the server is up, and the page stay open, the page asks for the key); required with a --host "
+        "other than loopback, with at least 16 characters. Prefer the "
         "GRAFT_API_KEY environment variable: a key on the command line is visible to other users in ps "
         "(default: $GRAFT_API_KEY, else none)",
         repr=False,  # the key never shows in a printed config or a traceback
