@@ -20,8 +20,8 @@ otherwise.
 Connections cannot hold the server: one that has not sent its headers within ``--header-timeout`` is closed, one
 client address holds at most ``--max-client-connections`` (:mod:`graft.deploy.connections`), and at most
 :data:`MAX_IN_FLIGHT` requests are served at once (503 beyond). A request whose ``Host`` header is not loopback,
-the ``--host`` address or an ``--allowed-host`` is answered 400, so that a web page cannot reach a local server
-through a name of its own (DNS rebinding).
+the ``--host`` address or an ``--allowed-host`` (with ``--host 0.0.0.0`` or ``::``: also any IP address) is answered
+400, so that a web page cannot reach a local server through a name of its own (DNS rebinding).
 
 With an API key (``--api-key KEY``, better ``$GRAFT_API_KEY``: a command line shows in ``ps``), every request but
 ``GET /health`` (for load balancers: only ``{"status": "ok"}`` without the key) and the page itself (static, the
@@ -40,12 +40,13 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})
 MAX_IN_FLIGHT = 256
 #: Host names a loopback server answers to (with any port).
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+EVERY_ADDRESS = ("0.0.0.0", "::")
 
 
 class ServeError(GraftError):
@@ -125,20 +127,41 @@ def create_app(clf: Classifier, cfg: ServeConfig) -> FastAPI:
     )
     app.state.service = service
     key = cfg.api_key.encode("ascii") if cfg.auth and cfg.api_key is not None else None
-    _add_guard(app, key, allowed_hosts(cfg))
+    _add_guard(app, key, host_check(cfg))
     _add_page_routes(app)
     _add_api_routes(app, service, key)
     return app
 
 
 def allowed_hosts(cfg: ServeConfig) -> frozenset[str]:
-    """The ``Host`` names (without port) the server answers: loopback, the ``--host`` address, ``--allowed-host``."""
+    """The ``Host`` names (without port) the server answers: loopback, the ``--host`` address (unless it is every
+    address), ``--allowed-host``."""
 
     def name(host: str) -> str:
         bare = host.strip("[]")
         return f"[{bare}]" if bare.count(":") > 1 else host_name(host)  # an IPv6 address, else NAME[:PORT]
 
-    return LOOPBACK_NAMES | {name(h) for h in (cfg.host, *cfg.allowed_host)}
+    bound = () if cfg.host.strip("[]") in EVERY_ADDRESS else (cfg.host,)
+    return LOOPBACK_NAMES | {name(h) for h in (*bound, *cfg.allowed_host)}
+
+
+def host_check(cfg: ServeConfig) -> Callable[[str], bool]:
+    """Whether a ``Host`` header is answered: one of :func:`allowed_hosts`, or, on a server listening on every
+    address (``--host 0.0.0.0`` or ``::``), any IP address but those (an address cannot be rebound to another
+    machine by DNS; a name can)."""
+    names = allowed_hosts(cfg)
+    every_address = cfg.host.strip("[]") in EVERY_ADDRESS
+
+    def allowed(header: str) -> bool:
+        name = host_name(header)
+        if name in names:
+            return True
+        try:
+            return every_address and not ipaddress.ip_address(name.strip("[]")).is_unspecified
+        except ValueError:
+            return False
+
+    return allowed
 
 
 def host_name(header: str) -> str:
@@ -149,7 +172,7 @@ def host_name(header: str) -> str:
     return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
-def _add_guard(app: FastAPI, key: bytes | None, hosts: frozenset[str]) -> None:
+def _add_guard(app: FastAPI, key: bytes | None, host_allowed: Callable[[str], bool]) -> None:
     """The Host and API key checks (``key`` None: none), the limit on requests in progress, the security headers
     and the answer to an :class:`HTTPError`."""
     in_flight = 0
@@ -159,7 +182,7 @@ def _add_guard(app: FastAPI, key: bytes | None, hosts: frozenset[str]) -> None:
         """The checks (before any of the request is read), then the security headers on every answer."""
         nonlocal in_flight
         host = request.headers.get("host")
-        if host is not None and host_name(host) not in hosts:
+        if host is not None and not host_allowed(host):
             response = JSONResponse(
                 {"detail": "this server does not answer to that Host name: start it with --allowed-host NAME"},
                 status_code=400,

@@ -32,6 +32,7 @@ from graft.commands.serve import (
     allowed_hosts,
     bind,
     create_app,
+    host_check,
     host_name,
     is_loopback,
     resolve_api_key,
@@ -507,6 +508,14 @@ def test_serve_config_and_binding() -> None:
     assert hosts.allowed_host == ("a.example", "b.example:81", "::5")
     assert allowed_hosts(hosts) == {"localhost", "127.0.0.1", "[::1]", "192.0.2.7", "a.example", "b.example", "[::5]"}
     assert host_name("[::1]:8000") == "[::1]" and host_name("Example.ORG:80") == "example.org"
+    # listening on every address: any address is answered (it cannot be rebound by DNS), names only when allowed
+    everywhere = host_check(ServeConfig(run=Path("runs/x"), host="0.0.0.0", api_key=KEY, allowed_host=("a.example",)))
+    assert all(map(everywhere, ("192.168.1.4:8000", "[fe80::1]", "localhost", "a.example:80", "127.0.0.1")))
+    assert not any(map(everywhere, ("0.0.0.0:8000", "[::]", "evil.example", "192.168.1.4.evil.example")))
+    loopback = host_check(ServeConfig(run=Path("runs/x")))
+    assert loopback("127.0.0.1:8000") and not loopback("192.168.1.4") and not loopback("0.0.0.0")
+    with pytest.raises(ConfigError, match="--allowed-host takes host names"):
+        ServeConfig(run=Path("runs/x"), allowed_host=("http://a.example/",))
     with pytest.raises(ConfigError, match="--header-timeout"):
         ServeConfig(run=Path("runs/x"), header_timeout=float("inf"))
     sock = bind("127.0.0.1", 0)

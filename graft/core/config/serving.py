@@ -63,8 +63,9 @@ class ServeConfig:
     )
     allowed_host: tuple[str, ...] = opt(
         (),
-        "Host header names accepted besides loopback (localhost, 127.0.0.1, [::1]) and the --host address; "
-        "other names are answered 400 (this stops DNS rebinding). Repeat it or give a comma list",
+        "Host header names accepted besides loopback (localhost, 127.0.0.1, [::1]) and the --host address (with "
+        "--host 0.0.0.0 or ::, any IP address); other names are answered 400 (this stops DNS rebinding). Repeat it "
+        "or give a comma list",
         metavar="NAME,NAME",
         action="extend",
     )
@@ -94,6 +95,8 @@ class ServeConfig:
         self.run = Path(self.run)
         hosts = [self.allowed_host] if isinstance(self.allowed_host, str) else list(self.allowed_host or ())
         self.allowed_host = tuple(h.strip().lower() for host in hosts for h in host.split(",") if h.strip())
+        odd = [h for h in self.allowed_host if any(c in h for c in "/@*?# \t")]
+        check_all([(not odd, f"--allowed-host takes host names such as models.example.org, not {odd[:1]}")])
         check_all(
             [(self.api_key is None or self.auth, "--api-key and --no-auth contradict each other: keep one of them")]
         )
