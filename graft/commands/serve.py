@@ -366,6 +366,7 @@ def run_config(cfg: ServeConfig) -> None:
     config = uvicorn.Config(
         app,
         http=guarded_protocol(header_timeout=cfg.header_timeout, per_client=cfg.max_client_connections),
+        ws="none",  # no WebSocket routes: an upgrade request is plain HTTP, under the same limits
         log_level="info",
         timeout_keep_alive=5,
         server_header=False,

@@ -72,6 +72,7 @@ def guarded_protocol(*, header_timeout: float, per_client: int, max_waiting: int
         def drop(self) -> None:
             """Close the connection (a client that has not sent its headers in time, or one too many)."""
             self._stop_waiting()
+            by_client.get(self._address, {}).pop(self, None)  # counted no more, even before the close completes
             if not self.transport.is_closing():
                 self.transport.close()
 
