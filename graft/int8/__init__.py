@@ -9,7 +9,6 @@ from graft.inference.int8_classifier import Int8Classifier, Int8Program, load_in
 from graft.int8.backend import (
     ACTIVATION_BITS,
     CPU_FEATURES,
-    DEFAULT_CALIB,
     QUANT_FILE,
     Backend,
     choose_backend,
@@ -22,7 +21,6 @@ from graft.int8.ptq import QuantizeResult, accuracy, calibration_batches, float_
 __all__ = [
     "ACTIVATION_BITS",
     "CPU_FEATURES",
-    "DEFAULT_CALIB",
     "INT8_FORMAT",
     "PROGRAM_FILE",
     "QUANT_FILE",

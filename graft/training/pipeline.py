@@ -22,7 +22,8 @@ from torch import nn
 
 from graft.core import atomic, rundir
 from graft.core import distributed as dist
-from graft.core.config import TrainConfig, table_options
+from graft.core.config import LrFindConfig, TrainConfig, from_options, table_options
+from graft.core.config.fields import takes_fields
 from graft.core.device import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
@@ -329,14 +330,29 @@ def _memory_advice(cfg: TrainConfig, device: torch.device, run_dir: Path) -> Ite
         ) from None
 
 
+@takes_fields(LrFindConfig, "data")
 def lr_find(
-    cfg: Any, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
+    data: str | Path | None = None,
+    /,
+    *,
+    draw: Callable[[RangeTest, Path], Any] | None = None,
+    **options: Any,
 ) -> list[RangeTest]:
-    """``graft lr-find``: the range test (:mod:`graft.training.lrfind`) of every stage a run of ``cfg`` (an
-    :class:`graft.core.config.LrFindConfig`) would train: head stages on the stored features, the all-layers
-    stage of ``--mode finetune`` on images (a copy of the weights: the model is left as it was). Writes
-    ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``) into ``cfg.plot_dir``, or ``lr_find-<stage>.*`` when
-    there are two stages. Returns the tests, in stage order."""
+    """``graft lr-find``: the range test (:mod:`graft.training.lrfind`) of every stage that ``graft.train(data,
+    **options)`` would train: head stages on the stored features, the all-layers stage of ``--mode finetune`` on
+    images (a copy of the weights: the model is left as it was). ``options``: the fields of
+    :class:`graft.core.config.LrFindConfig` (those of :class:`graft.core.config.TrainConfig`, the range and
+    ``plot_dir``). Writes ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``, e.g.
+    :func:`graft.insight.lrplot.plot_lr_find`) into ``plot_dir``, or ``lr_find-<stage>.*`` when there are two
+    stages. Progress lines are printed. Returns the tests, in stage order."""
+    cfg = from_options(LrFindConfig, options, **({"data": data} if data is not None else {}))
+    return run_lr_find(cfg, draw=draw)
+
+
+def run_lr_find(
+    cfg: LrFindConfig, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
+) -> list[RangeTest]:
+    """:func:`lr_find` with an :class:`LrFindConfig` (checked when it was made)."""
     device = pick_device(cfg.device)
     s = set_up(cfg)
     model = s.model.to(device)

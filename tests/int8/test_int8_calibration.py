@@ -15,6 +15,7 @@ import torch
 
 import graft
 from graft import int8 as Q
+from graft.core.config.model import CALIB
 from graft.core.errors import ConfigError
 from graft.core.rundir import run_split
 from graft.inference.classifier import Classifier
@@ -137,7 +138,7 @@ def test_eight_bits_stay_within_one_point(run: Path) -> None:
     train = run_split(run, "train", src.classes, skip_unknown=True).paths
     val_split = run_split(run, "val", src.classes)
     val, labels = val_split.paths, val_split.labels
-    calibration = Q.calibration_batches(src.preprocess, train, Q.DEFAULT_CALIB)
+    calibration = Q.calibration_batches(src.preprocess, train, CALIB.default)
     backend = Q.choose_backend(activation_bits="8")
     converted = Q.quantize_body(
         src.model.body, calibration, src.preprocess.input_size, backend=backend, log=lambda _: None
