@@ -135,13 +135,24 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("a class not a string", _set("classes", ["ants", 7]), "classes", "non-empty strings"),
     ("input size 0", _set("preprocess.input_size", 0), "preprocess", "input_size must be greater than 0"),
     ("input size text", _set("preprocess.input_size", "224"), "preprocess", "input_size must be a whole number"),
-    ("mean of 2", _set("preprocess.mean", [0.5, 0.5]), "preprocess", "mean must be a list of 3 numbers"),
+    ("missing preprocess", _drop("preprocess"), "preprocess", "is missing"),
+    ("input size 100000", _set("preprocess.input_size", 100000), "preprocess", "between 16 and 2048 pixels"),
+    ("input size 8", _set("preprocess.input_size", 8), "preprocess", "between 16 and 2048 pixels, got 8"),
+    ("resize size huge", _set("preprocess.resize_size", 50000), "preprocess", "resize_size must be between 16"),
+    ("mean of 2", _set("preprocess.mean", [0.5, 0.5]), "preprocess", "mean must be a list of 3 finite numbers"),
+    ("mean nan", _set("preprocess.mean", [float("nan"), 0.5, 0.5]), "preprocess", "3 finite numbers"),
+    ("std inf", _set("preprocess.std", [float("inf"), 0.2, 0.2]), "preprocess", "3 finite numbers"),
     ("std 0", _set("preprocess.std", [0.2, 0.0, 0.2]), "preprocess", "std must be greater than 0"),
+    ("preprocess key", _set("preprocess.crop", 1), "preprocess", "has 'crop', which graft does not write"),
+    ("head key", _set("head.act", "gelu"), "head", "has 'act', which graft does not write"),
     ("interpolation", _set("preprocess.interpolation", "nearest"), "preprocess", "interpolation must be one of"),
     ("head text", _set("head", "linear"), "head", "must be an object"),
     ("dropout 2", _set("head.dropout", 2), "head", "dropout must be a number in [0, 1)"),
     ("hidden widths", _set("head.hidden", [0]), "head", "hidden must be a list of layer widths"),
     ("foreign arch_kwargs", _set("arch_kwargs", {"pretrained": True}), "arch_kwargs", "'pretrained', which no"),
+    ("weights kwarg", _set("arch_kwargs", {"weights": "IMAGENET1K_V1"}), "arch_kwargs", "'weights', which no"),
+    ("timm checkpoint", _set("arch_kwargs", {"checkpoint_path": "/x.pth"}), "arch_kwargs", "'checkpoint_path'"),
+    ("image_size huge", _set("arch_kwargs", {"image_size": 100000}), "arch_kwargs", "from 16 to 2048"),
     ("arch_kwargs type", _set("arch_kwargs", {"image_size": "big"}), "arch_kwargs", "image_size must be a whole"),
     ("arch_kwargs list", _set("arch_kwargs", []), "arch_kwargs", "got list"),
     ("in_features", _set("in_features", -1), "in_features", "greater than 0"),
@@ -150,6 +161,10 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("task", _set("task", "detection"), "task", "must be 'multilabel'"),
     ("tta", _set("tta", "yes"), "tta", "must be true or false, got str"),
     ("weights sha256", _set("weights_sha256", "abc"), "weights_sha256", "must be a sha256"),
+    ("weights absolute", _set("weights_file", "/etc/passwd"), "weights_file", "inside the run directory"),
+    ("weights up", _set("weights_file", "../other/model.safetensors"), "weights_file", "inside the run directory"),
+    ("weights home", _set("weights_file", "~/model.safetensors"), "weights_file", "inside the run directory"),
+    ("program up", _set("program_file", "a/../../model.pt2"), "program_file", "inside the run directory"),
     ("format", _set("format", 1), "format", "must be a non-empty string, got int"),
     ("versions", _set("versions", {"torch": 2}), "versions", "torch must be a version string"),
     ("quantization", _set("quantization", "int8"), "quantization", "must be an object"),
@@ -191,6 +206,8 @@ def test_an_ensemble_names_its_members(tmp_path: Path) -> None:
     d.pop("members")
     with pytest.raises(RunError, match="field 'members' is missing"):
         RunMeta.from_dict(d, source=tmp_path / "model.json")
+    with pytest.raises(RunError, match="field 'members' must name folders inside the run directory, got '../x'"):
+        RunMeta.from_dict(ensemble_dict() | {"members": ["members/a", "../x"]}, source=tmp_path / "model.json")
 
 
 def test_metrics_of_each_kind_round_trip_and_bad_fields_are_named(tmp_path: Path) -> None:
