@@ -206,7 +206,7 @@ def test_an_ensemble_names_its_members(tmp_path: Path) -> None:
     d.pop("members")
     with pytest.raises(RunError, match="field 'members' is missing"):
         RunMeta.from_dict(d, source=tmp_path / "model.json")
-    with pytest.raises(RunError, match="field 'members' must name folders inside the run directory, got '../x'"):
+    with pytest.raises(RunError, match=r"field 'members' must name folders inside the run directory, got '\.\./x'"):
         RunMeta.from_dict(ensemble_dict() | {"members": ["members/a", "../x"]}, source=tmp_path / "model.json")
 
 
