@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import graft
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import RunError
 from graft.core.runmeta import ARCH_KWARGS, RunMeta
 from graft.core.runmetrics import RunMetrics
 from graft.inference.ensemble import ensemble_meta
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-OLD_RUN = FIXTURES / "run-mobilenet_v2-freeze"  # json/csv files of a frozen run; the weights are made below
+OLD_RUN = FIXTURES / "run-mobilenet_v2-freeze"  # json/csv files of a frozen run; conftest.py makes its weights
 INT8_META = FIXTURES / "model-int8.json"  # graft quantize's model.json of that run
 REPO = Path(__file__).resolve().parents[2]
 
@@ -237,49 +235,29 @@ def test_metrics_of_each_kind_round_trip_and_bad_fields_are_named(tmp_path: Path
 # a run directory written by an earlier graft
 
 
-@pytest.fixture(scope="module")
-def old_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixture's files, its data root pointed at this checkout's hymenoptera, and weights: the pretrained body
-    it names (sha256 checked) and a seeded head, saved by graft's own writer (only ``weights_sha256`` changes)."""
-    from graft.models.backbones import get_backbone
-    from graft.models.model import build_model
-
-    run = tmp_path_factory.mktemp("old") / OLD_RUN.name
-    shutil.copytree(OLD_RUN, run)
-    report = json.loads((run / rundir.DATA_REPORT).read_text())
-    (run / rundir.DATA_REPORT).write_text(json.dumps(report | {"root": str(hymenoptera)}))
-    meta = RunMeta.read(run)
-    assert meta.head is not None and meta.pretrained is not None
-    torch.manual_seed(0)
-    model, _, info = build_model(get_backbone(meta.arch), len(meta.classes), head=meta.head, pretrained="auto")
-    assert info.sha256 == meta.pretrained["sha256"]
-    rundir.save_model(run, model, meta.to_dict())
-    return run
-
-
 @pytest.mark.slow
-def test_an_old_run_directory_loads_predicts_and_evaluates(old_run: Path, hymenoptera: Path) -> None:
+def test_an_fixture_run_directory_loads_predicts_and_evaluates(fixture_run: Path, hymenoptera: Path) -> None:
     from graft.insight.evaluation import evaluate
 
-    saved, before = json.loads((old_run / ckpt.META_FILE).read_text()), float_meta()
+    saved, before = json.loads((fixture_run / ckpt.META_FILE).read_text()), float_meta()
     assert list(saved) == list(before) and saved["weights_sha256"] != before["weights_sha256"]
     assert {k: v for k, v in saved.items() if k != "weights_sha256"} == {
         k: v for k, v in before.items() if k != "weights_sha256"
     }
-    clf = graft.load(old_run, device="cpu")
+    clf = graft.load(fixture_run, device="cpu")
     assert clf.classes == ["ants", "bees"] and clf.meta.arch == "mobilenet_v2" and clf.preprocess.input_size == 224
     images = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:3]
     predictions = clf.predict(images, top_k=2)
     assert len(predictions) == 3 and all(p[0].label in clf.classes for p in predictions)
-    result = evaluate(old_run, device="cpu", plots=False)
+    result = evaluate(fixture_run, device="cpu", plots=False)
     assert result.n == 153 and result.classes == ["ants", "bees"] and 0 <= result.accuracy <= 1
     assert result.best_val_acc == json.loads((OLD_RUN / "metrics.json").read_text())["best_val_acc"]
 
 
 @pytest.mark.subprocess
-def test_a_corrupted_model_json_is_one_error_line(old_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
+def test_a_corrupted_model_json_is_one_error_line(fixture_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(old_run, run)
+    shutil.copytree(fixture_run, run)
     (run / ckpt.META_FILE).write_text(json.dumps(float_meta() | {"classes": 2}))
     with pytest.raises(RunError, match="field 'classes' must be a list of class names, got int"):
         graft.load(run, device="cpu")
