@@ -27,7 +27,8 @@ from graft.core.runmeta import RunMeta
 REPO = Path(__file__).resolve().parents[2]
 TORCHVISION_FILE = "mobilenet_v2-b0353104.pth"  # the file torchvision's IMAGENET1K_V1 weights load from its hub
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+FIXTURES = REPO / "tests" / "fixtures"
+INT8_META = FIXTURES / "model-int8.json"  # graft quantize's model.json of the fixture run
 
 
 class Payload:
@@ -89,6 +90,8 @@ def assert_one_error_line(proc: subprocess.Popen[str], *needles: str) -> None:
     assert "Uvicorn running" not in err + proc.out and "http://" not in proc.out  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_planted_pickle_never_runs(fixture_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
     marker, control = tmp_path / "pickle-ran", tmp_path / "control-ran"
     pickle.loads(pickle.dumps(Payload(control)))  # the payload is live: unpickling it writes its marker
@@ -107,13 +110,13 @@ def test_a_planted_pickle_never_runs(fixture_run: Path, hymenoptera: Path, tmp_p
     assert sorted(p.name for p in run.iterdir()) == before  # no export or evaluation written
 
 
-def test_no_path_reaches_a_model_builder_with_a_foreign_argument(fixture_run: Path) -> None:
+def test_no_path_reaches_a_model_builder_with_a_foreign_argument() -> None:
     """Below the schema too: the builder itself refuses what the registry never records."""
     from graft.core.errors import RunError
     from graft.models.backbones import get_backbone
     from graft.models.model import build_for_inference
 
-    meta = RunMeta.read(fixture_run)
+    meta = RunMeta.read(FIXTURES / "run-mobilenet_v2-freeze")
     assert meta.head is not None
     for key in ("weights", "pretrained", "checkpoint_path"):
         with pytest.raises(RunError, match=f"model builder argument '{key}' is not one graft records"):
@@ -132,6 +135,8 @@ def rundir_meta(run: Path) -> dict[str, Any]:
     return RunMeta.read(run).to_dict()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_weights_outside_the_run_are_refused(fixture_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
     other, other_sha = other_run(fixture_run, tmp_path / "other")
     cases = {
@@ -178,6 +183,8 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_damaged_model_json_is_one_error_line(fixture_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
     runs = {
         name: copy_run(fixture_run, tmp_path / f"run{i}", change) for i, (name, change) in enumerate(BAD_META.items())
@@ -190,16 +197,23 @@ def test_a_damaged_model_json_is_one_error_line(fixture_run: Path, hymenoptera: 
         assert_one_error_line(proc, EXPECTED[name.replace("serve ", "input size ")], str(tmp_path))
 
 
-def test_an_ensemble_member_outside_the_run_is_refused(fixture_run: Path, tmp_path: Path) -> None:
+def test_an_ensemble_member_or_int8_program_outside_the_run_is_refused(tmp_path: Path) -> None:
     from graft.core.errors import RunError
     from graft.inference.ensemble import ensemble_meta
     from graft.inference.loading import load
 
+    outside = copy_run(FIXTURES / "run-mobilenet_v2-freeze", tmp_path / "elsewhere")
     run = tmp_path / "ensemble"
     (run / "members").mkdir(parents=True)
-    outside = copy_run(fixture_run, tmp_path / "elsewhere")
     (run / "members" / "a").symlink_to(outside, target_is_directory=True)
-    meta = ensemble_meta([RunMeta.read(outside)], ["members/a"])
-    (run / ckpt.META_FILE).write_text(json.dumps(meta))
+    (run / ckpt.META_FILE).write_text(json.dumps(ensemble_meta([RunMeta.read(outside)], ["members/a"])))
     with pytest.raises(RunError, match="the member run 'members/a' resolves through a symbolic link"):
         load(run, device="cpu")
+
+    int8 = tmp_path / "int8"
+    int8.mkdir()
+    shutil.copyfile(INT8_META, int8 / ckpt.META_FILE)
+    (outside / "model.pt2").write_bytes(b"not read")
+    (int8 / "model.pt2").symlink_to(outside / "model.pt2")
+    with pytest.raises(RunError, match=r"the program file 'model\.pt2' resolves through a symbolic link"):
+        load(int8, device="cpu")
