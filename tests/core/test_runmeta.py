@@ -221,7 +221,12 @@ def test_metrics_of_each_kind_round_trip_and_bad_fields_are_named(tmp_path: Path
     assert m.best_val_acc == written["best_val_acc"] and m.test_acc_ci95 == (0.8, 0.95) and m.n_val == 153
     assert m.get("newer", "?") == "?" and RunMetrics.from_dict(written | {"newer": 1}).get("newer") == 1
     path = tmp_path / "metrics.json"
-    for key, value, problem in [("best_val_acc", 1.5, "in [0, 1]"), ("n_val", "153", "whole number >= 0")]:
+    for key, value, problem in [
+        ("best_val_acc", 1.5, "in [0, 1]"),
+        ("best_val_acc", float("nan"), "in [0, 1]"),
+        ("n_val", "153", "whole number >= 0"),
+        ("train_seconds", float("inf"), "finite number of seconds"),
+    ]:
         path.write_text(json.dumps(written | {key: value}))
         with pytest.raises(RunError) as e:
             RunMetrics.read(tmp_path)
