@@ -123,7 +123,13 @@ def run_file(run_dir: Path, name: str, *, what: str = "file") -> Path:
     """``run_dir / name``, refused unless it lies inside ``run_dir`` once every symbolic link is resolved: a run
     reads only its own files, never another run's weights or a file elsewhere on the machine."""
     path = run_dir / name
-    root, real = run_dir.resolve(), path.resolve()
+    try:
+        root, real = run_dir.resolve(), path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symbolic link loop (Python < 3.13)
+        raise RunError(
+            f"{run_dir / META_FILE}: the {what} {name!r} cannot be resolved ({e}); restore the run directory from a "
+            "backup or train the run again"
+        ) from None
     if root not in real.parents:
         as_written = Path(name)
         via = "" if as_written.is_absolute() or ".." in as_written.parts else " through a symbolic link"

@@ -29,8 +29,8 @@ def is_int8(meta: RunMeta | dict[str, Any]) -> bool:
 
 def read_meta(run_dir: Path) -> RunMeta | None:
     """``run_dir/model.json``, checked; None when it is missing or not a JSON object (a float run's loader then
-    recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`). A JSON object with a wrong
-    field is a RunError naming the field."""
+    recovers a missing one from the weights file and refuses any other, see :func:`graft.core.checkpoint.load_model`).
+    A JSON object with a wrong field is a RunError naming the field."""
     meta = atomic.read_json_or(run_dir / ckpt.META_FILE)
     return RunMeta.from_dict(meta, source=run_dir / ckpt.META_FILE) if isinstance(meta, dict) else None
 

@@ -217,3 +217,28 @@ def test_an_ensemble_member_or_int8_program_outside_the_run_is_refused(tmp_path:
     (int8 / "model.pt2").symlink_to(outside / "model.pt2")
     with pytest.raises(RunError, match=r"the program file 'model\.pt2' resolves through a symbolic link"):
         load(int8, device="cpu")
+
+
+def test_run_file_resolves_inside_the_run_only(tmp_path: Path) -> None:
+    from graft.core.errors import RunError
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (run / "sub" / "w.safetensors").write_bytes(b"")
+    (run / "inner").symlink_to(run / "sub" / "w.safetensors")  # a link that stays inside is fine
+    assert ckpt.run_file(run, "sub/w.safetensors") == run / "sub" / "w.safetensors"
+    assert ckpt.run_file(run, "inner") == run / "inner"
+    (run / "out").symlink_to(elsewhere)
+    (run / "loop").symlink_to(run / "loop")
+    refused = {
+        "/etc/passwd": "resolves to /etc/passwd, outside",
+        "../elsewhere": "resolves to",
+        "out/x": "resolves through a symbolic link to",
+        ".": "outside the run directory",
+        "loop": "cannot be resolved",
+    }
+    for name, problem in refused.items():
+        with pytest.raises(RunError) as e:
+            ckpt.run_file(run, name, what="weights file")
+        assert str(e.value).startswith(f"{run / ckpt.META_FILE}: the weights file {name!r}") and problem in str(e.value)
