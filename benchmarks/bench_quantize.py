@@ -61,6 +61,7 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
     from graft.core import atomic
     from graft.core import checkpoint as ckpt
     from graft.core.heads import HeadSpec
+    from graft.inference import PROGRAM_FILE
     from graft.inference.float_classifier import FloatClassifier
     from graft.models.backbones import get_backbone
     from graft.models.model import build_for_inference
@@ -78,7 +79,7 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
     path = int8_run / Q.QUANT_FILE
     old = json.loads(path.read_text())
     new = Q.measure(
-        fp32, int8, old["fp32_val_acc"], old["int8_val_acc"], fp32_file, (int8_run / Q.PROGRAM_FILE).read_bytes()
+        fp32, int8, old["fp32_val_acc"], old["int8_val_acc"], fp32_file, (int8_run / PROGRAM_FILE).read_bytes()
     )
     if "fp32_bytes" in old and float_run is None:
         new["fp32_bytes"], new["fp32_deflated_bytes"] = old["fp32_bytes"], old["fp32_deflated_bytes"]

@@ -30,12 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_server(run: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = dict(os.environ, GRAFT_OFFLINE="1", GRAFT_NO_PROGRESS="1")
+def start_server(
+    run: Path, log: Path, *, extra: list[str] | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``graft serve RUN --port 0 [extra...]`` in its own process (``env`` added to this one's); its base URL."""
+    env = dict(os.environ, GRAFT_OFFLINE="1", GRAFT_NO_PROGRESS="1", **(env or {}))
+    command = [sys.executable, "-m", "graft", "serve", str(run), "--port", "0", *(extra or [])]
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "graft", "serve", str(run), "--port", "0"], stdout=out, stderr=out, env=env, cwd=ROOT
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=out, env=env, cwd=ROOT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")

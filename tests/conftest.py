@@ -7,6 +7,7 @@ Every test is hermetic: before any test runs, ``GRAFT_CACHE_DIR`` points at a fr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -49,6 +50,35 @@ def hymenoptera() -> Path:
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/hymenoptera_data"
     assert (path / "train").is_dir() and (path / "val").is_dir(), f"hymenoptera dataset not found at {path}"
     return path
+
+
+#: json/csv files of a frozen mobilenet_v2 run written by an earlier graft (its weights are made by fixture_run).
+FIXTURE_RUN = Path(__file__).resolve().parent / "fixtures/run-mobilenet_v2-freeze"
+
+
+@pytest.fixture(scope="session")
+def fixture_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture's files, its data root pointed at this checkout's hymenoptera, and weights: the pretrained body
+    it names (sha256 checked) and a seeded head, saved by graft's own writer (only ``weights_sha256`` changes).
+    No training: a real run directory in seconds. Shared by the session: copy it before changing anything."""
+    import torch
+
+    from graft.core import rundir
+    from graft.core.runmeta import RunMeta
+    from graft.models.backbones import get_backbone
+    from graft.models.model import build_model
+
+    run = tmp_path_factory.mktemp("fixture-run") / FIXTURE_RUN.name
+    shutil.copytree(FIXTURE_RUN, run)
+    report = json.loads((run / rundir.DATA_REPORT).read_text())
+    (run / rundir.DATA_REPORT).write_text(json.dumps(report | {"root": str(hymenoptera)}))
+    meta = RunMeta.read(run)
+    assert meta.head is not None and meta.pretrained is not None
+    torch.manual_seed(0)
+    model, _, info = build_model(get_backbone(meta.arch), len(meta.classes), head=meta.head, pretrained="auto")
+    assert info.sha256 == meta.pretrained["sha256"]
+    rundir.save_model(run, model, meta.to_dict())
+    return run
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """graft.core.deps: in the graft command's process, torch._dynamo deferred until something compiles, and nothing
-behaves differently for it; a library import of graft never patches torch. And the packages' lazy exports.
+behaves differently for it; a library import of graft never patches torch. And what the packages export: their own
+names, imported on first use where they are lazy.
 
 Each test runs in a fresh interpreter: this pytest process has long since imported the real dynamo.
 """
@@ -206,3 +207,37 @@ def test_package_exports_resolve_and_import_their_modules_on_first_use() -> None
     )
     assert got["light"] == {"torch": False, "matplotlib": False}
     assert got["missing"] == []
+
+
+def test_a_package_exports_only_its_own_names() -> None:
+    """One way to publish a name: a package's ``__init__`` imports, and lists for lazy import, only from its own
+    modules; a name that lives in another package is imported from there."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "graft"
+    foreign = []
+    for init in sorted(root.rglob("__init__.py")):
+        package = ".".join(init.relative_to(root.parent).parent.parts)
+        if package == "graft":  # the top level is the API: graft.train, graft.load, ...
+            continue
+        tree = ast.parse(init.read_text(encoding="utf-8"))
+        exported = {
+            e.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)
+            for e in getattr(n.value, "elts", [])
+        }
+        sources = [
+            n.module
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and any((a.asname or a.name) in exported for a in n.names)
+        ]
+        sources += [  # a table of name -> module imported on first use
+            v.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Dict)
+            for v in n.values
+            if isinstance(v, ast.Constant) and isinstance(v.value, str) and v.value.startswith("graft.")
+        ]
+        foreign += [f"{package}: {s}" for s in sources if not s.startswith(package + ".")]
+    assert foreign == []

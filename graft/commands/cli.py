@@ -30,7 +30,6 @@ from graft.core.config import (
     ShowBatchConfig,
     TrainConfig,
     WeightsConfig,
-    augment_options,
     table_options,
 )
 from graft.core.errors import GraftError
@@ -81,6 +80,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = tp
         if "parse" in meta:  # a value that is not just the annotation's type (--lr 1e-3 or auto)
             kwargs["type"] = meta["parse"]
+        if meta.get("action") == "extend":  # repeatable, each a name or a comma list: --opt a --opt b,c
+            kwargs["action"], kwargs["default"] = "extend", None
         parser.add_argument(*name_or_flags, **kwargs)
 
 
@@ -239,17 +240,10 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from graft.int8.ptq import quantize
+    from graft.int8.ptq import run_quantize
 
     cfg: QuantizeConfig = _config(QuantizeConfig, args)
-    result = quantize(
-        cfg.run,
-        calib=cfg.calib,
-        name=cfg.name,
-        exist_ok=cfg.exist_ok,
-        activation_bits=cfg.activation_bits,
-        log=_stderr_if(cfg.json),
-    )
+    result = run_quantize(cfg, log=_stderr_if(cfg.json))
     from graft.insight.modelcard import write_model_card
 
     write_model_card(result.run_dir)  # the int8 run's own README.md
@@ -314,21 +308,12 @@ def cmd_archs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from graft.insight.evaluation import evaluate
+    from graft.insight.evaluation import run_evaluate
 
     cfg: EvaluateConfig = _config(EvaluateConfig, args)
-    result = evaluate(
-        cfg.run,
-        cfg.data,
-        out=cfg.out,
-        plots=cfg.plots or cfg.report,
-        explain=cfg.explain or cfg.report,  # the report shows the top losses with Grad-CAM
-        explain_predictions=cfg.explain,
-        top_losses=cfg.top_losses,
-        batch_size=cfg.batch_size,
-        device=cfg.device,
-        tta=cfg.tta,
-    )
+    # the report shows the figures, its top losses with Grad-CAM
+    figures = dataclasses.replace(cfg, plots=cfg.plots or cfg.report, explain=cfg.explain or cfg.report)
+    result = run_evaluate(figures, explain_predictions=cfg.explain)
     if cfg.report:
         from graft.insight.report import write_report
 
@@ -348,21 +333,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from graft.insight.lrplot import plot_lr_find
-    from graft.training.pipeline import lr_find
+    from graft.training.pipeline import run_lr_find
 
     cfg: LrFindConfig = _config(LrFindConfig, args)
-    for test in lr_find(cfg, draw=plot_lr_find):
+    for test in run_lr_find(cfg, draw=plot_lr_find):
         print(test.format())
     return 0
 
 
 def cmd_show_batch(args: argparse.Namespace) -> int:
-    from graft.insight.showbatch import show_batch
+    from graft.insight.showbatch import run_show_batch
 
-    cfg: ShowBatchConfig = _config(ShowBatchConfig, args)
-    options = {"n": cfg.n, "arch": cfg.arch, "seed": cfg.seed, "val_split": cfg.val_split, **table_options(cfg)}
-    options |= augment_options(cfg)
-    path = show_batch(cfg.data, out=cfg.out, **options)
+    path = run_show_batch(_config(ShowBatchConfig, args))
     print(f"wrote {path}")
     return 0
 

@@ -6,7 +6,7 @@
 | --- | --- |
 | ``POST /predict[?top_k=N]`` | the image as the raw body or as a multipart field ``file`` -> top-k JSON |
 | ``GET /`` | a page where a person drops or picks an image and sees it with its top-k bars |
-| ``GET /health`` | ``{"status": "ok", ...}`` once the model is loaded |
+| ``GET /health`` | ``{"status": "ok"}`` once the model is loaded; with the key, the run's name and counters too |
 | ``GET /model`` | classes, architecture, preprocessing, training metrics, the server's limits |
 
 Requests are checked before any work: the body size (``--max-upload-mb``, 413), an empty body (400), the file's
@@ -17,11 +17,19 @@ its own thread, batching the requests that arrive while it is busy, so the event
 requests share the model (:mod:`graft.deploy.serving`). The server listens on loopback unless ``--host`` says
 otherwise.
 
+Connections cannot hold the server: one that has not sent its headers within ``--header-timeout`` is closed, one
+client address holds at most ``--max-client-connections`` (:mod:`graft.deploy.connections`), and at most
+:data:`MAX_IN_FLIGHT` requests are served at once (503 beyond). A request whose ``Host`` header is not loopback,
+the ``--host`` address or an ``--allowed-host`` (with ``--host 0.0.0.0`` or ``::``: also any IP address) is answered
+400, so that a web page cannot reach a local server through a name of its own (DNS rebinding).
+
 With an API key (``--api-key KEY``, better ``$GRAFT_API_KEY``: a command line shows in ``ps``), every request but
-``GET /health`` (for load balancers) and the page itself (static, the same for every server) must carry it, as
-``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; otherwise it is answered 401 with ``WWW-Authenticate: Bearer``.
+``GET /health`` (for load balancers: only ``{"status": "ok"}`` without the key) and the page itself (static, the
+same for every server) must carry it, as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; otherwise it is
+answered 401 with ``WWW-Authenticate: Bearer``.
 The page asks for the key when ``/model`` answers 401 and keeps it in the tab's ``sessionStorage``. A ``--host`` other
-than loopback needs a key, or an explicit ``--no-auth``: without either the server refuses to start.
+than loopback needs a key of at least 16 characters, or an explicit ``--no-auth``: without either the server refuses
+to start.
 """
 
 from __future__ import annotations
@@ -38,12 +46,13 @@ import re
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from graft.core.config import ServeConfig, api_key_problem, from_options
 from graft.core.config.fields import takes_fields
+from graft.core.config.serving import is_loopback
 from graft.core.errors import GraftError
 
 try:  # at module level: FastAPI reads the endpoints' annotations from this module's globals
@@ -54,6 +63,7 @@ except ImportError:  # pragma: no cover - the serve extra is part of the dev ins
     raise GraftError("graft serve needs FastAPI and uvicorn: pip install 'graft[serve]'") from None
 
 # after the check above: the model side imports Starlette too
+from graft.deploy.connections import guarded_protocol
 from graft.deploy.serving import HTTPError, Service
 
 if TYPE_CHECKING:
@@ -63,6 +73,11 @@ API_KEY_ENV = "GRAFT_API_KEY"
 #: Paths answered without the key: liveness for load balancers, and the static page (it holds no model data and a
 #: browser cannot add a header to a navigation; what it fetches, /model and /predict, needs the key).
 OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})
+#: Requests served at once; beyond, 503 (each may hold an upload of up to --max-upload-mb).
+MAX_IN_FLIGHT = 256
+#: Host names a loopback server answers to (with any port).
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+EVERY_ADDRESS = ("0.0.0.0", "::")
 
 
 class ServeError(GraftError):
@@ -111,27 +126,85 @@ def create_app(clf: Classifier, cfg: ServeConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    _add_guard(app, cfg.api_key.encode("ascii") if cfg.auth and cfg.api_key is not None else None)
+    key = cfg.api_key.encode("ascii") if cfg.auth and cfg.api_key is not None else None
+    _add_guard(app, key, host_check(cfg))
     _add_page_routes(app)
-    _add_api_routes(app, service)
+    _add_api_routes(app, service, key)
     return app
 
 
-def _add_guard(app: FastAPI, key: bytes | None) -> None:
-    """The API key check (``key`` None: none), the security headers and the answer to an :class:`HTTPError`."""
+def allowed_hosts(cfg: ServeConfig) -> frozenset[str]:
+    """The ``Host`` names (without port) the server answers: loopback, the ``--host`` address (unless it is every
+    address), ``--allowed-host``."""
+
+    def name(host: str) -> str:
+        bare = host.strip("[]")
+        return f"[{bare}]" if bare.count(":") > 1 else host_name(host)  # an IPv6 address, else NAME[:PORT]
+
+    bound = () if cfg.host.strip("[]") in EVERY_ADDRESS else (cfg.host,)
+    return LOOPBACK_NAMES | {name(h) for h in (*bound, *cfg.allowed_host)}
+
+
+def host_check(cfg: ServeConfig) -> Callable[[str], bool]:
+    """Whether a ``Host`` header is answered: one of :func:`allowed_hosts`, or, on a server listening on every
+    address (``--host 0.0.0.0`` or ``::``), any IP address but those (an address cannot be rebound to another
+    machine by DNS; a name can)."""
+    names = allowed_hosts(cfg)
+    every_address = cfg.host.strip("[]") in EVERY_ADDRESS
+
+    def allowed(header: str) -> bool:
+        name = host_name(header)
+        if name in names:
+            return True
+        try:
+            return every_address and not ipaddress.ip_address(name.strip("[]")).is_unspecified
+        except ValueError:
+            return False
+
+    return allowed
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port, lowercase (``[::1]:8000`` -> ``[::1]``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def _add_guard(app: FastAPI, key: bytes | None, host_allowed: Callable[[str], bool]) -> None:
+    """The Host and API key checks (``key`` None: none), the limit on requests in progress, the security headers
+    and the answer to an :class:`HTTPError`."""
+    in_flight = 0
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        """The API key check (before any of the request is read), then the security headers on every answer."""
-        refusal = None if key is None or request.url.path in OPEN_PATHS else check_key(request.headers, key)
-        if refusal is not None:
+        """The checks (before any of the request is read), then the security headers on every answer."""
+        nonlocal in_flight
+        host = request.headers.get("host")
+        if host is not None and not host_allowed(host):
+            response = JSONResponse(
+                {"detail": "this server does not answer to that Host name: start it with --allowed-host NAME"},
+                status_code=400,
+            )
+        elif refusal := None if key is None or request.url.path in OPEN_PATHS else check_key(request.headers, key):
             response = JSONResponse(
                 {"detail": refusal},
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"},
             )
+        elif in_flight >= MAX_IN_FLIGHT:
+            response = JSONResponse(
+                {"detail": f"the server is busy ({MAX_IN_FLIGHT} requests in progress): retry in a moment"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         else:
-            response = await call_next(request)
+            in_flight += 1
+            try:
+                response = await call_next(request)
+            finally:
+                in_flight -= 1
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -156,13 +229,15 @@ def _add_page_routes(app: FastAPI) -> None:
         return Response(status_code=204)
 
 
-def _add_api_routes(app: FastAPI, service: Service) -> None:
+def _add_api_routes(app: FastAPI, service: Service, key: bytes | None) -> None:
     """``GET /health``, ``GET /model`` and ``POST /predict``."""
     clf, cfg = service.clf, service.cfg
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        """Liveness: the model is loaded and the server answers."""
+    async def health(request: Request) -> dict[str, Any]:
+        """Liveness: the model is loaded and the server answers; with the key, which run and how busy."""
+        if key is not None and check_key(request.headers, key) is not None:
+            return {"status": "ok"}
         return {
             "status": "ok",
             "model": clf.run_dir.name,
@@ -224,7 +299,7 @@ def resolve_api_key(cfg: ServeConfig, environ: Mapping[str, str] = os.environ) -
     key = cfg.api_key
     if key is None and environ.get(API_KEY_ENV):
         key = environ[API_KEY_ENV]
-        if problem := api_key_problem(key):
+        if problem := api_key_problem(key, cfg.host):
             raise ServeError(f"${API_KEY_ENV} {problem}")
     if key is None and not is_loopback(cfg.host):
         raise ServeError(
@@ -237,16 +312,6 @@ def resolve_api_key(cfg: ServeConfig, environ: Mapping[str, str] = os.environ) -
 
 # ----------------------------------------------------------------------------------------------------------------
 # running it
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -300,9 +365,10 @@ def run_config(cfg: ServeConfig) -> None:
     )
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(header_timeout=cfg.header_timeout, per_client=cfg.max_client_connections),
+        ws="none",  # no WebSocket routes: an upgrade request is plain HTTP, under the same limits
         log_level="info",
         timeout_keep_alive=5,
-        limit_concurrency=256,
         server_header=False,
         timeout_graceful_shutdown=5,
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig, from_options
+from graft.core.config.fields import takes_fields
 from graft.insight import tracking
 from graft.insight.callbacks import Curves, Report
 from graft.insight.lrplot import LrFindFigures
@@ -18,6 +19,7 @@ from graft.insight.testset import TestEvaluation
 from graft.training.pipeline import RunResult, run_training
 
 
+@takes_fields(TrainConfig, "data")
 def train(data: str | Path | None = None, /, **options: Any) -> RunResult:
     """Train a classifier on an image folder and write a run directory.
 

@@ -119,36 +119,78 @@ def _embedded_meta(data: bytes) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
+def run_file(run_dir: Path, name: str, *, what: str = "file") -> Path:
+    """``run_dir / name``, refused unless it lies inside ``run_dir`` once every symbolic link is resolved: a run
+    reads only its own files, never another run's weights or a file elsewhere on the machine."""
+    path = run_dir / name
+    try:
+        root, real = run_dir.resolve(), path.resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symbolic link loop (Python < 3.13)
+        raise RunError(
+            f"{run_dir / META_FILE}: the {what} {name!r} cannot be resolved ({e}); restore the run directory from a "
+            "backup or train the run again"
+        ) from None
+    if root not in real.parents:
+        as_written = Path(name)
+        via = "" if as_written.is_absolute() or ".." in as_written.parts else " through a symbolic link"
+        raise RunError(
+            f"{run_dir / META_FILE}: the {what} {name!r} resolves{via} to {real}, outside the run directory {root}; "
+            "a run reads only its own files: restore the run directory from a backup or train the run again"
+        )
+    return path
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    """``model.json``'s object; None when the file is missing (the copy inside the weights stands in for it)."""
+    if not path.exists():
+        return None
+    try:
+        meta = read_json(path)
+    except OSError as e:
+        raise RunError(f"{path} cannot be read ({e}); restore it from a backup or train the run again") from None
+    if not isinstance(meta, dict):
+        kind = "null" if meta is None else type(meta).__name__
+        raise RunError(f"{path} must hold a JSON object, got {kind}; restore it from a backup or train the run again")
+    return meta
+
+
 def load_model(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(meta, state_dict)`` of a run's model: ``model.json`` and the weights whose sha256 it records.
 
-    When the weights do not match ``model.json`` but carry a verified copy of it (a crash between the two writes
-    of :func:`save_model`, or a lost ``model.json``), that copy is used. Never unpickles.
+    The weights file is the one ``model.json`` names, inside the run directory (links resolved). When the weights
+    do not match ``model.json`` but carry a verified copy of it (a crash between the two writes of
+    :func:`save_model`, or a lost ``model.json``), that copy is used. Never unpickles.
 
     Raises:
-        RunError: a file is missing, damaged or changed.
+        RunError: a file is missing, damaged, changed, or outside the run directory.
     """
-    try:
-        meta: dict[str, Any] | None = read_json(run_dir / META_FILE)
-        meta_error: RunError | None = None
-    except RunError as e:
-        meta, meta_error = None, e
-    path = run_dir / ((meta or {}).get("weights_file") or MODEL_FILE)
+    meta_path = run_dir / META_FILE
+    meta = _read_meta(meta_path)
+    name = (meta or {}).get("weights_file") or MODEL_FILE
+    if not isinstance(name, str):
+        raise RunError(f"{meta_path}: field 'weights_file' must be a file name; restore it or train the run again")
+    path = run_file(run_dir, name, what="weights file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        if meta_error is not None:
-            raise meta_error from None
+        if meta is None:
+            raise RunError(f"{meta_path} is missing: is {run_dir} a run directory written by graft train?") from None
         raise RunError(f"{path} is missing: the run did not finish saving its model") from None
+    except OSError as e:
+        raise RunError(f"{path} cannot be read ({e}); restore it from a backup or train the run again") from None
     actual = hashlib.sha256(data).hexdigest()
-    expected = (meta or {}).get("weights_sha256")
-    if meta is None or (expected is not None and expected != actual):
+    if meta is not None and not meta.get("weights_sha256"):
+        raise RunError(
+            f"{meta_path} records no weights_sha256 for {name}, so the weights cannot be verified; "
+            "restore model.json from a backup or train the run again"
+        )
+    if meta is None or meta["weights_sha256"] != actual:
         embedded = _embedded_meta(data)
         if embedded is not None:
             meta = embedded | {"weights_sha256": actual}
-        elif meta_error is not None:
-            raise meta_error
-    return meta, _load_tensors(path, data, sha256=meta.get("weights_sha256"), actual=actual)
+        elif meta is None:
+            raise RunError(f"{meta_path} is missing: is {run_dir} a run directory written by graft train?")
+    return meta, _load_tensors(path, data, sha256=meta["weights_sha256"], actual=actual)
 
 
 def _load_tensors(path: Path, data: bytes, *, sha256: str | None, actual: str) -> dict[str, Any]:

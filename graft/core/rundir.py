@@ -181,7 +181,7 @@ def run_split(
     Raises:
         RunError: no saved split, the images moved, or a class the model does not know.
     """
-    default = f"pass the images to evaluate: graft evaluate {run_dir} DATA" if split == "val" else None
+    default = f"pass the data folder: graft evaluate {run_dir} DATA" if split == "val" else None
     fix = fix or default or "put the data back where the run was trained, or train the run again"
     saved = read_split(run_dir, split)
     if saved is None:

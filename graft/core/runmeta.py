@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from graft.core.checkpoint import META_FILE
@@ -125,19 +126,37 @@ def check_object(v: Any, what: str = "a JSON object") -> dict[str, Any]:
     return v
 
 
+#: What a preprocess block may hold, and the sizes a run's input may have: a side of 100000 pixels would allocate
+#: tens of GB per image before anything else could refuse it.
+PREPROCESS_KEYS = ("input_size", "resize_size", "mean", "std", "interpolation")
+INPUT_SIZES = (16, 2048)
+RESIZE_SIZES = (16, 4096)
+
+
+def _sized(d: dict[str, Any], key: str, bounds: tuple[int, int]) -> None:
+    if key not in d:
+        raise FieldProblem(f"lacks {key!r}")
+    try:
+        check_positive_int(d[key])
+    except FieldProblem as e:
+        raise FieldProblem(f"{key} {e}") from None
+    if not bounds[0] <= d[key] <= bounds[1]:
+        raise FieldProblem(f"{key} must be between {bounds[0]} and {bounds[1]} pixels, got {d[key]}")
+
+
 def _preprocess(v: Any) -> Preprocess:
     d = check_object(v, "an object (input_size, resize_size, mean, std, interpolation)")
-    for key in ("input_size", "resize_size"):
-        if key not in d:
-            raise FieldProblem(f"lacks {key!r}")
-        try:
-            check_positive_int(d[key])
-        except FieldProblem as e:
-            raise FieldProblem(f"{key} {e}") from None
+    unknown = [k for k in d if k not in PREPROCESS_KEYS]
+    if unknown:
+        raise FieldProblem(f"has {unknown[0]!r}, which graft does not write (known: {', '.join(PREPROCESS_KEYS)})")
+    _sized(d, "input_size", INPUT_SIZES)
+    _sized(d, "resize_size", RESIZE_SIZES)
     for key in ("mean", "std"):
         x = d.get(key)
-        if not isinstance(x, list | tuple) or len(x) != 3 or not all(is_number(c) for c in x):
-            raise FieldProblem(f"{key} must be a list of 3 numbers (one per RGB channel), got {json.dumps(x)[:60]}")
+        if not isinstance(x, list | tuple) or len(x) != 3 or not all(is_number(c) and math.isfinite(c) for c in x):
+            raise FieldProblem(
+                f"{key} must be a list of 3 finite numbers (one per RGB channel), got {json.dumps(x)[:60]}"
+            )
     if not all(c > 0 for c in d["std"]):
         raise FieldProblem(f"std must be greater than 0, got {d['std']}")
     if d.get("interpolation") not in INTERPOLATIONS:
@@ -149,6 +168,9 @@ def _head(v: Any) -> HeadSpec | None:
     if v is None:
         return None
     d = check_object(v, "an object (hidden, dropout)")
+    unknown = [k for k in d if k not in ("hidden", "dropout")]
+    if unknown:
+        raise FieldProblem(f"has {unknown[0]!r}, which graft does not write (known: hidden, dropout)")
     hidden = d.get("hidden", [])
     if not isinstance(hidden, list | tuple) or not all(
         isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
@@ -160,20 +182,32 @@ def _head(v: Any) -> HeadSpec | None:
     return HeadSpec.from_dict(d)
 
 
-#: The builder kwargs the backbone registry records (``graft.models.backbones``: Inception/GoogLeNet weights,
-#: MaxViT's and ViT's input sizes), and what each must hold. Nothing else reaches a model builder.
 def _int_pair(v: Any) -> Any:
-    if not isinstance(v, list | tuple) or len(v) != 2 or not all(isinstance(x, int) and x > 0 for x in v):
-        raise FieldProblem(f"must be a list of 2 sizes, got {json.dumps(v)[:40]}")
+    if not isinstance(v, list | tuple) or len(v) != 2 or not all(_image_side(x) for x in v):
+        raise FieldProblem(f"must be a list of 2 sizes ({INPUT_SIZES[0]}-{INPUT_SIZES[1]}), got {json.dumps(v)[:40]}")
     return v
 
 
+def _image_side(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and INPUT_SIZES[0] <= v <= INPUT_SIZES[1]
+
+
+def _image_size(v: Any) -> int:
+    if not _image_side(v):
+        low, high = INPUT_SIZES
+        raise FieldProblem(f"must be a whole number from {low} to {high}, got {json.dumps(v)[:40]}")
+    return v
+
+
+#: The builder kwargs the backbone registry records (``graft.models.backbones``: Inception/GoogLeNet weights,
+#: MaxViT's and ViT's input sizes), and what each must hold. Nothing else reaches a model builder:
+#: not ``weights``, ``pretrained`` or ``checkpoint_path``, which make torchvision or timm open a file.
 ARCH_KWARGS: dict[str, Callable[[Any], Any]] = {
     "transform_input": check_bool,
     "aux_logits": check_bool,
     "init_weights": check_bool,
     "input_size": _int_pair,
-    "image_size": check_positive_int,
+    "image_size": _image_size,
 }
 
 
@@ -240,10 +274,26 @@ def _kind(v: Any) -> str:
     return v
 
 
+def stays_inside(name: str) -> bool:
+    """Whether ``name``, relative to a run directory, stays inside it as written (loaders also resolve links)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return not name.startswith(("/", "\\", "~")) and ":" not in name and ".." not in parts
+
+
+def check_run_file(v: Any) -> str:
+    name = check_str(v)
+    if not stays_inside(name):
+        raise FieldProblem(f"must name a file inside the run directory, got {name!r}"[:160])
+    return name
+
+
 def _members(v: Any) -> tuple[str, ...]:
     names = check_str_list(v, "member run folders")
     if not names:
         raise FieldProblem("must name at least one member run")
+    outside = next((n for n in names if not stays_inside(n)), None)
+    if outside is not None:
+        raise FieldProblem(f"must name folders inside the run directory, got {outside!r}"[:160])
     return names
 
 
@@ -266,9 +316,9 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], bool]] = {
     "tta": (check_bool, False),
     "combine": (_opt_str, False),
     "members": (_members, False),
-    "weights_file": (check_str, False),
+    "weights_file": (check_run_file, False),
     "weights_sha256": (_sha256, False),
-    "program_file": (check_str, False),
+    "program_file": (check_run_file, False),
     "program_sha256": (_sha256, False),
     "quantization": (_quantization, False),
 }

@@ -8,6 +8,7 @@ and the field; keys this graft does not know are kept and written back unchanged
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,8 @@ def _count(v: Any) -> int:
 
 
 def _seconds(v: Any) -> float:
-    if not is_number(v) or v < 0:
-        raise FieldProblem(f"must be a number of seconds >= 0, got {json.dumps(v)[:40]}")
+    if not is_number(v) or not 0 <= v < math.inf:
+        raise FieldProblem(f"must be a finite number of seconds >= 0, got {json.dumps(v)[:40]}")
     return v
 
 

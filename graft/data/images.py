@@ -81,8 +81,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
             a = a / 257.0  # full 16-bit range -> 8-bit, so a mid-gray stays mid-gray
         elif mode == "F" and lo >= 0 and hi <= 1:
             a = a * 255.0
-        elif lo < 0 or hi > 255:
-            a = (a - lo) * (255.0 / (hi - lo))  # unknown range: stretch rather than clip
+        elif (lo < 0 or hi > 255) and hi > lo:
+            a = (a - lo) * (255.0 / (hi - lo))  # unknown range: stretch rather than clip (a constant one is clipped)
         gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
         return gray.convert("RGB")
     return im.convert("RGB")  # also a copy when already RGB, detached from the file
@@ -151,6 +151,23 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
         if "truncated" in msg.lower():
             raise ImageError(p, "truncated image data: the file ends early (incomplete download or copy?)") from None
         raise ImageError(p, f"corrupt image data ({msg})") from None
+
+
+def decoded_bytes(im: Image.Image) -> int:
+    """Memory, in bytes, that :func:`load_rgb` takes to decode an opened (not yet loaded) image and convert it to
+    RGB: its pixels in their own format, the RGB result, and what the conversion of :func:`_to_rgb` adds (a float64
+    copy for 16-bit, 32-bit and float images, three RGBA layers for transparency). Read from the header only, so a
+    caller can refuse an image before decoding it (a float TIFF costs ~5 times an RGB one of the same size)."""
+    from PIL import ImageMode
+
+    mode = ImageMode.getmode(im.mode)
+    per_pixel = len(mode.bands) * int(mode.typestr[-1]) + 3
+    if im.mode.startswith("I") or im.mode == "F":
+        per_pixel += 8 + 1  # float64 copy, then uint8
+    elif "A" in mode.bands or "a" in mode.bands or "transparency" in im.info:
+        per_pixel += 3 * 4
+    w, h = im.size
+    return w * h * per_pixel
 
 
 def _limit_aspect(im: Image.Image) -> Image.Image:

@@ -111,16 +111,23 @@ class Batcher:
                     f.set_result(out[i])
 
 
-def check_declared_pixels(path: Path, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` pixels, before anything is decoded.
+def check_declared_size(path: Path, max_pixels: int, max_bytes: int, *, draft: int | None = None) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` pixels, or whose decoding would take more than
+    ``max_bytes`` of memory (:func:`graft.data.images.decoded_bytes`: float and 16-bit images cost more per pixel),
+    before anything is decoded. ``draft``: the size a JPEG is decoded at (as :func:`graft.data.load_rgb` does).
 
     Only the header is read; a file Pillow cannot identify is left to :func:`graft.data.load_rgb`, which says why.
     """
     from PIL import Image
 
+    from graft.data.images import decoded_bytes
+
     try:
         with Image.open(path) as im:
             w, h = im.size
+            if draft and im.format in ("JPEG", "MPO"):
+                im.draft("RGB", (draft, draft))
+            cost = decoded_bytes(im)
     except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours: still a header-only check
         m = re.search(r"\((\d+) pixels\)", str(e))
         declared = f"{int(m.group(1)):,}" if m else "too many"
@@ -129,6 +136,12 @@ def check_declared_pixels(path: Path, max_pixels: int) -> None:
         return
     if w * h > max_pixels:
         raise ImageError(path, _too_large(f"{w}x{h} = {w * h:,}", max_pixels))
+    if cost > max_bytes:
+        raise ImageError(
+            path,
+            f"image too large: decoding its {w}x{h} pixels ({im.mode}) takes {cost / 1e6:,.0f} MB and this server "
+            f"allows {max_bytes / 1e6:,.0f} MB per image (--max-decoded-mb). Send a smaller or 8-bit image.",
+        )
 
 
 def _too_large(declared: str, limit: int) -> str:
@@ -151,18 +164,24 @@ def multilabel_answer(clf: Classifier, logits: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def decode_workers() -> int:
+    """Uploads decoded at once by default: at least 2, so that one heavy image never stalls the others, and up to
+    4 on more cores (each may hold up to --max-decoded-mb)."""
+    from graft.inference.classifier import decode_threads
+
+    return max(2, min(4, 2 * decode_threads()))
+
+
 class Service:
     """Everything a request needs: the classifier, the limits, the decoding threads and the batcher."""
 
     def __init__(self, clf: Classifier, cfg: ServeConfig) -> None:
-        from graft.inference.classifier import decode_threads
-
         self.clf = clf
         self.cfg = cfg
         self.top_k = min(cfg.top_k, len(clf.classes))
         self.batcher = Batcher(clf, max_batch=cfg.max_batch)
         self.decoders = ThreadPoolExecutor(
-            max_workers=cfg.workers or decode_threads(), thread_name_prefix="graft-decode"
+            max_workers=cfg.workers or decode_workers(), thread_name_prefix="graft-decode"
         )
         self.tmp = tempfile.TemporaryDirectory(prefix="graft-serve-")
         self.started = time.time()
@@ -200,6 +219,7 @@ class Service:
             "limits": {
                 "max_upload_bytes": cfg.max_upload_bytes,
                 "max_pixels": cfg.max_pixels,
+                "max_decoded_bytes": cfg.max_decoded_bytes,
                 "timeout_s": cfg.timeout,
                 "max_batch": cfg.max_batch,
             },
@@ -238,7 +258,9 @@ class Service:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            check_declared_pixels(path, self.cfg.max_pixels)
+            check_declared_size(
+                path, self.cfg.max_pixels, self.cfg.max_decoded_bytes, draft=self.clf.preprocess.resize_size
+            )
             return self.clf.tensor(path)
         except ImageError as e:
             status = next((s for prefix, s in _REASON_STATUS if e.reason.startswith(prefix)), 422)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import distributed as dist
+from graft.core.config.data import BATCH_SIZE
+from graft.core.config.inference import TOP_K
 from graft.core.errors import GraftError
 from graft.inference.classifier import Classifier
 from graft.inference.paths import OnSkip, iter_paths
@@ -41,8 +43,8 @@ def predict_to_csv(
     inputs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
-    top_k: int = 5,
-    batch_size: int = 32,
+    top_k: int = TOP_K.default,
+    batch_size: int = BATCH_SIZE.default,
     workers: int | None = None,
     names: dict[str, str] | None = None,
     shard: tuple[int, int] = (0, 1),
@@ -57,7 +59,8 @@ def predict_to_csv(
     ``;``-separated, most probable first; empty when none is), ``probabilities`` (theirs, JSON) and ``error``. Rows
     are in :func:`iter_paths` order and written batch by batch to ``OUT.partial``,
     renamed to ``out`` at the end, so memory stays constant and an interrupted run keeps the rows it finished.
-    A progress bar shows on an interactive terminal. ``names`` maps class names to display names.
+    A progress bar shows on an interactive terminal. ``top_k`` and ``batch_size`` default as ``graft predict``'s;
+    ``names`` maps class names to display names.
     ``shard=(i, n)`` classifies only every ``n``-th file from the ``i``-th (one process's share under torchrun,
     see :func:`graft.core.distributed.predict_to_csv`). ``follow_links`` and ``on_skip`` are :func:`iter_paths`'s.
     """

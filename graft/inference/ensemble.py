@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from graft.core import checkpoint as ckpt
 from graft.core.device import autocast, prepare_input
 from graft.core.errors import RunError
 from graft.core.preprocess import Preprocess, eval_transform
@@ -147,9 +148,7 @@ def load_ensemble(
     checks its own weights' sha256)."""
     members = []
     for rel in meta.members or ():
-        path = (run_dir / rel).resolve()
-        if run_dir.resolve() not in path.parents:
-            raise RunError(f"{run_dir / 'model.json'}: member {rel!r} is outside the run directory")
+        path = ckpt.run_file(run_dir, rel, what="member run").resolve()
         member = load_member(path, device=device, prepare=False)
         if member.float_model() is None or member.classes != list(meta.classes):
             raise RunError(f"{path}: not a float run with the ensemble's classes")

@@ -116,7 +116,8 @@ def load_int8(run_dir: Path, meta: RunMeta, *, device: str = "auto") -> Int8Clas
         )
     if device not in ("auto", "cpu"):
         raise ConfigError(f"int8 runs run on the CPU; use --device cpu (or auto), not {device!r}")
-    graph = load_program(run_dir / PROGRAM_FILE, sha256=meta.program_sha256)
+    path = ckpt.run_file(run_dir, meta.program_file or PROGRAM_FILE, what="program file")
+    graph = load_program(path, sha256=meta.program_sha256)
     return Int8Classifier(graph, meta, run_dir)
 
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graft.core import atomic
 from graft.core import checkpoint as ckpt
 from graft.core.device import pick_device
-from graft.core.errors import RunError
+from graft.core.errors import ArchitectureError, RunError
 from graft.core.runmeta import RunMeta, field_error
 from graft.inference.classifier import Classifier
 from graft.inference.ensemble import load_ensemble
 from graft.inference.float_classifier import FloatClassifier
 from graft.inference.int8_classifier import load_int8
+
+if TYPE_CHECKING:
+    from graft.models.backbones import BackboneSpec
 
 
 def is_int8(meta: RunMeta | dict[str, Any]) -> bool:
@@ -26,10 +29,20 @@ def is_int8(meta: RunMeta | dict[str, Any]) -> bool:
 
 def read_meta(run_dir: Path) -> RunMeta | None:
     """``run_dir/model.json``, checked; None when it is missing or not a JSON object (a float run's loader then
-    recovers it from the weights file, see :func:`graft.core.checkpoint.load_model`). A JSON object with a wrong
-    field is a RunError naming the field."""
+    recovers a missing one from the weights file and refuses any other, see :func:`graft.core.checkpoint.load_model`).
+    A JSON object with a wrong field is a RunError naming the field."""
     meta = atomic.read_json_or(run_dir / ckpt.META_FILE)
     return RunMeta.from_dict(meta, source=run_dir / ckpt.META_FILE) if isinstance(meta, dict) else None
+
+
+def registered(meta: RunMeta, run_dir: Path) -> BackboneSpec:
+    """The backbone registry's spec of ``meta.arch``: a run names an architecture graft builds, or it is refused."""
+    from graft.models.backbones import get_backbone
+
+    try:
+        return get_backbone(meta.arch)
+    except ArchitectureError as e:
+        raise field_error(run_dir / ckpt.META_FILE, "arch", f"names no architecture graft builds ({e})") from None
 
 
 def load(
@@ -47,7 +60,6 @@ def load(
 
 
 def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
-    from graft.models.backbones import get_backbone
     from graft.models.model import build_for_inference
 
     if not run_dir.is_dir():
@@ -64,7 +76,7 @@ def _load(run_dir: Path, *, device: str, prepare: bool) -> Classifier:
         raise RunError(f"{run_dir / ckpt.META_FILE} has format {meta.format!r}; this graft reads {ckpt.FORMAT}")
     if meta.head is None:
         raise field_error(run_dir / ckpt.META_FILE, "head", "is null (only an ensemble has no head of its own)")
-    spec = get_backbone(meta.arch)
+    spec = registered(meta, run_dir)
     model = build_for_inference(spec, len(meta.classes), meta.head, meta.builder_kwargs())
     try:
         model.load_state_dict(state)

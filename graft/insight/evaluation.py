@@ -21,6 +21,8 @@ import numpy as np
 
 from graft.core import atomic
 from graft.core import checkpoint as ckpt
+from graft.core.config import EvaluateConfig, from_options
+from graft.core.config.fields import takes_fields
 from graft.core.errors import DataError
 from graft.core.metrics import (
     accuracy,
@@ -273,20 +275,16 @@ def folder_items(data: Path, classes: Sequence[str]) -> tuple[list[Path], list[i
 
 
 # long: thirteen documented arguments, and the one path from a run to its evaluation files
+@takes_fields(EvaluateConfig, "run", "data")
 def evaluate(
     run_dir: str | Path,
+    /,
     data: str | Path | None = None,
     *,
-    out: str | Path | None = None,
-    plots: bool = True,
-    explain: bool = False,
     explain_predictions: bool | None = None,
-    top_losses: int = 9,
     grid: int = 16,
-    batch_size: int | None = None,
-    device: str = "auto",
     log: Callable[[str], None] | None = None,
-    tta: bool | None = None,
+    **options: Any,
 ) -> EvaluationResult:
     """Evaluate a run and write ``evaluation.json``, ``per_class.csv`` and (``plots``) the figures.
 
@@ -296,28 +294,41 @@ def evaluate(
             Default: the run's own val split, whose accuracy then equals the run's ``best_val_acc`` (from the
             stored val features when a frozen run's are all still there, else through the backbone; for an int8
             run, its ``int8_val_acc``, through the int8 program).
-        out: folder for the outputs. Default: ``run_dir`` for the val split, else ``run_dir/eval-<data name>``.
-        plots: write ``confusion_matrix.png``, ``top_losses.png`` and ``predictions.png`` (needs matplotlib).
-        explain: add Grad-CAM overlays to the top-loss and prediction figures.
         explain_predictions: Grad-CAM on the prediction grid too (default: as ``explain``).
-        top_losses: how many of the most confidently wrong images the top-loss figure shows.
         grid: how many images the prediction grid shows.
-        batch_size: default: the run's training batch size (the same batches as its val phase).
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        tta: test-time augmentation (None: off); on the val split, recorded in model.json (see :func:`record_tta`).
         log: where progress lines go (default: nowhere).
+        **options: the fields of :class:`graft.core.config.EvaluateConfig` (``graft evaluate --help``), with its
+            defaults: ``out`` (default: ``run_dir`` for the val split, else ``run_dir/eval-<data name>``),
+            ``plots`` (``confusion_matrix.png``, ``top_losses.png`` and ``predictions.png``; needs matplotlib),
+            ``explain`` (Grad-CAM overlays on the top-loss and prediction figures), ``top_losses`` (how many of
+            the most confidently wrong images the top-loss figure shows), ``batch_size`` (default: the run's
+            training batch size, the same batches as its val phase), ``device``, ``tta`` (test-time augmentation;
+            None: off; on the val split, recorded in model.json, see :func:`record_tta`); ``json`` is the
+            command's output format. The command's ``--report`` is :func:`graft.insight.report.write_report`.
 
     Returns:
         An :class:`EvaluationResult`.
     """
+    cfg = from_options(EvaluateConfig, options, run=run_dir, data=data)
+    return run_evaluate(cfg, explain_predictions=explain_predictions, grid=grid, log=log)
+
+
+def run_evaluate(
+    cfg: EvaluateConfig,
+    *,
+    explain_predictions: bool | None = None,
+    grid: int = 16,
+    log: Callable[[str], None] | None = None,
+) -> EvaluationResult:
+    """:func:`evaluate` with an :class:`EvaluateConfig` (checked when it was made)."""
     from graft.inference.loading import load
 
     started = time.perf_counter()
-    run_dir = Path(run_dir)
-    clf = load(run_dir, device=device, prepare=False, tta=bool(tta))  # stored val features need only the head
+    run_dir, data, out, plots, explain, tta = cfg.run, cfg.data, cfg.out, cfg.plots, cfg.explain, cfg.tta
+    clf = load(run_dir, device=cfg.device, prepare=False, tta=bool(tta))  # stored val features need only the head
     config = atomic.read_json_or(run_dir / "config.json", {})
     metrics = RunMetrics.read(run_dir)
-    batch_size = batch_size or int(config.get("batch_size", 32))
+    batch_size = cfg.batch_size or int(config.get("batch_size", 32))
     if clf.multilabel:  # mAP, F1 at the run's thresholds, PR curves (graft.insight.multilabel)
         return evaluate_multilabel(
             run_dir, clf, data, out=out, plots=plots, batch_size=batch_size, log=log, logits_of=_logits
@@ -348,7 +359,7 @@ def evaluate(
             clf,
             explain_top=explain,
             explain_grid=explain if explain_predictions is None else explain_predictions,
-            n_top=top_losses,
+            n_top=cfg.top_losses,
         )
     result.seconds = time.perf_counter() - started
     write_tables(result)

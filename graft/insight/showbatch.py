@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from graft.core.config import ShowBatchConfig, augment_options, from_options, table_options
+from graft.core.config.fields import takes_fields
+
 
 @dataclass
 class AugmentedBatch:
@@ -40,21 +43,16 @@ class AugmentedBatch:
         return out
 
 
-def augmented_batch(
-    data: str | Path,
-    *,
-    n: int = 16,
-    arch: str = "mobilenet_v2",
-    seed: int = 0,
-    val_split: float = 0.2,
-    augment: str = "standard",
-    mixup: float = 0.0,
-    cutmix: float = 0.0,
-    random_erasing: float = 0.0,
-    **table: Any,
-) -> AugmentedBatch:
+@takes_fields(ShowBatchConfig, "data")
+def augmented_batch(data: str | Path, /, **options: Any) -> AugmentedBatch:
     """``n`` training images of ``data`` (picked with a seeded RNG), augmented as ``graft train`` with the same
-    options would (the preprocessing of ``arch``'s weights). ``table``: the options of a table ``data``."""
+    options would (the preprocessing of ``arch``'s weights). ``options``: the fields of
+    :class:`graft.core.config.ShowBatchConfig` (``out`` is :func:`show_batch`'s)."""
+    return augmented_batch_for(from_options(ShowBatchConfig, options, data=data))
+
+
+def augmented_batch_for(cfg: ShowBatchConfig) -> AugmentedBatch:
+    """:func:`augmented_batch` with a :class:`ShowBatchConfig` (checked when it was made)."""
     from graft.core.preprocess import train_transform
     from graft.data.augment import batch_mix
     from graft.data.folders import scan
@@ -62,34 +60,40 @@ def augmented_batch(
     from graft.models.backbones import get_backbone
     from graft.models.model import choose_weights
 
-    spec = get_backbone(arch)
+    spec = get_backbone(cfg.arch)
     weights = choose_weights(spec, "auto") if spec.weights else None
     preprocess = weights.preprocess if weights else spec.preprocess
-    dataset = scan(data, val_split=val_split, seed=seed, draft=preprocess.resize_size, **table)
-    picked = random.Random(seed).sample(dataset.train, min(n, len(dataset.train)))
-    transform = train_transform(preprocess, augment, random_erasing)
-    torch.manual_seed(seed)
+    dataset = scan(cfg.data, val_split=cfg.val_split, seed=cfg.seed, draft=preprocess.resize_size, **table_options(cfg))
+    picked = random.Random(cfg.seed).sample(dataset.train, min(cfg.n, len(dataset.train)))
+    transform = train_transform(preprocess, cfg.augment, cfg.random_erasing)
+    torch.manual_seed(cfg.seed)
     images = torch.stack([transform(load_rgb(s.path, draft=preprocess.resize_size)) for s in picked])
     labels = torch.tensor([s.label for s in picked])
-    mix = batch_mix(mixup, cutmix, len(dataset.classes))
+    mix = batch_mix(cfg.mixup, cfg.cutmix, len(dataset.classes))
     mixed, targets = mix(images, labels) if mix else (images, None)
     return AugmentedBatch(images, mixed, targets, labels, list(dataset.classes), preprocess)
 
 
-def show_batch(data: str | Path, *, out: str | Path | None = "batch.png", n: int = 16, **options: Any) -> Any:
-    """Write a grid of ``n`` augmented training images of ``data`` (see :func:`augmented_batch` for the options:
-    ``arch``, ``seed``, ``val_split``, the augmentation options, a table's columns) to ``out``; bad files are
+@takes_fields(ShowBatchConfig, "data")
+def show_batch(data: str | Path, /, **options: Any) -> Any:
+    """Write a grid of ``n`` augmented training images of ``data`` (see :func:`augmented_batch`; ``options``: the
+    fields of :class:`graft.core.config.ShowBatchConfig`) to ``out`` (None: return the figure); bad files are
     skipped as in training."""
+    return run_show_batch(from_options(ShowBatchConfig, options, data=data))
+
+
+def run_show_batch(cfg: ShowBatchConfig) -> Any:
+    """:func:`show_batch` with a :class:`ShowBatchConfig` (checked when it was made)."""
     from graft.core.preprocess import denormalize
     from graft.insight.plots import plot_batch
 
-    batch = augmented_batch(data, n=n, **options)
+    batch = augmented_batch_for(cfg)
     p = batch.preprocess
-    levers = {k: options[k] for k in ("augment", "mixup", "cutmix", "random_erasing") if options.get(k)}
+    levers = {k: v for k, v in augment_options(cfg).items() if v}
     how = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in levers.items() if v != "standard")
     title = (
-        f"{len(batch.labels)} augmented training images of {Path(data).name} "
-        f"({options.get('arch', 'mobilenet_v2')} preprocessing: {p.input_size}px crops)" + (f"\n{how}" if how else "")
+        f"{len(batch.labels)} augmented training images of {cfg.data.name} "
+        f"({cfg.arch} preprocessing: {p.input_size}px crops)" + (f"\n{how}" if how else "")
     )
     images = [denormalize(x, p) for x in batch.mixed]
-    return plot_batch(images, batch.titles(), out, title=title)
+    return plot_batch(images, batch.titles(), cfg.out, title=title)

@@ -1,15 +1,12 @@
 """Int8 quantization: which quantizer for this CPU (:mod:`~graft.int8.backend`), quantizing, compiling, checking
 and saving a program (:mod:`~graft.int8.program`), and post-training quantization of a run, ``graft quantize``
 (:mod:`~graft.int8.ptq`). Loading and running a saved program is inference's (:mod:`graft.inference.int8_classifier`,
-pickle-free archives: :mod:`graft.inference.int8_archive`); its names are re-exported here. Int8 training
+pickle-free archives: :mod:`graft.inference.int8_archive`; their names are :mod:`graft.inference`'s). Int8 training
 (``--int8``, ``--mode qat``) is a training pipeline: :mod:`graft.training.int8`."""
 
-from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError, check_archive
-from graft.inference.int8_classifier import Int8Classifier, Int8Program, load_int8, load_program
 from graft.int8.backend import (
     ACTIVATION_BITS,
     CPU_FEATURES,
-    DEFAULT_CALIB,
     QUANT_FILE,
     Backend,
     choose_backend,
@@ -22,24 +19,15 @@ from graft.int8.ptq import QuantizeResult, accuracy, calibration_batches, float_
 __all__ = [
     "ACTIVATION_BITS",
     "CPU_FEATURES",
-    "DEFAULT_CALIB",
-    "INT8_FORMAT",
-    "PROGRAM_FILE",
     "QUANT_FILE",
     "Backend",
-    "Int8Classifier",
-    "Int8Program",
-    "QuantizationError",
     "QuantizeResult",
     "accuracy",
     "calibration_batches",
-    "check_archive",
     "choose_backend",
     "cpu_flags",
     "cpu_info",
     "float_file",
-    "load_int8",
-    "load_program",
     "measure",
     "program_bytes",
     "quantize",

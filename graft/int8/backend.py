@@ -24,7 +24,6 @@ from graft.core.errors import ConfigError
 from graft.inference.int8_classifier import backend_name
 
 QUANT_FILE = "quantization.json"
-DEFAULT_CALIB = 128
 #: QAT's learning rate, as a share of the fine-tuning one (its weights only adapt to the int8 grid).
 QAT_LR_FACTOR = 0.1
 #: Calibration/QAT batch size and the batch size of the images/s figures.

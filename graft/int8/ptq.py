@@ -23,13 +23,15 @@ from torch import nn
 
 from graft.core import atomic, rundir
 from graft.core import checkpoint as ckpt
+from graft.core.config import QuantizeConfig, from_options
+from graft.core.config.fields import takes_fields
 from graft.core.errors import ConfigError, RunError
 from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
 from graft.inference.int8_archive import INT8_FORMAT, PROGRAM_FILE, QuantizationError
 from graft.inference.int8_classifier import Int8Classifier, Int8Program
 from graft.inference.logits import compute_logits
-from graft.int8.backend import ACT_PERCENTILE, BENCH_BATCH, DEFAULT_CALIB, QUANT_FILE, Backend, choose_backend, cpu_info
+from graft.int8.backend import ACT_PERCENTILE, BENCH_BATCH, QUANT_FILE, Backend, choose_backend, cpu_info
 from graft.int8.program import quantize_checked, save_program
 
 # measuring
@@ -177,15 +179,8 @@ def write_figures(out: Path, figures: dict[str, Any], info: dict[str, Any], metr
     atomic.atomic_write_json(out / "metrics.json", base | metrics | {"int8": True})
 
 
-def quantize(
-    run_dir: str | Path,
-    *,
-    calib: int = DEFAULT_CALIB,
-    name: str | None = None,
-    exist_ok: bool = False,
-    activation_bits: str = "auto",
-    log: Callable[[str], None] = print,
-) -> QuantizeResult:
+@takes_fields(QuantizeConfig, "run")
+def quantize(run_dir: str | Path, /, *, log: Callable[[str], None] = print, **options: Any) -> QuantizeResult:
     """Post-training int8 quantization of a float run into a new run directory (``RUN-int8`` by default).
 
     Calibrates on ``calib`` of the run's training images (eval transform), then measures val accuracy (fp32 and
@@ -193,31 +188,35 @@ def quantize(
 
     Args:
         run_dir: a float run written by ``graft train``.
-        calib: number of training images to calibrate on.
-        name: folder name of the int8 run, next to ``run_dir``.
-        exist_ok: replace the files of an existing int8 run folder.
-        activation_bits: ``"auto"`` (8 on CPUs with VNNI, else 7), ``"7"`` or ``"8"``; see :func:`choose_backend`.
         log: where progress lines go.
+        **options: the fields of :class:`graft.core.config.QuantizeConfig` (``graft quantize --help``), with its
+            defaults: ``calib`` (training images to calibrate on), ``activation_bits`` (``"auto"``: 8 on CPUs with
+            VNNI, else 7; ``"7"`` or ``"8"``; see :func:`choose_backend`), ``name`` (folder of the int8 run, next
+            to ``run_dir``), ``exist_ok`` (replace the files of an existing int8 run folder); ``json`` is the
+            command's output format.
     """
+    return run_quantize(from_options(QuantizeConfig, options, run=run_dir), log=log)
+
+
+def run_quantize(cfg: QuantizeConfig, *, log: Callable[[str], None] = print) -> QuantizeResult:
+    """:func:`quantize` with a :class:`QuantizeConfig` (checked when it was made)."""
     from graft.inference.loading import load
 
-    run_dir = Path(run_dir)
-    if calib < 1:
-        raise ConfigError(f"--calib must be >= 1 (got {calib})")
+    run_dir, name = cfg.run, cfg.name
     src = load(run_dir, device="cpu")
     model = src.float_model()
     if model is None:
         raise QuantizationError(f"{run_dir} is already an int8 run; quantize the float run it came from")
     if src.multilabel:  # its accuracy, calibration split and int8 run files are single-label ones
         raise QuantizationError("multi-label int8 is not supported yet: use the float run (predict, serve, export)")
-    backend = choose_backend(activation_bits=activation_bits)
+    backend = choose_backend(activation_bits=cfg.activation_bits)
     calibrate_on = "calibration needs them: put the data back where the run was trained"
     train_paths = rundir.run_split(run_dir, "train", src.classes, fix=calibrate_on, skip_unknown=True).paths
     val = rundir.run_split(run_dir, "val", src.classes)
     val_paths, val_labels = val.paths, val.labels
-    calibration = calibration_batches(src.preprocess, train_paths, calib)
+    calibration = calibration_batches(src.preprocess, train_paths, cfg.calib)
     fresh = not (run_dir.parent / (name or f"{run_dir.name}-int8")).exists()
-    out = _int8_dir(run_dir, name, exist_ok)
+    out = _int8_dir(run_dir, name, cfg.exist_ok)
     size = src.preprocess.input_size
     saved: dict[str, bytes] = {}
 

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core.errors import WeightsError
+from graft.core.errors import RunError, WeightsError
 from graft.core.heads import HeadSpec, build_head
+from graft.core.runmeta import ARCH_KWARGS
 from graft.models.backbones import BackboneSpec, WeightsSpec, timm_pretrained_file
 
 
@@ -187,6 +188,15 @@ def build_model(
 def build_for_inference(
     spec: BackboneSpec, num_classes: int, head: HeadSpec, arch_kwargs: dict[str, Any]
 ) -> GraftModel:
-    """The same module structure as a trained run, with random weights (the run's state dict is loaded next)."""
+    """The same module structure as a trained run, with random weights (the run's state dict is loaded next).
+
+    Only the builder arguments the registry records reach the builder: ``weights``, ``pretrained`` or
+    ``checkpoint_path`` would make torchvision or timm open (and unpickle) a file."""
+    foreign = sorted(set(arch_kwargs) - set(ARCH_KWARGS))
+    if foreign:
+        raise RunError(
+            f"model builder argument {foreign[0]!r} is not one graft records (known: {', '.join(ARCH_KWARGS)}); "
+            "restore model.json from a backup or train the run again"
+        )
     net = spec.builder(**arch_kwargs)
     return GraftModel(make_body(net, spec), build_head(spec.in_features, num_classes, head))

@@ -3,13 +3,11 @@ resume state, callbacks, and the pipelines from a config to a run directory (flo
 int8: :mod:`~graft.training.int8`). ``graft.train`` (the top-level function) picks the pipeline and attaches the
 callbacks of the layers above. Internal modules import the submodules; this package re-exports the public names."""
 
-from graft.core.rundir import RESULTS_HEADER
 from graft.training.callbacks import Callback
 from graft.training.loop import EpochResult, FitResult, fit, make_optimizer, make_scheduler, run_epoch
 from graft.training.pipeline import RunResult, run_training
 
 __all__ = [
-    "RESULTS_HEADER",
     "Callback",
     "EpochResult",
     "FitResult",

@@ -108,25 +108,27 @@ def run_int8_training(
     started = time.perf_counter()
     backend = choose_backend(activation_bits=cfg.activation_bits)
     device = torch.device("cpu")
-    s = set_up(cfg)
-    if s.dataset.label_sets is not None:
+    setup = set_up(cfg)
+    if setup.dataset.label_sets is not None:
         raise ConfigError("multi-label int8 is not supported yet: train the table without --int8 / --mode qat")
     run_dir = rundir.make_run_dir(cfg)
-    s.announce(log, run_dir, cfg, "freeze --int8" if cfg.mode == "freeze" else "qat", "cpu")
-    rundir.write_start(run_dir, cfg, s.dataset)
-    meta = s.meta(cfg)
+    setup.announce(log, run_dir, cfg, "freeze --int8" if cfg.mode == "freeze" else "qat", "cpu")
+    rundir.write_start(run_dir, cfg, setup.dataset)
+    meta = setup.meta(cfg)
     listeners = Callbacks([ResultsLog(log), *callbacks])
     listeners.on_run_start(run_dir)
     # the float features of known weights are shared with float runs
-    data = StageData(cfg, s.model, s.dataset, s.preprocess, device, s.generator, s.cache_key(meta, "cpu"), log)
-    size = s.preprocess.input_size
+    data = StageData(
+        cfg, setup.model, setup.dataset, setup.preprocess, device, setup.generator, setup.cache_key(meta, "cpu"), log
+    )
+    size = setup.preprocess.input_size
     if cfg.mode == "freeze":
-        body, head, program, check, history, fp32_acc, info = _freeze_int8(cfg, s, data, backend, listeners, log)
+        body, head, program, check, history, fp32_acc, info = _freeze_int8(cfg, setup, data, backend, listeners, log)
         backend = info.pop("backend")
     else:
-        history, fp32_acc = _float_finetune(cfg, s.model, data, listeners)
+        history, fp32_acc = _float_finetune(cfg, setup.model, data, listeners)
         body, head, qat_history, check_batch, info = _qat(
-            cfg, s.model, data, backend, size, cfg.stages()[-1][2] * QAT_LR_FACTOR, len(history) + 1,
+            cfg, setup.model, data, backend, size, cfg.stages()[-1][2] * QAT_LR_FACTOR, len(history) + 1,
             listeners.on_epoch_end, log,
         )  # fmt: skip
         history += qat_history
@@ -143,20 +145,20 @@ def run_int8_training(
     )
     info |= setting_info(backend, ranges) | {"compiled_check": check}
     int8 = finish_int8_run(run_dir, meta, data_bytes, program, info)
-    ds = s.dataset
-    int8_acc = accuracy(int8, [x.path for x in ds.val], [x.label for x in ds.val], batch_size=cfg.batch_size)
+    dataset = setup.dataset
+    int8_acc = accuracy(int8, [x.path for x in dataset.val], [x.label for x in dataset.val], batch_size=cfg.batch_size)
     log(f"int8 val acc {int8_acc:.4f} (fp32 {fp32_acc:.4f})")
     # The float model's size and speed (the same for any weights of the architecture): ``model``. Its accuracy,
     # fp32_acc, is that of the head on float features (freeze), or of the float fine-tuned model QAT started from.
-    model = s.model
+    model = setup.model
     fp32 = FloatClassifier(model.eval(), RunMeta.from_dict(meta), device, run_dir)
     figures = measure(fp32, int8, fp32_acc, int8_acc, float_file(model), data_bytes)
     metrics = {
         "epochs_run": len(history),
         "train_seconds": round(time.perf_counter() - started, 3),
-        "n_train": len(ds.train),
-        "n_val": len(ds.val),
-        "classes": ds.classes,
+        "n_train": len(dataset.train),
+        "n_val": len(dataset.val),
+        "classes": dataset.classes,
     }
     write_figures(run_dir, figures, info, metrics)
     log(f"int8: {QuantizeResult(run_dir, figures).summary()}; run saved to {run_dir}")
@@ -166,22 +168,27 @@ def run_int8_training(
 
 
 def _freeze_int8(
-    cfg: TrainConfig, s: RunSetup, data: StageData, backend: Backend, listeners: Callback, log: Callable[[str], None]
+    cfg: TrainConfig,
+    setup: RunSetup,
+    data: StageData,
+    backend: Backend,
+    listeners: Callback,
+    log: Callable[[str], None],
 ) -> tuple[nn.Module, nn.Module, Any, dict[str, Any], list[Any], float, dict[str, Any]]:
     """A float head on float features (the reference), the body quantized, a float head on its int8 features."""
     lr = cfg.stages()[0][2]
-    head0 = copy.deepcopy(s.model.head)
-    s.model.freeze()
-    fp32_acc = _fit(s.model.head, data.features(), cfg, lr, cfg.epochs).best_score
+    untrained_head = copy.deepcopy(setup.model.head)
+    setup.model.freeze()
+    fp32_acc = _fit(setup.model.head, data.features(), cfg, lr, cfg.epochs).best_score
     log(f"fp32 head on float features (reference): val acc {fp32_acc:.4f}")
-    calibration = calibration_batches(s.preprocess, [x.path for x in s.dataset.train], cfg.calib)
+    calibration = calibration_batches(setup.preprocess, [x.path for x in setup.dataset.train], cfg.calib)
     body, program, backend, check = quantize_checked(
-        s.model.body, calibration, s.preprocess.input_size, backend=backend, what=cfg.arch, log=log
+        setup.model.body, calibration, setup.preprocess.input_size, backend=backend, what=cfg.arch, log=log
     )
-    int8_model = GraftModel(program, head0).freeze()
+    int8_model = GraftModel(program, untrained_head).freeze()
     # the same images' float features were checked for leakage already (one warning per run)
     int8_data = StageData(
-        cfg, int8_model, s.dataset, s.preprocess, data.device, s.generator, None, log, check_leakage=False
+        cfg, int8_model, setup.dataset, setup.preprocess, data.device, setup.generator, None, log, check_leakage=False
     )
     result = _fit(
         int8_model.head, int8_data.features(), cfg, lr, cfg.epochs, on_epoch=listeners.on_epoch_end, stage="head"
@@ -239,7 +246,7 @@ def _qat(
     model.train()  # exported in training mode, so that the QAT patterns (conv + BatchNorm) match
     graph = separate_module_calls(export_module(model.body, size, what=cfg.arch).module())
     qat = _QatModel(prepare_qat_pt2e(graph, backend.quantizer(is_qat=True)), model.head).eval()
-    calibration = calibration_batches(data.preprocess, [s.path for s in data.dataset.train], cfg.calib)
+    calibration = calibration_batches(data.preprocess, [sample.path for sample in data.dataset.train], cfg.calib)
     with torch.no_grad():
         for batch in calibration:
             qat.body(batch)

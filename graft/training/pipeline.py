@@ -22,7 +22,8 @@ from torch import nn
 
 from graft.core import atomic, rundir
 from graft.core import distributed as dist
-from graft.core.config import TrainConfig, table_options
+from graft.core.config import LrFindConfig, TrainConfig, from_options, table_options
+from graft.core.config.fields import takes_fields
 from graft.core.device import one_thread, pick_device, seed_everything, tune_convolutions
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
@@ -132,22 +133,24 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     device = dist.setup(pick_device(cfg.device), nproc=cfg.nproc)
     if not dist.is_main():
         log = _silent  # rank 0 speaks for all
-    s = set_up(cfg)
+    setup = set_up(cfg)
     run_dir = cfg.resume or dist.on_main(lambda: rundir.make_run_dir(cfg))  # rank 0 picks the name for all
     if cfg.resume:
-        rundir.check_same_split(run_dir, s.dataset)
-    s.announce(log, run_dir, cfg, cfg.mode, device)
-    levers = _levers(cfg, s.dataset, log)
-    if s.dataset.report.skipped:
-        log(f"skipped {len(s.dataset.report.skipped)} file(s), see {run_dir / rundir.DATA_REPORT}")
+        rundir.check_same_split(run_dir, setup.dataset)
+    setup.announce(log, run_dir, cfg, cfg.mode, device)
+    levers = _levers(cfg, setup.dataset, log)
+    if setup.dataset.report.skipped:
+        log(f"skipped {len(setup.dataset.report.skipped)} file(s), see {run_dir / rundir.DATA_REPORT}")
     if dist.is_main():  # only rank 0 writes the run directory
-        rundir.write_start(run_dir, cfg, s.dataset)
-    meta = s.meta(cfg)
-    model = s.model.to(device)
-    data = StageData(cfg, model, s.dataset, s.preprocess, device, s.generator, s.cache_key(meta, device.type), log)
+        rundir.write_start(run_dir, cfg, setup.dataset)
+    meta = setup.meta(cfg)
+    model = setup.model.to(device)
+    data = StageData(
+        cfg, model, setup.dataset, setup.preprocess, device, setup.generator, setup.cache_key(meta, device.type), log
+    )
     lr_auto: dict[str, float] = {}  # --lr auto: each stage's rate, from a range test at its start
     data.find_lr = functools.partial(stage_lr, cfg, run_dir, found=lr_auto, log=log)
-    saver = ProgressSaver(run_dir, model, s.generator, device)
+    saver = ProgressSaver(run_dir, model, setup.generator, device)
     progress = load_progress(run_dir) if cfg.resume else None  # the last finished epoch of a killed run
     if cfg.resume:
         done = f"after epoch {len(progress.history)}" if progress else "from the start (no epoch had finished)"
@@ -156,7 +159,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         saver.discard()  # a reused --name must not resume someone else's state
     checkpoints = Checkpointer(model, meta, saver, cfg.checkpoint_budget)
     rows = [r.row() for r in progress.history] if progress else []
-    results = ResultsLog(log, rows, multilabel=s.dataset.label_sets is not None)
+    results = ResultsLog(log, rows, multilabel=setup.dataset.label_sets is not None)
     listeners = Callbacks([results, checkpoints, *callbacks] if dist.is_main() else [])
     listeners.on_run_start(run_dir)
     fit_start = time.perf_counter()
@@ -165,9 +168,9 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     fit_seconds = time.perf_counter() - fit_start
     if dist.is_main():
         checkpoints.finish(best_epoch)
-    multilabel = _multilabel_end(cfg, model, data, device, meta, run_dir) if s.dataset.label_sets else {}
+    multilabel = _multilabel_end(cfg, model, data, device, meta, run_dir) if setup.dataset.label_sets else {}
     best = history[best_epoch - 1]
-    metrics = _metrics(history, best_epoch, levers, s.dataset, device) | {
+    metrics = _metrics(history, best_epoch, levers, setup.dataset, device) | {
         "train_seconds": round(time.perf_counter() - started, 3),
         "fit_seconds": round(fit_seconds, 3),
     }
@@ -180,7 +183,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     if data.leakage is not None:  # val images with a near-copy in train (computed where features were)
         metrics["val_near_copies_in_train"] = len(data.leakage)
         if dist.is_main():
-            rundir.write_data_report(run_dir, s.dataset, val_near_copies_in_train=data.leakage)
+            rundir.write_data_report(run_dir, setup.dataset, val_near_copies_in_train=data.leakage)
     if not dist.is_main():
         return RunResult(run_dir=run_dir, metrics=metrics)  # rank 0 writes the metrics and the report
     atomic.atomic_write_json(run_dir / "metrics.json", metrics)
@@ -206,7 +209,7 @@ def _run_stages(
     epoch's score (val ``levers["selected_by"]``), the epoch and the history of all epochs."""
     best_acc, best_epoch, history = (-1.0, 0, []) if progress is None else progress.before_stage
     criterion, val_criterion = make_criterion(
-        cfg, class_counts([s.label for s in data.dataset.train], len(data.dataset.classes))
+        cfg, class_counts([sample.label for sample in data.dataset.train], len(data.dataset.classes))
     )
     if data.dataset.label_sets is not None:  # sigmoid outputs (graft.training.multilabel)
         criterion = val_criterion = make_multilabel_loss(cfg, data.dataset).to(device)
@@ -301,7 +304,7 @@ def _metrics(
 def _levers(cfg: TrainConfig, dataset: Any, log: Callable[[str], None]) -> dict[str, str]:
     """What the best epoch maximizes on val (``--select-by``) and the class balance applied (``--balance``), both
     ``auto`` decided from the train classes; said in the log."""
-    counts = class_counts([s.label for s in dataset.train], len(dataset.classes))
+    counts = class_counts([sample.label for sample in dataset.train], len(dataset.classes))
     if getattr(dataset, "label_sets", None) is not None:  # a multi-label run's accuracy slot holds its val mAP
         return {"selected_by": "acc", "balance": cfg.balance}
     metric = select_metric(cfg, counts)
@@ -329,19 +332,36 @@ def _memory_advice(cfg: TrainConfig, device: torch.device, run_dir: Path) -> Ite
         ) from None
 
 
+@takes_fields(LrFindConfig, "data")
 def lr_find(
-    cfg: Any, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
+    data: str | Path | None = None,
+    /,
+    *,
+    draw: Callable[[RangeTest, Path], Any] | None = None,
+    **options: Any,
 ) -> list[RangeTest]:
-    """``graft lr-find``: the range test (:mod:`graft.training.lrfind`) of every stage a run of ``cfg`` (an
-    :class:`graft.core.config.LrFindConfig`) would train: head stages on the stored features, the all-layers
-    stage of ``--mode finetune`` on images (a copy of the weights: the model is left as it was). Writes
-    ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``) into ``cfg.plot_dir``, or ``lr_find-<stage>.*`` when
-    there are two stages. Returns the tests, in stage order."""
+    """``graft lr-find``: the range test (:mod:`graft.training.lrfind`) of every stage that ``graft.train(data,
+    **options)`` would train: head stages on the stored features, the all-layers stage of ``--mode finetune`` on
+    images (a copy of the weights: the model is left as it was). ``options``: the fields of
+    :class:`graft.core.config.LrFindConfig` (those of :class:`graft.core.config.TrainConfig`, the range and
+    ``plot_dir``). Writes ``lr_find.csv`` (and, with ``draw``, ``lr_find.png``, e.g.
+    :func:`graft.insight.lrplot.plot_lr_find`) into ``plot_dir``, or ``lr_find-<stage>.*`` when there are two
+    stages. Progress lines are printed. Returns the tests, in stage order."""
+    cfg = from_options(LrFindConfig, options, **({"data": data} if data is not None else {}))
+    return run_lr_find(cfg, draw=draw)
+
+
+def run_lr_find(
+    cfg: LrFindConfig, *, log: Callable[[str], None] = print, draw: Callable[[RangeTest, Path], Any] | None = None
+) -> list[RangeTest]:
+    """:func:`lr_find` with an :class:`LrFindConfig` (checked when it was made)."""
     device = pick_device(cfg.device)
-    s = set_up(cfg)
-    model = s.model.to(device)
-    key = s.cache_key(s.meta(cfg), device.type)
-    data = StageData(cfg, model, s.dataset, s.preprocess, device, s.generator, key, log, check_leakage=False)
+    setup = set_up(cfg)
+    model = setup.model.to(device)
+    key = setup.cache_key(setup.meta(cfg), device.type)
+    data = StageData(
+        cfg, model, setup.dataset, setup.preprocess, device, setup.generator, key, log, check_leakage=False
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     stages = [stage for stage, _, _ in cfg.stages()]
     cfg.plot_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +375,7 @@ def lr_find(
         target, loader = (model.head, data.features()[0]) if on_features else (model, data.images()[0])
         test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
                                 start=cfg.start_lr, end=cfg.end_lr, iterations=cfg.iterations,
-                                generator=s.generator)  # fmt: skip
+                                generator=setup.generator)  # fmt: skip
         stem = "lr_find" if len(stages) == 1 else f"lr_find-{stage}"
         test.write_csv(cfg.plot_dir / f"{stem}.csv")
         if draw is not None:

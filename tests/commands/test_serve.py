@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import os
 import re
 import secrets
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -25,9 +27,19 @@ import httpx
 import pytest
 
 import graft
-from graft.commands.serve import ServeError, bind, create_app, is_loopback, resolve_api_key
+from graft.commands.serve import (
+    ServeError,
+    allowed_hosts,
+    bind,
+    create_app,
+    host_check,
+    host_name,
+    is_loopback,
+    resolve_api_key,
+)
 from graft.core.config import ServeConfig
 from graft.core.errors import ConfigError
+from graft.deploy.serving import decode_workers
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -51,11 +63,18 @@ def server_log(tmp_path_factory) -> Path:
 def server(frozen_run, server_log) -> Iterator[str]:
     """``graft serve RUN --port 0`` in a subprocess with ``GRAFT_API_KEY=KEY`` and the default limits; yields its
     base URL."""
-    log = server_log
+    with running(frozen_run.run_dir, server_log) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running(run_dir: Path, log: Path, *args: str) -> Iterator[str]:
+    """``graft serve RUN --port 0 ARGS`` in a subprocess with ``GRAFT_API_KEY=KEY``, until it has started; yields
+    its base URL, and checks that it stops cleanly."""
     env = serve_env(GRAFT_API_KEY=KEY)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "graft", "serve", str(frozen_run.run_dir), "--port", "0", "--device", "cpu"],
+            [sys.executable, "-m", "graft", "serve", str(run_dir), "--port", "0", "--device", "cpu", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -203,8 +222,9 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(server, hy
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_health_and_model(server, frozen_run) -> None:
-    health = httpx.get(f"{server}/health").json()
-    assert health["status"] == "ok" and health["model"] == frozen_run.run_dir.name
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}  # without the key: nothing about the run
+    health = httpx.get(f"{server}/health", headers=AUTH).json()
+    assert health["status"] == "ok" and health["model"] == frozen_run.run_dir.name and health["requests"] >= 0
     model = httpx.get(f"{server}/model", headers=AUTH).json()
     assert model["classes"] == ["ants", "bees"] and model["arch"] == "mobilenet_v2" and model["mode"] == "freeze"
     assert model["metrics"]["best_val_acc"] == frozen_run.metrics["best_val_acc"]
@@ -212,6 +232,7 @@ def test_health_and_model(server, frozen_run) -> None:
     assert model["limits"] == {
         "max_upload_bytes": 20_000_000,
         "max_pixels": 64_000_000,
+        "max_decoded_bytes": 512_000_000,
         "timeout_s": 30.0,
         "max_batch": 16,
     }
@@ -269,7 +290,7 @@ def test_a_refused_upload_is_answered_before_its_body_is_read(server) -> None:
 @pytest.mark.subprocess
 def test_health_and_the_page_stay_open(server) -> None:
     health = httpx.get(f"{server}/health")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
     page = httpx.get(f"{server}/")
     assert page.status_code == 200 and 'id="keyform"' in page.text  # static; the page asks for the key itself
     assert KEY not in page.text
@@ -468,7 +489,7 @@ def test_a_request_over_the_time_limit_gets_408(clf, frozen_run, hymenoptera) ->
     from fastapi.testclient import TestClient
 
     app = create_app(clf, ServeConfig(run=frozen_run.run_dir, timeout=1e-4, device="cpu"))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         r = client.post("/predict", content=(hymenoptera / "val/bees/72100438_73de9f17af.jpg").read_bytes())
         assert r.status_code == 408 and "--timeout" in r.json()["detail"]
         assert client.get("/health").json()["status"] == "ok"
@@ -481,6 +502,22 @@ def test_serve_config_and_binding() -> None:
         ServeConfig(run=Path("runs/x"), port=70000)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    assert decode_workers() >= 2  # one heavy upload never holds every decoding thread
+    # the Host names answered: loopback, the address listened on, --allowed-host (comma lists, ports dropped)
+    hosts = ServeConfig(run=Path("runs/x"), host="192.0.2.7", allowed_host=("A.example, b.example:81", "::5"))
+    assert hosts.allowed_host == ("a.example", "b.example:81", "::5")
+    assert allowed_hosts(hosts) == {"localhost", "127.0.0.1", "[::1]", "192.0.2.7", "a.example", "b.example", "[::5]"}
+    assert host_name("[::1]:8000") == "[::1]" and host_name("Example.ORG:80") == "example.org"
+    # listening on every address: any address is answered (it cannot be rebound by DNS), names only when allowed
+    everywhere = host_check(ServeConfig(run=Path("runs/x"), host="0.0.0.0", api_key=KEY, allowed_host=("a.example",)))
+    assert all(map(everywhere, ("192.168.1.4:8000", "[fe80::1]", "localhost", "a.example:80", "127.0.0.1")))
+    assert not any(map(everywhere, ("0.0.0.0:8000", "[::]", "evil.example", "192.168.1.4.evil.example")))
+    loopback = host_check(ServeConfig(run=Path("runs/x")))
+    assert loopback("127.0.0.1:8000") and not loopback("192.168.1.4") and not loopback("0.0.0.0")
+    with pytest.raises(ConfigError, match="--allowed-host takes host names"):
+        ServeConfig(run=Path("runs/x"), allowed_host=("http://a.example/",))
+    with pytest.raises(ConfigError, match="--header-timeout"):
+        ServeConfig(run=Path("runs/x"), header_timeout=float("inf"))
     sock = bind("127.0.0.1", 0)
     try:
         with pytest.raises(ServeError, match="choose another --port"):
@@ -515,6 +552,17 @@ def test_api_key_options() -> None:
         resolve_api_key(ServeConfig(run=run), {"GRAFT_API_KEY": "secret with spaces"})
     assert "secret" not in str(e.value)
 
+    # off loopback a key must be long enough not to be guessed; on loopback any key will do
+    short = secrets.token_urlsafe(11)  # 15 characters
+    for host in ("0.0.0.0", "::", "192.168.1.4"):
+        with pytest.raises(ConfigError, match=r"--api-key is 15 characters long: .* at least 16") as e:
+            ServeConfig(run=run, host=host, api_key=short)
+        assert "secrets.token_urlsafe(32)" in str(e.value) and short not in str(e.value)
+        with pytest.raises(ServeError, match=r"\$GRAFT_API_KEY is 15 characters long"):
+            resolve_api_key(ServeConfig(run=run, host=host), {"GRAFT_API_KEY": short})
+        assert resolve_api_key(ServeConfig(run=run, host=host), {"GRAFT_API_KEY": short + "x"}) == short + "x"
+    assert resolve_api_key(ServeConfig(run=run, host="localhost", api_key="k"), {}) == "k"
+
 
 def graft_serve(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``graft serve ARGS`` as a user runs it, to its exit (these cases never get to listen)."""
@@ -547,11 +595,15 @@ def test_bad_key_options_are_one_error_line(frozen_run) -> None:
         (["--api-key", key, "--no-auth"], serve_env(), "error: --api-key and --no-auth contradict each other"),
         (["--api-key", ""], serve_env(), "error: --api-key is empty"),
         ([], serve_env(GRAFT_API_KEY=f"{key} {key}"), "error: $GRAFT_API_KEY must be printable ASCII"),
+        (["--host", "0.0.0.0", "--api-key", key[:10]], serve_env(), "error: --api-key is 10 characters long"),
+        (["--host", "0.0.0.0"], serve_env(GRAFT_API_KEY=key[:10]), "error: $GRAFT_API_KEY is 10 characters long"),
     ]
     for args, env, words in cases:
         proc = graft_serve(run, "--port", "0", "--device", "cpu", *args, env=env)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and proc.stderr.startswith(words), proc.stderr
-        assert key not in proc.stderr
+        assert key[:10] not in proc.stderr
+        if "characters long" in words:
+            assert "python -c 'import secrets; print(secrets.token_urlsafe(32))'" in proc.stderr
 
 
 @pytest.mark.slow
@@ -573,3 +625,160 @@ def test_a_non_loopback_host_starts_with_a_key_or_no_auth(frozen_run, how) -> No
     else:
         assert warnings == [], proc.stderr
     assert key not in proc.stderr + proc.stdout
+
+
+# --- slow clients, Host names, decoding: a server with small limits ----------------------------------------------
+
+HEADER_TIMEOUT = 3.0
+HALF_HEADER = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+
+@pytest.fixture(scope="module")
+def guarded_server(frozen_run, tmp_path_factory) -> Iterator[str]:
+    """``graft serve`` with a 3 s header time limit, 50 connections per client, 2 MB of decoding per image, and
+    three more Host names (a comma list, then the option repeated)."""
+    log = tmp_path_factory.mktemp("guarded") / "server.log"
+    limits = ["--header-timeout", f"{HEADER_TIMEOUT:g}", "--max-client-connections", "50", "--max-decoded-mb", "2"]
+    hosts = ["--allowed-host", "a.example,B.example", "--allowed-host", "c.example:8080"]
+    with running(frozen_run.run_dir, log, *limits, *hosts) as url:
+        yield url
+
+
+def half_headers(url: str, n: int) -> list[socket.socket]:
+    """``n`` connections that send half a request header and hold."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(HALF_HEADER)
+        socks.append(s)
+    return socks
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    """Whether the server has closed ``s`` (looked at without waiting)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
+def close_times(socks: list[socket.socket], start: float, limit: float) -> list[float | None]:
+    """Seconds from ``start`` at which the server closed each of ``socks`` (None: still open after ``limit`` s)."""
+    when: list[float | None] = [None] * len(socks)
+    while any(t is None for t in when) and time.monotonic() - start < limit:
+        for i, s in enumerate(socks):
+            if when[i] is None and closed_by_server(s):
+                when[i] = time.monotonic() - start
+        time.sleep(0.05)
+    for s in socks:
+        s.close()
+    return when
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_half_header_connections_cannot_hold_the_server(guarded_server, hymenoptera) -> None:
+    bee = hymenoptera / "val/bees/72100438_73de9f17af.jpg"
+    check_serving(guarded_server, bee)  # the model's first run is not what is measured
+    host, port = guarded_server.removeprefix("http://").rsplit(":", 1)
+    served_once = socket.create_connection((host, int(port)), timeout=10)  # keep-alive, then half a header
+    served_once.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert served_once.recv(4096).startswith(b"HTTP/1.1 200")
+    start = time.monotonic()
+    held = half_headers(guarded_server, 40)
+    served_once.sendall(HALF_HEADER)
+
+    t0 = time.monotonic()
+    r = httpx.post(f"{guarded_server}/predict", content=bee.read_bytes(), headers=AUTH, timeout=30)
+    assert r.status_code == 200 and r.json()["label"] == "bees", r.text
+    assert time.monotonic() - t0 < 2.0
+    assert httpx.get(f"{guarded_server}/health").json() == {"status": "ok"}
+    if time.monotonic() - start < HEADER_TIMEOUT - 0.5:
+        assert not any(closed_by_server(s) for s in held)  # they were held all along: the limit did the work
+
+    when = close_times([*held, served_once], start, HEADER_TIMEOUT + 3)
+    assert all(t is not None and HEADER_TIMEOUT - 0.5 <= t <= HEADER_TIMEOUT + 2 for t in when), when
+    check_serving(guarded_server, bee)
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_one_client_address_holds_at_most_its_connection_cap(guarded_server, hymenoptera) -> None:
+    held = half_headers(guarded_server, 60)
+    time.sleep(0.5)
+    closed = [closed_by_server(s) for s in held]
+    assert closed == [True] * 10 + [False] * 50, closed  # each one over 50 closed the oldest waiting one
+    check_serving(guarded_server, hymenoptera / "val/bees/72100438_73de9f17af.jpg")  # makes room the same way
+    for s in held:
+        s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_only_loopback_and_allowed_host_names_are_answered(server, guarded_server) -> None:
+    for host in ("127.0.0.1", "localhost:8000", "LOCALHOST", "[::1]:80", "127.0.0.1:1"):
+        r = httpx.get(f"{server}/health", headers={"Host": host})
+        assert r.status_code == 200, host
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "a.example", "[::2]", "0.0.0.0"):
+        for path in ("/health", "/", "/model"):
+            r = httpx.get(f"{server}{path}", headers={"Host": host} | AUTH)
+            assert r.status_code == 400 and "--allowed-host NAME" in r.json()["detail"], (host, path)
+            assert r.headers["x-content-type-options"] == "nosniff"
+    for host in ("a.example", "b.example:9000", "c.example", "localhost"):
+        assert httpx.get(f"{guarded_server}/model", headers={"Host": host} | AUTH).status_code == 200, host
+    assert httpx.get(f"{guarded_server}/health", headers={"Host": "d.example"}).status_code == 400
+
+
+def image_bytes(mode: str, size: int, fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), 300 if mode != "RGB" else (120, 80, 40)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("mode", "size", "fmt", "status"),
+    [
+        ("F", 400, "TIFF", 413),  # 16 bytes a pixel to decode and convert: 2.6 MB
+        ("I;16", 420, "PNG", 413),  # 14 bytes a pixel: 2.5 MB
+        ("RGB", 420, "PNG", 200),  # the same pixels in 8-bit RGB: 6 bytes a pixel, 1.1 MB
+        ("F", 300, "TIFF", 200),  # 1.4 MB (a constant 300: out of 0..255, clipped)
+    ],
+)
+def test_decoding_is_bounded_in_bytes_by_the_pixel_format(guarded_server, mode, size, fmt, status) -> None:
+    r = httpx.post(f"{guarded_server}/predict", content=image_bytes(mode, size, fmt), headers=AUTH, timeout=30)
+    assert r.status_code == status, r.text
+    if status == 413:
+        assert "--max-decoded-mb" in r.json()["detail"] and f"{size}x{size} pixels ({mode})" in r.json()["detail"]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_heavy_image_does_not_stall_the_others(server, hymenoptera) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (7000, 7000)).save(buf, "PNG")  # 140 KB that take ~1 s to decode
+    bee = hymenoptera / "val/bees/72100438_73de9f17af.jpg"
+    check_serving(server, bee)
+
+    def post_heavy() -> tuple[int, float]:
+        r = httpx.post(f"{server}/predict", content=buf.getvalue(), headers=AUTH, timeout=60)
+        return r.status_code, time.monotonic()
+
+    with ThreadPoolExecutor(1) as pool:
+        heavy = pool.submit(post_heavy)
+        time.sleep(0.2)  # the heavy one is decoding
+        check_serving(server, bee)
+        bee_done = time.monotonic()
+        status, heavy_done = heavy.result()
+    assert status == 200 and bee_done < heavy_done

@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import graft
 from graft.core import checkpoint as ckpt
-from graft.core import rundir
 from graft.core.errors import RunError
 from graft.core.runmeta import ARCH_KWARGS, RunMeta
 from graft.core.runmetrics import RunMetrics
 from graft.inference.ensemble import ensemble_meta
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-OLD_RUN = FIXTURES / "run-mobilenet_v2-freeze"  # json/csv files of a frozen run; the weights are made below
+OLD_RUN = FIXTURES / "run-mobilenet_v2-freeze"  # json/csv files of a frozen run; conftest.py makes its weights
 INT8_META = FIXTURES / "model-int8.json"  # graft quantize's model.json of that run
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,13 +133,24 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("a class not a string", _set("classes", ["ants", 7]), "classes", "non-empty strings"),
     ("input size 0", _set("preprocess.input_size", 0), "preprocess", "input_size must be greater than 0"),
     ("input size text", _set("preprocess.input_size", "224"), "preprocess", "input_size must be a whole number"),
-    ("mean of 2", _set("preprocess.mean", [0.5, 0.5]), "preprocess", "mean must be a list of 3 numbers"),
+    ("missing preprocess", _drop("preprocess"), "preprocess", "is missing"),
+    ("input size 100000", _set("preprocess.input_size", 100000), "preprocess", "between 16 and 2048 pixels"),
+    ("input size 8", _set("preprocess.input_size", 8), "preprocess", "between 16 and 2048 pixels, got 8"),
+    ("resize size huge", _set("preprocess.resize_size", 50000), "preprocess", "resize_size must be between 16"),
+    ("mean of 2", _set("preprocess.mean", [0.5, 0.5]), "preprocess", "mean must be a list of 3 finite numbers"),
+    ("mean nan", _set("preprocess.mean", [float("nan"), 0.5, 0.5]), "preprocess", "3 finite numbers"),
+    ("std inf", _set("preprocess.std", [float("inf"), 0.2, 0.2]), "preprocess", "3 finite numbers"),
     ("std 0", _set("preprocess.std", [0.2, 0.0, 0.2]), "preprocess", "std must be greater than 0"),
+    ("preprocess key", _set("preprocess.crop", 1), "preprocess", "has 'crop', which graft does not write"),
+    ("head key", _set("head.act", "gelu"), "head", "has 'act', which graft does not write"),
     ("interpolation", _set("preprocess.interpolation", "nearest"), "preprocess", "interpolation must be one of"),
     ("head text", _set("head", "linear"), "head", "must be an object"),
     ("dropout 2", _set("head.dropout", 2), "head", "dropout must be a number in [0, 1)"),
     ("hidden widths", _set("head.hidden", [0]), "head", "hidden must be a list of layer widths"),
     ("foreign arch_kwargs", _set("arch_kwargs", {"pretrained": True}), "arch_kwargs", "'pretrained', which no"),
+    ("weights kwarg", _set("arch_kwargs", {"weights": "IMAGENET1K_V1"}), "arch_kwargs", "'weights', which no"),
+    ("timm checkpoint", _set("arch_kwargs", {"checkpoint_path": "/x.pth"}), "arch_kwargs", "'checkpoint_path'"),
+    ("image_size huge", _set("arch_kwargs", {"image_size": 100000}), "arch_kwargs", "from 16 to 2048"),
     ("arch_kwargs type", _set("arch_kwargs", {"image_size": "big"}), "arch_kwargs", "image_size must be a whole"),
     ("arch_kwargs list", _set("arch_kwargs", []), "arch_kwargs", "got list"),
     ("in_features", _set("in_features", -1), "in_features", "greater than 0"),
@@ -150,6 +159,10 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("task", _set("task", "detection"), "task", "must be 'multilabel'"),
     ("tta", _set("tta", "yes"), "tta", "must be true or false, got str"),
     ("weights sha256", _set("weights_sha256", "abc"), "weights_sha256", "must be a sha256"),
+    ("weights absolute", _set("weights_file", "/etc/passwd"), "weights_file", "inside the run directory"),
+    ("weights up", _set("weights_file", "../other/model.safetensors"), "weights_file", "inside the run directory"),
+    ("weights home", _set("weights_file", "~/model.safetensors"), "weights_file", "inside the run directory"),
+    ("program up", _set("program_file", "a/../../model.pt2"), "program_file", "inside the run directory"),
     ("format", _set("format", 1), "format", "must be a non-empty string, got int"),
     ("versions", _set("versions", {"torch": 2}), "versions", "torch must be a version string"),
     ("quantization", _set("quantization", "int8"), "quantization", "must be an object"),
@@ -191,6 +204,8 @@ def test_an_ensemble_names_its_members(tmp_path: Path) -> None:
     d.pop("members")
     with pytest.raises(RunError, match="field 'members' is missing"):
         RunMeta.from_dict(d, source=tmp_path / "model.json")
+    with pytest.raises(RunError, match=r"field 'members' must name folders inside the run directory, got '\.\./x'"):
+        RunMeta.from_dict(ensemble_dict() | {"members": ["members/a", "../x"]}, source=tmp_path / "model.json")
 
 
 def test_metrics_of_each_kind_round_trip_and_bad_fields_are_named(tmp_path: Path) -> None:
@@ -206,7 +221,12 @@ def test_metrics_of_each_kind_round_trip_and_bad_fields_are_named(tmp_path: Path
     assert m.best_val_acc == written["best_val_acc"] and m.test_acc_ci95 == (0.8, 0.95) and m.n_val == 153
     assert m.get("newer", "?") == "?" and RunMetrics.from_dict(written | {"newer": 1}).get("newer") == 1
     path = tmp_path / "metrics.json"
-    for key, value, problem in [("best_val_acc", 1.5, "in [0, 1]"), ("n_val", "153", "whole number >= 0")]:
+    for key, value, problem in [
+        ("best_val_acc", 1.5, "in [0, 1]"),
+        ("best_val_acc", float("nan"), "in [0, 1]"),
+        ("n_val", "153", "whole number >= 0"),
+        ("train_seconds", float("inf"), "finite number of seconds"),
+    ]:
         path.write_text(json.dumps(written | {key: value}))
         with pytest.raises(RunError) as e:
             RunMetrics.read(tmp_path)
@@ -220,49 +240,29 @@ def test_metrics_of_each_kind_round_trip_and_bad_fields_are_named(tmp_path: Path
 # a run directory written by an earlier graft
 
 
-@pytest.fixture(scope="module")
-def old_run(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixture's files, its data root pointed at this checkout's hymenoptera, and weights: the pretrained body
-    it names (sha256 checked) and a seeded head, saved by graft's own writer (only ``weights_sha256`` changes)."""
-    from graft.models.backbones import get_backbone
-    from graft.models.model import build_model
-
-    run = tmp_path_factory.mktemp("old") / OLD_RUN.name
-    shutil.copytree(OLD_RUN, run)
-    report = json.loads((run / rundir.DATA_REPORT).read_text())
-    (run / rundir.DATA_REPORT).write_text(json.dumps(report | {"root": str(hymenoptera)}))
-    meta = RunMeta.read(run)
-    assert meta.head is not None and meta.pretrained is not None
-    torch.manual_seed(0)
-    model, _, info = build_model(get_backbone(meta.arch), len(meta.classes), head=meta.head, pretrained="auto")
-    assert info.sha256 == meta.pretrained["sha256"]
-    rundir.save_model(run, model, meta.to_dict())
-    return run
-
-
 @pytest.mark.slow
-def test_an_old_run_directory_loads_predicts_and_evaluates(old_run: Path, hymenoptera: Path) -> None:
+def test_an_fixture_run_directory_loads_predicts_and_evaluates(fixture_run: Path, hymenoptera: Path) -> None:
     from graft.insight.evaluation import evaluate
 
-    saved, before = json.loads((old_run / ckpt.META_FILE).read_text()), float_meta()
+    saved, before = json.loads((fixture_run / ckpt.META_FILE).read_text()), float_meta()
     assert list(saved) == list(before) and saved["weights_sha256"] != before["weights_sha256"]
     assert {k: v for k, v in saved.items() if k != "weights_sha256"} == {
         k: v for k, v in before.items() if k != "weights_sha256"
     }
-    clf = graft.load(old_run, device="cpu")
+    clf = graft.load(fixture_run, device="cpu")
     assert clf.classes == ["ants", "bees"] and clf.meta.arch == "mobilenet_v2" and clf.preprocess.input_size == 224
     images = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:3]
     predictions = clf.predict(images, top_k=2)
     assert len(predictions) == 3 and all(p[0].label in clf.classes for p in predictions)
-    result = evaluate(old_run, device="cpu", plots=False)
+    result = evaluate(fixture_run, device="cpu", plots=False)
     assert result.n == 153 and result.classes == ["ants", "bees"] and 0 <= result.accuracy <= 1
     assert result.best_val_acc == json.loads((OLD_RUN / "metrics.json").read_text())["best_val_acc"]
 
 
 @pytest.mark.subprocess
-def test_a_corrupted_model_json_is_one_error_line(old_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
+def test_a_corrupted_model_json_is_one_error_line(fixture_run: Path, hymenoptera: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(old_run, run)
+    shutil.copytree(fixture_run, run)
     (run / ckpt.META_FILE).write_text(json.dumps(float_meta() | {"classes": 2}))
     with pytest.raises(RunError, match="field 'classes' must be a list of class names, got int"):
         graft.load(run, device="cpu")

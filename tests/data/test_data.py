@@ -213,6 +213,18 @@ def test_load_rgb_alpha_composited_over_white(tmp_path: Path) -> None:
     assert load_rgb(tmp_path / "la.png").getpixel((0, 0))[0] == 255
 
 
+def test_load_rgb_constant_float_image_out_of_range(tmp_path: Path) -> None:
+    Image.new("F", (8, 8), 300.0).save(tmp_path / "flat.tif")  # no range to stretch: clipped
+    assert load_rgb(tmp_path / "flat.tif").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decoded_bytes_counts_the_pixel_format() -> None:
+    from graft.data.images import decoded_bytes
+
+    rgb, flt, gray16 = (decoded_bytes(Image.new(m, (100, 100))) for m in ("RGB", "F", "I;16"))
+    assert rgb == 100 * 100 * 6 and flt == 100 * 100 * 16 and gray16 == 100 * 100 * 14
+
+
 def test_load_rgb_draft_downsamples_jpeg(tmp_path: Path) -> None:
     (tmp_path / "big.jpg").write_bytes(jpeg_bytes((1024, 768)))
     assert load_rgb(tmp_path / "big.jpg").size == (1024, 768)

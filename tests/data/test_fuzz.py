@@ -228,7 +228,8 @@ def app_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     clf = graft.load(run.run_dir, device="cpu")
     # a small upload limit, so that oversize bodies are cheap to make
     cfg = ServeConfig(run=run.run_dir, max_upload_mb=0.05, max_pixels=4_000_000, timeout=30)
-    with TestClient(create_app(clf, cfg), raise_server_exceptions=False) as client:
+    # a loopback Host: the app answers only the names it was told (TestClient sends "testserver" by default)
+    with TestClient(create_app(clf, cfg), raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
         yield client
 
 

@@ -84,7 +84,8 @@ def test_evaluate_tta_records_it_and_predict_and_serve_follow(run_copy, images, 
 
     from graft.commands.serve import create_app
 
-    with TestClient(create_app(clf, ServeConfig(run=run_copy, device="cpu"))) as client:  # lifespan: the batcher
+    app = create_app(clf, ServeConfig(run=run_copy, device="cpu"))
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # lifespan: the batcher; a loopback Host
         assert client.get("/model").json()["tta"] is True
         answer = client.post("/predict?top_k=2", content=images[0].read_bytes()).json()
     served = {p["label"]: p["probability"] for p in answer["predictions"]}

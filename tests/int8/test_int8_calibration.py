@@ -15,8 +15,10 @@ import torch
 
 import graft
 from graft import int8 as Q
+from graft.core.config.model import CALIB
 from graft.core.errors import ConfigError
 from graft.core.rundir import run_split
+from graft.inference import QuantizationError
 from graft.inference.classifier import Classifier
 
 VNNI = bool(Q.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -137,7 +139,7 @@ def test_eight_bits_stay_within_one_point(run: Path) -> None:
     train = run_split(run, "train", src.classes, skip_unknown=True).paths
     val_split = run_split(run, "val", src.classes)
     val, labels = val_split.paths, val_split.labels
-    calibration = Q.calibration_batches(src.preprocess, train, Q.DEFAULT_CALIB)
+    calibration = Q.calibration_batches(src.preprocess, train, CALIB.default)
     backend = Q.choose_backend(activation_bits="8")
     converted = Q.quantize_body(
         src.model.body, calibration, src.preprocess.input_size, backend=backend, log=lambda _: None
@@ -155,7 +157,7 @@ def test_forced_eight_bits_never_fall_back_silently(run: Path) -> None:
     out = run.parent / "mnv2-forced8"
     try:
         Q.quantize(run, name=out.name, activation_bits="8", log=lambda _: None)
-    except Q.QuantizationError as e:
+    except QuantizationError as e:
         assert "--activation-bits 8" in str(e) and "overflow" in str(e) and "--activation-bits auto" in str(e)
         assert not out.exists()
         return

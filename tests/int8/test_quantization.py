@@ -22,6 +22,15 @@ from graft.core.errors import RunError
 from graft.core.heads import HeadSpec
 from graft.core.preprocess import Preprocess
 from graft.core.runmeta import RunMeta
+from graft.inference import (
+    PROGRAM_FILE,
+    Int8Classifier,
+    Int8Program,
+    QuantizationError,
+    check_archive,
+    load_int8,
+    load_program,
+)
 from graft.models.backbones import get_backbone
 from graft.models.model import build_model
 
@@ -55,7 +64,7 @@ def small_program(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model = _random_model("resnet18")
     converted = Q.quantize_body(model.body, _calibration(), SIZE, backend=Q.choose_backend(), log=lambda _: None)
     data = Q.program_bytes(converted, model.head, SIZE)
-    path = tmp_path_factory.mktemp("int8") / Q.PROGRAM_FILE
+    path = tmp_path_factory.mktemp("int8") / PROGRAM_FILE
     path.write_bytes(data)
     x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -71,7 +80,7 @@ def test_backend_follows_the_cpu() -> None:
     assert Q.choose_backend("x86_64", {"avx2"}).reduce_range is True
     assert Q.choose_backend("x86_64", {"avx2", "avx512_vnni"}).reduce_range is False
     assert Q.choose_backend("aarch64", set()).name == "arm_inductor"
-    with pytest.raises(Q.QuantizationError, match="x86-64 and ARM"):
+    with pytest.raises(QuantizationError, match="x86-64 and ARM"):
         Q.choose_backend("riscv64", set())
     backend = Q.choose_backend()
     assert backend.quantizer() is not None and backend.quantizer(is_qat=True) is not None
@@ -105,7 +114,7 @@ def test_uncapturable_model_fails_clearly() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.mean((2, 3)) if x.sum() > 0 else -x.mean((2, 3))  # a branch on the values
 
-    with pytest.raises(Q.QuantizationError, match=r"cannot be captured by torch.export.*mobilenet_v2.*float run"):
+    with pytest.raises(QuantizationError, match=r"cannot be captured by torch.export.*mobilenet_v2.*float run"):
         Q.quantize_body(DataDependent(), _calibration(), SIZE, backend=Q.choose_backend(), what="odd_arch")
 
 
@@ -122,7 +131,7 @@ def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], mon
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(torch._C, "_pickle_load_obj", forbidden)
-    graph = Q.load_program(small_program["path"], sha256=small_program["sha256"])
+    graph = load_program(small_program["path"], sha256=small_program["sha256"])
     with torch.no_grad():
         out = graph(small_program["x"])
     torch.testing.assert_close(out, small_program["reference"])
@@ -156,7 +165,7 @@ def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, 
 @pytest.mark.slow
 def test_changed_file_is_refused(small_program: dict[str, Any]) -> None:
     with pytest.raises(RunError, match="does not match the sha256"):
-        Q.load_program(small_program["path"], sha256="0" * 64)
+        load_program(small_program["path"], sha256="0" * 64)
 
 
 def _rewrite(data: bytes, edit: Any) -> bytes:
@@ -214,10 +223,10 @@ PLANTED = {
 def test_planted_code_is_refused(small_program: dict[str, Any], tmp_path: Path, case: str) -> None:
     edit, message = PLANTED[case]
     data = _rewrite(small_program["data"], edit)
-    path = tmp_path / Q.PROGRAM_FILE
+    path = tmp_path / PROGRAM_FILE
     path.write_bytes(data)
-    with pytest.raises(Q.QuantizationError, match=message):
-        Q.load_program(path, sha256=hashlib.sha256(data).hexdigest())  # the hash matches: the archive check refuses
+    with pytest.raises(QuantizationError, match=message):
+        load_program(path, sha256=hashlib.sha256(data).hexdigest())  # the hash matches: the archive check refuses
 
 
 @pytest.mark.slow
@@ -229,13 +238,13 @@ def test_pickled_sample_inputs_are_refused(small_program: dict[str, Any]) -> Non
             return buf.getvalue()
         return content if name else None
 
-    with pytest.raises(Q.QuantizationError, match="pickled example inputs"):
-        Q.check_archive(_rewrite(small_program["data"], edit))
+    with pytest.raises(QuantizationError, match="pickled example inputs"):
+        check_archive(_rewrite(small_program["data"], edit))
 
 
 def test_not_an_int8_run(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="does not describe an int8 run"):
-        Q.load_int8(tmp_path, RunMeta("graft-run/1", "mobilenet_v2", ("a", "b"), Preprocess(), HeadSpec()))
+        load_int8(tmp_path, RunMeta("graft-run/1", "mobilenet_v2", ("a", "b"), Preprocess(), HeadSpec()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,7 +299,7 @@ def test_quantize_frozen_run_and_predict(frozen_run: Any, ptq_run: Path, tmp_pat
     assert figures["int8_val_acc"] >= figures["fp32_val_acc"] - 0.03  # 32 calibration images here (128 by default)
     assert figures["int8_bytes"] <= figures["fp32_bytes"] / 3.5
     meta = json.loads((out / "model.json").read_text())
-    assert meta["program_sha256"] == hashlib.sha256((out / Q.PROGRAM_FILE).read_bytes()).hexdigest()
+    assert meta["program_sha256"] == hashlib.sha256((out / PROGRAM_FILE).read_bytes()).hexdigest()
     assert not (out / "model.safetensors").exists()
 
     # graft predict over the val images reproduces int8_val_acc
@@ -315,7 +324,7 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
     and timing would cost minutes here."""
     import graft
 
-    monkeypatch.setattr(Q.Int8Program, "forward", lambda self, x: self.graph(x).detach())
+    monkeypatch.setattr(Int8Program, "forward", lambda self, x: self.graph(x).detach())
 
     def figures(fp32: Any, int8: Any, fp32_acc: float, int8_acc: float, fp32_file: bytes, int8_file: bytes) -> dict:
         speeds = ("fp32_images_per_s", "fp32_graft_images_per_s", "int8_images_per_s")
@@ -349,7 +358,7 @@ def test_int8_training_modes(mode: str, tmp_image_folder: Any, tmp_path: Path, m
         else:
             assert qat_accs[kept] == max(qat_accs.values()) > start
     clf = graft.load(run.run_dir, device="cpu")
-    assert isinstance(clf, Q.Int8Classifier)
+    assert isinstance(clf, Int8Classifier)
     assert len(clf.predict(sorted((data / "val/a").iterdir()), top_k=1)) == 2
 
 
@@ -417,6 +426,6 @@ def test_gradcam_says_int8_runs_are_not_explained(ptq_run: Path) -> None:
     from graft.insight.gradcam import GradCAMUnavailable, gradcam
 
     clf = graft.load(ptq_run, device="cpu")
-    assert isinstance(clf, Q.Int8Classifier) and clf.float_model() is None
+    assert isinstance(clf, Int8Classifier) and clf.float_model() is None
     with pytest.raises(GradCAMUnavailable, match="compiled int8 program"):
         gradcam(clf, [torch.zeros(3, 224, 224, dtype=torch.uint8)])

@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import graft
 from graft.core.errors import ConfigError, RunError
+from graft.core.rundir import RESULTS_HEADER
 from graft.data import scan
 from graft.models.backbones import get_backbone
 from graft.models.model import GraftModel, build_model
-from graft.training import RESULTS_HEADER, fit, run_epoch
+from graft.training import fit, run_epoch
 
 CPU = torch.device("cpu")
 SMALL = "mobilenet_v3_small"

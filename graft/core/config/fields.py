@@ -61,8 +61,9 @@ def opt(
 ) -> Any:
     """A config field: its default (or a :class:`Shared` option), its CLI help text, its ``check`` (skipped for
     None), the error when it is required and left None (``missing``), whether a printed config shows it
-    (``repr``), and optional ``positional``/``nargs``/``metavar``/``parse``/``cli`` metadata for the CLI
-    (``cli=False``: a Python-only option, not on the command line)."""
+    (``repr``), and optional ``positional``/``nargs``/``metavar``/``parse``/``cli``/``api`` metadata
+    (``cli=False``: a Python-only option, not on the command line; ``api=False``: a command-line-only one, which
+    the Python function does not take)."""
     if isinstance(default, Shared):
         shared = default
         default, help, check = shared.default, help or shared.help, check or shared.check
@@ -118,10 +119,16 @@ def defaults(cls: type) -> dict[str, Any]:
     return out
 
 
+def api_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The fields that the Python function of a config takes (``api=False`` marks a command-line-only one)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("api", True)]
+
+
 def from_options(cls: type[T], options: dict[str, Any], **positional: Any) -> T:
     """``cls(**positional, **options)`` for the Python API: ``positional`` is what the function took by position
-    (``run``, ``data``); unknown names, and a positional one given again by keyword, are refused in one line."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    (``run``, ``data``); unknown names, a command-line-only one, and a positional one given again by keyword, are
+    refused in one line."""
+    names = {f.name for f in api_fields(cls)}
     unknown = set(options) - (names - set(positional))
     if unknown:
         raise ConfigError(
@@ -146,10 +153,11 @@ def to_jsonable(obj: Any) -> Any:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def takes_fields(cls: type, positional: str) -> Callable[[F], F]:
+def takes_fields(cls: type, *positional: str) -> Callable[[F], F]:
     """For a ``func(VALUE, /, *, ..., **options)`` whose ``options`` build a ``cls``: ``help()``, IDEs and
-    :func:`inspect.signature` show the fields of ``cls`` (all but ``positional``, which VALUE fills) as keyword
-    arguments with the dataclass's defaults, so the function itself restates none."""
+    :func:`inspect.signature` show the fields of ``cls`` that the function takes (all but the ``positional`` ones,
+    which VALUE and the like fill, and the command-line-only ones) as keyword arguments with the dataclass's
+    defaults, so the function itself restates none."""
 
     def wrap(func: F) -> F:
         import inspect
@@ -159,8 +167,8 @@ def takes_fields(cls: type, positional: str) -> Callable[[F], F]:
         given = defaults(cls)
         keywords = [
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=given[f.name], annotation=f.type)
-            for f in dataclasses.fields(cls)
-            if f.name != positional
+            for f in api_fields(cls)
+            if f.name not in positional
         ]
         func.__signature__ = signature.replace(parameters=own + keywords)  # type: ignore[attr-defined]
         return func

@@ -39,7 +39,7 @@ class EvaluateConfig:
     explain: bool = opt(False, "add Grad-CAM overlays to the top-loss and prediction figures")
     plots: bool = opt(True, "write confusion_matrix.png, top_losses.png and predictions.png")
     top_losses: int = opt(9, "images in top_losses.png", check=AT_LEAST_0)
-    report: bool = opt(False, "also (re)write RUN/report.html (val split only)")
+    report: bool = opt(False, "also (re)write RUN/report.html (val split only)", api=False)
     batch_size: int | None = opt(None, "images per batch (default: the run's training batch size)", check=AT_LEAST_1)
     device: Device = opt(DEVICE)
     json: bool = opt(False, "print evaluation.json instead of a summary")
@@ -65,7 +65,7 @@ class ShowBatchConfig:
     """``graft show-batch``: a grid of augmented training images (as training sees them), titled with their class."""
 
     data: Path = opt(DATA, DATA_AS_TRAIN_HELP, example="graft show-batch path/to/images")
-    out: Path = opt(Path("batch.png"), "output image")
+    out: Path | None = opt(Path("batch.png"), "output image")
     n: int = opt(16, "number of images", check=AT_LEAST_1)
     arch: str = opt(ARCH, "architecture whose preprocessing (crop size, normalization) is shown")
     seed: int = opt(SEED, "random seed of the images and augmentations drawn")
@@ -84,7 +84,7 @@ class ShowBatchConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         self.data = Path(self.data)
-        self.out = Path(self.out)
+        self.out = optional_path(self.out)
 
 
 @dataclass(kw_only=True)

@@ -7,11 +7,16 @@ training; the API (:func:`doctor`) imports torch only when called.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from graft.core.config import DoctorConfig
+from graft.core.config.fields import takes_fields
 
-def doctor(data: Any, /, **options: Any) -> Any:
+
+@takes_fields(DoctorConfig, "data")
+def doctor(data: Any, /, *, log: Callable[[str], None] = print, **options: Any) -> Any:
     """See :func:`graft.insight.doctor.run.doctor`."""
     from graft.insight.doctor.run import doctor as run
 
-    return run(data, **options)
+    return run(data, log=log, **options)

@@ -16,21 +16,25 @@ from typing import Any
 import numpy as np
 
 import graft.insight.doctor.checks as checks
-from graft.core.config import DoctorConfig, table_options
+from graft.core.config import DoctorConfig, from_options, table_options
+from graft.core.config.fields import takes_fields
 from graft.core.errors import DataError
 from graft.features import similarity as sim
 from graft.insight.doctor.findings import DoctorResult, csv_text, exclude_entries, write_exclude_list
 
 
-def doctor(data: str | Path, /, **options: Any) -> DoctorResult:
-    """Check a dataset folder; ``options`` are the fields of :class:`DoctorConfig` (``arch``, ``out``, ...).
+@takes_fields(DoctorConfig, "data")
+def doctor(data: str | Path, /, *, log: Callable[[str], None] = print, **options: Any) -> DoctorResult:
+    """Check a dataset folder; ``options`` are the fields of :class:`DoctorConfig` (``arch``, ``out``, ...; ``json``
+    is the command's output format); ``log``: where progress lines go.
 
     Returns a :class:`DoctorResult` (``findings``, ``summary``, ``exit_code``) and writes ``doctor.json``,
     ``doctor.csv`` and ``doctor.html`` into ``out`` (default ``doctor/<name of DATA>``)."""
-    return run_doctor(DoctorConfig(data=Path(data), **options))
+    return run_doctor(from_options(DoctorConfig, options, data=data), log=log)
 
 
 def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> DoctorResult:
+    """:func:`doctor` with a :class:`DoctorConfig` (checked when it was made)."""
     from graft.core.atomic import atomic_write_text
 
     times: dict[str, float] = {}
