@@ -85,13 +85,10 @@ def tune_convolutions(device: torch.device, *, steps: int) -> None:
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a generator for data shuffling."""
-    random.seed(seed)
-    try:
-        import numpy as np
+    import numpy as np
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover
-        pass
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     g = torch.Generator()
     g.manual_seed(seed)
