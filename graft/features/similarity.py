@@ -8,10 +8,12 @@ features that is ~330 GFLOP, seconds on a laptop CPU; an approximate index would
 
 This module imports only numpy, torch and the standard library (``graft train`` uses it for its leakage warning).
 
-The thresholds are calibrated (``benchmarks/bench_doctor.py``, see NOTES.md) on mobilenet_v2 features of
-hymenoptera with planted copies, one random transform each: mirrored, re-cropped keeping 60-90% of the area,
-resized to 40-80%, re-encoded as JPEG quality 30-60, brightness x0.7-1.3. The lowest similarity a planted copy
-reached was compared with the highest similarity of two distinct photos.
+Similarity only proposes pairs: in a fine-grained set two different photos reach cosine 0.84 while a copy that was
+cropped and shrunk falls to 0.37. What a proposed pair is (a copy, another shot of the same scene, or merely
+alike) is decided from its pixels by :mod:`graft.features.copies`. Proposals (NOTES.md, "Copies"): each image's
+nearest neighbour, each val image's nearest train image and each train image's nearest val image, from
+:data:`CANDIDATE` up; and pairs whose perceptual hashes match (a copy resized down loses the detail the features
+see, not its hash).
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-#: Cosine similarity (centred features) from which two images are near-duplicates by their embedding alone.
-#: Planted copies: re-crops reached down to 0.70, mirrors 0.82, re-encodes 0.74, brightness 0.80; distinct
-#: hymenoptera photos at most 0.68. Resized copies fell to 0.50 (detail lost), but their hashes matched.
-NEAR_DUPLICATE = 0.70
-#: Perceptual hashes (64 bits) this close, directly or one mirrored, also make a pair near-duplicates...
+#: Cosine similarity (centred features) from which a nearest neighbour is proposed as a copy. Of 555 planted
+#: copies (every val image of hymenoptera, trashnet_half and flowers5, each edited by one or two random edits),
+#: 98% were a nearest neighbour this close; most of the rest matched by hash. Lower, the proposals grow fast
+#: (0.45: +90% on hymenoptera) for little more recall.
+CANDIDATE = 0.5
+#: Perceptual hashes (64 bits) this close, directly or one mirrored, also propose a pair...
 HASH_BITS = 10
-#: ...when the embeddings agree at least this much (a guard against two plain images hashing alike). Planted
-#: resized, re-encoded, brightened and mirrored copies were within 6 bits; no two distinct hymenoptera photos
-#: were within 12.
+#: ...when the embeddings agree at least this much (a guard against two plain images hashing alike). Resized
+#: copies keep their hash (within 2-8 bits) when their features fall to 0.37.
 HASH_SIMILARITY = 0.35
 #: Memory one block of the similarity matrix may take.
 BLOCK_BYTES = 256 << 20
@@ -205,15 +207,15 @@ def _first(key: np.ndarray, *order: np.ndarray) -> np.ndarray:
     return idx[np.r_[True, k[1:] != k[:-1]]] if len(k) else idx
 
 
-def near_pairs(found: Neighbours, *, threshold: float = NEAR_DUPLICATE) -> Pairs:
-    """Near-duplicate pairs (a < b) of a ``same`` search: kNN similarity >= ``threshold``, or matching hashes
-    (of a pair found both ways, the closer hashes)."""
+def near_pairs(found: Neighbours, *, threshold: float = CANDIDATE) -> Pairs:
+    """Proposed copies (a < b) of a ``same`` search: each row's nearest neighbour from ``threshold`` up, and
+    matching hashes (of a pair found both ways, the closer hashes)."""
     n = np.int64(max(len(found.sims), 1))
     m = found.matches
     a, b = np.minimum(m.query, m.base), np.maximum(m.query, m.base)
     hashed = _first(a * n + b, np.arange(len(a)), m.bits)
     a, b = a[hashed], b[hashed]
-    i, j = np.nonzero(found.sims >= threshold)
+    i, j = np.nonzero(found.sims[:, :1] >= threshold)
     ka, kb = np.minimum(i, found.index[i, j]), np.maximum(i, found.index[i, j])
     plain = _first(ka * n + kb)
     plain = plain[~np.isin(ka[plain] * n + kb[plain], a * n + b)]
@@ -227,52 +229,57 @@ def near_pairs(found: Neighbours, *, threshold: float = NEAR_DUPLICATE) -> Pairs
     return out.where(np.argsort(-out.sims, kind="stable"))
 
 
-def _closest(top_sims: np.ndarray, top_index: np.ndarray, m: Matches, threshold: float) -> list[Pair]:
-    """Per query, its most similar base row among the hash matches and the nearest base row when that passes
-    ``threshold`` (a tie: the hash match, which says how many bits apart)."""
-    q = np.nonzero(top_sims >= threshold)[0]
-    query = np.concatenate([m.query, q])
-    sims = np.concatenate([m.sims, top_sims[q]])
+def _cross(
+    val_sims: np.ndarray, val_index: np.ndarray, train_sims: np.ndarray, train_index: np.ndarray, m: Matches
+) -> Pairs:
+    """Proposed leaks, ``(a = val row, b = train row)``: each val row's nearest train row and each train row's
+    nearest val row from :data:`CANDIDATE` up, and the hash matches ``m`` (query = val, base = train); each pair
+    once (with its hash evidence when it has some), most similar first."""
+    v = np.nonzero(val_sims >= CANDIDATE)[0]
+    t = np.nonzero(train_sims >= CANDIDATE)[0]
+    none = np.full(len(v) + len(t), -1, np.int64)
     pairs = Pairs(
-        query,
-        np.concatenate([m.base, top_index[q]]),
-        sims,
-        np.concatenate([m.bits, np.full(len(q), -1, np.int64)]),
-        np.concatenate([m.mirrored, np.zeros(len(q), bool)]),
+        np.concatenate([m.query, v, train_index[t]]),
+        np.concatenate([m.base, val_index[v], t]),
+        np.concatenate([m.sims, val_sims[v], train_sims[t]]).astype(np.float32),
+        np.concatenate([m.bits, none]),
+        np.concatenate([m.mirrored, np.zeros(len(none), bool)]),
     )
-    best = _first(query, np.arange(len(query)), -sims)
-    return [pairs.pair(int(i)) for i in best]
+    n = np.int64(max(len(train_sims), 1))
+    pairs = pairs.where(np.sort(_first(pairs.a * n + pairs.b, np.arange(len(pairs)))))
+    return pairs.where(np.argsort(-pairs.sims, kind="stable"))
 
 
-def leaked(
+def leak_candidates(
     train: np.ndarray | torch.Tensor,
     val: np.ndarray | torch.Tensor,
     *,
     hashes: tuple[Hashes, Hashes] | None = None,
-    threshold: float = NEAR_DUPLICATE,
-) -> list[Pair]:
-    """Val images whose nearest train image is a near-duplicate: ``Pair(a=val index, b=train index)``, one per
-    leaked val image (its closest train copy). Raw features; both splits are centred by their common mean.
-    ``hashes`` = (val's, train's), when the scan measured them. What ``graft train`` warns about."""
+) -> Pairs:
+    """Pairs ``(a = val index, b = train index)`` that may be copies, proposed as :func:`_cross` says; what
+    ``graft train`` checks for its leakage warning (:mod:`graft.features.copies` decides). Raw features; both
+    splits are centred by their common mean. ``hashes`` = (val's, train's), when the scan measured them."""
     t = torch.as_tensor(np.asarray(train), dtype=torch.float32)
     v = torch.as_tensor(np.asarray(val), dtype=torch.float32)
     if len(t) == 0 or len(v) == 0:
-        return []
+        return near_pairs(Neighbours(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int64)))
     mean = torch.cat([t, v]).mean(0)
-    found = search(normalise(v, mean), normalise(t, mean), 1, hashes=hashes)
-    return _closest(found.sims[:, 0], found.index[:, 0], found.matches, threshold)
+    nv, nt = normalise(v, mean), normalise(t, mean)
+    to_train = search(nv, nt, 1, hashes=hashes)
+    to_val = search(nt, nv, 1)
+    return _cross(to_train.sims[:, 0], to_train.index[:, 0], to_val.sims[:, 0], to_val.index[:, 0], to_train.matches)
 
 
 @dataclass
 class Survey:
     """Everything ``graft doctor`` asks of the features, from one blocked product: the centred, normalised rows
     ``x``; their kNN and hash matches (``found``, a ``same`` search); each row's most similar *uncentred*
-    cosines (``raw_sims``, outliers); and the val images that leak from train (``leaked``)."""
+    cosines (``raw_sims``, outliers); and the proposed leaks (``leaks``: val row, train row; :func:`_cross`)."""
 
     x: torch.Tensor
     found: Neighbours
     raw_sims: np.ndarray
-    leaked: list[Pair]
+    leaks: Pairs
 
 
 def survey(
@@ -284,9 +291,9 @@ def survey(
     raw_k: int = 5,
     block_bytes: int = BLOCK_BYTES,
 ) -> Survey:
-    """One pass where three searches were: the kNN of the centred rows with hash matches, the kNN of the
-    uncentred rows, and val rows' nearest train row (rows ``[0, n_train)`` are train), as :func:`search` and
-    :func:`leaked` find them.
+    """One pass where four searches were: the kNN of the centred rows with hash matches, the kNN of the
+    uncentred rows, and val rows' nearest train row and train rows' nearest val row (rows ``[0, n_train)`` are
+    train), as :func:`search` and :func:`leak_candidates` find them.
 
     The uncentred cosine follows from the centred one: with ``c = x - mean``,
     ``x_i.x_j = |c_i||c_j| cos_ij + c_i.mean + c_j.mean + mean.mean``, elementwise work on each block beside its
@@ -304,6 +311,7 @@ def survey(
     sims, index = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
     raw_sims = np.zeros((n, raw_k), np.float32)
     val_sims, val_index = np.zeros(n - n_train, np.float32), np.zeros(n - n_train, np.int64)
+    train_sims, train_index = np.full(n_train, -2.0, np.float32), np.zeros(n_train, np.int64)
     parts = []
     with torch.inference_mode():
         for start, block in _blocks(x, x, True, block_bytes, 3):
@@ -319,6 +327,10 @@ def survey(
                     s.numpy(),
                     i.numpy(),
                 )
+            if n_train < n and start < n_train:  # train rows: their nearest val row
+                last = min(rows.stop, n_train)
+                s, i = block[: last - start, n_train:].max(1)
+                train_sims[start:last], train_index[start:last] = s.numpy(), i.numpy()
             if raw_k:
                 u = block * scale[None, :]
                 u.mul_(scale[rows, None]).addr_(shift[rows], inv).addr_(inv[rows], shift)
@@ -329,5 +341,4 @@ def survey(
     found = Neighbours(sims, index, matches)
     leak = matches.where((matches.query >= n_train) & (matches.base < n_train))
     leak.query = leak.query - n_train
-    leaked_pairs = _closest(val_sims, val_index, leak, NEAR_DUPLICATE) if n_train else []
-    return Survey(x, found, raw_sims, leaked_pairs)
+    return Survey(x, found, raw_sims, _cross(val_sims, val_index, train_sims, train_index, leak))

@@ -12,7 +12,7 @@ import torch
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
 from graft.core.errors import ConfigError
-from graft.features.similarity import Hashes, leaked
+from graft.features.similarity import Hashes, leak_candidates
 
 
 class StageData:
@@ -201,21 +201,31 @@ def _features(
 
 
 def leakage(dataset: Any, train: torch.Tensor, val: torch.Tensor, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Val images whose nearest train image is a near-copy (graft doctor's rule, on the features just computed and
-    the hashes the scan took); warns when there are any."""
+    """Val images with a copy in train (graft doctor's rule: pairs proposed by the features just computed and the
+    hashes the scan took, each checked by its pixels); warns when there are any."""
+    from graft.features.copies import COPY, verify
+
     m, n_train = dataset.measures, len(dataset.train)
     samples = dataset.train + dataset.val
     hashes = None
     if all(s.path in m for s in samples):
         h = Hashes.of([m[s.path]["phash"] for s in samples], [m[s.path]["phash_flip"] for s in samples])
         hashes = (h.take(range(n_train, len(samples))), h.take(range(n_train)))
-    pairs = leaked(train, val, hashes=hashes)
-    if pairs:
+    proposed = leak_candidates(train, val, hashes=hashes)
+    paths = [s.path for s in dataset.val] + [s.path for s in dataset.train]
+    pairs = zip(proposed.a.tolist(), (proposed.b + len(dataset.val)).tolist(), strict=True)
+    copies: dict[int, tuple[int, float]] = {}
+    for i, v in enumerate(verify(paths, pairs, mirrored=proposed.mirrored)):
+        a = int(proposed.a[i])
+        if v.kind == COPY and a not in copies:  # proposals come most similar first: the closest copy
+            copies[a] = (int(proposed.b[i]), float(proposed.sims[i]))
+    if copies:
         log(
-            f"warning: {len(pairs)} of {len(val)} val images have a near-copy in train: the val accuracy is "
+            f"warning: {len(copies)} of {len(val)} val images have a near-copy in train: the val accuracy is "
             f"optimistic (graft doctor {dataset.report.table or dataset.report.root} lists them)"
         )
     split = dataset.split_dict()
     return [
-        {"val": split["val"][p.a], "train": split["train"][p.b], "similarity": round(p.similarity, 4)} for p in pairs
+        {"val": split["val"][v], "train": split["train"][t], "similarity": round(s, 4)}
+        for v, (t, s) in sorted(copies.items())
     ]

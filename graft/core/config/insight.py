@@ -104,6 +104,9 @@ class DoctorConfig:
         "label errors, unreadable files): path<TAB>reason per line, for graft train --exclude",
     )
     html: bool = opt(True, "write doctor.html (a gallery per kind of finding)")
+    fail_on_same_scene: bool = opt(
+        False, "exit 3 also when a val image has another shot of the same scene in train (not only a copy)"
+    )
     val_split: float = opt(VAL_SPLIT, "val fraction when DATA has no train/val folders (as for graft train)")
     path_col: str | None = opt(TABLE["path_col"])
     label_col: str | None = opt(TABLE["label_col"])

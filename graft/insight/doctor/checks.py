@@ -4,10 +4,12 @@ similarity survey of the stored features and returns its findings (:mod:`graft.i
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from graft.features import copies
 from graft.features import similarity as sim
 from graft.insight.doctor.findings import Finding
 
@@ -63,16 +65,15 @@ def _keep_drop(ctx: Context, group: list[int]) -> tuple[int, list[int]]:
     return keep, [i for i in group if i != keep]
 
 
-def duplicates(ctx: Context, samples: list[Any], found: sim.Neighbours) -> list[Finding]:
+def duplicates(ctx: Context, samples: list[Any]) -> list[Finding]:
+    """Identical files or pixels (the scan's digest of the decoded pixels), and the conflicts among them."""
     from graft.data.quality import file_sha256
 
     by_pixels: dict[str, list[int]] = defaultdict(list)
     for i, m in enumerate(ctx.measures):
         by_pixels[m["pixels"]].append(i)
     out: list[Finding] = []
-    identical = np.full(len(ctx.rel), -1)  # pixel-identical group of each image
-    for g, group in enumerate(g for g in by_pixels.values() if len(g) > 1):
-        identical[group] = g
+    for group in (g for g in by_pixels.values() if len(g) > 1):
         shas = {i: file_sha256(samples[i].path) for i in group}
         files = [ctx.rel[i] for i in group]
         classes = sorted({ctx.label(i) for i in group})
@@ -88,14 +89,60 @@ def duplicates(ctx: Context, samples: list[Any], found: sim.Neighbours) -> list[
         out.append(Finding("exact_duplicate", files, 1.0, evidence))
         if len(classes) > 1:
             out.append(Finding("label_conflict", files, 1.0, {"classes": classes, "identical": evidence["identical"]}))
-    near = sim.near_pairs(found)
-    ia, ib = identical[near.a], identical[near.b]
-    return out + _near_duplicates(ctx, near.where((ia != ib) | (ia < 0)))
+    return out
 
 
-def _near_duplicates(ctx: Context, near: sim.Pairs) -> list[Finding]:
-    """Groups of near-copies (connected by matching pairs); per group, each copy to drop with its closest match
-    in the group: a group of m copies lists m - 1 pairs or fewer, not its up to m(m-1)/2 matching pairs."""
+@dataclass
+class Proposals:
+    """Every proposed pair ``(a, b)`` (indices of train + val; for a leak, ``a`` is the val image) with what
+    :mod:`graft.features.copies` made of it (``None``: identical pixels, an exact duplicate, not decoded again)."""
+
+    pairs: sim.Pairs
+    verdicts: list[copies.Verdict | None]
+
+    def of_kind(self, kind: str) -> list[int]:
+        return [i for i, v in enumerate(self.verdicts) if (v.kind if v else copies.COPY) == kind]
+
+
+def verify(ctx: Context, samples: list[Any], survey: sim.Survey, n_train: int) -> Proposals:
+    """The survey's proposals (nearest neighbours, hash matches, nearest across the split), each checked once by
+    its pixels; pairs of identical pixels are copies without a look."""
+    near, leaks = sim.near_pairs(survey.found), survey.leaks
+    pairs = sim.Pairs(*(np.concatenate([getattr(leaks, k), getattr(near, k)]) for k in sim.Pairs.__dataclass_fields__))
+    pairs.a[: len(leaks)] += n_train  # leaks first: val image first, the way its finding lists it
+    n = np.int64(len(ctx.rel))
+    key = np.minimum(pairs.a, pairs.b) * n + np.maximum(pairs.a, pairs.b)
+    pairs = pairs.where(np.sort(np.unique(key, return_index=True)[1]))
+    pixels = [m["pixels"] for m in ctx.measures]
+    identical = np.array([pixels[a] == pixels[b] for a, b in zip(pairs.a, pairs.b, strict=True)], bool)
+    look = np.nonzero(~identical)[0]
+    checked = copies.verify(
+        [s.path for s in samples], zip(pairs.a[look], pairs.b[look], strict=True), mirrored=pairs.mirrored[look]
+    )
+    verdicts: list[copies.Verdict | None] = [None] * len(pairs)
+    for i, v in zip(look.tolist(), checked, strict=True):
+        verdicts[i] = v
+    return Proposals(pairs, verdicts)
+
+
+def _pair_evidence(ctx: Context, p: sim.Pair, verdict: copies.Verdict | None) -> dict[str, Any]:
+    return {
+        "similarity": round(p.similarity, 4),
+        "hash_bits": p.bits,
+        "hash_mirrored": p.mirrored,
+        **(verdict.evidence() if verdict else {"kind": "identical"}),
+        "splits": sorted({ctx.split[p.a], ctx.split[p.b]}),
+        "classes": sorted({ctx.label(p.a), ctx.label(p.b)}),
+    }
+
+
+def near_duplicates(ctx: Context, found: Proposals) -> list[Finding]:
+    """Groups of copies (connected by verified pairs; exact duplicates are their own finding); per group, each copy
+    to drop with its closest match in the group: a group of m copies lists m - 1 pairs or fewer."""
+    pixels = [m["pixels"] for m in ctx.measures]
+    keep = [i for i in found.of_kind(copies.COPY) if found.verdicts[i] is not None]
+    near = found.pairs.where(np.array(keep, np.int64))
+    verdicts = [found.verdicts[i] for i in keep]
     label = _components(len(ctx.rel), near.a, near.b)
     members = np.unique(np.concatenate([near.a, near.b]))
     groups: dict[int, list[int]] = defaultdict(list)
@@ -108,39 +155,58 @@ def _near_duplicates(ctx: Context, near: sim.Pairs) -> list[Finding]:
     closest = dict(zip(ends[first].tolist(), (first % max(len(near), 1)).tolist(), strict=True))
     out = []
     for root, group in groups.items():
-        keep, drop = _keep_drop(ctx, group)
+        kept, drop = _keep_drop(ctx, group)
         for j in sorted({closest[i] for i in drop}):
             p = near.pair(j)
+            if pixels[p.a] == pixels[p.b]:
+                continue
             evidence = {
-                "similarity": round(p.similarity, 4),
-                "hash_bits": p.bits,
-                "mirrored": p.mirrored,
-                "splits": sorted({ctx.split[p.a], ctx.split[p.b]}),
-                "classes": sorted({ctx.label(p.a), ctx.label(p.b)}),
+                **_pair_evidence(ctx, p, verdicts[j]),
                 "group": len(group),
                 "group_pairs": int(pairs_in[root]),
-                "keep": ctx.rel[keep],
+                "keep": ctx.rel[kept],
                 "drop": [ctx.rel[i] for i in drop if i in (p.a, p.b)],
             }
             out.append(Finding("near_duplicate", [ctx.rel[p.a], ctx.rel[p.b]], p.similarity, evidence))
     return out
 
 
-def leakage(ctx: Context, pairs: list[sim.Pair], n_train: int) -> list[Finding]:
-    """Each val image whose nearest train image is a near-duplicate (or identical)."""
+def leakage(ctx: Context, found: Proposals) -> list[Finding]:
+    """Each val image with a copy in train (verified, or identical pixels): one finding, its surest copy."""
+    best: dict[int, tuple[tuple[int, int], int]] = {}
+    for i in found.of_kind(copies.COPY):
+        a, b = int(found.pairs.a[i]), int(found.pairs.b[i])
+        if {ctx.split[a], ctx.split[b]} != {"train", "val"}:
+            continue
+        v = found.verdicts[i]
+        sure = (1, 0) if v is None else (0, v.inliers)  # identical pixels first
+        val = a if ctx.split[a] == "val" else b
+        if val not in best or sure > best[val][0]:
+            best[val] = (sure, i)
     out = []
-    for p in pairs:
-        v, t = n_train + p.a, p.b
+    for val, (_, i) in best.items():
+        p = found.pairs.pair(i)
+        train = p.b if p.a == val else p.a
         evidence = {
-            "similarity": round(p.similarity, 4),
-            "hash_bits": p.bits,
-            "mirrored": p.mirrored,
-            "val_label": ctx.label(v),
-            "train_label": ctx.label(t),
-            "keep": ctx.rel[v],
-            "drop": [ctx.rel[t]],
+            **_pair_evidence(ctx, p, found.verdicts[i]),
+            "val_label": ctx.label(val),
+            "train_label": ctx.label(train),
+            "keep": ctx.rel[val],
+            "drop": [ctx.rel[train]],
         }
-        out.append(Finding("leakage", [ctx.rel[v], ctx.rel[t]], p.similarity, evidence))
+        out.append(Finding("leakage", [ctx.rel[val], ctx.rel[train]], p.similarity, evidence))
+    return out
+
+
+def same_scene(ctx: Context, found: Proposals) -> list[Finding]:
+    """Pairs that are another shot of the same scene or object: lined up by the same transform in places, not a
+    copy. Across train and val they make the val estimate optimistic too, more softly than a copy."""
+    out = []
+    for i in found.of_kind(copies.SAME_SCENE):
+        p = found.pairs.pair(i)
+        out.append(
+            Finding("same_scene", [ctx.rel[p.a], ctx.rel[p.b]], p.similarity, _pair_evidence(ctx, p, found.verdicts[i]))
+        )
     return out
 
 
@@ -245,9 +311,13 @@ def thresholds() -> dict[str, Any]:
     from graft.insight.doctor.labels import CONFIDENT
 
     return {
-        "near_duplicate_similarity": sim.NEAR_DUPLICATE,
+        "candidate_similarity": sim.CANDIDATE,
         "hash_bits": sim.HASH_BITS,
         "hash_min_similarity": sim.HASH_SIMILARITY,
+        "copy_inliers": copies.COPY_INLIERS,
+        "copy_agreement": copies.COPY_AGREEMENT,
+        "same_scene_inliers": copies.SCENE_INLIERS,
+        "same_scene_agreement": copies.SCENE_AGREEMENT,
         "confident_label_error": CONFIDENT,
         "outlier_z": OUTLIER_Z,
         "dark_luma": DARK_LUMA,

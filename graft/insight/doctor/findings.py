@@ -11,10 +11,12 @@ from typing import Any
 
 #: Kinds of finding, in the order the summary and the page show them; the serious ones set exit status 3.
 KINDS: dict[str, str] = {
-    "leakage": "val image with a near-copy in train (the val accuracy is optimistic)",
+    "leakage": "val image with a copy in train (the val accuracy is optimistic)",
     "label_conflict": "identical images filed under different classes",
     "exact_duplicate": "identical files or identical decoded pixels",
-    "near_duplicate": "mirrored, re-cropped, resized, re-encoded or brightened copies",
+    "near_duplicate": "copies of one photo: mirrored, cropped, resized, re-encoded, colour-shifted or turned a little",
+    "same_scene": "another shot of the same scene or object (not a copy); across train and val, the val accuracy "
+    "is somewhat optimistic",
     "label_error": "likely wrong label (out-of-fold prediction and neighbours disagree with it)",
     "outlier": "far from every other image (off-topic?)",
     "blurry": "much less sharp than the dataset's typical image",
@@ -52,10 +54,15 @@ class DoctorResult:
     summary: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     written: dict[str, str] = field(default_factory=dict)
+    #: ``--fail-on-same-scene``: a same_scene pair across train and val is serious too.
+    fail_on_same_scene: bool = False
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SERIOUS if any(self.count(k) for k in SERIOUS) else 0
+        serious = any(self.count(k) for k in SERIOUS)
+        if self.fail_on_same_scene:
+            serious = serious or any(f.evidence.get("splits") == ["train", "val"] for f in self.of("same_scene"))
+        return EXIT_SERIOUS if serious else 0
 
     def count(self, kind: str) -> int:
         return sum(f.kind == kind for f in self.findings)

@@ -57,8 +57,10 @@ def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> Doct
     hashes = sim.Hashes.of([m["phash"] for m in measures], [m["phash_flip"] for m in measures])
     found = sim.survey(feats, checks.K, hashes=hashes, n_train=len(ds.train), raw_k=checks.OUTLIER_K)
     lap("similarity")
-    findings = checks.duplicates(ctx, samples, found.found)
-    findings += checks.leakage(ctx, found.leaked, len(ds.train))
+    proposals = checks.verify(ctx, samples, found, len(ds.train))
+    lap("verify")
+    findings = checks.duplicates(ctx, samples) + checks.near_duplicates(ctx, proposals)
+    findings += checks.leakage(ctx, proposals) + checks.same_scene(ctx, proposals)
     lap("duplicates")
     findings += checks.label_errors(ctx, found.x, found.found, cfg.seed)
     lap("labels")
@@ -79,7 +81,7 @@ def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> Doct
         "thresholds": checks.thresholds(),
         "advice": advice,
     }
-    result = DoctorResult(str(root), findings, files, summary, times)
+    result = DoctorResult(str(root), findings, files, summary, times, fail_on_same_scene=cfg.fail_on_same_scene)
     cfg.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cfg.out / "doctor.csv", csv_text(result))
     result.written = {"json": str(cfg.out / "doctor.json"), "csv": str(cfg.out / "doctor.csv")}
