@@ -52,6 +52,14 @@ def hymenoptera() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def flowers5() -> Path:
+    """Five flower species, fine-grained (distinct photos look alike): ``../shared/data/flowers5`` from the repo."""
+    path = Path(__file__).resolve().parents[2] / "shared/data/flowers5"
+    assert (path / "train").is_dir() and (path / "val").is_dir(), f"flowers5 dataset not found at {path}"
+    return path
+
+
 #: json/csv files of a frozen mobilenet_v2 run written by an earlier graft (its weights are made by fixture_run).
 FIXTURE_RUN = Path(__file__).resolve().parent / "fixtures/run-mobilenet_v2-freeze"
 

@@ -37,8 +37,10 @@ from graft.data.images import load_rgb
 
 #: Longer side, in pixels, that both images of a pair are compared at.
 SIDE = 256
-#: ORB keypoints per image and orientation (and the FAST threshold: low, so plain backgrounds still give some).
-FEATURES, FAST_THRESHOLD = 300, 10
+#: ORB keypoints per image and orientation (and the FAST threshold: low, so plain backgrounds still give some),
+#: over this many pyramid levels (x1.2 each: 5 span 2x, the scale between a photo and a crop keeping 25% of it;
+#: both images are at :data:`SIDE` already, so a resized copy differs in scale only by its crop).
+FEATURES, FAST_THRESHOLD, LEVELS = 300, 10, 5
 #: Lowe's ratio test: a match counts when its best descriptor is this much closer than the second best.
 RATIO = 0.8
 #: RANSAC's inlier distance (pixels at :data:`SIDE`).
@@ -107,7 +109,9 @@ class _Image:
     def points(self, mirrored: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if mirrored not in self.keypoints:  # two threads may both compute it: the same result, no harm
             g = np.ascontiguousarray(self.gray[:, ::-1]) if mirrored else self.gray
-            orb = cv2.ORB_create(nfeatures=FEATURES, fastThreshold=FAST_THRESHOLD, edgeThreshold=15, patchSize=15)
+            orb = cv2.ORB_create(
+                nfeatures=FEATURES, nlevels=LEVELS, fastThreshold=FAST_THRESHOLD, edgeThreshold=15, patchSize=15
+            )
             kp, desc = orb.detectAndCompute(g, None)
             self.keypoints[mirrored] = (np.float32([k.pt for k in kp]).reshape(-1, 2), desc)
         return self.keypoints[mirrored]

@@ -40,14 +40,24 @@ def _small(src: Path, dst: Path) -> None:
         im.save(dst, "JPEG", quality=90)
 
 
+#: flowers5 pairs put across train and val of the clean set: another shot of one scene (a burst), and two
+#: different daisies a backbone finds alike (cosine 0.73); neither is a copy.
+BURST = ("train/sunflowers/5020805135_1219d7523d.jpg", "train/sunflowers/5020805619_6c710793f7.jpg")
+DAISIES = ("val/daisy/2877860110_a842f8b14a_m.jpg", "train/daisy/163978992_8128b49d3e_n.jpg")
+
+
 @pytest.fixture(scope="module")
-def planted(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def planted(hymenoptera: Path, flowers5: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("doctor") / "data"
     for split, n in (("train", N_TRAIN), ("val", N_VAL)):
         for c in ("ants", "bees"):
             for f in sorted((hymenoptera / split / c).glob("*.jpg"))[:n]:
                 _small(f, root / split / c / f.name)
+    for pair, c in ((BURST, "bees"), (DAISIES, "ants")):
+        for split, f in zip(("val", "train"), pair, strict=True):
+            shutil.copyfile(flowers5 / f, root / split / c / Path(f).name)
     clean = doctor(root, out=root.parent / "clean", html=False)
+    strict = doctor(root, out=root.parent / "strict", html=False, fail_on_same_scene=True)
     rng = random.Random(0)
     train_ants = sorted((root / "train/ants").glob("*.jpg"))
     train_bees = sorted((root / "train/bees").glob("*.jpg"))
@@ -78,7 +88,7 @@ def planted(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     (root / "train/bees/notes.jpg").write_text("not an image\n")
     exclude = root.parent / "exclude.txt"
     result = doctor(root, out=root.parent / "out", exclude_list=exclude)
-    return {"root": root, "clean": clean, "result": result, "exclude": exclude}
+    return {"root": root, "clean": clean, "strict": strict, "result": result, "exclude": exclude}
 
 
 def _files(result: Any, kind: str) -> list[set[str]]:
@@ -90,6 +100,18 @@ def test_a_clean_dataset_has_nothing_serious(planted: dict[str, Any]) -> None:
     clean = planted["clean"]
     assert clean.exit_code == 0
     assert clean.count("leakage") == clean.count("label_conflict") == clean.count("exact_duplicate") == 0
+    assert clean.count("near_duplicate") == 0  # the two daisies look alike, but are two photos
+
+
+@pytest.mark.slow
+def test_another_shot_of_a_scene_is_its_own_softer_finding(planted: dict[str, Any]) -> None:
+    clean, strict = planted["clean"], planted["strict"]
+    (scene,) = clean.of("same_scene")
+    assert {Path(f).name for f in scene.files} == {Path(f).name for f in BURST}
+    assert scene.evidence["kind"] == "same_scene" and scene.evidence["splits"] == ["train", "val"]
+    assert scene.evidence["inliers"] >= 15 and scene.evidence["agreement"] < 0.8
+    assert clean.exit_code == 0 and strict.exit_code == EXIT_SERIOUS  # --fail-on-same-scene opts in
+    assert strict.count("same_scene") == 1 and strict.count("leakage") == 0
 
 
 @pytest.mark.slow
@@ -112,10 +134,9 @@ def test_leakage_and_near_duplicates(planted: dict[str, Any]) -> None:
     r = planted["result"]
     leaked = {f.files[1]: f for f in r.of("leakage")}
     assert set(leaked) == {"train/ants/mirror_of_val.jpg", "train/bees/copy_of_val.jpg"}
-    assert (
-        leaked["train/ants/mirror_of_val.jpg"].evidence["mirrored"]
-        or leaked["train/ants/mirror_of_val.jpg"].evidence["similarity"] >= 0.7
-    )
+    mirrored = leaked["train/ants/mirror_of_val.jpg"].evidence
+    assert mirrored["kind"] == "copy" and mirrored["mirrored"] and mirrored["agreement"] >= 0.8
+    assert leaked["train/bees/copy_of_val.jpg"].evidence["kind"] == "identical"
     near = [{Path(x).name for x in f} for f in _files(r, "near_duplicate")]
     assert any("resized.jpg" in pair for pair in near)
     assert any("mirror_of_val.jpg" in pair for pair in near)
