@@ -54,8 +54,12 @@ MAX_BLOWN = 3.0
 #: Patch side (pixels at :data:`SIDE`), the spread of detail below which a patch has nothing to compare, and the
 #: correlation from which a patch agrees.
 PATCH, TEXTURE_STD, PATCH_AGREES = 16, 2.0, 0.8
-#: A copy: this many inliers, this many textured patches compared, and this share of them agreeing.
+#: A copy: this many inliers, this many textured patches compared, and this share of them agreeing...
 COPY_INLIERS, COPY_PATCHES, COPY_AGREEMENT = 6, 8, 0.8
+#: ...or, on fewer than SURE_INLIERS inliers (a weak fit: a plain or repetitive surface), this share. Planted
+#: copies of plain trashnet objects fit on 6-19 inliers and agree at 1.0; two shots of one cardboard surface fit
+#: on 11 and agree at 0.92.
+SURE_INLIERS, FEW_INLIERS_AGREEMENT = 15, 0.95
 #: Another shot of the same scene: this many inliers and this share of the patches agreeing (not a copy).
 SCENE_INLIERS, SCENE_AGREEMENT = 15, 0.2
 #: Inlier point pairs kept as evidence (for drawing the matches).
@@ -194,7 +198,8 @@ def _match(a: _Image, b: _Image, mirrored: bool) -> Verdict:
         return Verdict(inliers=inliers, mirrored=mirrored, scale=scale, angle=angle)
     ga = np.ascontiguousarray(a.gray[:, ::-1]) if mirrored else a.gray
     agreement, patches = _agreement(ga, b.gray, m, max(a.upscaled * scale, b.upscaled))
-    if inliers >= COPY_INLIERS and patches >= COPY_PATCHES and agreement >= COPY_AGREEMENT:
+    needed = COPY_AGREEMENT if inliers >= SURE_INLIERS else FEW_INLIERS_AGREEMENT
+    if inliers >= COPY_INLIERS and patches >= COPY_PATCHES and agreement >= needed:
         kind = COPY
     elif inliers >= SCENE_INLIERS and agreement >= SCENE_AGREEMENT:
         kind = SAME_SCENE

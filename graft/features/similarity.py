@@ -207,11 +207,19 @@ def _first(key: np.ndarray, *order: np.ndarray) -> np.ndarray:
     return idx[np.r_[True, k[1:] != k[:-1]]] if len(k) else idx
 
 
+def _best_matches(m: Matches, *by: np.ndarray) -> Matches:
+    """Of the hash matches, each row's closest (fewest bits, then most similar) for every row array in ``by``.
+    One per image keeps the proposals linear in the images: a photo with 40 copies has 780 matching pairs, and
+    the copies are proposed as well by their own closest matches."""
+    keep = np.unique(np.concatenate([_first(rows, -m.sims, m.bits) for rows in by])) if len(m.query) else []
+    return m.where(np.asarray(keep, np.int64))
+
+
 def near_pairs(found: Neighbours, *, threshold: float = CANDIDATE) -> Pairs:
     """Proposed copies (a < b) of a ``same`` search: each row's nearest neighbour from ``threshold`` up, and
-    matching hashes (of a pair found both ways, the closer hashes)."""
+    each row's closest hash match (of a pair found both ways, the closer hashes)."""
     n = np.int64(max(len(found.sims), 1))
-    m = found.matches
+    m = _best_matches(found.matches, found.matches.query)
     a, b = np.minimum(m.query, m.base), np.maximum(m.query, m.base)
     hashed = _first(a * n + b, np.arange(len(a)), m.bits)
     a, b = a[hashed], b[hashed]
@@ -233,8 +241,10 @@ def _cross(
     val_sims: np.ndarray, val_index: np.ndarray, train_sims: np.ndarray, train_index: np.ndarray, m: Matches
 ) -> Pairs:
     """Proposed leaks, ``(a = val row, b = train row)``: each val row's nearest train row and each train row's
-    nearest val row from :data:`CANDIDATE` up, and the hash matches ``m`` (query = val, base = train); each pair
-    once (with its hash evidence when it has some), most similar first."""
+    nearest val row from :data:`CANDIDATE` up, and the closest hash match ``m`` (query = val, base = train) of
+    each val row and each train row; each pair once (with its hash evidence when it has some), most similar
+    first."""
+    m = _best_matches(m, m.query, m.base)
     v = np.nonzero(val_sims >= CANDIDATE)[0]
     t = np.nonzero(train_sims >= CANDIDATE)[0]
     none = np.full(len(v) + len(t), -1, np.int64)
