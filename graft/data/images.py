@@ -88,8 +88,8 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # also a copy when already RGB, detached from the file
 
 
-def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image.Image:
-    """Open an image by its content and return it fully decoded as 8-bit RGB.
+def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None, gray: bool = False) -> Image.Image:
+    """Open an image by its content and return it fully decoded as 8-bit RGB (or 8-bit grey, ``gray``).
 
     EXIF orientation is applied; animations give their first frame; an image more than :data:`MAX_ASPECT` times
     longer than wide (or the reverse) is cropped to its centre; grayscale, 16-bit, float, palette, CMYK,
@@ -100,6 +100,7 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
         path: the image file.
         draft: for JPEG, let the decoder downsample by DCT scaling to no less than ``draft`` x ``draft``
             pixels (much faster when only a small image is needed).
+        gray: return 8-bit grey ("L"); a JPEG is then decoded to grey directly (no colour conversion).
 
     Raises:
         ImageError: the file is missing, unreadable, empty, not an image, in an unsupported format,
@@ -130,13 +131,20 @@ def load_rgb(path: str | os.PathLike[str], *, draft: int | None = None) -> Image
             if w * h > MAX_PIXELS:
                 raise ImageError(p, _bomb_reason(f"{w}x{h} = {w * h:,}"))
             if draft and im.format in ("JPEG", "MPO"):
-                im.draft("RGB", (draft, draft))
+                im.draft("L" if gray else "RGB", (draft, draft))
             im.load()
             try:
                 frame = ImageOps.exif_transpose(im)
             except Exception:  # a malformed EXIF block should not reject an otherwise good photo
                 frame = im.copy()
-            return _to_rgb(_limit_aspect(frame))
+            frame = _limit_aspect(frame)
+            if gray:
+                return (
+                    frame.copy()
+                    if frame.mode == "L" and "transparency" not in frame.info
+                    else _to_rgb(frame).convert("L")
+                )
+            return _to_rgb(frame)
     except ImageError:
         raise
     except PermissionError as e:

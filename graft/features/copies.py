@@ -123,7 +123,7 @@ class _Image:
 
 def _load(path: Path) -> _Image | None:
     try:
-        im = load_rgb(path, draft=SIDE).convert("L")
+        im = load_rgb(path, draft=SIDE, gray=True)
     except Exception:  # an unreadable file is the scan's finding; here it is simply no copy of anything
         return None
     s = SIDE / max(im.size)

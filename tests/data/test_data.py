@@ -202,6 +202,20 @@ def test_load_rgb_conversions(odd: Path) -> None:
     assert len(set(load_rgb(cat / "cmyk.jpg").getdata())) > 1
 
 
+def test_load_rgb_gray(odd: Path, hymenoptera: Path) -> None:
+    """``gray=True``: the same picture in grey, whatever the file's mode (a JPEG decoded to grey directly)."""
+    cat = odd / "train/cat"
+    for name in ("rotated.jpg", "palette.png", "rgba.png", "gray16.png", "cmyk.jpg", "gray.jpg"):
+        grey, rgb = load_rgb(cat / name, gray=True), load_rgb(cat / name)
+        assert grey.mode == "L" and grey.size == rgb.size, name
+        assert np.abs(np.asarray(grey, np.int16) - np.asarray(rgb.convert("L"), np.int16)).max() <= 3, name
+    photo = sorted((hymenoptera / "train/bees").glob("*.jpg"))[0]
+    grey, rgb = load_rgb(photo, draft=128, gray=True), load_rgb(photo, draft=128)
+    assert grey.size == rgb.size  # the same DCT scaling
+    # the decoder's own grey and Pillow's RGB -> L differ by rounding only
+    assert np.abs(np.asarray(grey, np.int16) - np.asarray(rgb.convert("L"), np.int16)).mean() < 1.5
+
+
 def test_load_rgb_alpha_composited_over_white(tmp_path: Path) -> None:
     arr = np.zeros((4, 4, 4), np.uint8)
     arr[..., 0] = 255
