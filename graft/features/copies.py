@@ -63,7 +63,7 @@ SURE_INLIERS, FEW_INLIERS_AGREEMENT = 15, 0.95
 #: Another shot of the same scene: this many inliers and this share of the patches agreeing (not a copy).
 SCENE_INLIERS, SCENE_AGREEMENT = 15, 0.2
 #: Inlier point pairs kept as evidence (for drawing the matches).
-KEPT_POINTS = 40
+KEPT_POINTS = 24
 
 COPY, SAME_SCENE, SIMILAR = "copy", "same_scene", "similar"
 _RANK = {SIMILAR: 0, SAME_SCENE: 1, COPY: 2}
