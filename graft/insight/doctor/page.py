@@ -84,22 +84,32 @@ def _fit(im: Image.Image) -> Image.Image:
     return im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), resample=2)  # bilinear
 
 
-def _pictures(f: Finding, root: Path) -> tuple[str, str]:
-    """A pair's matched points and its aligned overlay, as data URIs ("" where there is nothing to draw)."""
-    from graft.insight.doctor import pictures
+#: A picture as a data URI and its width in pixels ("", 0: nothing to draw).
+Picture = tuple[str, int]
+#: A pair's two pictures: the matched points, the overlay.
+Pictures = tuple[Picture, Picture]
+
+
+def _picture(im: Image.Image) -> Picture:
+    return _uri(im), im.width
+
+
+def _pictures(f: Finding, root: Path) -> Pictures:
+    """A pair's matched points and its aligned overlay."""
+    from graft.insight.doctor.pictures import aligned, matches
 
     a, b = (_load(root / file, PAIR_SIDE) for file in f.files)
     if a is None or b is None:
-        return "", ""
+        return ("", 0), ("", 0)
     a, b = _fit(a), _fit(b)
     ev = f.evidence
     mirrored = bool(ev.get("mirrored"))
-    drawn = _uri(pictures.matches(a, b, ev.get("points") or [], mirrored))
+    drawn = _picture(matches(a, b, ev.get("points") or [], mirrored))
     transform = ev.get("transform")
-    return drawn, _uri(pictures.aligned(a, b, transform, mirrored)) if transform else ""
+    return drawn, _picture(aligned(a, b, transform, mirrored)) if transform else ("", 0)
 
 
-def _render(paths: list[Path], pairs: list[Finding], root: Path) -> tuple[dict[Path, str], dict[int, tuple[str, str]]]:
+def _render(paths: list[Path], pairs: list[Finding], root: Path) -> tuple[dict[Path, str], dict[int, Pictures]]:
     """The shown files' thumbnails and the shown pairs' pictures (by ``id`` of the finding), a few at a time (PIL
     and OpenCV decode, scale, warp and encode outside the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -136,21 +146,22 @@ def _label(result: DoctorResult, file: str) -> str:
     return f"{facts.get('split', '')}/{facts.get('label', '')}" if facts else ""
 
 
-def _pair_card(f: Finding, result: DoctorResult, drawn: tuple[str, str]) -> str:
+def _pair_card(f: Finding, result: DoctorResult, drawn: Pictures) -> str:
     kind = str(f.evidence.get("kind", ""))
     matched, overlay = drawn
     mirrored = " (left one shown mirrored)" if f.evidence.get("mirrored") else ""
     figures = []
-    if matched:
+    if matched[0]:
         figures.append((matched, "matched points", f"matched points{mirrored}"))
-    if overlay:
+    if overlay[0]:
         figures.append((overlay, "aligned", "left laid over right: crisp = same photo, ghosts = another shot"))
-    pics = "".join(
-        f'<figure><img src="{src}" alt="{alt}"><figcaption>{html.escape(text)}</figcaption></figure>'
-        for src, alt, text in figures
+    pics = "".join(  # a figure as wide as its picture: the caption wraps under it
+        f'<figure style="width:{width}px"><img src="{src}" alt="{alt}"><figcaption>{html.escape(text)}</figcaption>'
+        "</figure>"
+        for (src, width), alt, text in figures
     )
     files = "<br>".join(
-        f"{side}: {html.escape(file)} ({html.escape(_label(result, file))})"
+        f"{side}: {html.escape(file)}" + (f" ({html.escape(label)})" if (label := _label(result, file)) else "")
         for side, file in zip(("left", "right"), f.files, strict=True)
     )
     return (
