@@ -113,6 +113,9 @@ def verify(ctx: Context, samples: list[Any], survey: sim.Survey, n_train: int) -
     n = np.int64(len(ctx.rel))
     key = np.minimum(pairs.a, pairs.b) * n + np.maximum(pairs.a, pairs.b)
     pairs = pairs.where(np.sort(np.unique(key, return_index=True)[1]))
+    split = np.array([s == "val" for s in ctx.split])
+    flip = ~split[pairs.a] & split[pairs.b]  # a leak lists its val image first: the transform maps it onto train
+    pairs.a[flip], pairs.b[flip] = pairs.b[flip], pairs.a[flip]
     pixels = [m["pixels"] for m in ctx.measures]
     identical = np.array([pixels[a] == pixels[b] for a, b in zip(pairs.a, pairs.b, strict=True)], bool)
     look = np.nonzero(~identical)[0]
