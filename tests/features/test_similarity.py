@@ -28,6 +28,17 @@ def test_leaks_are_proposed_from_both_sides() -> None:
     assert list(found.sims) == sorted(found.sims, reverse=True)
 
 
+def test_a_nearest_neighbour_that_stands_out_is_proposed_lower() -> None:
+    """From CANDIDATE up always; below it, down to STANDOUT_FLOOR, when it is STANDOUT_MARGIN above the next."""
+    top = np.array([[0.55, 0.54], [0.4, 0.2], [0.4, 0.3], [0.25, -0.5], [0.5, -2.0]], np.float32)
+    index = np.array([[1, 2], [0, 2], [0, 1], [0, 1], [0, 1]])
+    pairs = sim.near_pairs(sim.Neighbours(top, index))
+    assert sorted(zip(pairs.a.tolist(), pairs.b.tolist(), strict=True)) == [(0, 1), (0, 4)]
+    top = np.array([[0.4, 0.2], [0.4, 0.3], [0.2, 0.1]], np.float32)
+    stands_out = sim.near_pairs(sim.Neighbours(top, np.array([[2, 1], [2, 0], [0, 1]])))
+    assert list(zip(stands_out.a, stands_out.b, strict=True)) == [(0, 2)]  # 0.2 above the next, not 0.1
+
+
 def test_one_closest_hash_match_per_image() -> None:
     """Ten copies of one photo match each other's hashes (45 pairs); each image proposes its closest only."""
     rng = np.random.default_rng(0)
@@ -39,6 +50,7 @@ def test_one_closest_hash_match_per_image() -> None:
     hashes = sim.Hashes.of(codes, codes)
     found = sim.search(x, x, 3, same=True, hashes=(hashes, hashes))
     assert len(found.matches.query) == 90  # both ways, every pair of the ten (2 bits apart), nothing else
-    pairs = sim.near_pairs(found, threshold=2.0)  # the hash proposals alone
+    no_neighbours = sim.Neighbours(np.full_like(found.sims, -2.0), found.index, found.matches)
+    pairs = sim.near_pairs(no_neighbours)  # the hash proposals alone
     assert len(pairs) <= 10 and set(pairs.a) | set(pairs.b) == set(range(10))
     assert (pairs.bits == 2).all() and (pairs.a < pairs.b).all()
