@@ -8,14 +8,15 @@ hymenoptera_data, trashnet_half and flowers5 copied into train (same class), eac
 cast, a turn of 2-10 degrees) half the time and by two in turn otherwise. A *reported copy* is the pair (files[0],
 files[1], unordered) of a ``leakage`` or a ``near_duplicate`` finding; exact duplicates are another kind and not
 counted. Recall: planted pairs reported / planted. Precision: true reported pairs / reported pairs, where a pair is
-true when it was planted, when it is a planted copy with a file that the doctor reports as a copy of that copy's
-original (both are copies of one photo through the planting), or when it is in :data:`KNOWN_COPIES` (pairs already
-in the shipped set that a person judged one photograph). Every miss is printed with its edit, feature similarity,
-hash distance and what the copy check made of it (its proposal's verdict, or, when it was not proposed, the
-verdict of the pair checked alone); every reported pair that was not planted is printed and drawn on a contact
-sheet (``--sheets``, default benchmarks/out/) for a person to judge. The shipped flowers5: its counts, its
-leakage pairs (printed, and drawn on a sheet) and whether ``graft train`` warns of near-copies; the shipped
-hymenoptera: the doctor's exit status (0: nothing serious) and counts.
+true when it was planted, when it is a planted copy with another file that the reported pairs connect to both that
+copy and its original (one photo's copies through the planting: the doctor lists a group of copies as each copy
+with its closest, not every pair), or when it is in :data:`KNOWN_COPIES` (pairs already in the shipped set that a
+person judged one photograph; a pair of an original and a shipped file stays unjudged until then). Every miss
+is printed with its edit, feature similarity, hash distance and what the copy check made of it (its proposal's
+verdict, or, when it was not proposed, the verdict of the pair checked alone); every reported pair that was not
+planted is printed and drawn on a contact sheet (``--sheets``, default benchmarks/out/) for a person to judge.
+The shipped flowers5: its counts, its leakage pairs (printed, and drawn on a sheet) and whether ``graft train``
+warns of near-copies; the shipped hymenoptera: the doctor's exit status (0: nothing serious) and counts.
 
 Label noise: 10% of the train labels moved to another class (hymenoptera, trashnet_half); precision at N and
 AUROC of the label score. Times are whole `graft doctor` processes on hymenoptera and on sets of hymenoptera's
@@ -149,6 +150,7 @@ def planted_copies(name: str, tmp: Path, sheets: Path) -> dict[str, Any]:
     with _seen_by_verify() as seen:
         result = doctor(data, out=tmp / f"leak-{name}-out", html=False)
     reported = _reported(result)
+    groups = _groups(set(reported))
     want = {frozenset((v, t)): kind for v, t, kind in planted}
     original = {t: v for v, t, _ in planted}
     known = {frozenset((a, b)): what for a, b, what in KNOWN_COPIES.get(name, [])}
@@ -158,13 +160,11 @@ def planted_copies(name: str, tmp: Path, sheets: Path) -> dict[str, Any]:
             return "planted"
         if pair in known:
             return f"known: {known[pair]}"
-        for f in pair:
-            other = next(iter(pair - {f}))
-            if f in original and frozenset((original[f], other)) in reported:
+        for f in pair:  # a planted copy and a file the doctor groups with it and its original
+            if f in original and all(groups.get(x, -1) == groups.get(f) for x in (*pair, original[f])):
                 return f"through the planting: {f} is a copy of {original[f]}"
         return ""
 
-    groups = _groups(set(reported))
     misses = [_miss(seen, groups, v, t, kind) for v, t, kind in planted if frozenset((v, t)) not in reported]
     others = []
     for pair, f in reported.items():
