@@ -1,14 +1,30 @@
-"""graft doctor: planted leakage, planted label noise, exact duplicates, time at 1k/4k/16k, train's warning.
+"""graft doctor: planted copies, the shipped sets, planted label noise, exact duplicates, time at 1k/4k/16k.
 
-    python -m benchmarks.bench_doctor [--sizes 1000,4000,16000] [--record]
+    python -m benchmarks.bench_doctor [--sizes 1000,4000,16000] [--record] [--sheets DIR]
 
-Every planted set is built in a temporary folder (tests/planted.py): copies of 10% of hymenoptera's val images put
-into train, each edited by one random transform (mirror, re-crop keeping 60-90% of the area, resize to 40-80%,
-JPEG quality 30-60, brightness x0.7-0.85 or x1.15-1.3); 10% of the train labels moved to another class
-(hymenoptera, trashnet_half). Times are whole `graft doctor` processes: cold (empty cache: the scan decodes and
-the backbone runs) and warm (the same command again), beside the start-up: a process importing what the doctor
-needs (`python -c "import torch, graft.insight.doctor.run"`; `graft doctor --help` imports no torch). The 1-minute
-load average before each size is printed and recorded: on a shared 2-core machine the figures mean little above ~1.
+Planted copies (tests/planted.py, each set built in a temporary folder): 10% of the val images of
+hymenoptera_data, trashnet_half and flowers5 copied into train (same class), each edited by one random edit
+(mirror, crop to 40-90% of the area, resize x0.3-0.8 or x1.25-2, JPEG quality 20-60, brightness or a colour
+cast, a turn of 2-10 degrees) half the time and by two in turn otherwise. A *reported copy* is the pair (files[0],
+files[1], unordered) of a ``leakage`` or a ``near_duplicate`` finding; exact duplicates are another kind and not
+counted. Recall: planted pairs reported / planted. Precision: true reported pairs / reported pairs, where a pair is
+true when it was planted, when it is a planted copy with another file that the reported pairs connect to both that
+copy and its original (one photo's copies through the planting: the doctor lists a group of copies as each copy
+with its closest, not every pair), or when it is in :data:`KNOWN_COPIES` (pairs already in the shipped set that a
+person judged one photograph; a pair of an original and a shipped file stays unjudged until then). Every miss
+is printed with its edit, feature similarity, hash distance and what the copy check made of it (its proposal's
+verdict, or, when it was not proposed, the verdict of the pair checked alone); every reported pair that was not
+planted is printed and drawn on a contact sheet (``--sheets``, default benchmarks/out/) for a person to judge.
+The shipped flowers5: its counts, its leakage pairs (printed, and drawn on a sheet) and whether ``graft train``
+warns of near-copies; the shipped hymenoptera: the doctor's exit status (0: nothing serious) and counts.
+
+Label noise: 10% of the train labels moved to another class (hymenoptera, trashnet_half); precision at N and
+AUROC of the label score. Times are whole `graft doctor` processes on hymenoptera and on sets of hymenoptera's
+images plus copies edited as above: cold (empty cache: the scan decodes and the backbone runs) and warm (the same
+command again), beside the start-up: a process importing what the doctor needs (`python -c "import torch,
+graft.insight.doctor.run"`; `graft doctor --help` imports no torch); the copy check (doctor.json's ``verify`` step)
+per 1,000 images and per proposed pair. The 1-minute load average before each size is printed and recorded: on a
+shared 2-core machine the figures mean little above ~1.
 """
 
 from __future__ import annotations
@@ -21,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +48,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from planted import TRANSFORMS, edited_copy, flip_labels, images, plant_leakage  # noqa: E402
+from planted import edited_copy, flip_labels, images, pick_transform, plant_leakage  # noqa: E402
+
+from benchmarks.doctor_tables import PLANTED_SETS, copies_text, flowers_text, headline, table  # noqa: E402
+from benchmarks.sheets import contact_sheets  # noqa: E402
+
+#: Pairs already in a shipped set that a person looked at and judged the same photograph (a reported one counts as
+#: a true copy): dataset -> (file, file, what it is), paths relative to the dataset's root.
+KNOWN_COPIES: dict[str, list[tuple[str, str, str]]] = {"hymenoptera_data": [], "trashnet_half": [], "flowers5": []}
+COPY_KINDS = ("leakage", "near_duplicate")
+SHEETS = ROOT / "benchmarks" / "out"
 
 
 def _graft(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -39,25 +66,184 @@ def _graft(args: list[str], env: dict[str, str]) -> tuple[float, subprocess.Comp
     return time.perf_counter() - start, out
 
 
-def leakage(tmp: Path) -> dict[str, Any]:
+@contextmanager
+def _seen_by_verify() -> Iterator[dict[str, Any]]:
+    """What the doctor's copy check was given and made (context, survey, proposals), kept while in the block."""
+    from graft.insight.doctor import checks
+
+    seen: dict[str, Any] = {}
+    real = checks.verify
+
+    def spy(ctx: Any, samples: list[Any], survey: Any, n_train: int) -> Any:
+        seen.update(ctx=ctx, samples=samples, survey=survey, proposals=real(ctx, samples, survey, n_train))
+        return seen["proposals"]
+
+    checks.verify = spy
+    try:
+        yield seen
+    finally:
+        checks.verify = real
+
+
+def _reported(result: Any) -> dict[frozenset[str], Any]:
+    """Each reported copy pair (unordered) with its first finding (leakage before near_duplicate)."""
+    out: dict[frozenset[str], Any] = {}
+    for kind in COPY_KINDS:
+        for f in result.of(kind):
+            out.setdefault(frozenset(f.files[:2]), f)
+    return out
+
+
+def _bits(m: list[dict[str, Any]], a: int, b: int) -> int:
+    ha, hb = int(m[a]["phash"], 16), int(m[b]["phash"], 16)
+    return min((ha ^ hb).bit_count(), (int(m[a]["phash_flip"], 16) ^ hb).bit_count())
+
+
+def _miss(seen: dict[str, Any], groups: dict[str, int], v: str, t: str, kind: str) -> dict[str, Any]:
+    """A planted pair the doctor did not report as a copy: its edit, similarity, hash bits and verdict."""
+    from graft.features import copies
+
+    ctx, survey, proposals = seen["ctx"], seen["survey"], seen["proposals"]
+    index = {r: i for i, r in enumerate(ctx.rel)}
+    a, b = index[v], index[t]
+    out = {
+        "files": [v, t],
+        "transform": kind,
+        "similarity": round(float(survey.x[a] @ survey.x[b]), 4),
+        "hash_bits": _bits(ctx.measures, a, b),
+        "same_reported_group": v in groups and groups.get(v) == groups.get(t),
+    }
+    match = np.nonzero(
+        ((proposals.pairs.a == a) & (proposals.pairs.b == b)) | ((proposals.pairs.a == b) & (proposals.pairs.b == a))
+    )[0]
+    if len(match):
+        verdict = proposals.verdicts[int(match[0])]
+        out["proposed"], out["verdict"] = True, verdict.evidence() if verdict else {"kind": "identical"}
+    else:
+        verdict = copies.verify([s.path for s in seen["samples"]], [(a, b)])[0]
+        out["proposed"], out["verdict"] = False, verdict.evidence()
+    for k in ("points", "transform"):
+        out["verdict"].pop(k, None)
+    return out
+
+
+def _groups(pairs: set[frozenset[str]]) -> dict[str, int]:
+    """File -> a label of its connected component under ``pairs``."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for a, b in (tuple(p) for p in pairs):
+        parent[root(a)] = root(b)
+    names = {r: i for i, r in enumerate(sorted({root(x) for x in list(parent)}))}
+    return {x: names[root(x)] for x in parent}
+
+
+def planted_copies(name: str, tmp: Path, sheets: Path) -> dict[str, Any]:
     from graft.insight.doctor import doctor
 
-    data = tmp / "leak"
-    planted = plant_leakage(SHARED / "hymenoptera_data", data, 0.10, seed=0)
-    result = doctor(data, out=tmp / "leak-out", html=False)
-    want = {(v, t) for v, t, _ in planted}
-    got = {(f.files[0], f.files[1]) for f in result.of("leakage")}
-    sims = {(f.files[0], f.files[1]): f.evidence for f in result.of("leakage")}
-    per_kind = {
-        k: [sims[(v, t)]["similarity"] for v, t, kk in planted if kk == k and (v, t) in sims] for k in TRANSFORMS
-    }
+    data = tmp / f"leak-{name}"
+    planted = plant_leakage(SHARED / name, data, 0.10, seed=0)
+    with _seen_by_verify() as seen:
+        result = doctor(data, out=tmp / f"leak-{name}-out", html=False)
+    reported = _reported(result)
+    groups = _groups(set(reported))
+    want = {frozenset((v, t)): kind for v, t, kind in planted}
+    original = {t: v for v, t, _ in planted}
+    known = {frozenset((a, b)): what for a, b, what in KNOWN_COPIES.get(name, [])}
+
+    def why_true(pair: frozenset[str]) -> str:
+        if pair in want:
+            return "planted"
+        if pair in known:
+            return f"known: {known[pair]}"
+        for f in pair:  # a planted copy and a file the doctor groups with it and its original
+            if f in original and all(groups.get(x, -1) == groups.get(f) for x in (*pair, original[f])):
+                return f"through the planting: {f} is a copy of {original[f]}"
+        return ""
+
+    misses = [_miss(seen, groups, v, t, kind) for v, t, kind in planted if frozenset((v, t)) not in reported]
+    others = []
+    for pair, f in reported.items():
+        if pair not in want:
+            e = f.evidence
+            others.append(
+                {
+                    "files": f.files[:2],
+                    "finding": f.kind,
+                    "similarity": e.get("similarity"),
+                    "verdict": e.get("kind"),
+                    "inliers": e.get("inliers"),
+                    "agreement": e.get("agreement"),
+                    "classes": e.get("classes"),
+                    "true": why_true(pair),
+                }
+            )
+    true = sum(bool(why_true(p)) for p in reported)
+    caption = "{finding} sim {similarity} {verdict} inliers {inliers} agreement {agreement} {classes}\n{true}"
+    drawn = contact_sheets(
+        [
+            (data / o["files"][0], data / o["files"][1], f"{o['files'][0]}  |  {o['files'][1]}\n" + caption.format(**o))
+            for o in others
+        ],
+        sheets / f"planted-{name}.png",
+    )
     return {
         "planted": len(want),
-        "flagged": len(got),
-        "recall": len(want & got) / len(want),
-        "precision": len(want & got) / max(1, len(got)),
-        "lowest_similarity_per_transform": {k: min(v) if v else None for k, v in per_kind.items()},
+        "reported": len(reported),
+        "found": len(want.keys() & reported.keys()),
+        "recall": len(want.keys() & reported.keys()) / len(want),
+        "precision": true / max(1, len(reported)),
+        "proposed_pairs": result.summary.get("proposed_pairs"),
+        "misses": misses,
+        "not_planted": others,
+        "sheets": [str(p) for p in drawn],
     }
+
+
+def flowers_shipped(tmp: Path, sheets: Path) -> dict[str, Any]:
+    """The shipped flowers5: counts of the copy kinds, every leakage pair, and whether training warns."""
+    from graft.insight.doctor import doctor
+
+    data = SHARED / "flowers5"
+    result = doctor(data, out=tmp / "flowers5-out", html=False)
+    leaks = [
+        {
+            "files": f.files[:2],
+            "similarity": f.evidence.get("similarity"),
+            "verdict": f.evidence.get("kind"),
+            "inliers": f.evidence.get("inliers"),
+            "agreement": f.evidence.get("agreement"),
+        }
+        for f in result.of("leakage")
+    ]
+    caption = "sim {similarity} {verdict} inliers {inliers} agreement {agreement}"
+    drawn = contact_sheets(
+        [
+            (data / x["files"][0], data / x["files"][1], "  |  ".join(x["files"]) + "\n" + caption.format(**x))
+            for x in leaks
+        ],
+        sheets / "shipped-flowers5-leakage.png",
+    )
+    env = dict(os.environ, GRAFT_NO_PROGRESS="1")
+    _, out = _graft(["train", str(data), "--epochs", "1", "--out", str(tmp / "runs"), "--name", "flowers5"], env)
+    return {
+        "counts": {k: result.count(k) for k in ("leakage", "near_duplicate", "same_scene")},
+        "leakage": leaks,
+        "train_warns": "have a near-copy in train" in out.stdout,
+        "train_status": out.returncode,
+        "sheets": [str(p) for p in drawn],
+    }
+
+
+def hymenoptera_shipped(tmp: Path) -> dict[str, Any]:
+    from graft.insight.doctor import doctor
+
+    result = doctor(SHARED / "hymenoptera_data", out=tmp / "hymenoptera-out", html=False)
+    return {"exit_status": result.exit_code, "counts": result.summary["found"]}
 
 
 def label_noise(name: str, tmp: Path, seed: int = 0) -> dict[str, Any]:
@@ -130,7 +316,7 @@ def exact_planted(tmp: Path) -> dict[str, Any]:
 
 
 def build(n: int, dst: Path, seed: int = 0) -> None:
-    """``n`` images in a train/val layout: hymenoptera's images, then edited copies of them."""
+    """``n`` images in a train/val layout: hymenoptera's images, then copies of them edited as planted copies are."""
     src = images(SHARED / "hymenoptera_data")
     src = [p for p in src if p.suffix.lower() in (".jpg", ".jpeg")]
     rng = random.Random(seed)
@@ -142,7 +328,7 @@ def build(n: int, dst: Path, seed: int = 0) -> None:
             t.parent.mkdir(parents=True, exist_ok=True)
             t.write_bytes(f.read_bytes())
         else:
-            edited_copy(f, t, rng.choice(list(TRANSFORMS)), rng)
+            edited_copy(f, t, pick_transform(rng), rng)
 
 
 def startup(env: dict[str, str]) -> float:
@@ -181,14 +367,16 @@ def timing(n: int, tmp: Path) -> dict[str, Any]:
         "warm_s": round(warm, 2),
         "warm_similarity_s": report["timings"]["similarity"],
         "warm_timings": report["timings"],
+        "warm_verify_s": report["timings"].get("verify"),
+        "proposed_pairs": report["summary"].get("proposed_pairs"),
         "findings": report["summary"]["found"],
     }
 
 
 def train_warning(tmp: Path) -> dict[str, bool]:
-    env = dict(os.environ, GRAFT_CACHE_DIR=str(tmp / "cache-train"), GRAFT_NO_PROGRESS="1")
+    env = dict(os.environ, GRAFT_NO_PROGRESS="1")
     said = {}
-    for name, data in (("planted", tmp / "leak"), ("hymenoptera", SHARED / "hymenoptera_data")):
+    for name, data in (("planted", tmp / "leak-hymenoptera_data"), ("hymenoptera", SHARED / "hymenoptera_data")):
         _, out = _graft(["train", str(data), "--epochs", "1", "--out", str(tmp / "runs"), "--name", name], env)
         said[name] = "have a near-copy in train" in out.stdout
     return said
@@ -198,13 +386,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,4000,16000")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--sheets", type=Path, default=SHEETS, help="folder for the contact sheets (PNG)")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="graft-doctor-bench-") as name:
         tmp = Path(name)
         os.environ["GRAFT_CACHE_DIR"] = str(tmp / "cache")
-        figures["leakage"] = leakage(tmp)
-        print(figures["leakage"], flush=True)
+        for data in PLANTED_SETS:
+            figures[f"copies_{data}"] = planted_copies(data, tmp, args.sheets)
+            print(copies_text(data, figures[f"copies_{data}"]), flush=True)
+        figures["flowers5"] = flowers_shipped(tmp, args.sheets)
+        print(flowers_text(figures["flowers5"]), flush=True)
+        figures["hymenoptera"] = hymenoptera_shipped(tmp)
+        print("hymenoptera_data as shipped:", figures["hymenoptera"], flush=True)
         for data in ("hymenoptera_data", "trashnet_half"):
             figures[f"labels_{data}"] = label_noise(data, tmp)
             print(data, figures[f"labels_{data}"], flush=True)
@@ -217,82 +411,13 @@ def main() -> int:
         for n in [397, *map(int, args.sizes.split(","))]:
             figures["timing"].append(timing(n, tmp))
             print(figures["timing"][-1], flush=True)
-    table = _table(figures)
-    print(table)
+    text = table(figures)
+    print(text)
     if args.record:
         from benchmarks.results import record
 
-        lk, ht = figures["leakage"], figures["timing"][0]
-        headline = (
-            f"planted leakage recall {lk['recall']:.2f} / precision {lk['precision']:.2f}; label noise precision "
-            f"{figures['labels_hymenoptera_data']['precision_at_n']:.2f} (hymenoptera), "
-            f"{figures['labels_trashnet_half']['precision_at_n']:.2f} (trashnet_half); hymenoptera warm "
-            f"{ht['warm_s']:.1f} s (start-up {ht['startup_s']:.1f} s: {ht['warm_s'] - ht['startup_s']:.1f} s beyond), "
-            f"cold {ht['cold_s'] - ht['cold_features_s'] - ht['startup_s']:.1f} s beyond the features; load "
-            f"{max(r['load'] for r in figures['timing']):.1f} at most"
-        )
-        record("graft doctor (mobilenet_v2, CPU)", table, {"graft doctor (bench_doctor)": headline})
+        record("graft doctor (mobilenet_v2, CPU)", text, {"graft doctor (bench_doctor)": headline(figures)})
     return 0
-
-
-def _table(f: dict[str, Any]) -> str:
-    lk = f["leakage"]
-    lines = [
-        "| check | figure |",
-        "| --- | --- |",
-        f"| planted leakage (15 val copies in train) | recall {lk['recall']:.3f}, precision {lk['precision']:.3f} |",
-        f"| lowest similarity per transform | {lk['lowest_similarity_per_transform']} |",
-    ]
-    for name in ("hymenoptera_data", "trashnet_half"):
-        r = f[f"labels_{name}"]
-        lines.append(
-            f"| label noise 10% {name} ({r['flipped']} flipped of {r['images']}) | precision at N "
-            f"{r['precision_at_n']:.3f}, AUROC {r['auroc']:.4f} |"
-        )
-    ep, et = f["exact_planted"], f["exact_trashnet"]
-    lines.append(f"| exact duplicates planted | {ep['found']} of {ep['planted']} found, {ep['invented']} invented |")
-    lines.append(
-        f"| trashnet_half known identical cross-class files | {et['found']} of 3 found, {et['invented']} invented, "
-        f"{et['conflicts']} label conflicts |"
-    )
-    lines.append(
-        f"| graft train warns | planted leak: {f['train_warning']['planted']}, hymenoptera: "
-        f"{f['train_warning']['hymenoptera']} |"
-    )
-    lines += [
-        "",
-        'Start-up: `python -c "import torch, graft.insight.doctor.run"` (best of 3). Cold beyond = cold - start-up '
-        "- features, and - scan too (the scan's validating decode feeds the feature pass). Warm beyond = warm - "
-        "start-up, also without the similarity product (all pairs: quadratic; its share: of the steps doctor.json "
-        "times) and per image.",
-        "",
-        "| images | load (1 min) | start-up s | cold s | features s | scan s | cold beyond features s | cold beyond "
-        "scan + features s | warm s | warm beyond start-up s | similarity s (share) | warm beyond start-up and "
-        "similarity, ms per image |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in f["timing"]:
-        beyond = r["cold_s"] - r["cold_features_s"] - r["startup_s"]
-        warm = r["warm_s"] - r["startup_s"]
-        share = r["warm_similarity_s"] / sum(r["warm_timings"].values())  # of the doctor's own steps
-        lines.append(
-            f"| {r['images']} | {r['load']} | {r['startup_s']} | {r['cold_s']} | {r['cold_features_s']} | "
-            f"{r['cold_scan_s']} | {beyond:.2f} | {beyond - r['cold_scan_s']:.2f} | {r['warm_s']} | {warm:.2f} | "
-            f"{r['warm_similarity_s']} ({share:.0%}) | {1000 * (warm - r['warm_similarity_s']) / r['images']:.2f} |"
-        )
-    steps = list(f["timing"][0]["warm_timings"])
-    lines += [
-        "",
-        "Warm steps (s, doctor.json's timings): " + ", ".join(steps),
-        "",
-        "| images | " + " | ".join(steps) + " |",
-        "| ---: | " + " | ".join("---:" for _ in steps) + " |",
-        *(
-            f"| {r['images']} | " + " | ".join(str(r["warm_timings"].get(k, "")) for k in steps) + " |"
-            for r in f["timing"]
-        ),
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ def run_doctor(cfg: DoctorConfig, *, log: Callable[[str], None] = print) -> Doct
         "counts": ds.report.counts,
         "arch": cfg.arch,
         "found": {k: sum(f.kind == k for f in findings) for k in dict.fromkeys(f.kind for f in findings)},
+        "proposed_pairs": len(proposals.pairs),
         "thresholds": checks.thresholds(),
         "advice": advice,
     }
