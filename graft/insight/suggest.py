@@ -1,0 +1,95 @@
+"""Which unlabelled images are worth labelling next: the ranking behind ``graft suggest`` and the app's Label page.
+
+A pool image helps most when the model is unsure of it (labelling what it already knows teaches it little) and
+when it is unlike what is labelled and what else is picked (50 near-copies of one unsure image teach what one
+does). :func:`rank` orders a pool from the run's probabilities and the images' features:
+
+- ``margin``: smallest gap between the two most probable classes first;
+- ``entropy``: highest entropy of the probabilities first;
+- ``diverse``: among the most uncertain (by margin, :data:`POOL_FACTOR` times the batch), k-center greedy in
+  feature space: each pick is the candidate farthest (cosine) from everything labelled or picked so far; then
+  the rest by margin;
+- ``random``: a seeded permutation (the baseline);
+- ``auto``: the strategy :data:`AUTO` names, chosen by ``benchmarks/bench_active.py`` (NOTES.md, "Suggest").
+
+Imports numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STRATEGIES = ("auto", "margin", "entropy", "diverse", "random")
+#: What ``auto`` means (set from benchmarks/bench_active.py's figures).
+AUTO = "diverse"
+#: ``diverse`` picks each batch among this many times its size of the most uncertain images.
+POOL_FACTOR = 5
+
+
+def margins(probs: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability per row (0: a tie, the most uncertain); 1 for a single class."""
+    if probs.shape[1] < 2:
+        return np.ones(len(probs))
+    top = np.sort(probs, axis=1)[:, -2:]
+    return top[:, 1] - top[:, 0]
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(1)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(0) if len(x) > 1 else x
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _k_center(candidates: np.ndarray, feats: np.ndarray, labelled: np.ndarray | None, k: int) -> list[int]:
+    """``k`` of ``candidates`` (row indices of ``feats``), each the farthest from the labelled rows and the picks
+    so far (greedy k-center on cosine distance); the first, when nothing is labelled, the most uncertain."""
+    x = feats[candidates]
+    nearest = np.full(len(candidates), np.inf)
+    if labelled is not None and len(labelled):
+        nearest = 1 - (x @ labelled.T).max(1)
+    picked: list[int] = []
+    for _ in range(min(k, len(candidates))):
+        i = int(np.argmax(nearest)) if np.isfinite(nearest).any() else 0
+        picked.append(i)
+        nearest = np.minimum(nearest, 1 - x @ x[i])
+        nearest[picked] = -np.inf
+    return [int(candidates[i]) for i in picked]
+
+
+def rank(
+    probs: np.ndarray,
+    feats: np.ndarray | None = None,
+    *,
+    strategy: str = "auto",
+    n: int = 50,
+    labelled: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Indices of the pool's rows, most worth labelling first (every row once).
+
+    ``probs``: the run's class probabilities of each pool image; ``feats``: their features (``diverse`` only);
+    ``labelled``: features of the labelled images (``diverse``: picks keep away from them too); ``n``: the batch
+    that ``diverse`` spreads out (the order past it is by margin)."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    strategy = AUTO if strategy == "auto" else strategy
+    rows = len(probs)
+    if strategy == "random":
+        return np.random.default_rng(seed).permutation(rows)
+    if strategy == "entropy":
+        return np.argsort(-entropy(probs), kind="stable")
+    by_margin = np.argsort(margins(probs), kind="stable")
+    if strategy == "margin" or feats is None or rows == 0:
+        return by_margin
+    both = _unit(np.concatenate([feats, labelled]) if labelled is not None and len(labelled) else feats)
+    pool, known = both[:rows], both[rows:]
+    candidates = by_margin[: max(n, POOL_FACTOR * n)]
+    first = _k_center(candidates, pool, known, n)
+    taken = np.zeros(rows, bool)
+    taken[first] = True
+    return np.concatenate([np.array(first, np.int64), by_margin[~taken[by_margin]]])
