@@ -22,6 +22,7 @@ POSITIONAL = {
     "check": ["DATA"],
     "show-batch": ["DATA"],
     "doctor": ["DATA"],
+    "suggest": ["RUN", "POOL"],
     "predict": ["RUN", "IMG"],
     "evaluate": ["RUN"],
     "export": ["RUN"],
