@@ -252,11 +252,10 @@ def near_pairs(found: Neighbours) -> Pairs:
 def _cross(
     val_sims: np.ndarray, val_index: np.ndarray, train_sims: np.ndarray, train_index: np.ndarray, m: Matches
 ) -> Pairs:
-    # *_sims: each row's two highest similarities on the other side; *_index: the highest's column
     """Proposed leaks, ``(a = val row, b = train row)``: each val row's nearest train row and each train row's
     nearest val row when :func:`_proposed`, and the closest hash match ``m`` (query = val, base = train) of
     each val row and each train row; each pair once (with its hash evidence when it has some), most similar
-    first."""
+    first. ``*_sims``: each row's two highest similarities on the other side; ``*_index``: the highest's column."""
     m = _best_matches(m, m.query, m.base)
     v = np.nonzero(_proposed(val_sims))[0]
     t = np.nonzero(_proposed(train_sims))[0]
