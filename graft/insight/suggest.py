@@ -12,14 +12,16 @@ does). :func:`rank` orders a pool from the run's probabilities and the images' f
 - ``random``: a seeded permutation (the baseline);
 - ``auto``: the strategy :data:`AUTO` names, chosen by ``benchmarks/bench_active.py`` (NOTES.md, "Suggest").
 
-Imports numpy only.
+Imports numpy and the command's config (where the strategy names are declared).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-STRATEGIES = ("auto", "margin", "entropy", "diverse", "random")
+from graft.core.config.insight import STRATEGY_NAMES
+
+STRATEGIES = STRATEGY_NAMES
 #: What ``auto`` means: the fewest labels to 95% of the full train set's frozen accuracy on trashnet_half in
 #: benchmarks/bench_active.py (3 seeds: margin 0.70x random's labels, diverse 0.80x, entropy 0.82x; on 6 seeds
 #: 0.72x / 0.78x / 0.89x). hymenoptera reaches the target from 4-44 labels whatever the order: it ranks nothing.

@@ -27,7 +27,13 @@ def _pool(rows: int = 50, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, 
 
 
 def test_strategy_names_match() -> None:
+    """The config's names are the ones rank knows: each ranks, and any other name is refused."""
     assert STRATEGY_NAMES == STRATEGIES
+    probs, feats = _pool()
+    for name in STRATEGY_NAMES:
+        assert len(rank(probs, feats, strategy=name, n=5)) == len(probs)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        rank(probs, feats, strategy="confidence")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from graft.core.config.data import BATCH_SIZE, DATA, DATA_AS_TRAIN_HELP, SEED, TABLE, VAL_SPLIT
 from graft.core.config.fields import (
@@ -126,9 +126,9 @@ class DoctorConfig:
         self.exclude_list = optional_path(self.exclude_list)
 
 
-#: ``graft suggest --strategy`` (the names of :data:`graft.insight.suggest.STRATEGIES`)
+#: ``graft suggest --strategy``: the orders :func:`graft.insight.suggest.rank` knows
 Strategy = Literal["auto", "margin", "entropy", "diverse", "random"]
-STRATEGY_NAMES = ("auto", "margin", "entropy", "diverse", "random")
+STRATEGY_NAMES: tuple[str, ...] = get_args(Strategy)
 
 
 @dataclass(kw_only=True)

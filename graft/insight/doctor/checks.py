@@ -142,8 +142,7 @@ def _pair_evidence(ctx: Context, p: sim.Pair, verdict: copies.Verdict | None) ->
 def near_duplicates(ctx: Context, found: Proposals) -> list[Finding]:
     """Groups of copies (connected by verified pairs; exact duplicates are their own finding); per group, each copy
     to drop with its closest match in the group: a group of m copies lists m - 1 pairs or fewer."""
-    pixels = [m["pixels"] for m in ctx.measures]
-    keep = [i for i in found.of_kind(copies.COPY) if found.verdicts[i] is not None]
+    keep = [i for i in found.of_kind(copies.COPY) if found.verdicts[i] is not None]  # not identical pixels
     near = found.pairs.where(np.array(keep, np.int64))
     verdicts = [found.verdicts[i] for i in keep]
     label = _components(len(ctx.rel), near.a, near.b)
@@ -161,8 +160,6 @@ def near_duplicates(ctx: Context, found: Proposals) -> list[Finding]:
         kept, drop = _keep_drop(ctx, group)
         for j in sorted({closest[i] for i in drop}):
             p = near.pair(j)
-            if pixels[p.a] == pixels[p.b]:
-                continue
             evidence = {
                 **_pair_evidence(ctx, p, verdicts[j]),
                 "group": len(group),
