@@ -67,7 +67,7 @@ def test_training_job_streams_and_records_its_run(trained: tuple[Any, Any], proj
     with open(folder / "work" / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(store.labelled())
-    assert (Path(row.dir) / "app-labels.csv").read_text() == (folder / "work" / "labels.csv").read_text()
+    assert (Path(row.dir) / "app-labels.csv").read_bytes() == (folder / "work" / "labels.csv").read_bytes()
 
 
 def test_run_loads_in_graft_predict(run_dir: Path, hymenoptera: Path) -> None:
@@ -128,8 +128,8 @@ def test_export_zip_holds_the_files(run_dir: Path, project: tuple[Any, Path]) ->
     names = set(zipfile.ZipFile(path).namelist())
     expected = ["model.onnx", "model.onnx.json", "predict.py", "requirements.txt", "MODEL_CARD.md", "labels.csv"]
     assert {f"{run_dir.name}/{n}" for n in [*expected, "README.txt"]} <= names
-    labels = zipfile.ZipFile(path).read(f"{run_dir.name}/labels.csv").decode()
-    assert labels == (run_dir / "app-labels.csv").read_text()
+    labels = zipfile.ZipFile(path).read(f"{run_dir.name}/labels.csv")
+    assert labels == (run_dir / "app-labels.csv").read_bytes()  # the labels the run was trained on
     stamp = path.stat().st_mtime
     assert export_zip(store, run_dir, int8=False) == path and path.stat().st_mtime == stamp  # kept
 
