@@ -88,6 +88,9 @@ class Trainer:
         self._cancelled = False
         self._thread: threading.Thread | None = None
         self.lines: deque[str] = deque(maxlen=LOG_LINES)
+        for row in store.runs():  # a job of an earlier app that ended with it: nothing will ever finish it
+            if row.status == "running":
+                store.update_run(row.name, status="interrupted")
 
     @property
     def runs_dir(self) -> Path:
@@ -154,6 +157,11 @@ class Trainer:
         except subprocess.TimeoutExpired:
             proc.kill()
         return True
+
+    def close(self) -> None:
+        """At the app's end: stop a running job (its run is recorded as cancelled)."""
+        if self.cancel() and self._thread is not None:
+            self._thread.join(30)
 
     def wait(self, timeout: float | None = None) -> str | None:
         """Wait for the job's end; its final status."""

@@ -98,6 +98,8 @@ def test_results_cover_the_val_split(run_dir: Path, project: tuple[Any, Path]) -
         assert all(store.image(i).label == out["classes"][t] for i in ids)
     correct = out["matrix"][0][0] + out["matrix"][1][1]
     assert out["accuracy"] == pytest.approx(correct / len(val))
+    (row,) = [r for r in store.runs() if r.name == run_dir.name]
+    assert out["accuracy"] == pytest.approx(row.metrics["best_val_acc"])  # training's own val figure
     assert [c["support"] for c in out["per_class"]] == [sum(row) for row in out["matrix"]]
     losses = [t["loss"] for t in out["top_losses"]]
     assert losses == sorted(losses, reverse=True)
@@ -135,7 +137,7 @@ def test_export_zip_holds_the_files(run_dir: Path, project: tuple[Any, Path]) ->
 
 
 def test_busy_and_cancel(trained: tuple[Any, Any], project: tuple[Any, Path]) -> None:
-    from graft.commands.app.jobs import JobBusy
+    from graft.commands.app.jobs import JobBusy, Trainer
     from graft.commands.app.records import AppError
 
     trainer, events = trained
@@ -154,6 +156,13 @@ def test_busy_and_cancel(trained: tuple[Any, Any], project: tuple[Any, Path]) ->
     assert events[-1][0] == "train_done" and events[-1][1]["status"] == "cancelled"
     assert [r.status for r in store.runs() if r.name == name] == ["cancelled"]
     assert not trainer.cancel()
+    store.add_run("999-left-running", run_dir_of(store, name), status="running")
+    Trainer(store, project[1])  # a new app: a run still marked running ended with the old one
+    assert store.run("999-left-running").status == "interrupted"
+
+
+def run_dir_of(store: Any, name: str) -> Path:
+    return Path(store.run(name).dir)
 
 
 def test_check_maps_findings_to_images(project: tuple[Any, Path], trained: Any) -> None:
