@@ -68,3 +68,28 @@ def test_export_refuses_what_it_cannot_write(tmp_path: Path, capsys: pytest.Capt
     assert "CSV" in capsys.readouterr().err
     assert main(["app", str(tmp_path / "project"), "extra"]) == 1
     assert "one PROJECT folder" in capsys.readouterr().err
+
+
+def test_graft_app_options_make_its_config() -> None:
+    from graft.commands.cli import build_parser
+    from graft.core.config import AppConfig
+    from graft.core.errors import ConfigError
+
+    args = build_parser().parse_args(["app", "--port", "0", "--allowed-host", "a.example,B.example", "--no-auth"])
+    cfg = AppConfig(**{k: getattr(args, k) for k in AppConfig.__dataclass_fields__})
+    assert (cfg.project, cfg.port, cfg.allowed_host, cfg.no_auth) == (
+        Path("graft-project"),
+        0,
+        ("a.example", "b.example"),
+        True,
+    )
+    assert (cfg.arch, cfg.retrain_every, cfg.max_upload_bytes, cfg.max_pixels) == (
+        "mobilenet_v2",
+        20,
+        20_000_000,
+        40_000_000,
+    )
+    with pytest.raises(ConfigError, match="at least 16"):
+        AppConfig(host="0.0.0.0", api_key="short")
+    with pytest.raises(ConfigError, match="retrain-every"):
+        AppConfig(retrain_every=0)
