@@ -129,3 +129,26 @@ def test_fit_head_converges_whatever_the_order() -> None:
     warm = fit_head(x, y, 2, init=head)  # from the previous head: already converged
     np.testing.assert_allclose(warm.w, head.w, atol=1e-6)
     np.testing.assert_allclose(head.probs(x).sum(1), 1)
+
+
+@pytest.mark.slow
+def test_a_head_comes_before_the_whole_pool_has_features(
+    learner: Any, project: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import graft.commands.app.learner as module
+
+    monkeypatch.setattr(module, "CHUNK", 16)  # the pool is then "large": a head first, then one with every image
+    published: list[int] = []
+    fresh = module.Learner(
+        project,
+        cache_dir=Path(os.environ["GRAFT_CACHE_DIR"]),
+        on_event=lambda kind, data: published.append(data["version"]),
+        device="cpu",
+    )
+    fresh.fit()  # in this thread; the features are stored by now: read back, not computed
+    assert published == [1, 2]
+    mine, theirs = fresh.queue(1000), learner.queue(1000)
+    assert sorted(i["id"] for i in mine) == sorted(i["id"] for i in theirs)
+    # same features and labels; the heads differ only by where L-BFGS started (the learner's from its last head)
+    theirs_by_id = {i["id"]: i["suggestion"] for i in theirs}
+    assert sum(i["suggestion"] == theirs_by_id[i["id"]] for i in mine) >= 0.95 * len(mine)
