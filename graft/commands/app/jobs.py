@@ -245,6 +245,7 @@ class Checker:
         self._error: str | None = None
         self._findings: list[dict[str, Any]] = []
         self._thread: threading.Thread | None = None
+        self.load_previous()
 
     def start(self) -> None:
         """Start a check; :class:`JobBusy` while one runs."""
@@ -285,9 +286,20 @@ class Checker:
             data=exported.path, root=exported.root, out=out, html=False, arch=self.arch, device=self.device
         )
         result = run_doctor(cfg, log=lambda line: None)
-        by_path = {Path(r.path): r.id for r in self.store.labelled()}
-        root = Path(result.data)
-        return [_finding(f, [by_path.get((root / rel).resolve()) for rel in f.files]) for f in result.findings]
+        found = [(f.kind, f.files, f.score, f.evidence) for f in result.findings]
+        return _findings(self.store, Path(result.data), found)
+
+    def load_previous(self) -> None:
+        """The findings of the project's last check (its doctor.json), as if just run: a restarted app shows them."""
+        saved = _read_json(self.project / "work" / "doctor" / "doctor.json")
+        try:
+            found = [(f["kind"], f["files"], f["score"], f.get("evidence", {})) for f in saved["findings"]]
+            findings = _findings(self.store, Path(saved["data"]), found)
+        except (KeyError, TypeError):  # none yet, or not a doctor.json: nothing to show
+            return
+        with self._lock:
+            if self._status == "none":
+                self._status, self._findings = "done", findings
 
     def result(self) -> dict[str, Any]:
         """``{status, error?, findings}``: the newest check's findings with the images' current labels, those whose
@@ -298,10 +310,10 @@ class Checker:
         for f in findings:
             rows = [self._row(i) for i in f["ids"]]
             rows = [r for r in rows if r is not None]
-            if rows and all(r.reviewed or r.excluded for r in rows):
+            if (f["files"] and not rows) or (rows and all(r.reviewed or r.excluded for r in rows)):
                 continue
             images = [{"id": r.id, "name": Path(r.path).name, "label": r.label} for r in rows]
-            shown.append({k: v for k, v in f.items() if k != "ids"} | {"images": images})
+            shown.append({k: v for k, v in f.items() if k not in ("ids", "files")} | {"images": images})
         return {"status": status, "findings": shown} | ({"error": error} if error else {})
 
     def _row(self, image_id: int | None) -> Any:
@@ -313,21 +325,33 @@ class Checker:
             return None
 
 
-def _finding(f: Any, ids: list[int | None]) -> dict[str, Any]:
+def _findings(
+    store: Any, root: Path, found: list[tuple[str, list[str], float, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The doctor's findings (kind, files relative to ``root``, score, evidence) with the project's image ids."""
+    _, rows = store.images(excluded=True, limit=1 << 30)
+    by_path = {Path(r.path): r.id for r in [*store.labelled(), *rows]}
+    return [
+        _finding(kind, [by_path.get((root / f).resolve()) for f in files], len(files), score, ev)
+        for kind, files, score, ev in found
+    ]
+
+
+def _finding(kind: str, ids: list[int | None], files: int, score: float, ev: dict[str, Any]) -> dict[str, Any]:
     from graft.insight.doctor.findings import KINDS
 
-    ev = f.evidence
-    message = KINDS.get(f.kind, f.kind)
-    if f.kind == "label_error":
+    message = KINDS.get(kind, kind)
+    if kind == "label_error":
         message = f"labelled {ev.get('given')}, looks like {ev.get('suggested')}: {message}"
-    elif f.kind == "label_conflict":
+    elif kind == "label_conflict":
         message = f"{message}: {', '.join(map(str, ev.get('classes', [])))}"
-    severity = "serious" if f.kind in SERIOUS else "warning" if f.kind in WARNINGS else "info"
+    severity = "serious" if kind in SERIOUS else "warning" if kind in WARNINGS else "info"
     return {
-        "kind": f.kind,
+        "kind": kind,
         "severity": severity,
         "message": message,
-        "suggested": ev.get("suggested") if f.kind == "label_error" else None,
-        "score": round(float(f.score), 4),
+        "suggested": ev.get("suggested") if kind == "label_error" else None,
+        "score": round(float(score), 4),
+        "files": files,
         "ids": [i for i in ids if i is not None],
     }
