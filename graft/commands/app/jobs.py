@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,22 @@ MAX_EPOCHS = 1000
 RUN_LABELS = "app-labels.csv"
 #: Lines of the newest training log kept for a page opened while it runs.
 LOG_LINES = 200
+
+
+#: graft train's line at the end of an epoch (graft.training.callbacks): the Train page's accuracy curve.
+EPOCH_LINE = re.compile(
+    r"^epoch\s+(?P<epoch>\d+)\s+(?P<stage>\S+)\s+train loss (?P<train_loss>[\d.]+) \w+ (?P<train_acc>[\d.]+)\s+"
+    r"val loss (?P<val_loss>[\d.]+) \w+ (?P<val_acc>[\d.]+)"
+)
+
+
+def epoch_of(line: str) -> dict[str, Any] | None:
+    """The figures of an end-of-epoch line, or None for any other line."""
+    m = EPOCH_LINE.match(line.strip())
+    if m is None:
+        return None
+    d = m.groupdict()
+    return {"epoch": int(d.pop("epoch")), "stage": d.pop("stage")} | {k: float(v) for k, v in d.items()}
 
 
 class JobBusy(AppError):
@@ -190,7 +207,8 @@ class Trainer:
             line = raw.rstrip("\n")
             if line.strip():
                 self.lines.append(line)
-                self.on_event("train", {"run": name, "line": line})
+                epoch = epoch_of(line)
+                self.on_event("train", {"run": name, "line": line} | ({"epoch": epoch} if epoch else {}))
         code = proc.wait()
         run_dir = self.runs_dir / name
         with self._lock:

@@ -58,6 +58,9 @@ def test_training_job_streams_and_records_its_run(trained: tuple[Any, Any], proj
     name = trainer.status()["run"]
     lines = [d["line"] for k, d in events if k == "train"]
     assert lines and any("epoch" in line.lower() for line in lines)
+    epochs = [d["epoch"] for k, d in events if k == "train" and "epoch" in d]
+    assert [e["epoch"] for e in epochs] == [1, 2]  # the figures of each epoch, for the page's curve
+    assert all(0 <= e["val_acc"] <= 1 and e["train_loss"] > 0 for e in epochs)
     kind, done = events[-1]
     assert kind == "train_done" and done["run"] == name and done["status"] == "done"
     assert 0.5 < done["metrics"]["best_val_acc"] <= 1
