@@ -93,3 +93,21 @@ def test_graft_app_options_make_its_config() -> None:
         AppConfig(host="0.0.0.0", api_key="short")
     with pytest.raises(ConfigError, match="retrain-every"):
         AppConfig(retrain_every=0)
+
+
+def test_an_exported_table_imports_into_a_new_project_as_it_was(
+    tmp_path: Path, tmp_image_folder: Callable[..., Path]
+) -> None:
+    data = tmp_image_folder({"train/a": 3, "train/b": 3, "val/a": 1, "val/b": 1})  # a split that every class trains on
+    first = Store(tmp_path / "first")
+    first.import_data(data)
+    first.add_class("c")
+    for label in ("a", "b"):
+        first.set_label(first.images(label=label)[1][0].id, "c", source="keyboard")
+    out = data / "labels.csv"
+    export_labels(first, out)
+    second = Store(tmp_path / "second")
+    report = second.import_data(out)
+    assert report.added == 8 and sorted(report.classes) == ["a", "b", "c"]
+    rows = {(r.path, r.label, r.split) for r in first.labelled()}
+    assert {(r.path, r.label, r.split) for r in second.labelled()} == rows  # the table's split column kept

@@ -234,6 +234,8 @@ for image_id in map(int, sys.argv[2:]):
 def test_every_label_shown_as_saved_survives_kill_9(tmp_path: Path, tmp_image_folder: Callable[..., Path]) -> None:
     store, _ = pool_store(tmp_path, tmp_image_folder, n=2)
     ids = store.add_images([tmp_path / f"missing{i}.jpg" for i in range(5000)], source="pool")  # rows, no files
+    pragmas = [store._db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("journal_mode", "synchronous")]
+    assert pragmas == ["wal", 2]  # 2: FULL, each commit synced before it returns
     store.close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
