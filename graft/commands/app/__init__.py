@@ -55,16 +55,30 @@ HEADER_TIMEOUT = 10.0
 MAX_CLIENT_CONNECTIONS = 64
 
 
-def open_context(cfg: AppConfig) -> AppContext:
-    """The store of ``cfg.project`` (created when missing), the event streams and the background workers."""
+def open_context(cfg: AppConfig, *, workers: bool = True) -> AppContext:
+    """The store of ``cfg.project`` (created when missing), the event streams and, with ``workers``, the learner,
+    the training job and the check (:func:`add_workers`)."""
     from graft.commands.app.store import Store
 
     cfg.project.mkdir(parents=True, exist_ok=True)
-    store = Store(cfg.project)
-    events = Events()
-    ctx = AppContext(cfg=cfg, store=store, events=events)
-    # enable when learner.py / jobs.py land: ctx.learner, ctx.trainer, ctx.checker = workers(cfg, store, events)
+    ctx = AppContext(cfg=cfg, store=Store(cfg.project), events=Events())
+    if workers:
+        pass  # enable when learner.py / jobs.py are merged: add_workers(ctx)
     return ctx
+
+
+def add_workers(ctx: AppContext) -> None:
+    """The learner, the training job and the check of ``ctx``'s project, reporting to its event streams (the
+    learner's thread starts with the server)."""
+    from graft.commands.app.jobs import Checker, Trainer
+    from graft.commands.app.learner import Learner
+
+    cfg, publish = ctx.cfg, ctx.events.publish
+    ctx.learner = Learner(
+        ctx.store, arch=cfg.arch, retrain_every=cfg.retrain_every, cache_dir=cfg.project / "cache", on_event=publish
+    )
+    ctx.trainer = Trainer(ctx.store, cfg.project, on_event=publish)
+    ctx.checker = Checker(ctx.store, cfg.project, on_event=publish, arch=cfg.arch)
 
 
 def create_app(cfg: AppConfig, ctx: AppContext | None = None) -> FastAPI:
@@ -74,6 +88,8 @@ def create_app(cfg: AppConfig, ctx: AppContext | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ctx.learner is not None:
+            ctx.learner.start()
         try:
             yield
         finally:
@@ -88,16 +104,18 @@ def create_app(cfg: AppConfig, ctx: AppContext | None = None) -> FastAPI:
     add_data_routes(app, ctx)
     add_label_routes(app, ctx)
     add_upload_routes(app, ctx)
-    # enable when routes_model.py lands: from graft.commands.app.routes_model import add_model_routes; add_model_routes(app, ctx)  # noqa: E501
+    # enable when routes_model.py is merged: from graft.commands.app.routes_model import add_model_routes; add_model_routes(app, ctx)  # noqa: E501
     return app
 
 
 def close_context(ctx: AppContext) -> None:
-    """Stop the background workers and end the event streams (the server is stopping)."""
-    for worker in (ctx.trainer, ctx.checker, ctx.learner):
-        if worker is not None and hasattr(worker, "close"):
-            worker.close()
+    """Cancel a training run, stop the learner, end the event streams and close the store (the server stops)."""
+    if ctx.trainer is not None:
+        ctx.trainer.cancel()
+    if ctx.learner is not None:
+        ctx.learner.stop()
     ctx.events.close()
+    ctx.store.close()
 
 
 def run_app(cfg: AppConfig) -> int:

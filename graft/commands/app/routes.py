@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
 
 from graft.commands.app.context import AppContext
+from graft.commands.app.records import NotFoundError
 from graft.core.atomic import atomic_write_bytes
 from graft.core.errors import GraftError, ImageError
 from graft.data.images import load_rgb
@@ -152,11 +153,8 @@ def classes_answer(ctx: AppContext) -> dict[str, Any]:
 
 
 def image_row(ctx: AppContext, image_id: int) -> Any:
-    """The store's row of ``image_id``, or 404."""
-    try:
-        return ctx.store.image(image_id)
-    except (KeyError, LookupError):
-        raise HTTPError(404, f"no image {image_id} in this project: reload the page") from None
+    """The store's row of ``image_id`` (a :class:`NotFoundError`, answered 404, when there is none)."""
+    return ctx.store.image(image_id)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,7 +219,7 @@ def add_data_routes(app: FastAPI, ctx: AppContext) -> None:
 
     @app.get("/api/project")
     def project() -> dict[str, Any]:
-        training = ctx.trainer.current() if ctx.trainer is not None else None
+        training = ctx.trainer.status() if ctx.trainer is not None else None
         return {
             "name": ctx.cfg.project.resolve().name,
             "version": store.version(),
@@ -342,9 +340,9 @@ def add_label_routes(app: FastAPI, ctx: AppContext) -> None:
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """A :class:`GraftError` (a bad class name, an unknown class...) answers 400 with its message, which says the
-    fix."""
+    """A :class:`GraftError` (a bad class name...) answers 400 with its message, which says the fix; an unknown
+    image or class 404."""
 
     @app.exception_handler(GraftError)
     async def graft_error(request: Request, exc: GraftError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return JSONResponse({"detail": str(exc)}, status_code=404 if isinstance(exc, NotFoundError) else 400)
