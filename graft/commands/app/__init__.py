@@ -37,8 +37,10 @@ except ImportError:  # pragma: no cover - the serve extra is part of the dev ins
 from graft.commands.app.context import AppContext
 from graft.commands.app.events import Events
 from graft.commands.app.routes import (
+    add_class_routes,
     add_data_routes,
     add_error_handlers,
+    add_import_routes,
     add_label_routes,
     add_page_routes,
     is_open,
@@ -102,6 +104,8 @@ def create_app(cfg: AppConfig, ctx: AppContext | None = None) -> FastAPI:
     add_error_handlers(app)
     add_page_routes(app)
     add_data_routes(app, ctx)
+    add_class_routes(app, ctx)
+    add_import_routes(app, ctx)
     add_label_routes(app, ctx)
     add_upload_routes(app, ctx)
     # enable when routes_model.py is merged: from graft.commands.app.routes_model import add_model_routes; add_model_routes(app, ctx)  # noqa: E501
@@ -127,9 +131,8 @@ def run_app(cfg: AppConfig) -> int:
     ctx = open_context(cfg)
     for folder, pool in ((cfg.data, False), (cfg.pool, True)):
         if folder is not None:
-            ctx.store.add_root(folder if folder.is_dir() else folder.parent)  # a table: its folder
             report = ctx.store.import_pool(folder) if pool else ctx.store.import_data(folder)
-            print(f"graft app: {'--pool' if pool else '--data'} {folder}: {report}", file=sys.stderr, flush=True)
+            print(f"graft app: {folder}: {report.format()}", file=sys.stderr, flush=True)
     if cfg.data is not None:
         ctx.note_labels()
     app = create_app(cfg, ctx)

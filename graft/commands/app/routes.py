@@ -57,6 +57,9 @@ def is_open(path: str) -> bool:
 class _NoCacheStatic(StaticFiles):
     """The page's scripts and styles, revalidated on every load (an updated graft serves its new files)."""
 
+    async def check_config(self) -> None:
+        """A missing folder (the page's files not installed) answers 404 per file, not 500."""
+
     def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers["Cache-Control"] = "no-cache"
@@ -214,7 +217,7 @@ def add_page_routes(app: FastAPI) -> None:
 
 
 def add_data_routes(app: FastAPI, ctx: AppContext) -> None:
-    """The project, images, classes and events routes."""
+    """The project's state and its images (listed, thumbnails, files)."""
     store = ctx.store
 
     @app.get("/api/project")
@@ -258,6 +261,11 @@ def add_data_routes(app: FastAPI, ctx: AppContext) -> None:
         hints = suggestions(ctx, [image_id])
         return image_item(image_row(ctx, image_id), hints.get(image_id))
 
+
+def add_class_routes(app: FastAPI, ctx: AppContext) -> None:
+    """Add, rename, merge and delete classes (a deleted class's images go back to the pool)."""
+    store = ctx.store
+
     @app.post("/api/classes")
     def add_class(body: ClassName) -> dict[str, Any]:
         store.add_class(body.name)
@@ -281,6 +289,11 @@ def add_data_routes(app: FastAPI, ctx: AppContext) -> None:
         ctx.note_labels()
         return classes_answer(ctx)
 
+
+def add_import_routes(app: FastAPI, ctx: AppContext) -> None:
+    """Import a folder again (new files only), and the event stream."""
+    store = ctx.store
+
     @app.post("/api/import")
     def import_folder(body: ImportBody) -> dict[str, Any]:
         """Import (again) a folder or table inside the project's roots: new files only."""
@@ -293,7 +306,7 @@ def add_data_routes(app: FastAPI, ctx: AppContext) -> None:
             )
         report = store.import_pool(path) if body.pool else store.import_data(path)
         ctx.note_labels()
-        return {"report": jsonable(report), **classes_answer(ctx)}
+        return {"report": report.to_dict(), **classes_answer(ctx)}
 
     @app.get("/api/events")
     async def events() -> StreamingResponse:

@@ -75,7 +75,6 @@ def serving(cfg: AppConfig) -> Iterator[tuple[str, object]]:
     ctx = open_context(cfg, workers=False)
     for folder, pool in ((cfg.data, False), (cfg.pool, True)):
         if folder is not None:
-            ctx.store.add_root(folder)
             if pool:
                 ctx.store.import_pool(folder)
             else:
