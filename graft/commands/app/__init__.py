@@ -132,9 +132,7 @@ def run_app(cfg: AppConfig) -> int:
     for folder, pool in ((cfg.data, False), (cfg.pool, True)):
         if folder is not None:
             report = ctx.store.import_pool(folder) if pool else ctx.store.import_data(folder)
-            print(f"graft app: {folder}: {report.format()}", file=sys.stderr, flush=True)
-    if cfg.data is not None:
-        ctx.note_labels()
+            print(f"graft app: {report.format()}", file=sys.stderr, flush=True)
     app = create_app(cfg, ctx)
     print(f"graft app: {url(cfg.host, sock)}", flush=True)
     run_server(

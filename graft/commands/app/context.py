@@ -24,7 +24,7 @@ class AppContext:
     trainer: Any = None  # graft.commands.app.jobs.Trainer
     checker: Any = None  # graft.commands.app.jobs.Checker
 
-    def note_labels(self) -> None:
-        """Tell the learner that labels changed (it refits after every ``retrain_every`` new ones)."""
-        if self.learner is not None:
-            self.learner.note_labels()
+    def note_labels(self, n: int = 1) -> None:
+        """Tell the learner that ``n`` labels changed (it refits after every ``retrain_every`` of them)."""
+        if self.learner is not None and n > 0:
+            self.learner.note_labels(n)

@@ -203,7 +203,7 @@ def add_page_routes(app: FastAPI) -> None:
     directory = static_dir()
     headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         page = directory / "index.html"
         html = page.read_text(encoding="utf-8") if page.is_file() else _PLACEHOLDER_PAGE
@@ -305,7 +305,7 @@ def add_import_routes(app: FastAPI, ctx: AppContext) -> None:
                 "with --data or --pool naming it",
             )
         report = store.import_pool(path) if body.pool else store.import_data(path)
-        ctx.note_labels()
+        ctx.note_labels(0 if body.pool else report.added)
         return {"report": report.to_dict(), **classes_answer(ctx)}
 
     @app.get("/api/events")

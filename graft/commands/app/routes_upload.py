@@ -258,8 +258,8 @@ def add_upload_routes(app: FastAPI, ctx: AppContext) -> None:
             out = await run_in_threadpool(process, files, lim, ctx.cfg.project / "images", add)
         finally:
             await form.close()
-        if out.added and label is not None:
-            ctx.note_labels()
+        if label is not None:
+            ctx.note_labels(len(out.added))
         body = {"added": out.added, "skipped": out.skipped}
         if not out.added and out.first_status is not None:
             first = out.skipped[0]
