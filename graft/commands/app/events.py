@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 #: Seconds between keep-alive comments on an idle stream (proxies and browsers drop silent connections).
 KEEP_ALIVE_S = 15.0
@@ -72,7 +76,15 @@ class Events:
             except RuntimeError:
                 self._drop(sub)
 
-    async def stream(self) -> AsyncIterator[str]:
+    def response(self) -> StreamingResponse:
+        """The ``GET /api/events`` answer: :meth:`stream` as ``text/event-stream``, never cached or buffered."""
+        return _EventStream(
+            self.stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    async def stream(self) -> AsyncGenerator[str, None]:
         """The text of one ``text/event-stream`` answer: a retry hint, then the events as they come, with a comment
         every ``keep_alive_s`` seconds of silence. Ends when the client goes or the stream falls behind."""
         sub = _Subscriber(asyncio.get_running_loop())
@@ -95,3 +107,17 @@ class Events:
     def _drop(self, sub: _Subscriber) -> None:
         with self._lock:
             self._subscribers.discard(sub)
+
+
+class _EventStream(StreamingResponse):
+    """A streaming answer that closes its generator when it ends, also when the client went away while an event was
+    being sent (the generator, then left at a ``yield``, would otherwise unsubscribe only when garbage-collected)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            body = self.body_iterator
+            if isinstance(body, AsyncGenerator):
+                with anyio.CancelScope(shield=True):
+                    await body.aclose()

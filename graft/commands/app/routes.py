@@ -310,11 +310,7 @@ def add_import_routes(app: FastAPI, ctx: AppContext) -> None:
 
     @app.get("/api/events")
     async def events() -> StreamingResponse:
-        return StreamingResponse(
-            ctx.events.stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return ctx.events.response()
 
 
 def add_label_routes(app: FastAPI, ctx: AppContext) -> None:
