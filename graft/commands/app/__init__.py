@@ -45,6 +45,7 @@ from graft.commands.app.routes import (
     add_page_routes,
     is_open,
 )
+from graft.commands.app.routes_model import add_model_routes
 from graft.commands.app.routes_upload import add_upload_routes
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def open_context(cfg: AppConfig, *, workers: bool = True) -> AppContext:
     cfg.project.mkdir(parents=True, exist_ok=True)
     ctx = AppContext(cfg=cfg, store=Store(cfg.project), events=Events())
     if workers:
-        pass  # enable when learner.py / jobs.py are merged: add_workers(ctx)
+        add_workers(ctx)
     return ctx
 
 
@@ -77,16 +78,22 @@ def add_workers(ctx: AppContext) -> None:
 
     cfg, publish = ctx.cfg, ctx.events.publish
     ctx.learner = Learner(
-        ctx.store, arch=cfg.arch, retrain_every=cfg.retrain_every, cache_dir=cfg.project / "cache", on_event=publish
+        ctx.store,
+        arch=cfg.arch,
+        retrain_every=cfg.retrain_every,
+        cache_dir=cfg.project / "cache",
+        on_event=publish,
+        device=cfg.device,
     )
-    ctx.trainer = Trainer(ctx.store, cfg.project, on_event=publish)
-    ctx.checker = Checker(ctx.store, cfg.project, on_event=publish, arch=cfg.arch)
+    ctx.trainer = Trainer(ctx.store, cfg.project, on_event=publish, device=cfg.device)
+    ctx.checker = Checker(ctx.store, cfg.project, on_event=publish, arch=cfg.arch, device=cfg.device)
 
 
 def create_app(cfg: AppConfig, ctx: AppContext | None = None) -> FastAPI:
     """The FastAPI application of ``graft app`` for ``cfg`` (``ctx``: an opened project; default
     :func:`open_context`). ``cfg.api_key`` is the key every ``/api/*`` request must carry (None: none)."""
-    ctx = ctx or open_context(cfg)
+    if ctx is None:
+        ctx = open_context(cfg)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,7 +115,7 @@ def create_app(cfg: AppConfig, ctx: AppContext | None = None) -> FastAPI:
     add_import_routes(app, ctx)
     add_label_routes(app, ctx)
     add_upload_routes(app, ctx)
-    # enable when routes_model.py is merged: from graft.commands.app.routes_model import add_model_routes; add_model_routes(app, ctx)  # noqa: E501
+    add_model_routes(app, ctx)
     return app
 
 
