@@ -17,6 +17,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -356,3 +357,27 @@ def test_events_stream_publishes_from_any_thread(app):
         ctx.events.publish("ping")
         time.sleep(0.05)
     assert ctx.events.subscribers == 0
+
+
+def test_concurrent_requests_from_many_tabs(app):
+    """Labels and thumbnails requested at once from 8 clients: every answer 200, every label kept."""
+    url = app[0]
+    with httpx.Client(base_url=url, headers=AUTH, timeout=60) as c:
+        cats = ids(c, label="cat")
+        version = c.get("/api/project").json()["version"]
+
+    def work(image_id: int) -> tuple[int, int]:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as tab:
+            labelled = tab.post("/api/label", json={"id": image_id, "label": "dog", "source": "keyboard"})
+            thumb = tab.get(f"/api/images/{image_id}/thumb")
+            return labelled.status_code, thumb.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(work, cats))
+    assert answers == [(200, 200)] * len(cats)
+    with httpx.Client(base_url=url, headers=AUTH, timeout=60) as c:
+        assert set(cats) <= set(ids(c, label="dog"))
+        assert c.get("/api/project").json()["version"] >= version + len(cats)
+        for _ in cats:  # back as they were, for the tests after this one
+            assert c.post("/api/undo").json()["action"]["kind"] == "label"
+        assert set(ids(c, label="cat")) == set(cats)
