@@ -201,6 +201,13 @@ def add_guard(
             return None
         return check_key(request.headers, key)
 
+    def remember_key(request: Request, response: Any) -> None:
+        """Set the key's cookie (a session cookie: it ends with the browser) after the key came in a header."""
+        if key_cookie is None or key is None or request.cookies.get(key_cookie) == key.decode("ascii"):
+            return
+        if check_key(request.headers, key) is None:
+            response.set_cookie(key_cookie, key.decode("ascii"), httponly=True, samesite="strict")
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
         """The checks (before any of the request is read), then the security headers on every answer."""
@@ -229,8 +236,7 @@ def add_guard(
                 response = await call_next(request)
             finally:
                 in_flight -= 1
-            if key_cookie and key is not None and check_key(request.headers, key) is None:
-                response.set_cookie(key_cookie, key.decode("ascii"), httponly=True, samesite="strict")
+            remember_key(request, response)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
