@@ -33,8 +33,8 @@ CONTENT_SECURITY_POLICY = (
 )
 THUMB_SIZE = 192
 FILE_SIZE = 1024
-#: Seconds a browser may keep a thumbnail or an image without asking again (an image's file never changes: uploads
-#: get new names and other files are read where they are).
+#: Seconds a browser may keep a thumbnail or an image without asking again (uploads never change; a file edited in
+#: place shows within this time: its thumbnail is remade when the file is newer).
 IMAGE_MAX_AGE = 3600
 #: Label sources a client may send (import and undo are the server's own).
 ClientSource = Literal["keyboard", "suggestion", "doctor", "data", "upload", "webcam"]
