@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS actions(
     id INTEGER PRIMARY KEY, time REAL NOT NULL, kind TEXT NOT NULL, image_id INTEGER, old TEXT, new TEXT,
     source TEXT NOT NULL, grp INTEGER NOT NULL, undoes INTEGER);
 CREATE INDEX IF NOT EXISTS actions_undoes ON actions(undoes);
+CREATE INDEX IF NOT EXISTS actions_grp ON actions(grp);
 CREATE TABLE IF NOT EXISTS runs(
     name TEXT PRIMARY KEY, dir TEXT NOT NULL, created REAL NOT NULL, status TEXT NOT NULL, settings TEXT,
     metrics TEXT);

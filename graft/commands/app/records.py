@@ -29,6 +29,9 @@ class ClassInfo:
     name: str
     count: int  # labelled images, excluded ones left out
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "count": self.count}
+
 
 @dataclass(frozen=True)
 class ImageRow:
@@ -44,6 +47,11 @@ class ImageRow:
     @property
     def name(self) -> str:
         return self.path.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the API lists it (no path: a client sees images by id)."""
+        keys = ("id", "name", "label", "split", "source", "excluded", "reviewed")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,10 @@ class RunRow:
     status: str
     settings: dict[str, Any]
     metrics: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("name", "status", "created", "settings", "metrics")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass

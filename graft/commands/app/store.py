@@ -119,6 +119,8 @@ class Store(Database):
         new = check_class_name(new)
         with self._write():
             self._need_class(old)
+            if new == old:
+                return Action(0, time.time(), "class", None, old, new, source)
             if self._has_class(new):
                 raise AppError(f"there is already a class {new!r}: merge {old!r} into it instead of renaming")
             return self._rename(old, new, source, [])

@@ -104,11 +104,13 @@ class ServeConfig:
         return int(self.max_decoded_mb * 1_000_000)
 
 
-def check_access(allowed_host: object, api_key: str | None, auth: bool, host: str) -> tuple[str, ...]:
+def check_access(
+    allowed_host: str | tuple[str, ...] | None, api_key: str | None, auth: bool, host: str
+) -> tuple[str, ...]:
     """The checks of a server's access options (``graft serve``, ``graft app``): ``--allowed-host`` as a tuple of
     lower-case names (a string, or names that are comma lists, are split), a ``--api-key`` fit for ``host``, and not
     both ``--api-key`` and ``--no-auth``; a :class:`ConfigError` otherwise."""
-    hosts = [allowed_host] if isinstance(allowed_host, str) else list(allowed_host or ())  # type: ignore[call-overload]
+    hosts = [allowed_host] if isinstance(allowed_host, str) else list(allowed_host or ())
     names = tuple(h.strip().lower() for host_ in hosts for h in host_.split(",") if h.strip())
     odd = [h for h in names if any(c in h for c in "/@*?# \t")]
     check_all([(not odd, f"--allowed-host takes host names such as models.example.org, not {odd[:1]}")])
