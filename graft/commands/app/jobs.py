@@ -62,10 +62,11 @@ def train_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return {"arch": arch, "mode": mode, "epochs": epochs, "auto": bool(settings.get("auto")), "budget": budget}
 
 
-def train_command(csv: Path, root: Path, out: Path, name: str, s: dict[str, Any], device: str) -> list[str]:
-    """The ``graft train`` command line of a job (``--auto`` picks the backbone and trains it frozen)."""
-    cmd = [sys.executable, "-m", "graft", "train", str(csv), "--root", str(root), "--out", str(out)]
-    cmd += ["--name", name, "--epochs", str(s["epochs"]), "--device", device]
+def train_command(exported: Any, out: Path, name: str, s: dict[str, Any], device: str) -> list[str]:
+    """The ``graft train`` command line of a job: the one ``graft app export-labels`` prints, with the job's
+    settings (``--auto`` picks the backbone and trains it frozen)."""
+    cmd = [sys.executable, "-m", "graft", *exported.train_args(), "--out", str(out), "--name", name]
+    cmd += ["--epochs", str(s["epochs"]), "--device", device]
     if s["auto"]:
         cmd += ["--auto"] + (["--time-budget", f"{s['budget']:g}"] if s["budget"] else [])
     else:
@@ -74,13 +75,24 @@ def train_command(csv: Path, root: Path, out: Path, name: str, s: dict[str, Any]
 
 
 class Trainer:
-    """One ``graft train`` subprocess at a time on the project's labels; its run recorded in the store."""
+    """One ``graft train`` subprocess at a time on the project's labels; its run recorded in the store.
+    ``cache_dir``: the feature cache it uses (default graft's, ``GRAFT_CACHE_DIR``): the learner's, so that a
+    frozen run reads the features the learner stored."""
 
-    def __init__(self, store: Any, project: Path, on_event: EventSink = _no_events, *, device: str = "auto") -> None:
+    def __init__(
+        self,
+        store: Any,
+        project: Path,
+        on_event: EventSink = _no_events,
+        *,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
         self.store = store
         self.project = Path(project)
         self.on_event = on_event
         self.device = device
+        self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._run: str | None = None
@@ -88,6 +100,9 @@ class Trainer:
         self._cancelled = False
         self._thread: threading.Thread | None = None
         self.lines: deque[str] = deque(maxlen=LOG_LINES)
+        for row in store.runs():  # a job of an earlier app that ended with it: nothing will ever finish it
+            if row.status == "running":
+                store.update_run(row.name, status="interrupted")
 
     @property
     def runs_dir(self) -> Path:
@@ -119,8 +134,10 @@ class Trainer:
                 raise AppError("training needs labelled images of at least two classes: label some first")
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             name = next_run_name(self.runs_dir, "auto" if s["auto"] else f"{s['arch']}-{s['mode']}")
-            cmd = train_command(exported.path, exported.root, self.runs_dir, name, s, self.device)
+            cmd = train_command(exported, self.runs_dir, name, s, self.device)
             env = os.environ | {"PYTHONUNBUFFERED": "1", "GRAFT_NO_PROGRESS": "1"}
+            if self.cache_dir is not None:
+                env["GRAFT_CACHE_DIR"] = str(self.cache_dir)
             self.store.add_run(name, self.runs_dir / name, status="running", settings=s | {"command": cmd[1:]})
             self._proc = subprocess.Popen(
                 cmd,
@@ -154,6 +171,11 @@ class Trainer:
         except subprocess.TimeoutExpired:
             proc.kill()
         return True
+
+    def close(self) -> None:
+        """At the app's end: stop a running job (its run is recorded as cancelled)."""
+        if self.cancel() and self._thread is not None:
+            self._thread.join(30)
 
     def wait(self, timeout: float | None = None) -> str | None:
         """Wait for the job's end; its final status."""

@@ -228,9 +228,20 @@ class Learner:
 
     def fit(self) -> None:
         """One fit, in the calling thread: features of images that have none yet, then the head and the ranking
-        when at least two classes have labelled train images."""
+        when at least two classes have labelled train images. The labelled images come first: when many pool
+        images still need features, a head is published before them (the queue then ranks the pool images that
+        have features, the others follow by id), and again once they are all in."""
         labelled, pool = self.store.labelled(), self.store.pool()
-        self._extract([*labelled, *pool])
+        self._extract(labelled)
+        missing = sum(r.id not in self._feats and r.id not in self._unreadable for r in pool)
+        if missing > CHUNK:
+            self._fit_head(labelled, pool)
+        self._extract(pool)
+        self._fit_head(labelled, pool)
+
+    def _fit_head(self, labelled: Sequence[Any], pool: Sequence[Any]) -> None:
+        """The head on the labelled train images that have features; its suggestions, ranking and ``model``
+        event (nothing new when fewer than two classes have such images)."""
         class_order = [c.name for c in self.store.classes()]
         train = [r for r in labelled if r.split == "train" and r.id in self._feats and r.label in class_order]
         present = [c for c in class_order if any(r.label == c for r in train)]

@@ -92,9 +92,27 @@ def results(run_dir: Path, store: Any, *, device: str = "auto") -> dict[str, Any
     return out
 
 
-def compute_results(run_dir: Path, store: Any, *, device: str = "auto") -> dict[str, Any]:
-    import torch
+def val_logits(clf: Any, run_dir: Path, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
+    """The run's val logits and the positions of the images read: a frozen run's from the features its training
+    stored (its val phase's very numbers, without the backbone), else through the model at the run's batch size."""
+    from graft.core.atomic import read_json_or
+    from graft.inference.logits import compute_logits, stored_val_logits
 
+    batch_size = int(read_json_or(run_dir / "config.json", {}).get("batch_size", 32))
+    stored = stored_val_logits(clf, run_dir, paths, batch_size=batch_size)
+    if stored is not None:
+        return np.asarray(stored), list(range(len(paths)))
+    logits, kept, _ = compute_logits(clf, paths, batch_size=batch_size)
+    return np.asarray(logits), kept
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def compute_results(run_dir: Path, store: Any, *, device: str = "auto") -> dict[str, Any]:
     from graft.core.errors import RunError
     from graft.core.metrics import accuracy, confusion_matrix, precision_recall_f1
     from graft.core.rundir import run_split
@@ -104,14 +122,10 @@ def compute_results(run_dir: Path, store: Any, *, device: str = "auto") -> dict[
         split = run_split(run_dir, "val", clf.classes, skip_unknown=True, fix="the images must stay where they were")
     except RunError as e:
         raise AppError(str(e)) from None
-    probs, kept = [], []
-    with lock, torch.inference_mode():
-        for batch in clf.batches(split.paths, batch_size=32):
-            if batch.images is not None:
-                probs.append(clf.predict_logits(batch.images).float().softmax(1).numpy())
-                kept += batch.positions
+    with lock:
+        logits, kept = val_logits(clf, run_dir, split.paths)
     n = len(clf.classes)
-    p = np.concatenate(probs) if probs else np.zeros((0, n))
+    p = _softmax(logits) if len(kept) else np.zeros((0, n))
     y = np.array([split.labels[i] for i in kept], np.int64)
     pred = p.argmax(1) if len(p) else np.zeros(0, np.int64)
     ids = _ids(store)

@@ -184,10 +184,12 @@ def _upload_limit(ctx: Any) -> int:
     return int(mb * 1_000_000) if mb else DEFAULT_UPLOAD_BYTES
 
 
-def _image_status(e: ImageError) -> int:
-    from graft.deploy.serving import reason_status
+#: Statuses of the reasons :func:`graft.data.load_rgb` gives (by their start), as graft serve answers them.
+_REASON_STATUS = (("image too large", 413), ("empty file", 400), ("not an image", 415), ("unsupported image", 415))
 
-    return reason_status(e.reason)
+
+def _image_status(e: ImageError) -> int:
+    return next((status for start, status in _REASON_STATUS if e.reason.startswith(start)), 422)
 
 
 async def _image_bytes(request: Request, limit: int) -> bytes:

@@ -67,7 +67,7 @@ def test_training_job_streams_and_records_its_run(trained: tuple[Any, Any], proj
     with open(folder / "work" / "labels.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(store.labelled())
-    assert (Path(row.dir) / "app-labels.csv").read_text() == (folder / "work" / "labels.csv").read_text()
+    assert (Path(row.dir) / "app-labels.csv").read_bytes() == (folder / "work" / "labels.csv").read_bytes()
 
 
 def test_run_loads_in_graft_predict(run_dir: Path, hymenoptera: Path) -> None:
@@ -98,6 +98,8 @@ def test_results_cover_the_val_split(run_dir: Path, project: tuple[Any, Path]) -
         assert all(store.image(i).label == out["classes"][t] for i in ids)
     correct = out["matrix"][0][0] + out["matrix"][1][1]
     assert out["accuracy"] == pytest.approx(correct / len(val))
+    (row,) = [r for r in store.runs() if r.name == run_dir.name]
+    assert out["accuracy"] == pytest.approx(row.metrics["best_val_acc"])  # training's own val figure
     assert [c["support"] for c in out["per_class"]] == [sum(row) for row in out["matrix"]]
     losses = [t["loss"] for t in out["top_losses"]]
     assert losses == sorted(losses, reverse=True)
@@ -128,14 +130,14 @@ def test_export_zip_holds_the_files(run_dir: Path, project: tuple[Any, Path]) ->
     names = set(zipfile.ZipFile(path).namelist())
     expected = ["model.onnx", "model.onnx.json", "predict.py", "requirements.txt", "MODEL_CARD.md", "labels.csv"]
     assert {f"{run_dir.name}/{n}" for n in [*expected, "README.txt"]} <= names
-    labels = zipfile.ZipFile(path).read(f"{run_dir.name}/labels.csv").decode()
-    assert labels == (run_dir / "app-labels.csv").read_text()
+    labels = zipfile.ZipFile(path).read(f"{run_dir.name}/labels.csv")
+    assert labels == (run_dir / "app-labels.csv").read_bytes()  # the labels the run was trained on
     stamp = path.stat().st_mtime
     assert export_zip(store, run_dir, int8=False) == path and path.stat().st_mtime == stamp  # kept
 
 
 def test_busy_and_cancel(trained: tuple[Any, Any], project: tuple[Any, Path]) -> None:
-    from graft.commands.app.jobs import JobBusy
+    from graft.commands.app.jobs import JobBusy, Trainer
     from graft.commands.app.records import AppError
 
     trainer, events = trained
@@ -154,6 +156,13 @@ def test_busy_and_cancel(trained: tuple[Any, Any], project: tuple[Any, Path]) ->
     assert events[-1][0] == "train_done" and events[-1][1]["status"] == "cancelled"
     assert [r.status for r in store.runs() if r.name == name] == ["cancelled"]
     assert not trainer.cancel()
+    store.add_run("999-left-running", run_dir_of(store, name), status="running")
+    Trainer(store, project[1])  # a new app: a run still marked running ended with the old one
+    assert store.run("999-left-running").status == "interrupted"
+
+
+def run_dir_of(store: Any, name: str) -> Path:
+    return Path(store.run(name).dir)
 
 
 def test_check_maps_findings_to_images(project: tuple[Any, Path], trained: Any) -> None:
