@@ -72,44 +72,6 @@ def load(name: str) -> Data:
     return Data(name, len(ds.classes), f[:n], y, f[n:], yv)
 
 
-#: The doctor's L2 penalty on the head's weights (graft.insight.doctor.labels.fit_folds).
-WEIGHT_DECAY = 2e-4
-
-
-class Head:
-    """A linear softmax head fitted on features: mean cross-entropy plus the doctor's L2 penalty, minimised in
-    float64 by the doctor's L-BFGS (``graft.insight.doctor.labels.lbfgs``) to a gradient of 1e-6, from ``init``
-    (the previous round's head) or zero."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, classes: int, init: Head | None = None) -> None:
-        from graft.insight.doctor.labels import lbfgs
-
-        x = x.astype(np.float64)
-        onehot = np.eye(classes)[y]
-        d = x.shape[1]
-
-        def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            w, b = theta[: classes * d].reshape(classes, d), theta[classes * d :]
-            z = x @ w.T + b
-            z -= z.max(1, keepdims=True)
-            logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-            r = (np.exp(logp) - onehot) / len(x)
-            loss = -(logp * onehot).sum() / len(x) + WEIGHT_DECAY * (w * w).sum()
-            return float(loss), np.concatenate([(r.T @ x + 2 * WEIGHT_DECAY * w).ravel(), r.sum(0)])
-
-        theta0 = np.zeros(classes * (d + 1)) if init is None else np.concatenate([init.w.ravel(), init.b])
-        theta = lbfgs(f, theta0, max_iter=500, tolerance=1e-6)
-        self.w, self.b = theta[: classes * d].reshape(classes, d), theta[classes * d :]
-
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        z = x @ self.w.T + self.b
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
-
-    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
-        return float(((x @ self.w.T + self.b).argmax(1) == y).mean())
-
-
 def start(y: np.ndarray, classes: int, seed: int) -> np.ndarray:
     """``START_PER_CLASS`` train rows of each class, picked at random with ``seed``."""
     rng = np.random.default_rng(seed)
@@ -119,14 +81,14 @@ def start(y: np.ndarray, classes: int, seed: int) -> np.ndarray:
 
 def curve(d: Data, strategy: str, seed: int, batch: int) -> list[tuple[int, float]]:
     """(labelled count, val accuracy) after each round of labelling ``batch`` images ranked by ``strategy``."""
-    from graft.insight.suggest import rank
+    from graft.insight.suggest import fit_head, rank
 
     labelled = start(d.y, d.classes, seed)
     pool = np.setdiff1d(np.arange(len(d.y)), labelled)
     out: list[tuple[int, float]] = []
     head = None
     for round_ in range(len(d.y)):
-        head = Head(d.x[labelled], d.y[labelled], d.classes, head)
+        head = fit_head(d.x[labelled], d.y[labelled], d.classes, head)
         out.append((len(labelled), head.accuracy(d.xv, d.yv)))
         if not len(pool):
             break
@@ -151,7 +113,9 @@ def labels_needed(points: list[tuple[int, float]], target: float) -> int:
 
 def measure(d: Data, seeds: int, batch: int) -> dict:
     """The reference accuracy, the target and every strategy's curves (one per seed) on ``d``."""
-    full = Head(d.x, d.y, d.classes).accuracy(d.xv, d.yv)
+    from graft.insight.suggest import fit_head
+
+    full = fit_head(d.x, d.y, d.classes).accuracy(d.xv, d.yv)
     curves = {s: [curve(d, s, seed, batch) for seed in range(seeds)] for s in STRATEGIES}
     return {"full": full, "target": TARGET * full, "curves": curves}
 

@@ -16,6 +16,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from graft.commands.app.cli import add_app_parser
 from graft.commands.classic import add_aliases, classic_order
 from graft.core.config import (
     ArchsConfig,
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_fields(p, cls)
         add_aliases(name, p)  # the classic train.py/predict.py spellings, hidden from --help
         p.set_defaults(func=func)
+    add_app_parser(sub, _add_fields)
     return parser
 
 

@@ -268,6 +268,7 @@ def cached_features(
     extract: Callable[..., torch.Tensor] = extract_features,
     write: bool = True,
     augment: str = "standard",
+    root: Path | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
     only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
@@ -278,16 +279,17 @@ def cached_features(
     turns out to run on torch (:func:`body_engine`), whose store is then used for every row.
 
     ``extract`` computes the missing rows (``graft.core.distributed.sharded`` splits them across torchrun's processes);
-    ``write=False`` leaves the store as it is (ranks other than 0, which stores the rows of all).
+    ``write=False`` leaves the store as it is (ranks other than 0, which stores the rows of all); ``root``: the
+    cache folder (default :func:`graft.core.paths.cache_root`).
     """
     engine = planned_engine(device)
-    store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=engine, augment=augment))
+    store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=engine, augment=augment), root)
     identities = [file_identity(s.path) for s in samples]
     found, missing = store.lookup(identities)
     if missing:
         used = body_engine(body, [samples[i] for i in missing], preprocess, device)
         if used != engine:  # rows found under the planned engine are not this body's rows here: none is kept
-            store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=used, augment=augment))
+            store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=used, augment=augment), root)
             found, missing = store.lookup(identities)
     if missing:
         new = extract(

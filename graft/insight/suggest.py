@@ -12,6 +12,8 @@ does). :func:`rank` orders a pool from the run's probabilities and the images' f
 - ``random``: a seeded permutation (the baseline);
 - ``auto``: the strategy :data:`AUTO` names, chosen by ``benchmarks/bench_active.py`` (NOTES.md, "Suggest").
 
+:func:`fit_head` fits the linear softmax head that ranks a pool when no run exists yet (the app's Label page).
+
 Imports numpy and the command's config (where the strategy names are declared).
 """
 
@@ -97,3 +99,52 @@ def rank(
     taken = np.zeros(rows, bool)
     taken[first] = True
     return np.concatenate([np.array(first, np.int64), by_margin[~taken[by_margin]]])
+
+
+#: The L2 penalty on a fitted head's weights (the doctor's: graft.insight.doctor.labels.fit_folds).
+WEIGHT_DECAY = 2e-4
+
+
+class LinearHead:
+    """A linear softmax head on features: weights ``w`` ``(C, F)`` and biases ``b`` ``(C,)``, float64."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray) -> None:
+        self.w, self.b = w, b
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float64) @ self.w.T + self.b
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        z = self.logits(x)
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float((self.logits(x).argmax(1) == y).mean())
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, classes: int, init: LinearHead | None = None) -> LinearHead:
+    """The multinomial logistic regression on features ``x`` with labels ``y`` (the linear layer of ``graft train
+    --mode freeze``): mean cross-entropy plus :data:`WEIGHT_DECAY` times the squared weights, minimised in float64
+    by the doctor's L-BFGS (``graft.insight.doctor.labels.lbfgs``) to a gradient of 1e-6, from ``init`` (a head of
+    the same shape: a previous fit) or zero. Converged in float64, the head does not depend on the order of the
+    rows (a float32 fit stops on rounding, and its head then does)."""
+    from graft.insight.doctor.labels import lbfgs
+
+    x = np.asarray(x, np.float64)
+    onehot = np.eye(classes)[y]
+    d = x.shape[1]
+
+    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: classes * d].reshape(classes, d), theta[classes * d :]
+        z = x @ w.T + b
+        z -= z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        r = (np.exp(logp) - onehot) / len(x)
+        loss = -(logp * onehot).sum() / len(x) + WEIGHT_DECAY * (w * w).sum()
+        return float(loss), np.concatenate([(r.T @ x + 2 * WEIGHT_DECAY * w).ravel(), r.sum(0)])
+
+    fits = init is not None and init.w.shape == (classes, d)
+    theta0 = np.concatenate([init.w.ravel(), init.b]) if fits and init is not None else np.zeros(classes * (d + 1))
+    theta = lbfgs(f, theta0, max_iter=500, tolerance=1e-6)
+    return LinearHead(theta[: classes * d].reshape(classes, d), theta[classes * d :])

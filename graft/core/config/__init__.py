@@ -12,13 +12,15 @@ the resolved config as ``config.json``. The modules are grouped by what the opti
 - :mod:`.tracking`: ``--log`` and its trackers;
 - :mod:`.training`: ``graft train``, ``graft lr-find``;
 - :mod:`.inference`, :mod:`.insight`: ``graft predict``; ``graft evaluate``, ``show-batch``, ``doctor``, ``suggest``;
-- :mod:`.serving`, :mod:`.export`: ``graft serve``; ``graft quantize``, ``graft export``.
+- :mod:`.serving`, :mod:`.export`: ``graft serve``; ``graft quantize``, ``graft export``;
+- :mod:`.app`: ``graft app``.
 
 This package must stay free of heavy imports: ``graft --help`` imports it.
 """
 
 from __future__ import annotations
 
+from graft.core.config.app import AppConfig
 from graft.core.config.data import CheckConfig, is_frame, table_options
 from graft.core.config.export import ExportConfig, QuantizeConfig
 from graft.core.config.fields import from_options, opt, to_jsonable
@@ -30,6 +32,7 @@ from graft.core.config.serving import ServeConfig, api_key_problem
 from graft.core.config.training import LrFindConfig, TrainConfig
 
 __all__ = [
+    "AppConfig",
     "ArchsConfig",
     "CheckConfig",
     "DoctorConfig",

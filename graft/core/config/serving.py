@@ -93,15 +93,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         self.run = Path(self.run)
-        hosts = [self.allowed_host] if isinstance(self.allowed_host, str) else list(self.allowed_host or ())
-        self.allowed_host = tuple(h.strip().lower() for host in hosts for h in host.split(",") if h.strip())
-        odd = [h for h in self.allowed_host if any(c in h for c in "/@*?# \t")]
-        check_all([(not odd, f"--allowed-host takes host names such as models.example.org, not {odd[:1]}")])
-        check_all(
-            [(self.api_key is None or self.auth, "--api-key and --no-auth contradict each other: keep one of them")]
-        )
-        if self.api_key is not None and (problem := api_key_problem(self.api_key, self.host)):
-            raise ConfigError(f"--api-key {problem}")
+        self.allowed_host = check_access(self.allowed_host, self.api_key, self.auth, self.host)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -110,6 +102,22 @@ class ServeConfig:
     @property
     def max_decoded_bytes(self) -> int:
         return int(self.max_decoded_mb * 1_000_000)
+
+
+def check_access(
+    allowed_host: str | tuple[str, ...] | None, api_key: str | None, auth: bool, host: str
+) -> tuple[str, ...]:
+    """The checks of a server's access options (``graft serve``, ``graft app``): ``--allowed-host`` as a tuple of
+    lower-case names (a string, or names that are comma lists, are split), a ``--api-key`` fit for ``host``, and not
+    both ``--api-key`` and ``--no-auth``; a :class:`ConfigError` otherwise."""
+    hosts = [allowed_host] if isinstance(allowed_host, str) else list(allowed_host or ())
+    names = tuple(h.strip().lower() for host_ in hosts for h in host_.split(",") if h.strip())
+    odd = [h for h in names if any(c in h for c in "/@*?# \t")]
+    check_all([(not odd, f"--allowed-host takes host names such as models.example.org, not {odd[:1]}")])
+    check_all([(api_key is None or auth, "--api-key and --no-auth contradict each other: keep one of them")])
+    if api_key is not None and (problem := api_key_problem(api_key, host)):
+        raise ConfigError(f"--api-key {problem}")
+    return names
 
 
 def is_loopback(host: str) -> bool:
