@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -159,3 +162,29 @@ def mosaic_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory):
             name="multilabel",
             seed=0,
         )
+
+
+#: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
+RUNTIME_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
+
+
+@pytest.fixture(scope="session")
+def torch_free_python(tmp_path_factory) -> Path:
+    """A new venv (the base interpreter, no system site-packages) that sees only onnxruntime, numpy and Pillow of
+    the test's environment, through a .pth naming a folder of symbolic links to them."""
+    root = tmp_path_factory.mktemp("torch-free")
+    site = Path(sysconfig.get_paths()["purelib"])
+    pkgs = root / "pkgs"
+    pkgs.mkdir()
+    for name in RUNTIME_PACKAGES:
+        if (site / name).exists():
+            (pkgs / name).symlink_to(site / name)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    python = root / "venv/bin/python"
+    venv_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(venv_site) / "runtime.pth").write_text(f"{pkgs}\n")
+    return python

@@ -48,7 +48,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from graft.core.config import ServeConfig, api_key_problem, from_options
 from graft.core.config.fields import takes_fields
@@ -82,6 +82,13 @@ EVERY_ADDRESS = ("0.0.0.0", "::")
 
 class ServeError(GraftError):
     """The server cannot start (address in use, bad host...)."""
+
+
+class Listening(Protocol):
+    """What the Host check reads from a server's config (:class:`ServeConfig`, the app's config)."""
+
+    host: str
+    allowed_host: tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,13 +134,13 @@ def create_app(clf: Classifier, cfg: ServeConfig) -> FastAPI:
     )
     app.state.service = service
     key = cfg.api_key.encode("ascii") if cfg.auth and cfg.api_key is not None else None
-    _add_guard(app, key, host_check(cfg))
+    add_guard(app, key, host_check(cfg))
     _add_page_routes(app)
     _add_api_routes(app, service, key)
     return app
 
 
-def allowed_hosts(cfg: ServeConfig) -> frozenset[str]:
+def allowed_hosts(cfg: Listening) -> frozenset[str]:
     """The ``Host`` names (without port) the server answers: loopback, the ``--host`` address (unless it is every
     address), ``--allowed-host``."""
 
@@ -145,7 +152,7 @@ def allowed_hosts(cfg: ServeConfig) -> frozenset[str]:
     return LOOPBACK_NAMES | {name(h) for h in (*bound, *cfg.allowed_host)}
 
 
-def host_check(cfg: ServeConfig) -> Callable[[str], bool]:
+def host_check(cfg: Listening) -> Callable[[str], bool]:
     """Whether a ``Host`` header is answered: one of :func:`allowed_hosts`, or, on a server listening on every
     address (``--host 0.0.0.0`` or ``::``), any IP address but those (an address cannot be rebound to another
     machine by DNS; a name can)."""
@@ -172,10 +179,34 @@ def host_name(header: str) -> str:
     return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
-def _add_guard(app: FastAPI, key: bytes | None, host_allowed: Callable[[str], bool]) -> None:
-    """The Host and API key checks (``key`` None: none), the limit on requests in progress, the security headers
-    and the answer to an :class:`HTTPError`."""
+def add_guard(
+    app: FastAPI,
+    key: bytes | None,
+    host_allowed: Callable[[str], bool],
+    is_open: Callable[[str], bool] = OPEN_PATHS.__contains__,
+    key_cookie: str | None = None,
+) -> None:
+    """The Host and API key checks (``key`` None: none; paths for which ``is_open`` is true need no key), the limit
+    on requests in progress, the security headers and the answer to an :class:`HTTPError`.
+
+    ``key_cookie``: the name of a cookie that may carry the key too (for what a page loads without a script, such as
+    ``<img src>``): set, HttpOnly and SameSite=Strict, on the answer to any request that sent the key in a header."""
     in_flight = 0
+
+    def refused(request: Request) -> str | None:
+        if key is None or is_open(request.url.path):
+            return None
+        cookie = request.cookies.get(key_cookie, "") if key_cookie else ""
+        if cookie and hmac.compare_digest(cookie.encode("utf-8"), key):
+            return None
+        return check_key(request.headers, key)
+
+    def remember_key(request: Request, response: Any) -> None:
+        """Set the key's cookie (a session cookie: it ends with the browser) after the key came in a header."""
+        if key_cookie is None or key is None or request.cookies.get(key_cookie) == key.decode("ascii"):
+            return
+        if check_key(request.headers, key) is None:
+            response.set_cookie(key_cookie, key.decode("ascii"), httponly=True, samesite="strict")
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
@@ -187,7 +218,7 @@ def _add_guard(app: FastAPI, key: bytes | None, host_allowed: Callable[[str], bo
                 {"detail": "this server does not answer to that Host name: start it with --allowed-host NAME"},
                 status_code=400,
             )
-        elif refusal := None if key is None or request.url.path in OPEN_PATHS else check_key(request.headers, key):
+        elif refusal := refused(request):
             response = JSONResponse(
                 {"detail": refusal},
                 status_code=401,
@@ -205,6 +236,7 @@ def _add_guard(app: FastAPI, key: bytes | None, host_allowed: Callable[[str], bo
                 response = await call_next(request)
             finally:
                 in_flight -= 1
+            remember_key(request, response)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -294,20 +326,37 @@ def resolve_api_key(cfg: ServeConfig, environ: Mapping[str, str] = os.environ) -
 
     Refuses (:class:`ServeError`) a ``--host`` other than loopback with no key and no ``--no-auth``; checked before
     the model loads or a socket is bound."""
-    if not cfg.auth:
+    return required_key(cfg.host, cfg.api_key, auth=cfg.auth, environ=environ)
+
+
+def required_key(host: str, api_key: str | None, *, auth: bool, environ: Mapping[str, str] = os.environ) -> str | None:
+    """:func:`resolve_api_key` for any server: the key from ``api_key`` or ``$GRAFT_API_KEY`` (none unless
+    ``auth``), or a :class:`ServeError` when ``host`` is not loopback and no key is set."""
+    if not auth:
         return None
-    key = cfg.api_key
+    key = api_key
     if key is None and environ.get(API_KEY_ENV):
         key = environ[API_KEY_ENV]
-        if problem := api_key_problem(key, cfg.host):
+        if problem := api_key_problem(key, host):
             raise ServeError(f"${API_KEY_ENV} {problem}")
-    if key is None and not is_loopback(cfg.host):
+    if key is None and not is_loopback(host):
         raise ServeError(
-            f"--host {cfg.host} lets other machines reach the server, and no API key is set: export "
+            f"--host {host} lets other machines reach the server, and no API key is set: export "
             f"{API_KEY_ENV}=<a long random key> (or --api-key KEY, visible in ps), or pass --no-auth to serve "
             "without authentication, or use --host 127.0.0.1"
         )
     return key
+
+
+def warn_no_auth(host: str, auth: bool, what: str = "the model") -> None:
+    """Say on stderr that a server off loopback runs without a key (``--no-auth``): anyone can use ``what``."""
+    if not auth and not is_loopback(host):
+        print(
+            f"warning: --no-auth on {host}: anyone who can reach this machine can use {what}; "
+            f"set {API_KEY_ENV} instead, or use --host 127.0.0.1 to keep it local",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -344,28 +393,32 @@ def run_config(cfg: ServeConfig) -> None:
     from graft.inference.loading import load
 
     cfg = dataclasses.replace(cfg, api_key=resolve_api_key(cfg))  # a refusal comes before any slow work
-    if not cfg.auth and not is_loopback(cfg.host):
-        print(
-            f"warning: --no-auth on {cfg.host}: anyone who can reach this machine can use the model; "
-            f"set {API_KEY_ENV} instead, or use --host 127.0.0.1 to keep it local",
-            file=sys.stderr,
-            flush=True,
-        )
+    warn_no_auth(cfg.host, cfg.auth)
     clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
     app = create_app(clf, cfg)
     sock = bind(cfg.host, cfg.port)
-    actual_port = sock.getsockname()[1]
-    shown_host = f"[{cfg.host.strip('[]')}]" if ":" in cfg.host else cfg.host
     access = "API key required" if cfg.api_key is not None else "no API key"
     print(
         f"graft serve: {clf.run_dir.name} ({clf.meta.arch}, {len(clf.classes)} classes) "
-        f"on http://{shown_host}:{actual_port}/ ({access}; Ctrl-C stops)",
+        f"on {url(cfg.host, sock)} ({access}; Ctrl-C stops)",
         file=sys.stderr,
         flush=True,
     )
+    run_server(app, sock, header_timeout=cfg.header_timeout, max_client_connections=cfg.max_client_connections)
+
+
+def url(host: str, sock: socket.socket) -> str:
+    """``http://HOST:PORT/`` of a server bound to ``sock`` (an IPv6 address in brackets)."""
+    shown_host = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{shown_host}:{sock.getsockname()[1]}/"
+
+
+def run_server(app: FastAPI, sock: socket.socket, *, header_timeout: float, max_client_connections: int) -> None:
+    """Serve ``app`` on ``sock`` with uvicorn until interrupted, under the connection limits of
+    :func:`graft.deploy.connections.guarded_protocol`."""
     config = uvicorn.Config(
         app,
-        http=guarded_protocol(header_timeout=cfg.header_timeout, per_client=cfg.max_client_connections),
+        http=guarded_protocol(header_timeout=header_timeout, per_client=max_client_connections),
         ws="none",  # no WebSocket routes: an upgrade request is plain HTTP, under the same limits
         log_level="info",
         timeout_keep_alive=5,

@@ -111,6 +111,11 @@ class Batcher:
                     f.set_result(out[i])
 
 
+def reason_status(reason: str) -> int:
+    """The HTTP status for a reason :func:`graft.data.load_rgb` or :func:`check_declared_size` gives."""
+    return next((s for prefix, s in _REASON_STATUS if reason.startswith(prefix)), 422)
+
+
 def check_declared_size(path: Path, max_pixels: int, max_bytes: int, *, draft: int | None = None) -> None:
     """Refuse an image whose header declares more than ``max_pixels`` pixels, or whose decoding would take more than
     ``max_bytes`` of memory (:func:`graft.data.images.decoded_bytes`: float and 16-bit images cost more per pixel),
@@ -263,8 +268,7 @@ class Service:
             )
             return self.clf.tensor(path)
         except ImageError as e:
-            status = next((s for prefix, s in _REASON_STATUS if e.reason.startswith(prefix)), 422)
-            raise HTTPError(status, f"cannot use the upload: {e.reason}") from None
+            raise HTTPError(reason_status(e.reason), f"cannot use the upload: {e.reason}") from None
         finally:
             path.unlink(missing_ok=True)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +19,6 @@ from graft.deploy.export import export
 from graft.deploy.formats import ExportError
 from graft.deploy.onnx_int8 import MAX_DROP, check_drop, export_int8
 
-#: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
-RUNTIME_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
 #: predict.py resizes with Pillow, graft with torchvision: a grey level here and there (measured: 1e-3 at most on
 #: hymenoptera's val images with MobileNetV2), so its probabilities are compared with this tolerance.
 STANDALONE_PROB_ATOL = 5e-3
@@ -40,28 +36,6 @@ def int8_export(frozen_run, tmp_path_factory):
 def fp32_export(frozen_run, int8_export):
     """The same run's float ONNX export, in the int8 folder (predict.py --model fp32.onnx reads fp32.onnx.json)."""
     return export(frozen_run.run_dir, format="onnx", out=int8_export.path.parent / "fp32.onnx", verify_images=16)
-
-
-@pytest.fixture(scope="module")
-def torch_free_python(tmp_path_factory) -> Path:
-    """A new venv (the base interpreter, no system site-packages) that sees only onnxruntime, numpy and Pillow of
-    the test's environment, through a .pth naming a folder of symbolic links to them."""
-    root = tmp_path_factory.mktemp("torch-free")
-    site = Path(sysconfig.get_paths()["purelib"])
-    pkgs = root / "pkgs"
-    pkgs.mkdir()
-    for name in RUNTIME_PACKAGES:
-        if (site / name).exists():
-            (pkgs / name).symlink_to(site / name)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
-    python = root / "venv/bin/python"
-    venv_site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    (Path(venv_site) / "runtime.pth").write_text(f"{pkgs}\n")
-    return python
 
 
 @pytest.mark.slow
