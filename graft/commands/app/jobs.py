@@ -242,7 +242,8 @@ WARNINGS = ("label_error", "exact_duplicate", "near_duplicate", "outlier", "unre
 
 
 class Checker:
-    """``graft doctor`` on the project's labels in a background thread; its findings as the project's image ids."""
+    """``graft doctor`` on the project's labels in a background thread; its findings as the project's image ids.
+    ``cache_dir``: the feature cache (default graft's), as for :class:`Trainer`."""
 
     def __init__(
         self,
@@ -252,12 +253,14 @@ class Checker:
         *,
         arch: str = "mobilenet_v2",
         device: str = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.project = Path(project)
         self.on_event = on_event
         self.arch = arch
         self.device = device
+        self.cache_dir = cache_dir
         self._lock = threading.Lock()
         self._status = "none"
         self._error: str | None = None
@@ -290,29 +293,34 @@ class Checker:
         self.on_event("check_done", {"status": self._status, "error": self._error})
 
     def check(self) -> list[dict[str, Any]]:
-        """Run the doctor now (in this thread); every finding with the ids of its images."""
+        """Run ``graft doctor`` on the labels now (a subprocess: the feature cache of the training job, and the
+        app's memory kept apart); every finding with the ids of its images."""
         from graft.commands.app.labels import export_labels
-        from graft.core.config import DoctorConfig
-        from graft.insight.doctor.run import run_doctor
 
         out = self.project / "work" / "doctor"
         out.mkdir(parents=True, exist_ok=True)
         exported = export_labels(self.store, out / "labels.csv")
         if len(exported.classes) < 2:
             raise AppError("the check needs labelled images of at least two classes: label some first")
-        cfg = DoctorConfig(
-            data=exported.path, root=exported.root, out=out, html=False, arch=self.arch, device=self.device
+        cmd = [sys.executable, "-m", "graft", "doctor", *exported.train_args()[1:], "--out", str(out)]
+        cmd += ["--arch", self.arch, "--device", self.device, "--no-html"]
+        env = os.environ | {"GRAFT_NO_PROGRESS": "1"}
+        if self.cache_dir is not None:
+            env["GRAFT_CACHE_DIR"] = str(self.cache_dir)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, errors="replace", env=env, cwd=self.project, stdin=subprocess.DEVNULL
         )
-        result = run_doctor(cfg, log=lambda line: None)
-        found = [(f.kind, f.files, f.score, f.evidence) for f in result.findings]
-        return _findings(self.store, Path(result.data), found)
+        saved = _read_json(out / "doctor.json")
+        if done.returncode not in (0, 3) or "findings" not in saved:  # 3: serious findings, a successful check
+            last = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[-1]
+            raise AppError(f"graft doctor failed: {last}")
+        return _saved_findings(self.store, saved)
 
     def load_previous(self) -> None:
         """The findings of the project's last check (its doctor.json), as if just run: a restarted app shows them."""
         saved = _read_json(self.project / "work" / "doctor" / "doctor.json")
         try:
-            found = [(f["kind"], f["files"], f["score"], f.get("evidence", {})) for f in saved["findings"]]
-            findings = _findings(self.store, Path(saved["data"]), found)
+            findings = _saved_findings(self.store, saved)
         except (KeyError, TypeError):  # none yet, or not a doctor.json: nothing to show
             return
         with self._lock:
@@ -343,19 +351,18 @@ class Checker:
             return None
 
 
-def _findings(
-    store: Any, root: Path, found: list[tuple[str, list[str], float, dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    """The doctor's findings (kind, files relative to ``root``, score, evidence) with the project's image ids."""
+def _saved_findings(store: Any, saved: dict[str, Any]) -> list[dict[str, Any]]:
+    """The findings of a doctor.json (files relative to its ``data`` root) with the project's image ids."""
+    root = Path(saved["data"])
     _, rows = store.images(excluded=True, limit=1 << 30)
     by_path = {Path(r.path): r.id for r in [*store.labelled(), *rows]}
     return [
-        _finding(kind, [by_path.get((root / f).resolve()) for f in files], len(files), score, ev)
-        for kind, files, score, ev in found
+        _finding(f["kind"], [by_path.get((root / rel).resolve()) for rel in f["files"]], f, f.get("evidence", {}))
+        for f in saved["findings"]
     ]
 
 
-def _finding(kind: str, ids: list[int | None], files: int, score: float, ev: dict[str, Any]) -> dict[str, Any]:
+def _finding(kind: str, ids: list[int | None], saved: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     from graft.insight.doctor.findings import KINDS
 
     message = KINDS.get(kind, kind)
@@ -369,7 +376,7 @@ def _finding(kind: str, ids: list[int | None], files: int, score: float, ev: dic
         "severity": severity,
         "message": message,
         "suggested": ev.get("suggested") if kind == "label_error" else None,
-        "score": round(float(score), 4),
-        "files": files,
+        "score": round(float(saved["score"]), 4),
+        "files": len(saved["files"]),
         "ids": [i for i in ids if i is not None],
     }

@@ -228,3 +228,16 @@ def test_model_routes(run_dir: Path, trained: tuple[Any, Any], project: tuple[An
     zipped = client.get(f"/api/runs/{name}/export")
     assert zipped.status_code == 200 and zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
     assert client.post("/api/train/cancel").json() == {"cancelled": False}
+
+
+def test_a_failed_check_says_why(project: tuple[Any, Path], tmp_path: Path) -> None:
+    from graft.commands.app.jobs import Checker
+
+    store, folder = project
+    events: list[dict[str, Any]] = []
+    checker = Checker(store, folder, lambda kind, data: events.append(data), arch="no_such_arch", device="cpu")
+    checker.start()
+    checker.wait(timeout=300)
+    out = checker.result()
+    assert out["status"] == "error" and "no_such_arch" in out["error"], out
+    assert events == [{"status": "error", "error": out["error"]}]
