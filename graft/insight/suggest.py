@@ -12,9 +12,11 @@ does). :func:`rank` orders a pool from the run's probabilities and the images' f
 - ``random``: a seeded permutation (the baseline);
 - ``auto``: the strategy :data:`AUTO` names, chosen by ``benchmarks/bench_active.py`` (NOTES.md, "Suggest").
 
-:func:`fit_head` fits the linear softmax head that ranks a pool when no run exists yet (the app's Label page).
+:func:`fit_head` fits the linear softmax head that ranks a pool when no run exists yet (the app's Label page; the
+head ``benchmarks/bench_active.py`` measures the strategies with).
 
-Imports numpy and the command's config (where the strategy names are declared).
+Imports numpy and the command's config (where the strategy names are declared); :func:`fit_head` the doctor's
+L-BFGS when it is called.
 """
 
 from __future__ import annotations
