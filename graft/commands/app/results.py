@@ -32,9 +32,9 @@ KEEP = 2
 _LOADED: OrderedDict[tuple[str, str, float], tuple[Any, threading.Lock]] = OrderedDict()
 _LOADED_LOCK = threading.Lock()
 
-README = """{name}: an image classifier trained with graft (https://github.com/) on the labels in labels.csv.
+README = """{name}: an image classifier trained with graft on the labels in labels.csv.
 
-Classify images without graft or torch (Python 3.9+):
+Classify images without graft or torch (Python 3 with onnxruntime, numpy and Pillow):
 
     pip install -r requirements.txt
     python predict.py IMAGE...

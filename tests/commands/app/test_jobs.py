@@ -125,7 +125,9 @@ def test_gradcam_and_try(run_dir: Path, hymenoptera: Path) -> None:
         try_image(run_dir, b"not an image", device="cpu")
 
 
-def test_export_zip_holds_the_files(run_dir: Path, project: tuple[Any, Path]) -> None:
+def test_export_zip_holds_the_files(
+    run_dir: Path, project: tuple[Any, Path], tmp_path: Path, hymenoptera: Path
+) -> None:
     from graft.commands.app.results import export_zip
 
     store, _ = project
@@ -137,6 +139,13 @@ def test_export_zip_holds_the_files(run_dir: Path, project: tuple[Any, Path]) ->
     assert labels == (run_dir / "app-labels.csv").read_bytes()  # the labels the run was trained on
     stamp = path.stat().st_mtime
     assert export_zip(store, run_dir, int8=False) == path and path.stat().st_mtime == stamp  # kept
+    zipfile.ZipFile(path).extractall(tmp_path)
+    image = next((hymenoptera / "val" / "ants").iterdir())
+    out = subprocess.run(  # the zip's own script, as its README says to run it
+        [sys.executable, "predict.py", str(image)], cwd=tmp_path / run_dir.name, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(image)) and ("ants" in out.stdout or "bees" in out.stdout)
 
 
 def test_busy_and_cancel(trained: tuple[Any, Any], project: tuple[Any, Path]) -> None:
