@@ -67,7 +67,8 @@ def train_settings(settings: dict[str, Any]) -> dict[str, Any]:
     if mode not in MODES:
         raise AppError(f"mode {mode!r} is not one of {', '.join(MODES)}: pick freeze (fast) or finetune")
     try:
-        epochs = int(settings.get("epochs") or 10)
+        epochs = settings.get("epochs")
+        epochs = 10 if epochs in (None, "") else int(epochs)
         budget = settings.get("budget")
         budget = None if budget in (None, "", 0) else float(budget)
     except (TypeError, ValueError):

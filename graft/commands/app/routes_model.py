@@ -25,11 +25,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 
 class TrainBody(BaseModel):
+    """``POST /api/train``; a form's empty fields ("") mean the defaults (checked by
+    :func:`graft.commands.app.jobs.train_settings`)."""
+
     arch: str | None = None
     mode: str | None = None
-    epochs: int | None = None
+    epochs: int | str | None = None
     auto: bool = False
-    budget: float | None = None
+    budget: float | str | None = None
 
 
 def _need(worker: Any, what: str) -> Any:

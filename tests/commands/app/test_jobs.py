@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
-
 
 @pytest.fixture(scope="module")
 def project(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
@@ -52,6 +50,8 @@ def run_dir(trained: tuple[Any, Any], project: tuple[Any, Path]) -> Path:
     return project[1] / "runs" / trainer.status()["run"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_training_job_streams_and_records_its_run(trained: tuple[Any, Any], project: tuple[Any, Path]) -> None:
     trainer, events = trained
     store, folder = project
@@ -73,6 +73,8 @@ def test_training_job_streams_and_records_its_run(trained: tuple[Any, Any], proj
     assert (Path(row.dir) / "app-labels.csv").read_bytes() == (folder / "work" / "labels.csv").read_bytes()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_run_loads_in_graft_predict(run_dir: Path, hymenoptera: Path) -> None:
     image = next((hymenoptera / "val" / "ants").iterdir())
     out = subprocess.run(
@@ -85,6 +87,8 @@ def test_run_loads_in_graft_predict(run_dir: Path, hymenoptera: Path) -> None:
     assert "ants" in out.stdout or "bees" in out.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_results_cover_the_val_split(run_dir: Path, project: tuple[Any, Path]) -> None:
     from graft.commands.app.results import RESULTS_FILE, results
 
@@ -110,6 +114,8 @@ def test_results_cover_the_val_split(run_dir: Path, project: tuple[Any, Path]) -
     assert results(run_dir, store, device="cpu") == out  # from the cache
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_gradcam_and_try(run_dir: Path, hymenoptera: Path) -> None:
     from graft.commands.app.results import gradcam_png, try_image
     from graft.core.errors import ImageError
@@ -125,6 +131,8 @@ def test_gradcam_and_try(run_dir: Path, hymenoptera: Path) -> None:
         try_image(run_dir, b"not an image", device="cpu")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_export_zip_holds_the_files(
     run_dir: Path, project: tuple[Any, Path], tmp_path: Path, hymenoptera: Path
 ) -> None:
@@ -148,6 +156,8 @@ def test_export_zip_holds_the_files(
     assert out.stdout.startswith(str(image)) and ("ants" in out.stdout or "bees" in out.stdout)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_busy_and_cancel(trained: tuple[Any, Any], project: tuple[Any, Path]) -> None:
     from graft.commands.app.jobs import JobBusy, Trainer
     from graft.commands.app.records import AppError
@@ -177,6 +187,8 @@ def run_dir_of(store: Any, name: str) -> Path:
     return Path(store.run(name).dir)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_check_maps_findings_to_images(project: tuple[Any, Path], trained: Any) -> None:
     from graft.commands.app.jobs import Checker
 
@@ -202,6 +214,8 @@ def test_check_maps_findings_to_images(project: tuple[Any, Path], trained: Any) 
     assert Checker(store, folder).result() == now  # a restarted app shows the last check (doctor.json)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_model_routes(run_dir: Path, trained: tuple[Any, Any], project: tuple[Any, Path], hymenoptera: Path) -> None:
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -239,6 +253,8 @@ def test_model_routes(run_dir: Path, trained: tuple[Any, Any], project: tuple[An
     assert client.post("/api/train/cancel").json() == {"cancelled": False}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_failed_check_says_why(project: tuple[Any, Path], tmp_path: Path) -> None:
     from graft.commands.app.jobs import Checker
 
@@ -250,3 +266,37 @@ def test_a_failed_check_says_why(project: tuple[Any, Path], tmp_path: Path) -> N
     out = checker.result()
     assert out["status"] == "error" and "no_such_arch" in out["error"], out
     assert events == [{"status": "error", "error": out["error"]}]
+
+
+def test_train_settings_and_command(tmp_path: Path) -> None:
+    from graft.commands.app.jobs import train_command, train_settings
+    from graft.commands.app.labels import Export
+    from graft.commands.app.records import AppError
+
+    s = train_settings({"epochs": "", "budget": ""})  # a form's empty fields: the defaults
+    assert s == {"arch": "mobilenet_v2", "mode": "freeze", "epochs": 10, "auto": False, "budget": None}
+    for bad in ({"epochs": 0}, {"epochs": "many"}, {"mode": "qat"}, {"budget": -1}):
+        with pytest.raises(AppError):
+            train_settings(bad)
+    csv_path = tmp_path / "work" / "labels.csv"
+    exported = Export(csv_path, tmp_path / "data", 10, ["a", "b"])
+    cmd = train_command(exported, tmp_path / "runs", "001-x", train_settings({"mode": "finetune"}), "cpu")
+    assert cmd[1:5] == ["-m", "graft", "train", str(csv_path)]
+    assert cmd[cmd.index("--root") + 1] == str(tmp_path / "data") and cmd[cmd.index("--mode") + 1] == "finetune"
+    auto = train_command(exported, tmp_path / "runs", "002-auto", train_settings({"auto": 1, "budget": 60}), "cpu")
+    assert "--auto" in auto and auto[auto.index("--time-budget") + 1] == "60" and "--mode" not in auto
+
+
+def test_epoch_lines() -> None:
+    from graft.commands.app.jobs import epoch_of
+
+    line = "epoch   3 head train loss 0.5123 acc 0.7500  val loss 0.3000 acc 0.9000  lr 1.00e-03    2.1s  *best"
+    assert epoch_of(line) == {
+        "epoch": 3,
+        "stage": "head",
+        "train_loss": 0.5123,
+        "train_acc": 0.75,
+        "val_loss": 0.3,
+        "val_acc": 0.9,
+    }
+    assert epoch_of("best val acc 0.7320 at epoch 1; 7.2s in all") is None
