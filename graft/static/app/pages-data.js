@@ -105,9 +105,8 @@ async function loadMoreImages() {
   if (gen !== grid.gen) return;
   grid.loading = false;
   const items = answer.items || [];
-  const fragment = document.createDocumentFragment();
-  for (const item of items) fragment.append(gridTile(item));
-  $("grid").append(fragment);
+  // each page is its own small grid: appending lays out 100 tiles, and pages out of view skip rendering altogether
+  if (items.length) $("grid").append(el("div", { class: "grid-page" }, ...items.map(gridTile)));
   grid.offset += items.length;
   grid.total = items.length ? answer.total : grid.offset;
   $("view-total").textContent = plural(grid.total, "image");

@@ -3,7 +3,7 @@
 // run, with the probabilities as bars and Grad-CAM on request. Export page (#export): the run's zip to download.
 
 const LIVE_EVERY_MS = 1000;
-const tryState = { stream: null, timer: null, busy: false, previewUrl: null, canvas: null };
+const tryState = { stream: null, timer: null, busy: false, previewUrl: null, canvas: null, file: null };
 
 async function tryImage(blob) {
   const run = $("try-run").value;
@@ -27,10 +27,12 @@ async function tryImage(blob) {
 function tryFile(file) {
   if (!file) return;
   if (tryState.stream) stopTryCam();
+  tryState.file = null;
   if (tryState.previewUrl) URL.revokeObjectURL(tryState.previewUrl);
   tryState.previewUrl = URL.createObjectURL(file);
   $("try-preview").src = tryState.previewUrl;
   $("try-preview").hidden = false;
+  tryState.file = file;
   tryImage(file);
 }
 
@@ -91,6 +93,8 @@ registerPage("try", {
     dropZone($("try-drop"), $("try-file"), (files) => tryFile(files[0]));
     $("try-cam-start").addEventListener("click", () => (tryState.stream ? stopTryCam() : startTryCam()));
     document.addEventListener("paste", pasteImage);
+    // Grad-CAM switched on or off: the image on show again (live frames follow by themselves)
+    $("try-gradcam").addEventListener("change", () => { if (tryState.file && !tryState.stream) tryImage(tryState.file); });
   },
   async show(arg) {
     fillRunPicker($("try-run"), await loadRuns().catch(() => []), arg);
