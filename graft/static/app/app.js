@@ -106,7 +106,9 @@ class ApiError extends Error {
 function errorText(data, response) {
   const detail = data && data.detail;
   if (typeof detail === "string") return detail;
-  if (Array.isArray(detail)) return detail.map((d) => (d.loc ? d.loc.slice(1).join(".") + ": " : "") + d.msg).join("; ");
+  if (Array.isArray(detail)) {
+    return detail.map((d) => (d.loc ? d.loc.slice(1).join(".") + ": " : "") + d.msg).join("; ");
+  }
   return `${response.status} ${response.statusText || "error"}`;
 }
 
@@ -204,7 +206,8 @@ function route() {
   if (changed && currentPage && pages[currentPage].hide) pages[currentPage].hide();
   for (const section of document.querySelectorAll("main > .page")) section.hidden = section.id !== page;
   for (const link of document.querySelectorAll("#nav a")) {
-    if (link.dataset.page === page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
   currentPage = page;
   if (changed) window.scrollTo(0, 0);

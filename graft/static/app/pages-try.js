@@ -94,7 +94,9 @@ registerPage("try", {
     $("try-cam-start").addEventListener("click", () => (tryState.stream ? stopTryCam() : startTryCam()));
     document.addEventListener("paste", pasteImage);
     // Grad-CAM switched on or off: the image on show again (live frames follow by themselves)
-    $("try-gradcam").addEventListener("change", () => { if (tryState.file && !tryState.stream) tryImage(tryState.file); });
+    $("try-gradcam").addEventListener("change", () => {
+      if (tryState.file && !tryState.stream) tryImage(tryState.file);
+    });
   },
   async show(arg) {
     fillRunPicker($("try-run"), await loadRuns().catch(() => []), arg);
