@@ -112,21 +112,14 @@ function errorText(data, response) {
   return `${response.status} ${response.statusText || "error"}`;
 }
 
-/** fetch ``path`` (JSON in ``opts.json`` or a body in ``opts.body``); the answer's JSON, or throws ApiError after a
- * toast (``opts.quiet``: no toast). A 401 asks for the key and sends the request again. */
+/** fetch ``path`` (JSON in ``opts.json`` or a body in ``opts.body``); the answer's JSON (``opts.raw``: the
+ * Response itself), or throws ApiError after a toast (``opts.quiet``: no toast). A 401 asks for the key and sends
+ * the request again. */
 async function api(path, opts = {}) {
   for (;;) {
-    const headers = {};
-    let body = opts.body;
-    if (apiKey) headers.Authorization = "Bearer " + apiKey;
-    if (opts.json !== undefined) {
-      headers["Content-Type"] = "application/json";
-      body = JSON.stringify(opts.json);
-    } else if (opts.contentType) headers["Content-Type"] = opts.contentType;
-    const method = opts.method || (body === undefined ? "GET" : "POST");
     let response;
     try {
-      response = await fetch(path, { method, headers, body, signal: opts.signal });
+      response = await send(path, opts);
     } catch (err) {
       if (err.name === "AbortError") throw err;
       const message = "The server does not answer: is `graft app` still running?";
@@ -137,6 +130,7 @@ async function api(path, opts = {}) {
       await askKey(Boolean(apiKey));
       continue;
     }
+    if (response.ok && opts.raw) return response;
     const data = await response.json().catch(() => null);
     if (!response.ok) {
       const message = errorText(data, response);
@@ -145,6 +139,18 @@ async function api(path, opts = {}) {
     }
     return data;
   }
+}
+
+function send(path, opts) {
+  const headers = {};
+  let body = opts.body;
+  if (apiKey) headers.Authorization = "Bearer " + apiKey;
+  if (opts.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(opts.json);
+  } else if (opts.contentType) headers["Content-Type"] = opts.contentType;
+  const method = opts.method || (body === undefined ? "GET" : "POST");
+  return fetch(path, { method, headers, body, signal: opts.signal });
 }
 
 const post = (path, json) => api(path, { json });
@@ -426,6 +432,8 @@ function dropZone(zone, input, handle) {
 // start
 
 document.addEventListener("DOMContentLoaded", () => {
+  // a file dropped beside a drop zone must not make the browser leave the app to show it
+  for (const name of ["dragover", "drop"]) window.addEventListener(name, (event) => event.preventDefault());
   initKeyDialog();
   initAskDialog();
   initViewer();
