@@ -285,7 +285,7 @@ function modelText(model) {
 // ---------------------------------------------------------------------------------------------------------------
 // runs, shared by Train, Results, Try and Export
 
-const UNUSABLE = ["running", "starting", "queued", "error", "failed", "cancelled", "canceled"];
+const UNUSABLE = ["running", "starting", "queued", "error", "failed", "cancelled", "canceled", "interrupted"];
 
 async function loadRuns() {
   const answer = await api("api/runs");
