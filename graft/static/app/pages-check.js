@@ -88,9 +88,9 @@ function showMoreFindings() {
 function findingCard(finding) {
   const severity = String(finding.severity || "warning").toLowerCase();
   const images = finding.images || [];
-  const card = el("article", { class: `finding sev-${severity}`, dataset: { kind: finding.kind } });
   const keep = images.length ? el("button", { type: "button", class: "btn ghost keep", text: "Keep as is" }) : null;
-  card.append(
+  const card = el("article", { class: `finding sev-${severity}`, dataset: { kind: finding.kind } });
+  card.append(...[
     el("div", { class: "finding-head" },
       el("h2", { text: KIND_TITLES[finding.kind] || finding.kind }),
       el("span", { class: `sev sev-${severity}`, text: severity }),
@@ -98,7 +98,7 @@ function findingCard(finding) {
     el("p", { text: finding.message || "" }),
     images.length ? el("div", { class: "finding-images" }, ...images.map((image) => findingImage(finding, image, card)))
       : null,
-    el("p", { class: "note" }));
+    el("p", { class: "note" })].filter(Boolean));
   if (keep) keep.addEventListener("click", () => keepFinding(finding, card));
   return card;
 }
@@ -111,8 +111,8 @@ function findingImage(finding, image, card) {
     el("option", { value: "", text: "Relabel to\u2026" }),
     ...state.classes.filter((c) => c !== image.label).map((c) => el("option", { value: c, text: c })));
   const exclude = el("button", { type: "button", class: "btn ghost exclude", text: "Exclude" });
-  box.append(tile(image, { caption: image.label || "(no label)", onClick: () => openViewer(image) }), fix, select,
-    exclude);
+  box.append(...[tile(image, { caption: image.label || "(no label)", onClick: () => openViewer(image) }), fix, select,
+    exclude].filter(Boolean));
   if (fix) fix.addEventListener("click", () => relabelImage(image, finding.suggested, box, card));
   select.addEventListener("change", () => { if (select.value) relabelImage(image, select.value, box, card); });
   exclude.addEventListener("click", () => excludeImage(image, box, card));
