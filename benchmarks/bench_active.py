@@ -1,7 +1,7 @@
 """Label efficiency of graft suggest's ranking: labels needed to reach 95% of the full train set's frozen accuracy.
 
     python -m benchmarks.bench_active [--datasets trashnet_half,hymenoptera_data] [--seeds 3] [--batch 20]
-        [--record] [--plot PATH] [--cache DIR]
+        [--strategies random,margin,...] [--record] [--plot PATH] [--cache DIR]
 
 Features: mobilenet_v2's pretrained view-0 features of every train and val image, once per dataset, exactly as
 ``graft doctor`` and frozen training get them (``scan_and_features``); ``GRAFT_CACHE_DIR`` is a fresh temporary
@@ -111,12 +111,12 @@ def labels_needed(points: list[tuple[int, float]], target: float) -> int:
     return next((n for n, acc in points if acc >= target - 1e-12), points[-1][0])
 
 
-def measure(d: Data, seeds: int, batch: int) -> dict:
-    """The reference accuracy, the target and every strategy's curves (one per seed) on ``d``."""
+def measure(d: Data, seeds: int, batch: int, strategies: tuple[str, ...] = STRATEGIES) -> dict:
+    """The reference accuracy, the target and each of ``strategies``' curves (one per seed) on ``d``."""
     from graft.insight.suggest import fit_head
 
     full = fit_head(d.x, d.y, d.classes).accuracy(d.xv, d.yv)
-    curves = {s: [curve(d, s, seed, batch) for seed in range(seeds)] for s in STRATEGIES}
+    curves = {s: [curve(d, s, seed, batch) for seed in range(seeds)] for s in strategies}
     return {"full": full, "target": TARGET * full, "curves": curves}
 
 
@@ -184,10 +184,20 @@ def main() -> int:
     parser.add_argument("--datasets", default="trashnet_half,hymenoptera_data")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="a subset to measure (random, the baseline, always is)"
+    )
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "out" / "active.png")
     parser.add_argument("--cache", type=Path, default=None, help="GRAFT_CACHE_DIR to reuse (default: a fresh one)")
     args = parser.parse_args()
+    strategies = tuple(dict.fromkeys(["random", *args.strategies.split(",")]))
+    from graft.insight.suggest import STRATEGIES as KNOWN
+
+    if unknown := [s for s in strategies if s not in KNOWN]:
+        parser.error(f"unknown strategy {', '.join(unknown)}: choose among {', '.join(KNOWN)}")
+    if args.record and set(strategies) != set(STRATEGIES):
+        parser.error("--record measures every strategy: leave --strategies out")
     with tempfile.TemporaryDirectory(prefix="bench_active_") as tmp:
         os.environ["GRAFT_CACHE_DIR"] = str(args.cache or tmp)
         from graft.core.device import one_thread
@@ -199,7 +209,7 @@ def main() -> int:
             d = load(name)
             t1 = time.perf_counter()
             with one_thread():  # thin products on a few thousand rows: a thread pool costs more than it saves
-                results[name] = measure(d, args.seeds, args.batch)
+                results[name] = measure(d, args.seeds, args.batch, strategies)
             print(f"{name}: features {t1 - t0:.1f} s, curves {time.perf_counter() - t1:.1f} s", flush=True)
     text, best = table(results, args.batch, args.seeds)
     text += f"\nTotal {time.perf_counter() - began:.0f} s (features and every fit).\n"

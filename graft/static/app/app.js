@@ -65,13 +65,6 @@ function setKey(key) {
   connectEvents();
 }
 
-/** ``url`` with the key as ``?key=``: for the URLs a browser fetches itself (img, EventSource, a download link),
- * which cannot carry an Authorization header. */
-function withKey(url) {
-  if (!apiKey) return url;
-  return url + (url.includes("?") ? "&" : "?") + "key=" + encodeURIComponent(apiKey);
-}
-
 /** Ask for the key once for all the requests that got a 401 meanwhile; resolves when one is entered. */
 function askKey(refused) {
   if (!keyWaiters) {
@@ -154,8 +147,8 @@ function send(path, opts) {
 }
 
 const post = (path, json) => api(path, { json });
-const thumbUrl = (id) => withKey(`api/images/${id}/thumb`);
-const fileUrl = (id) => withKey(`api/images/${id}/file`);
+const thumbUrl = (id) => `api/images/${id}/thumb`;
+const fileUrl = (id) => `api/images/${id}/file`;
 
 // ---------------------------------------------------------------------------------------------------------------
 // a small modal question: ask({title, message, input, options, ok}) -> the text/option chosen, or null
@@ -232,7 +225,7 @@ function onEvent(name, handler) { (eventHandlers[name] = eventHandlers[name] || 
 function connectEvents() {
   if (events) events.close();
   clearTimeout(eventsRetry);
-  events = new EventSource(withKey("api/events"));
+  events = new EventSource("api/events");
   for (const name of ["train", "train_done", "model", "check_done"]) {
     events.addEventListener(name, (event) => {
       let data = null;
@@ -373,7 +366,7 @@ function initViewer() {
   $("viewer-gradcam").addEventListener("change", () => {
     const on = $("viewer-gradcam").checked && viewer.run;
     $("viewer-cam").hidden = !on;
-    if (on) $("viewer-cam").src = withKey(`api/runs/${encodeURIComponent(viewer.run)}/gradcam/${viewer.item.id}`);
+    if (on) $("viewer-cam").src = `api/runs/${encodeURIComponent(viewer.run)}/gradcam/${viewer.item.id}`;
   });
   $("viewer").addEventListener("click", (event) => { if (event.target === $("viewer")) $("viewer").close(); });
 }

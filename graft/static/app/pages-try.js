@@ -119,7 +119,7 @@ function updateDownload() {
     return;
   }
   link.removeAttribute("aria-disabled");
-  link.href = withKey(`api/runs/${encodeURIComponent(run)}/export?int8=${int8}`);
+  link.href = `api/runs/${encodeURIComponent(run)}/export?int8=${int8}`;
   $("export-note").textContent = int8 ? "The int8 model is built and checked against the float one first: this " +
     "takes a little while." : "The ONNX model is checked against the run's own predictions before it is zipped.";
 }

@@ -182,7 +182,8 @@ def test_the_whole_flow_in_a_browser(hymenoptera, planted_train, shot_dir, torch
         # Label: 20 with the keyboard, then the suggestions refresh under a new head
         open_page(driver, url, "label")
         first = wait_for(driver, lambda d: get(url + "api/project")["model"]["status"] == "ready" and d, 300, "head")
-        version = get(url + "api/project")["model"]["version"]
+        model = get(url + "api/project")["model"]
+        version = model["version"]
         wait_for(first, lambda d: "model" in d.find_element(By.ID, "model-status").text, 30)
         shots(driver, shot_dir, "label")
         truth = pool_truth(url, hymenoptera / "val")
@@ -190,7 +191,8 @@ def test_the_whole_flow_in_a_browser(hymenoptera, planted_train, shot_dir, torch
         assert all(get(url + f"api/images/{i}")["label"] == truth[i] for i in labelled)
         wait_for(driver, lambda d: get(url + "api/project")["model"]["version"] > version, 300, "a new head")
         wait_for(driver, lambda d: f"v{version + 1}" in d.find_element(By.ID, "model-status").text, 60, "refresh")
-        assert get(url + "api/project")["model"]["labelled"] >= 244 + 20 - 1  # the planted one may be in val
+        # the head learns from the train split's labels: most of the 20 new ones (a fifth of the images are val)
+        assert get(url + "api/project")["model"]["labelled"] - model["labelled"] >= 10
         driver.find_element(By.TAG_NAME, "body").send_keys("u")  # undo the last label, then label it again
         wait_for(driver, lambda d: get(url + f"api/images/{labelled[-1]}")["label"] is None, 30, "undone")
         label_with_keyboard(driver, url, truth, classes, 1)
