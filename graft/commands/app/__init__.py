@@ -81,7 +81,6 @@ def add_workers(ctx: AppContext) -> None:
         ctx.store,
         arch=cfg.arch,
         retrain_every=cfg.retrain_every,
-        cache_dir=cfg.project / "cache",
         on_event=publish,
         device=cfg.device,
     )

@@ -9,8 +9,9 @@ import time
 import urllib.error
 
 import pytest
-from graft.commands.app.store import Store
 from test_flow import get, graft_app, post
+
+from graft.commands.app.store import Store
 
 pytestmark = pytest.mark.slow
 
