@@ -127,7 +127,7 @@ def add_model_routes(app: FastAPI, ctx: Any) -> None:
 
 def add_run_routes(app: FastAPI, ctx: Any) -> None:
     """What is done with a trained run: results, Grad-CAM, trying an image, the export zip."""
-    from graft.commands.app import results as res
+    import graft.commands.app.results as res
 
     @app.get("/api/runs/{name}/results")
     def results(name: str) -> dict[str, Any]:

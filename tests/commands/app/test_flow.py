@@ -185,12 +185,12 @@ def test_the_whole_flow_in_a_browser(hymenoptera, planted_train, shot_dir, torch
         model = get(url + "api/project")["model"]
         version = model["version"]
         wait_for(first, lambda d: "model" in d.find_element(By.ID, "model-status").text, 30)
-        shots(driver, shot_dir, "label")
         truth = pool_truth(url, hymenoptera / "val")
         labelled = label_with_keyboard(driver, url, truth, classes, 20)
         assert all(get(url + f"api/images/{i}")["label"] == truth[i] for i in labelled)
         wait_for(driver, lambda d: get(url + "api/project")["model"]["version"] > version, 300, "a new head")
         wait_for(driver, lambda d: f"v{version + 1}" in d.find_element(By.ID, "model-status").text, 60, "refresh")
+        shots(driver, shot_dir, "label")
         # the head learns from the train split's labels: most of the 20 new ones (a fifth of the images are val)
         assert get(url + "api/project")["model"]["labelled"] - model["labelled"] >= 10
         driver.find_element(By.TAG_NAME, "body").send_keys("u")  # undo the last label, then label it again
