@@ -16,7 +16,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import uvicorn_thread
 
 import graft
 from graft.commands.serve import (
@@ -113,23 +113,8 @@ def clf(frozen_run):
 @contextlib.contextmanager
 def serving(clf, cfg: ServeConfig) -> Iterator[str]:
     """``create_app(clf, cfg)`` on a real loopback socket, served by uvicorn in a thread; yields its base URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(clf, cfg), log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start in a thread"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-    assert not thread.is_alive()
+    with uvicorn_thread(create_app(clf, cfg)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

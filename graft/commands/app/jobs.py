@@ -92,10 +92,10 @@ def train_command(exported: Any, out: Path, name: str, s: dict[str, Any], device
     return cmd
 
 
-class Trainer:
-    """One ``graft train`` subprocess at a time on the project's labels; its run recorded in the store.
-    ``cache_dir``: the feature cache it uses (default graft's, ``GRAFT_CACHE_DIR``): the learner's, so that a
-    frozen run reads the features the learner stored."""
+class _Job:
+    """What a background job of a project holds: the store, the project folder, where its events go, the device
+    and the feature cache (default graft's, ``GRAFT_CACHE_DIR``: the learner's, so that a frozen run and the check
+    read the features the learner stored)."""
 
     def __init__(
         self,
@@ -112,6 +112,13 @@ class Trainer:
         self.device = device
         self.cache_dir = cache_dir
         self._lock = threading.Lock()
+
+
+class Trainer(_Job):
+    """One ``graft train`` subprocess at a time on the project's labels; its run recorded in the store."""
+
+    def __init__(self, store: Any, project: Path, on_event: EventSink = _no_events, **job: Any) -> None:
+        super().__init__(store, project, on_event, **job)
         self._proc: subprocess.Popen[str] | None = None
         self._run: str | None = None
         self._status: str | None = None
@@ -242,27 +249,14 @@ SERIOUS = ("leakage", "label_conflict")
 WARNINGS = ("label_error", "exact_duplicate", "near_duplicate", "outlier", "unreadable", "imbalance")
 
 
-class Checker:
-    """``graft doctor`` on the project's labels in a background thread; its findings as the project's image ids.
-    ``cache_dir``: the feature cache (default graft's), as for :class:`Trainer`."""
+class Checker(_Job):
+    """``graft doctor`` on the project's labels in a background thread; its findings as the project's image ids."""
 
     def __init__(
-        self,
-        store: Any,
-        project: Path,
-        on_event: EventSink = _no_events,
-        *,
-        arch: str = "mobilenet_v2",
-        device: str = "auto",
-        cache_dir: Path | None = None,
+        self, store: Any, project: Path, on_event: EventSink = _no_events, *, arch: str = "mobilenet_v2", **job: Any
     ) -> None:
-        self.store = store
-        self.project = Path(project)
-        self.on_event = on_event
+        super().__init__(store, project, on_event, **job)
         self.arch = arch
-        self.device = device
-        self.cache_dir = cache_dir
-        self._lock = threading.Lock()
         self._status = "none"
         self._error: str | None = None
         self._findings: list[dict[str, Any]] = []

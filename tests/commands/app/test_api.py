@@ -23,9 +23,10 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from servers import uvicorn_thread
 
 from graft.commands.app import create_app, open_context, run_app
-from graft.commands.serve import ServeError, bind
+from graft.commands.serve import ServeError
 from graft.core.config import AppConfig
 
 KEY = secrets.token_urlsafe(24)
@@ -71,8 +72,6 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 def serving(cfg: AppConfig) -> Iterator[tuple[str, object]]:
     """The app of ``cfg`` (its --data and --pool imported) on a loopback socket, uvicorn in a thread; yields the
     base URL and the app's context."""
-    import uvicorn
-
     ctx = open_context(cfg, workers=False)
     for folder, pool in ((cfg.data, False), (cfg.pool, True)):
         if folder is not None:
@@ -80,21 +79,8 @@ def serving(cfg: AppConfig) -> Iterator[tuple[str, object]]:
                 ctx.store.import_pool(folder)
             else:
                 ctx.store.import_data(folder)
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg, ctx), log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start in a thread"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", ctx
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-    assert not thread.is_alive()
+    with uvicorn_thread(create_app(cfg, ctx), graceful_s=2) as url:
+        yield url, ctx
 
 
 @pytest.fixture(scope="module")
