@@ -4,13 +4,15 @@
 
 const PAGE_SIZE = 100;
 const UPLOAD_BATCH = 16;
-const dataView = { kind: "pool", name: null };
+// kind null until the project is known: the first view is then its first class (or the pool), loaded once
+const dataView = { kind: null, name: null };
 const grid = { gen: 0, offset: 0, total: null, loading: false };
 const dataCam = { stream: null, timer: null, inFlight: 0, shots: 0 };
 let shownClassNames = null;
 let gridObserver = null;
 
 function viewLabel() {
+  if (dataView.kind === null) return "";
   if (dataView.kind === "class") return dataView.name;
   return dataView.kind === "pool" ? "Pool: unlabelled images" : "Excluded images";
 }
@@ -92,7 +94,7 @@ function sentinelNear() {
 }
 
 async function loadMoreImages() {
-  if (grid.loading || (grid.total !== null && grid.offset >= grid.total)) return;
+  if (dataView.kind === null || grid.loading || (grid.total !== null && grid.offset >= grid.total)) return;
   const gen = grid.gen;
   grid.loading = true;
   let answer;
@@ -290,8 +292,9 @@ registerPage("data", {
     let first = true;
     onProject((project) => {
       // the first class is the first view, unless the project has none yet
-      if (first && (project.classes || []).length && dataView.kind === "pool") {
-        selectView("class", project.classes[0].name);
+      if (first && dataView.kind === null) {
+        const classes = project.classes || [];
+        if (classes.length) selectView("class", classes[0].name); else selectView("pool");
       }
       first = false;
       renderClassList(project);
