@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -129,17 +128,6 @@ def close_context(ctx: AppContext) -> None:
     ctx.store.close()
 
 
-def leave_a_core() -> None:
-    """Keep torch's threads (the learner's feature pass, Try, Results) off one core: the server and the browser,
-    usually on the same machine, stay responsive while the learner reads thousands of images (on 2 cores the first
-    screen of a 20,000-image project took 1.5 s beside a 2-thread feature pass)."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores > 1:
-        torch.set_num_threads(min(torch.get_num_threads(), cores - 1))
-
-
 def run_app(cfg: AppConfig) -> int:
     """Open the project, import ``--data`` and ``--pool``, and serve the app until interrupted (Ctrl-C)."""
     auth = cfg.auth
@@ -151,7 +139,6 @@ def run_app(cfg: AppConfig) -> int:
         if folder is not None:
             report = ctx.store.import_pool(folder) if pool else ctx.store.import_data(folder)
             print(f"graft app: {report.format()}", file=sys.stderr, flush=True)
-    leave_a_core()
     app = create_app(cfg, ctx)
     print(f"graft app: {url(cfg.host, sock)}", flush=True)
     run_server(

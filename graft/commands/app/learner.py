@@ -16,7 +16,10 @@ images added since (uploads), then fits in seconds. A new head is published as t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +36,19 @@ LOOK_AHEAD = 4
 #: Pool images that ``diverse`` (if ``auto`` ever names it) spreads out: the first page of the queue.
 BATCH = 50
 
+#: The learner thread's nice value (0 normal, 19 lowest).
+BACKGROUND_NICE = 10
+
 EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def background_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: nice 10 for this thread and the threads it starts, such as
+    the decoders of a feature pass): the server answering the page, and the browser beside it, come first while the
+    learner reads thousands of images; idle cores still go to the learner."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def _no_events(kind: str, data: dict[str, Any]) -> None:
@@ -222,6 +237,7 @@ class Learner:
     # -- the thread --------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        background_priority()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._wanted or self._stopping)

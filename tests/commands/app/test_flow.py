@@ -174,10 +174,23 @@ def test_the_whole_flow_in_a_browser(hymenoptera, planted_train, shot_dir, torch
         classes = [c["name"] for c in info["classes"]]
         assert classes == ["ants", "bees"] and info["counts"]["labelled"] == 244 and info["counts"]["pool"] == 153
 
-        # Data
+        # Data: a file and a webcam picture (the fake camera's bee) into bees, copied into the project
         open_page(driver, url, "data")
         wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#grid img")) > 0, 30, "thumbnails")
+        driver.find_element(By.CSS_SELECTOR, ".class-item[data-name=bees]").click()
+        bees = lambda: next(c["count"] for c in get(url + "api/project")["classes"] if c["name"] == "bees")  # noqa: E731
+        before = bees()
+        driver.find_element(By.ID, "upload-file").send_keys(str(hymenoptera / "val" / "bees" / CAMERA_BEE))
+        wait_for(driver, lambda d: bees() == before + 1, 60, "the upload")
+        driver.find_element(By.ID, "cam-start").click()
+        wait_for(driver, lambda d: d.find_element(By.ID, "cam-shot").is_enabled(), 30, "the webcam")
+        time.sleep(1)  # the first frames of a fake camera can be black
+        driver.find_element(By.ID, "cam-shot").click()
+        wait_for(driver, lambda d: bees() == before + 2, 60, "the webcam picture")
+        copies = sorted((project / "images").iterdir())
+        assert len(copies) == 2 and all(p.stat().st_size > 1000 for p in copies)
         shots(driver, shot_dir, "data")
+        driver.find_element(By.ID, "cam-start").click()  # stop the webcam
 
         # Label: 20 with the keyboard, then the suggestions refresh under a new head
         open_page(driver, url, "label")
@@ -285,4 +298,5 @@ def test_the_whole_flow_in_a_browser(hymenoptera, planted_train, shot_dir, torch
     mine = next((tmp_path / "runs").iterdir())
     metrics = json.loads((mine / "metrics.json").read_text())
     # the same rows, split, seed and settings: the same run; the stored features were computed by another process
+    print(f"app run {run['metrics']['best_val_acc']:.4f}, graft train on export-labels {metrics['best_val_acc']:.4f}")
     assert_accuracy_within_one_image(metrics["best_val_acc"], run["metrics"]["best_val_acc"], metrics["n_val"])
