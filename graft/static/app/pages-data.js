@@ -51,6 +51,10 @@ function renderClassList(project) {
   const counts = project.counts || {};
   $("pool-count").textContent = Number(counts.pool || 0).toLocaleString();
   $("excluded-count").textContent = Number(counts.excluded || 0).toLocaleString();
+  // the view's own total follows the project's counts (an upload or a label elsewhere changes it)
+  const viewed = dataView.kind === "class" ? (classes.find((c) => c.name === dataView.name) || {}).count
+    : dataView.kind === null ? null : counts[dataView.kind];
+  if (viewed != null) $("view-total").textContent = plural(viewed, "image");
   if (dataView.kind === "class" && !state.classes.includes(dataView.name)) selectView("pool");
   markView();
 }

@@ -187,6 +187,8 @@ def test_the_whole_flow_in_a_browser(hymenoptera, planted_train, shot_dir, torch
         time.sleep(1)  # the first frames of a fake camera can be black
         driver.find_element(By.ID, "cam-shot").click()
         wait_for(driver, lambda d: bees() == before + 2, 60, "the webcam picture")
+        total = lambda d: d.find_element(By.ID, "view-total").text  # noqa: E731
+        wait_for(driver, lambda d: total(d).startswith(f"{before + 2} "), 30, "the class's total on the page")
         copies = sorted((project / "images").iterdir())
         assert len(copies) == 2 and all(p.stat().st_size > 1000 for p in copies)
         shots(driver, shot_dir, "data")
