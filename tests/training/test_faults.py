@@ -269,6 +269,7 @@ NON_ATOMIC_ALLOWED = {
     "inference/csvout.py": "predict --out streams rows to OUT.partial, fsyncs it and renames it to OUT; the merged "
     "predict --out of several processes likewise",
     "deploy/serving.py": "an upload's scratch copy in a private temporary folder",
+    "commands/app/routes_upload.py": "an upload's scratch copy, fsynced and checked, then renamed into PROJECT/images",
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from graft.commands.app.records import AppError
+from graft.core.atomic import atomic_write_text
 
 RESULTS_FILE = "app-results.json"
 #: The most lossy val images listed.
@@ -251,10 +252,10 @@ def export_zip(store: Any, run_dir: Path, int8: bool = False) -> Path:
 
             export(run_dir, format="onnx", out=folder / "model.onnx")
             shutil.copyfile(standalone_predict.__file__, folder / "predict.py")
-            (folder / "requirements.txt").write_text("onnxruntime\nnumpy\nPillow\n")
-        (folder / "MODEL_CARD.md").write_text(render_model_card(run_dir))
+            atomic_write_text(folder / "requirements.txt", "onnxruntime\nnumpy\nPillow\n")
+        atomic_write_text(folder / "MODEL_CARD.md", render_model_card(run_dir))
         labels_for_export(store, run_dir, folder / "labels.csv")
-        (folder / "README.txt").write_text(README.format(name=run_dir.name))
+        atomic_write_text(folder / "README.txt", README.format(name=run_dir.name))
         part = Path(tmp) / "export.zip"
         with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_DEFLATED) as z:
             for file in sorted(folder.rglob("*")):
