@@ -131,8 +131,10 @@ def check_class_name(name: Any) -> str:
 
 
 def hash_split(path: str) -> str:
-    """``val`` for one path in five, by a hash of the path: stable whatever else is in the project."""
-    digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()
+    """``val`` for one image in five, by a hash of its file name: stable whatever else is in the project, and where
+    the folder is (a dataset moved or copied elsewhere keeps its split)."""
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()
     return "val" if int(digest[:8], 16) % 5 == 0 else "train"
 
 

@@ -140,6 +140,9 @@ def test_import_keeps_a_train_val_split_and_hashes_the_rest(
     store.import_data(flat)
     rows = [r for r in store.labelled() if r.path.is_relative_to(flat.resolve())]
     assert [r.split for r in rows] == [hash_split(str(r.path)) for r in rows]
+    names = [f"img{i}.jpg" for i in range(200)]  # the file name decides: a dataset moved elsewhere keeps its split
+    assert [hash_split(f"/data/a/{n}") for n in names] == [hash_split(f"/mnt/copy/b/{n}") for n in names]
+    assert 20 <= sum(hash_split(n) == "val" for n in names) <= 60
 
 
 def test_import_skips_unreadable_images_and_says_why(tmp_path: Path, tmp_image_folder: Callable[..., Path]) -> None:
