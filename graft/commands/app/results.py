@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from graft.commands.app.records import AppError
-from graft.core.atomic import atomic_write_text
+from graft.core.atomic import atomic_write_json, atomic_write_text, read_json_or
 
 RESULTS_FILE = "app-results.json"
 #: The most lossy val images listed.
@@ -80,15 +79,10 @@ def results(run_dir: Path, store: Any, *, device: str = "auto") -> dict[str, Any
     images}``; ``matrix[t][p]`` counts val images of class t predicted p; ``cells`` the project's ids of them."""
     cache = run_dir / RESULTS_FILE
     stamp = _stamp(run_dir)
-    try:
-        cached = json.loads(cache.read_text())
-        if cached.get("model_mtime") == stamp:
-            return cached
-    except (OSError, ValueError):
-        pass
+    cached = read_json_or(cache, {})
+    if cached.get("model_mtime") == stamp:
+        return cached
     out = compute_results(run_dir, store, device=device) | {"model_mtime": stamp}
-    from graft.core.atomic import atomic_write_json
-
     atomic_write_json(cache, out)
     return out
 
@@ -96,7 +90,6 @@ def results(run_dir: Path, store: Any, *, device: str = "auto") -> dict[str, Any
 def val_logits(clf: Any, run_dir: Path, paths: list[Path]) -> tuple[np.ndarray, list[int]]:
     """The run's val logits and the positions of the images read: a frozen run's from the features its training
     stored (its val phase's very numbers, without the backbone), else through the model at the run's batch size."""
-    from graft.core.atomic import read_json_or
     from graft.inference.logits import compute_logits, stored_val_logits
 
     batch_size = int(read_json_or(run_dir / "config.json", {}).get("batch_size", 32))
