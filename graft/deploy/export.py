@@ -78,6 +78,18 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
     """:func:`export` with an :class:`ExportConfig` (checked when it was made)."""
     from graft.inference.loading import load
 
+    if cfg.format == "openvino":
+        from graft.deploy import openvino
+
+        return openvino.run_export(cfg, log=log)
+    if cfg.format == "tflite":
+        from graft.deploy import litert
+
+        return litert.run_export(cfg, log=log)
+    if cfg.format == "coreml":
+        from graft.deploy import coreml
+
+        return coreml.run_export(cfg, log=log)
     if cfg.int8:
         from graft.deploy.onnx_int8 import run_export_int8
 

@@ -29,9 +29,7 @@ import io
 import json
 import logging
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +40,7 @@ from graft.core.config import ExportConfig, from_options
 from graft.core.config.fields import takes_fields
 from graft.core.errors import RunError
 from graft.core.version import __version__
+from graft.deploy.bundle import EXPORT_JSON, MAX_DROP, check_drop, cores, images_per_s
 from graft.deploy.formats import (
     ExportError,
     ExportResult,
@@ -57,12 +56,7 @@ from graft.deploy.formats import (
 )
 
 DEFAULT_DIR = "onnx-int8"
-#: The largest val accuracy the int8 model may lose against the float one (one point).
-MAX_DROP = 0.01
 CALIB_PERCENTILE = 99.99
-#: Seconds each model is timed for (after one warm-up batch).
-TIME_SECONDS = 2.0
-EXPORT_JSON = "export.json"
 REQUIREMENTS = "onnxruntime\nnumpy\npillow\n"
 
 
@@ -112,18 +106,6 @@ def run_export_int8(cfg: ExportConfig, *, log: Callable[[str], None] = print) ->
     check_drop(figures, run_dir)
     info["quantized"] = quantization_info(n_calib)
     return write_folder(folder, model_path, int8, info, figures, verification, run_dir)
-
-
-def check_drop(figures: dict[str, Any], run_dir: Path) -> None:
-    """Refuse (one ``error:`` line, nothing written) an int8 model more than :data:`MAX_DROP` below the float one."""
-    drop = figures["fp32_val_acc"] - figures["int8_val_acc"]
-    if drop > MAX_DROP + 1e-9:  # 1e-9: accuracies are ratios of counts, a drop of exactly one point passes
-        raise ExportError(
-            f"the int8 model loses {drop * 100:.2f} points of val accuracy ({figures['fp32_val_acc']:.4f} -> "
-            f"{figures['int8_val_acc']:.4f} on {figures['val_images']} images; at most {MAX_DROP * 100:g} point is "
-            "allowed): nothing was written. Try more calibration images (--calib), or export the float model: "
-            f"graft export {run_dir} --format onnx"
-        )
 
 
 def calibration_batches(clf: Any, run_dir: Path, n: int, batch_size: int) -> list[Any]:
@@ -206,8 +188,10 @@ def session(data: bytes, threads: int) -> Any:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def _runner(s: Any) -> Callable[[Any], Any]:
+    from graft.deploy.formats import INPUT_NAME
+
+    return lambda batch: s.run(None, {INPUT_NAME: batch})
 
 
 def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: int = 32) -> dict[str, Any]:
@@ -240,7 +224,7 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
             timing_batch = x
     if not seen:
         raise ExportError(f"none of the run's {len(paths)} val images could be read to compare fp32 and int8")
-    speed = {name: images_per_s(s, timing_batch) for name, s in models.items()}
+    speed = {name: images_per_s(_runner(s), timing_batch) for name, s in models.items()}
     return {
         "val_images": seen,
         "fp32_val_acc": correct["fp32"] / seen,
@@ -255,20 +239,6 @@ def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: in
         "int8_bytes": len(int8),
         "size_ratio": len(fp32) / len(int8),
     }
-
-
-def images_per_s(s: Any, batch: Any, seconds: float = TIME_SECONDS) -> float:
-    """Images per second of one session on ``batch``: the median time of repeated runs after a warm-up."""
-    from graft.deploy.formats import INPUT_NAME
-
-    s.run(None, {INPUT_NAME: batch})
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
-        t = time.perf_counter()
-        s.run(None, {INPUT_NAME: batch})
-        times.append(time.perf_counter() - t)
-    return len(batch) / statistics.median(times)
 
 
 def quantization_info(n_calib: int) -> dict[str, Any]:

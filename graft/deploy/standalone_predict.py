@@ -1,8 +1,11 @@
-"""Classify images with a graft ONNX export, without graft or torch: onnxruntime, numpy and Pillow only.
+"""Classify images with a graft export, without graft or torch: the model's runtime, numpy and Pillow only.
 
     python predict.py IMAGE... [--top-k 5] [--json] [--model model.onnx]
 
-``graft export RUN --format onnx --int8`` copies this file into the export folder as ``predict.py``. It reads
+Every folder export of ``graft export`` (``--int8``, ``--format openvino``, ``--format tflite``) copies this file
+into its folder as ``predict.py``; ``requirements.txt`` beside it names the one runtime it needs. The runtime
+follows the model file: ``.onnx`` runs in ONNX Runtime, ``.xml`` (with its ``.bin``) in OpenVINO, ``.tflite`` in
+the LiteRT interpreter (``ai-edge-litert``); without ``--model`` it is the one model file in this folder. It reads
 the class names and the preprocessing from ``<model>.json`` (the sidecar graft writes next to the model) and
 reproduces graft's own steps: decode (JPEG drafts at the resize size, EXIF orientation, first frame, images more
 than 16 times longer than wide cropped to their centre, transparency composited over white, 16-bit scaled to
@@ -20,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image, ImageOps
 
 #: Longest side / shortest side kept; a longer image is cropped to its centre (as graft does).
@@ -86,10 +88,73 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def onnxruntime_runner(model: Path, info: dict):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return lambda x: session.run([info["output"]["name"]], {info["input"]["name"]: x})[0]
+
+
+def openvino_runner(model: Path, info: dict):
+    import openvino as ov
+
+    # f32: OpenVINO would otherwise run float models in bf16 on CPUs that have it (graft verified them in f32)
+    compiled = ov.Core().compile_model(str(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return lambda x: np.asarray(compiled(x)[0])
+
+
+def litert_runner(model: Path, info: dict):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(model))
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        # the interpreter's tensors have a fixed batch size: one image at a time
+        rows = []
+        for image in x:
+            interpreter.set_tensor(inp["index"], _quantized(image[None], inp))
+            interpreter.invoke()
+            rows.append(_dequantized(interpreter.get_tensor(out["index"]), out))
+        return np.concatenate(rows)
+
+    return run
+
+
+def _quantized(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input -> the tensor's dtype (an integer input tensor carries its scale and zero point)."""
+    if detail["dtype"] == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.rint(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantized(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale
+
+
+RUNTIMES = {".onnx": onnxruntime_runner, ".xml": openvino_runner, ".tflite": litert_runner}
+
+
+def find_model(folder: Path) -> Path:
+    """The one model file in ``folder`` (model.onnx, model.xml or model.tflite)."""
+    found = [folder / f"model{suffix}" for suffix in RUNTIMES if (folder / f"model{suffix}.json").is_file()]
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise SystemExit(f"error: name the model with --model: {folder} holds {names}")
+    return found[0]
+
+
 def predict(model: Path, paths: list[str], top_k: int) -> list[dict]:
     info = json.loads(Path(str(model) + ".json").read_text(encoding="utf-8"))
     p, classes = info["preprocess"], info["classes"]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    if model.suffix not in RUNTIMES:
+        raise SystemExit(f"error: {model} is not a model this script runs (.onnx, .xml or .tflite)")
+    run = RUNTIMES[model.suffix](model, info)
     results: list[dict] = []
     for start in range(0, len(paths), BATCH):
         group, arrays = paths[start : start + BATCH], []
@@ -101,8 +166,8 @@ def predict(model: Path, paths: list[str], top_k: int) -> list[dict]:
                 results.append({"path": path, "error": str(e) or type(e).__name__})
         if not arrays:
             continue
-        (logits,) = session.run([info["output"]["name"]], {info["input"]["name"]: np.stack(arrays)})
-        probs = iter(softmax(logits.astype(np.float64)))
+        logits = np.asarray(run(np.stack(arrays)), dtype=np.float64)
+        probs = iter(softmax(logits))
         for r in results[-len(group) :]:
             if "error" not in r:
                 row = next(probs)
@@ -113,13 +178,15 @@ def predict(model: Path, paths: list[str], top_k: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
-    parser = argparse.ArgumentParser(description="Classify images with a graft ONNX export (no torch needed).")
+    parser = argparse.ArgumentParser(description="Classify images with a graft export (no torch needed).")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (default: 5)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--model", type=Path, default=here / "model.onnx", help="the ONNX file (its .json beside)")
+    parser.add_argument(
+        "--model", type=Path, help="the model file, its .json beside (default: the one model in this folder)"
+    )
     args = parser.parse_args(argv)
-    results = predict(args.model, args.images, max(1, args.top_k))
+    results = predict(args.model or find_model(here), args.images, max(1, args.top_k))
     if args.json:
         print(json.dumps(results, indent=2, ensure_ascii=False))
     for r in results if not args.json else []:

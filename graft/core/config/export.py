@@ -23,6 +23,11 @@ from graft.core.config.fields import (
 )
 from graft.core.config.model import ACTIVATION_BITS, CALIB, ActivationBits
 
+ExportFormat = Literal["onnx", "torchscript", "openvino", "tflite", "coreml"]
+EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "openvino", "tflite", "coreml")
+#: The formats with an int8 path (``--int8``).
+INT8_FORMATS: tuple[str, ...] = ("onnx", "openvino", "tflite", "coreml")
+
 
 @dataclass(kw_only=True)
 class QuantizeConfig:
@@ -48,15 +53,20 @@ class QuantizeConfig:
 
 @dataclass(kw_only=True)
 class ExportConfig:
-    """``graft export``: write a run as ONNX or TorchScript plus a JSON sidecar (classes, preprocessing), verified
-    against PyTorch on real images."""
+    """``graft export``: write a run as ONNX, TorchScript, OpenVINO, TFLite (LiteRT) or Core ML plus a JSON sidecar
+    (classes, preprocessing), verified against PyTorch on real images where the format's runtime runs here."""
 
     run: Path = opt(RUN, example="graft export runs/001-mobilenet_v2-freeze")
-    format: Literal["onnx", "torchscript"] = opt(
-        "onnx", "file format", check=Rule("onnx or torchscript", lambda v: v in ("onnx", "torchscript"))
+    format: ExportFormat = opt(
+        "onnx",
+        "file format: onnx, torchscript (files in RUN), or openvino, tflite, coreml (a folder RUN/FORMAT[-int8] with "
+        "predict.py)",
+        check=Rule(", ".join(EXPORT_FORMATS), lambda v: v in EXPORT_FORMATS),
     )
     out: Path | None = opt(
-        None, "file to write (default: RUN/model.onnx or RUN/model.torchscript.pt); the sidecar is OUT.json"
+        None,
+        "file to write (default: RUN/model.onnx or RUN/model.torchscript.pt; the sidecar is OUT.json), or the folder "
+        "of a folder export (--int8, openvino, tflite, coreml)",
     )
     # in Python also a list of image files or folders
     images: Path | Sequence[str | os.PathLike[str]] | None = opt(
@@ -74,8 +84,9 @@ class ExportConfig:
     json: bool = opt(False, "print the sidecar as JSON")
     int8: bool = opt(
         False,
-        "ONNX only: quantize with ONNX Runtime (static int8, QDQ) into a folder (--out, default RUN/onnx-int8) "
-        "with a torch-free predict.py; refused if val accuracy drops more than 1 point",
+        "quantize to int8 with the format's own tool (onnx: ONNX Runtime static QDQ; openvino: NNCF; tflite: "
+        "full-integer; coreml: int8 weights) into a folder (--out, default RUN/FORMAT-int8); refused if val "
+        "accuracy drops more than 1 point",
     )
     calib: int = opt(CALIB, "--int8: training images to calibrate the activation ranges on")
     batch_size: int = opt(
@@ -91,5 +102,5 @@ class ExportConfig:
         elif self.images is not None:
             self.images = [Path(p) for p in self.images]
         check_all(
-            [(not self.int8 or self.format == "onnx", "--int8 quantizes an ONNX model: use it with --format onnx")]
+            [(not self.int8 or self.format in INT8_FORMATS, f"--int8 has no {self.format} path: use --format onnx")]
         )

@@ -1,0 +1,201 @@
+"""What every folder export shares (``--int8``, OpenVINO, TFLite/LiteRT, Core ML): the run's val split run through
+the exported model by its own runtime beside graft's PyTorch model, the checks that refuse an export (float: top-1
+and accuracy within one val image of graft's; int8: at most one point below the float model), throughput, and the
+folder itself: the model, its JSON sidecar, ``export.json``, the torch-free ``predict.py`` and ``requirements.txt``.
+
+A *runner* is the exported model as a function: float32 NCHW numpy batch (graft's eval transform) -> logits (numpy,
+batch x classes). Each format module makes one from the file it wrote, loaded back by the format's runtime, so what
+is measured is what was written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from graft.core import atomic, rundir
+from graft.core.errors import DependencyError
+from graft.core.version import __version__
+from graft.deploy.formats import ExportError, ExportResult, Verification, sidecar_path
+
+Runner = Callable[[Any], Any]
+#: The largest val accuracy an int8 model may lose against the float one (one point).
+MAX_DROP = 0.01
+#: Seconds each model is timed for (after one warm-up batch).
+TIME_SECONDS = 2.0
+EXPORT_JSON = "export.json"
+
+
+#: The extra that installs each folder format's tools, and the modules it must bring.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "openvino": ("openvino", "nncf"),
+    "tflite": ("litert_torch", "ai_edge_litert"),
+    "coreml": ("coremltools",),
+}
+
+
+def require(format: str, *, int8: bool = False) -> None:
+    """Raise one ``error:`` line naming the extra when a module the format needs is not installed."""
+    import importlib.util
+
+    needed = EXTRAS[format] if int8 or format != "openvino" else ("openvino",)
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DependencyError(
+            f"--format {format} needs {' and '.join(missing)}: pip install 'graft[{format}]' "
+            f"(or pip install {' '.join(m.replace('_', '-') for m in missing)})"
+        )
+
+
+def default_folder(run_dir: Path, format: str, int8: bool) -> Path:
+    """Where a folder export goes without ``--out``: ``RUN/openvino``, ``RUN/tflite-int8``, ..."""
+    return run_dir / (f"{format}-int8" if int8 else format)
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def softmax(logits: Any) -> Any:
+    import numpy as np
+
+    z = np.exp(logits - logits.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def val_figures(clf: Any, run_dir: Path, runners: Mapping[str, Runner], *, batch_size: int = 32) -> dict[str, Any]:
+    """Every runner and graft's own PyTorch model (``graft``) over the run's val split: accuracy per model, and for
+    each runner its top-1 agreement with graft's model and the largest probability difference from it.
+
+    Returns ``{"val_images": n, "graft_val_acc": a, "<name>_val_acc": ..., "<name>_top1_agreement": ...,
+    "<name>_max_probability_diff": ...}``; ``_timing_batch`` holds the largest batch seen (for :func:`speeds`)."""
+    import numpy as np
+
+    val = rundir.run_split(run_dir, "val", clf.classes)
+    names = ["graft", *runners]
+    correct, agree, diff, seen, timing_batch = dict.fromkeys(names, 0), dict.fromkeys(runners, 0), {}, 0, None
+    for decoded in clf.batches(val.paths, batch_size=batch_size):
+        if decoded.images is None:
+            continue
+        x = np.ascontiguousarray(decoded.images.numpy(), dtype=np.float32)
+        y = np.asarray([val.labels[i] for i in decoded.positions])
+        probs = {"graft": softmax(clf.logits(decoded.images).numpy().astype(np.float64))}
+        for name, run in runners.items():
+            probs[name] = softmax(np.asarray(run(x), dtype=np.float64))
+        for name, p in probs.items():
+            correct[name] += int((p.argmax(1) == y).sum())
+        for name in runners:
+            agree[name] += int((probs[name].argmax(1) == probs["graft"].argmax(1)).sum())
+            diff[name] = max(diff.get(name, 0.0), float(np.abs(probs[name] - probs["graft"]).max()))
+        seen += len(x)
+        if timing_batch is None or len(x) > len(timing_batch):
+            timing_batch = x
+    if not seen:
+        raise ExportError(f"none of the run's {len(val.paths)} val images could be read to check the export")
+    figures: dict[str, Any] = {"val_images": seen, "graft_val_acc": correct["graft"] / seen}
+    for name in runners:
+        figures[f"{name}_val_acc"] = correct[name] / seen
+        figures[f"{name}_top1_agreement"] = agree[name] / seen
+        figures[f"{name}_max_probability_diff"] = diff[name]
+    figures["_timing_batch"] = timing_batch
+    return figures
+
+
+def images_per_s(run: Runner, batch: Any, seconds: float = TIME_SECONDS) -> float:
+    """Images per second of ``run`` on ``batch``: the median time of repeated runs after one warm-up run."""
+    run(batch)
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        t = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - t)
+    return len(batch) / statistics.median(times)
+
+
+def speeds(runners: Mapping[str, Runner], batch: Any) -> dict[str, Any]:
+    """Images/s of each runner at batch 1 and at ``batch`` (its full size), one after the other, same threads."""
+    out: dict[str, Any] = {}
+    for name, run in runners.items():
+        out[f"{name}_images_per_s"] = images_per_s(run, batch)
+        out[f"{name}_images_per_s_batch1"] = images_per_s(run, batch[:1], seconds=TIME_SECONDS / 2)
+    out["timing"] = {"batch_size": len(batch), "threads": cores(), "load_avg_1m": os.getloadavg()[0]}
+    return out
+
+
+def check_float(figures: dict[str, Any], name: str, run_dir: Path, format: str) -> None:
+    """Refuse a float export whose top-1 differs from graft's on more than one val image, or whose val accuracy is
+    more than one image away from graft's (nothing written)."""
+    n = figures["val_images"]
+    disagree = round((1 - figures[f"{name}_top1_agreement"]) * n)
+    off = round(abs(figures[f"{name}_val_acc"] - figures["graft_val_acc"]) * n)
+    if disagree > 1 or off > 1:
+        raise ExportError(
+            f"the {format} export of {run_dir} disagrees with graft's model on {disagree} of {n} val images "
+            f"(val acc {figures[f'{name}_val_acc']:.4f} vs {figures['graft_val_acc']:.4f}; at most one image may "
+            "differ): nothing was written. Report this with the run's model.json; meanwhile export --format onnx"
+        )
+
+
+def check_drop(figures: dict[str, Any], run_dir: Path, format: str = "onnx", fp32: str = "fp32", int8: str = "int8"):
+    """Refuse (one ``error:`` line, nothing written) an int8 model more than :data:`MAX_DROP` below the float one."""
+    drop = figures[f"{fp32}_val_acc"] - figures[f"{int8}_val_acc"]
+    if drop > MAX_DROP + 1e-9:  # 1e-9: accuracies are ratios of counts, a drop of exactly one point passes
+        raise ExportError(
+            f"the int8 model loses {drop * 100:.2f} points of val accuracy ({figures[f'{fp32}_val_acc']:.4f} -> "
+            f"{figures[f'{int8}_val_acc']:.4f} on {figures['val_images']} images; at most {MAX_DROP * 100:g} point "
+            "is allowed): nothing was written. Try more calibration images (--calib), or export the float model: "
+            f"graft export {run_dir} --format {format}"
+        )
+
+
+def write_folder(
+    folder: Path,
+    model_name: str,
+    files: Mapping[str, bytes],
+    info: dict[str, Any],
+    record: dict[str, Any],
+    *,
+    requirements: str,
+    verification: Verification | None,
+    run_dir: Path,
+) -> ExportResult:
+    """Write a folder export: ``files`` (name -> bytes; the model and what it needs, e.g. OpenVINO's .bin; a name
+    may hold a ``/`` for a package folder such as Core ML's), the sidecar ``<model_name>.json`` (``info`` with the
+    model file's sha256 and size), ``export.json`` (``record`` plus the CPU and versions), ``predict.py`` and
+    ``requirements.txt``. Everything is written only after every check passed."""
+    from graft.deploy import standalone_predict
+    from graft.int8.backend import cpu_info
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.atomic_write_bytes(path, data)
+    model_path = folder / model_name
+    main = files.get(model_name)
+    if main is not None:
+        info |= {"sha256": hashlib.sha256(main).hexdigest(), "bytes": len(main)}
+    info["files"] = sorted(files)
+    if verification is not None:
+        info["verification"] = verification.to_dict()
+    sidecar = sidecar_path(model_path)
+    atomic.atomic_write_json(sidecar, info)
+    record = {
+        "model": model_name,
+        "source_run": str(run_dir),
+        **{k: v for k, v in record.items() if not k.startswith("_")},
+        "bytes": sum(len(d) for d in files.values()),
+        "cpu": cpu_info(),
+        "versions": info.get("versions", {}) | {"graft": __version__},
+    }
+    atomic.atomic_write_json(folder / EXPORT_JSON, record)
+    atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
+    atomic.atomic_write_bytes(folder / "requirements.txt", requirements.encode())
+    dummy = Verification(0, 0, 0.0, 0, 0, 0.0, [], "not run")
+    return ExportResult(model_path, sidecar, info["export_format"], verification or dummy, info, figures=record)
