@@ -221,10 +221,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.json:
         print(json.dumps(result.figures or result.info, indent=2, ensure_ascii=False))
     elif result.figures is not None:
-        from graft.deploy.onnx_int8 import summary
+        from graft.deploy.bundle import summary
 
+        folder = result.path.parent
         print(summary(result.figures))
-        print(f"wrote {result.path.parent}/: model.onnx, model.onnx.json, export.json, predict.py, requirements.txt")
+        print(f"wrote {folder}/: {', '.join(sorted(p.name for p in folder.iterdir()))}")
     else:
         print(f"wrote {result.path} ({result.info['bytes'] / 1e6:.1f} MB) and {result.sidecar}")
         print(result.verification.format())

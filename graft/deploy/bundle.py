@@ -199,3 +199,28 @@ def write_folder(
     atomic.atomic_write_bytes(folder / "requirements.txt", requirements.encode())
     dummy = Verification(0, 0, 0.0, 0, 0, 0.0, [], "not run")
     return ExportResult(model_path, sidecar, info["export_format"], verification or dummy, info, figures=record)
+
+
+def summary(f: dict[str, Any]) -> str:
+    """One line of a folder export's ``export.json``, for the command line."""
+    size = (
+        f"{f['int8_bytes'] / 1e6:.1f} vs {f['fp32_bytes'] / 1e6:.1f} MB"
+        if "int8_bytes" in f and "fp32_bytes" in f
+        else f"{f.get('bytes', 0) / 1e6:.1f} MB"
+    )
+    if f.get("executed") is False:
+        return f"not run here ({f.get('not_executed_because', 'its runtime does not run on this machine')}); {size}"
+    t = f["timing"]
+    at = f"batch {t['batch_size']}, {t['threads']} threads"
+    if "int8_val_acc" in f:
+        agree = f.get("top1_agreement", f.get("int8_top1_agreement", 0.0))
+        return (
+            f"int8 val acc {f['int8_val_acc']:.4f} (fp32 {f['fp32_val_acc']:.4f}, {f['val_images']} images, top-1 "
+            f"agrees on {agree:.1%}); {f['int8_images_per_s']:.1f} vs {f['fp32_images_per_s']:.1f} images/s "
+            f"({f['int8_images_per_s'] / f['fp32_images_per_s']:.2f}x, {at}); {size}"
+        )
+    return (
+        f"val acc {f['fp32_val_acc']:.4f} (graft's model {f['graft_val_acc']:.4f}, {f['val_images']} images, top-1 "
+        f"agrees on {f['fp32_top1_agreement']:.1%}); {f['fp32_images_per_s']:.1f} images/s ({at}), "
+        f"{f['fp32_images_per_s_batch1']:.1f} at batch 1; {size}"
+    )

@@ -294,14 +294,3 @@ def write_folder(
     atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
     atomic.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
     return ExportResult(model_path, sidecar, "onnx", verification, info, figures=record)
-
-
-def summary(figures: dict[str, Any]) -> str:
-    """One line of the export's figures, for the command line."""
-    f = figures
-    return (
-        f"int8 val acc {f['int8_val_acc']:.4f} (fp32 {f['fp32_val_acc']:.4f}, {f['val_images']} images, top-1 agrees "
-        f"on {f['top1_agreement']:.1%}); {f['int8_images_per_s']:.1f} vs {f['fp32_images_per_s']:.1f} images/s "
-        f"({f['speedup']:.2f}x, batch {f['timing']['batch_size']}, {f['timing']['threads']} threads); "
-        f"{f['int8_bytes'] / 1e6:.1f} vs {f['fp32_bytes'] / 1e6:.1f} MB"
-    )

@@ -15,9 +15,10 @@ from numerics import PROB_ATOL, assert_accuracy_within_one_image
 
 import graft
 from graft.commands.cli import main
+from graft.deploy.bundle import MAX_DROP, check_drop
 from graft.deploy.export import export
 from graft.deploy.formats import ExportError
-from graft.deploy.onnx_int8 import MAX_DROP, check_drop, export_int8
+from graft.deploy.onnx_int8 import export_int8
 
 #: predict.py resizes with Pillow, graft with torchvision: a grey level here and there (measured: 1e-3 at most on
 #: hymenoptera's val images with MobileNetV2), so its probabilities are compared with this tolerance.
