@@ -106,24 +106,23 @@ def val_figures(clf: Any, run_dir: Path, runners: Mapping[str, Runner], *, batch
     return figures
 
 
-def images_per_s(run: Runner, batch: Any, seconds: float = TIME_SECONDS) -> float:
-    """Images per second of ``run`` on ``batch``: the median time of repeated runs after one warm-up run."""
-    run(batch)
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < 3:
-        t = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - t)
-    return len(batch) / statistics.median(times)
-
-
-def speeds(runners: Mapping[str, Runner], batch: Any) -> dict[str, Any]:
-    """Images/s of each runner at batch 1 and at ``batch`` (its full size), one after the other, same threads."""
+def speeds(runners: Mapping[str, Runner], batch: Any, seconds: float = TIME_SECONDS) -> dict[str, Any]:
+    """Images/s of each runner at ``batch`` (its full size) and at batch 1: the median of repeated runs after one
+    warm-up run, timed in turns (one run of each model per round), so that a change in the machine's load falls on
+    every model alike instead of on whichever ran first."""
     out: dict[str, Any] = {}
-    for name, run in runners.items():
-        out[f"{name}_images_per_s"] = images_per_s(run, batch)
-        out[f"{name}_images_per_s_batch1"] = images_per_s(run, batch[:1], seconds=TIME_SECONDS / 2)
+    for suffix, x, budget in (("", batch, seconds), ("_batch1", batch[:1], seconds / 2)):
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for run in runners.values():
+            run(x)
+        start = time.perf_counter()
+        while time.perf_counter() - start < budget * len(runners) or min(map(len, times.values())) < 3:
+            for name, run in runners.items():
+                t = time.perf_counter()
+                run(x)
+                times[name].append(time.perf_counter() - t)
+        for name, ts in times.items():
+            out[f"{name}_images_per_s{suffix}"] = len(x) / statistics.median(ts)
     out["timing"] = {"batch_size": len(batch), "threads": cores(), "load_avg_1m": os.getloadavg()[0]}
     return out
 

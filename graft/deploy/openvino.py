@@ -273,21 +273,3 @@ def _version() -> str:
     from importlib.metadata import version
 
     return version("openvino")
-
-
-def summary(figures: dict[str, Any]) -> str:
-    """One line of an OpenVINO export's figures, for the command line."""
-    f, n = figures, figures["val_images"]
-    speed = (
-        f"{f['fp32_images_per_s']:.1f} images/s (batch {f['timing']['batch_size']}, {f['timing']['threads']} threads)"
-    )
-    if not f["int8"]:
-        return (
-            f"OpenVINO f32 val acc {f['fp32_val_acc']:.4f} (graft {f['graft_val_acc']:.4f}, {n} images, top-1 "
-            f"agrees on {f['fp32_top1_agreement']:.1%}); {speed}; {f['fp32_bytes'] / 1e6:.1f} MB"
-        )
-    return (
-        f"OpenVINO int8 val acc {f['int8_val_acc']:.4f} (f32 {f['fp32_val_acc']:.4f}, {n} images); "
-        f"{f['int8_images_per_s']:.1f} vs {speed} ({f['speedup']:.2f}x); "
-        f"{f['int8_bytes'] / 1e6:.1f} vs {f['fp32_bytes'] / 1e6:.1f} MB"
-    )
