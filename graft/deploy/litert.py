@@ -55,6 +55,7 @@ _LOGGERS = ("", "torch", "absl", "jax")
 
 def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
     """Convert, check and write a run as a TFLite folder (the module's doc says what and how)."""
+    from graft.deploy.onnx_int8 import calibration_batches
     from graft.inference.loading import load
 
     bundle.require(FORMAT, int8=cfg.int8)
@@ -88,19 +89,12 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
         log(f"float TFLite model {verification.format()}")
         if not cfg.int8:
             return _write_float(clf, cfg, folder, fp32, fp32_run, info, verification)
-        calibration = _calibration(clf, cfg)
+        calibration = calibration_batches(clf, run_dir, cfg.calib, cfg.batch_size)
         n_calib = sum(len(b) for b in calibration)
         log(f"quantizing with litert_torch PT2E (int8, calibrated on {n_calib} training images)")
         int8 = quantize(module, size, calibration)
-        int8_path = Path(tmp, "int8.tflite")
-        int8_run = runner(int8, int8_path)
+        int8_run = runner(int8, Path(tmp, "int8.tflite"))
         return _write_int8(clf, cfg, folder, (fp32, fp32_run), (int8, int8_run), info, verification, n_calib)
-
-
-def _calibration(clf: Any, cfg: ExportConfig) -> list[Any]:
-    from graft.deploy.onnx_int8 import calibration_batches
-
-    return calibration_batches(clf, cfg.run, cfg.calib, cfg.batch_size)
 
 
 def _write_float(
@@ -142,6 +136,7 @@ def _write_int8(
 ) -> ExportResult:
     runners = {"fp32": fp32[1], "int8": int8[1]}
     figures = bundle.val_figures(clf, cfg.run, runners, batch_size=cfg.batch_size)
+    bundle.check_float(figures, "fp32", cfg.run, FORMAT)  # the reference the int8 model is held to
     bundle.check_drop(figures, cfg.run, FORMAT)
     figures |= bundle.speeds(runners, figures["_timing_batch"])
     quantization = quantization_info(n_calib)
