@@ -104,9 +104,13 @@ def openvino_runner(model: Path, info: dict):
 
 
 def litert_runner(model: Path, info: dict):
+    import os
+
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(model))
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    interpreter = Interpreter(model_path=str(model), num_threads=threads)  # the default is one thread
+    interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
     def run(x: np.ndarray) -> np.ndarray:
