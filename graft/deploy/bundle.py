@@ -10,11 +10,17 @@ is measured is what was written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,36 @@ def require(format: str, *, int8: bool = False) -> None:
             f"--format {format} needs {' and '.join(missing)}: pip install 'graft[{format}]' "
             f"(or pip install {' '.join(m.replace('_', '-') for m in missing)})"
         )
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """Keep the user's terminal clean while a converter or quantizer works: Python warnings, the root logger and
+    ``loggers`` at ERROR, and the process's stdout and stderr file descriptors redirected (C++ converters and
+    runtimes write their log lines and progress bars straight to them)."""
+    names = ("", *loggers)
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def default_folder(run_dir: Path, format: str, int8: bool) -> Path:

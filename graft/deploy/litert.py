@@ -22,12 +22,8 @@ preprocessing, input and output tensors), ``export.json`` (the figures), ``predi
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
-import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +46,6 @@ MODEL = "model.tflite"
 RECORD_FORMAT = "graft-tflite/1"
 REQUIREMENTS = "ai-edge-litert\nnumpy\npillow\n"
 #: Loggers of the converter's Python side (torch.export, absl), kept at ERROR while it runs.
-_LOGGERS = ("", "torch", "absl", "jax")
 
 
 def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
@@ -168,33 +163,14 @@ def _write_int8(
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Keep the terminal clean while litert_torch works: its progress tree (printed unless
-    ``LITERT_TORCH_SHOW_PROGRESS`` is off), torch.export's and absl's Python logging, and the C++ converter's and
-    interpreter's log lines, which go straight to the process's stderr file descriptor (so it is redirected too)."""
+    """:func:`graft.deploy.bundle.quiet` with litert_torch's progress tree off (it prints one unless
+    ``LITERT_TORCH_SHOW_PROGRESS`` says no) and torch.export's, absl's and jax's loggers quiet."""
     env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
-    for name in _LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
     try:
-        with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
+        with bundle.quiet("torch", "absl", "jax"):
+            yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
         if env is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
         else:
@@ -291,19 +267,3 @@ def quantization_info(n_calib: int) -> dict[str, Any]:
         "calibration_images": n_calib,
         "calibration_split": "train",
     }
-
-
-def summary(figures: dict[str, Any]) -> str:
-    """One line of a TFLite export's figures, for the command line."""
-    f, t = figures, figures["timing"]
-    if not f["int8"]:
-        return (
-            f"TFLite val acc {f['fp32_val_acc']:.4f} (graft {f['graft_val_acc']:.4f}, {f['val_images']} images, top-1 "
-            f"agrees on {f['fp32_top1_agreement']:.1%}); {f['fp32_images_per_s']:.1f} images/s "
-            f"({f['fp32_images_per_s_batch1']:.1f} at batch 1, {t['threads']} threads); {f['bytes'] / 1e6:.1f} MB"
-        )
-    return (
-        f"int8 val acc {f['int8_val_acc']:.4f} (fp32 {f['fp32_val_acc']:.4f}, {f['val_images']} images); "
-        f"{f['int8_images_per_s']:.1f} vs {f['fp32_images_per_s']:.1f} images/s ({f['speedup']:.2f}x, "
-        f"{t['threads']} threads); {f['int8_bytes'] / 1e6:.1f} vs {f['fp32_bytes'] / 1e6:.1f} MB"
-    )

@@ -26,14 +26,12 @@ The folder holds ``model.xml`` + ``model.bin``, ``model.xml.json`` (the sidecar)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
+import sys
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +69,7 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
     from graft.inference.loading import load
 
     bundle.require("openvino", int8=cfg.int8)
+    no_telemetry()
     run_dir = cfg.run
     check_exportable(run_dir, "openvino")
     paths, source = verification_paths(run_dir, cfg.images, cfg.verify_images)
@@ -169,6 +168,16 @@ def _int8(
 # OpenVINO and NNCF
 
 
+def no_telemetry() -> None:
+    """Keep OpenVINO and NNCF from sending usage reports (they do by default, to Google Analytics, unless the user
+    ran ``opt_in_out --opt_out``; ``import openvino`` alone sends one): graft sends nothing anywhere. Both fall back
+    to their own no-op stand-ins when ``openvino_telemetry`` cannot be imported, which a ``None`` entry in
+    ``sys.modules`` makes so. Called before graft first imports openvino; where the process imported it already,
+    it has reported already and this changes nothing."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+
+
 def convert(module: Any, size: int, info: dict[str, Any]) -> Any:
     """The module as an OpenVINO model: input ``input`` of shape (?, 3, size, size), output ``logits``."""
     import openvino as ov
@@ -176,7 +185,7 @@ def convert(module: Any, size: int, info: dict[str, Any]) -> Any:
 
     example = torch.randn(2, 3, size, size)
     try:
-        with _quiet(), torch.no_grad():
+        with bundle.quiet("nncf"), torch.no_grad():
             model = ov.convert_model(module, example_input=example, input=[(-1, 3, size, size)])
     except Exception as e:
         first_line = str(e).splitlines()[0] if str(e) else ""
@@ -198,7 +207,7 @@ def save(model: Any, folder: Path, info: dict[str, Any]) -> tuple[dict[str, byte
 
     folder.mkdir(parents=True, exist_ok=True)
     model.set_rt_info(json.dumps(info), ["graft"])
-    with _quiet():
+    with bundle.quiet("nncf"):
         ov.save_model(model, folder / MODEL, compress_to_fp16=False)
     return _files(folder), openvino_runner(folder / MODEL, info)
 
@@ -209,7 +218,7 @@ def quantize(model: Any, calibration: list[Any]) -> Any:
     nncf_logger = logging.getLogger("nncf")
     level = nncf_logger.level
     try:
-        with _quiet():
+        with bundle.quiet("nncf"):
             import nncf  # its import logs a line at INFO: inside _quiet too
 
             nncf_logger.setLevel(logging.ERROR)
@@ -235,24 +244,6 @@ def quantization_info(n_calib: int) -> dict[str, Any]:
         "calibration_images": n_calib,
         "calibration_split": "train",
     }
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the user's terminal clean: the converters' and NNCF's warnings, log lines and progress bars."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def _files(folder: Path) -> dict[str, bytes]:

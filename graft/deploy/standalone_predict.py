@@ -96,6 +96,9 @@ def onnxruntime_runner(model: Path, info: dict):
 
 
 def openvino_runner(model: Path, info: dict):
+    # OpenVINO reports each import to Google Analytics unless openvino_telemetry is missing: graft's script does not
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
     import openvino as ov
 
     # f32: OpenVINO would otherwise run float models in bf16 on CPUs that have it (graft verified them in f32)

@@ -63,7 +63,7 @@ def test_float_folder_reproduces_graft_in_the_interpreter(tflite_export, frozen_
     assert f["verification"]["max_abs_diff"] <= f["verification"]["tolerance"] == 1e-4
     assert f["verification"]["images"] == 32 and f["bytes"] == tflite_export.path.stat().st_size
     assert (folder / "requirements.txt").read_text().split() == ["ai-edge-litert", "numpy", "pillow"]
-    assert litert.summary(f).startswith(f"TFLite val acc {f['fp32_val_acc']:.4f} (graft ")
+    assert bundle.summary(f).startswith(f"val acc {f['fp32_val_acc']:.4f} (graft's model ")
 
     sidecar = json.loads(tflite_export.sidecar.read_text())
     size = graft.load(frozen_run.run_dir, device="cpu").preprocess.input_size
@@ -91,7 +91,7 @@ def test_int8_folder_is_full_integer_within_one_point(tflite_int8_export, tflite
     assert f["int8_images_per_s"] > 0 and f["speedup"] == f["int8_images_per_s"] / f["fp32_images_per_s"]
     assert f["calibration_images"] == 64 and f["quantization"]["calibration_split"] == "train"
     assert f["fp32_verification"]["max_abs_diff"] <= 1e-4
-    assert litert.summary(f).startswith(f"int8 val acc {f['int8_val_acc']:.4f} (fp32 ")
+    assert bundle.summary(f).startswith(f"int8 val acc {f['int8_val_acc']:.4f} (fp32 ")
 
     sidecar = json.loads(tflite_int8_export.sidecar.read_text())
     inp, out = _input_details(tflite_int8_export.path)

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,18 @@ def test_int8_losing_more_than_one_point_writes_nothing(frozen_run, tmp_path: Pa
     assert err.startswith("error: the int8 model loses 1.31 points") and "nothing was written" in err
     assert "graft export" in err and "--format openvino" in err
     assert not out.exists() and not (frozen_run.run_dir / "openvino-int8").exists()
+
+
+@pytest.mark.subprocess
+def test_openvino_and_nncf_send_no_usage_reports() -> None:
+    """OpenVINO and NNCF report usage by default; graft puts their own no-op stand-ins in place before importing
+    them (checked in a fresh process, where openvino is not imported yet)."""
+    code = (
+        "import sys\n"
+        "from graft.deploy.openvino import no_telemetry\n"
+        "no_telemetry()\n"
+        "import openvino, nncf.telemetry.wrapper as w\n"
+        "print(type(sys.modules['openvino.tools.ovc'].telemetry).__module__, type(w.telemetry).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "MagicMock"]
