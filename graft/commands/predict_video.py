@@ -8,6 +8,7 @@ A video file is a path with a video container's suffix (given as an argument; fo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 from graft.core.config import PredictConfig
 from graft.core.errors import GraftError
+from graft.inference.classifier import Prediction
 from graft.inference.video import (
     FRAME_COLUMNS,
     STREAM_SCHEMES,
@@ -80,9 +82,14 @@ def sampling(cfg: PredictConfig) -> Sampling:
     return Sampling(every=cfg.every, stride=cfg.stride or 1)
 
 
-def _rows(cfg: PredictConfig, clf: Any, reader: VideoReader, keeper: Keeper | None) -> Iterator[FrameResult]:
+def _rows(
+    cfg: PredictConfig, clf: Any, reader: VideoReader, keeper: Keeper | None, names: dict[str, str]
+) -> Iterator[FrameResult]:
+    """The video's rows, labels shown by their ``--category-names``; frames offered to ``keeper`` for a strip."""
     batch = 1 if reader.live else cfg.batch_size  # a live source's rows come as its frames do
     for r in predict_frames(clf, reader, sampling(cfg), top_k=cfg.top_k, batch_size=batch, keep_images=bool(keeper)):
+        shown = [Prediction(names.get(p.label, p.label), p.probability) for p in r.predictions]
+        r = dataclasses.replace(r, predictions=shown)
         if keeper is not None:
             keeper.offer(r)
         yield r
@@ -106,7 +113,7 @@ def videos_to_csv(cfg: PredictConfig, clf: Any, readers: list[VideoReader], name
 
     def rows() -> Iterator[list[str]]:
         for reader, keeper in zip(readers, keepers, strict=True):
-            yield from (r.cells(names) for r in _rows(cfg, clf, reader, keeper))
+            yield from (r.cells() for r in _rows(cfg, clf, reader, keeper, names))
 
     n, interrupted = stream_csv(cfg.out, FRAME_COLUMNS, rows())  # type: ignore[arg-type]
     strips = [s for reader, keeper in zip(readers, keepers, strict=True) if (s := _strip(cfg, reader, keeper))]
@@ -117,6 +124,13 @@ def videos_to_csv(cfg: PredictConfig, clf: Any, readers: list[VideoReader], name
     return 0
 
 
+def _line(cells: list[str], widths: tuple[int, int]) -> str:
+    """A table line: the source padded to its name, the frame and time right-aligned, the label padded to the
+    longest class name."""
+    source, frame, time_s, label, probability = cells
+    return f"{source:<{widths[0]}}  {frame:>6}  {time_s:>9}  {label:<{widths[1]}}  {probability}"
+
+
 def print_videos(
     cfg: PredictConfig, clf: Any, readers: list[VideoReader], names: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -125,17 +139,17 @@ def print_videos(
     out: list[dict[str, Any]] = []
     for reader in readers:
         keeper = Keeper(STRIP_FRAMES) if cfg.plot or cfg.explain else None
+        width = (len(reader.name), 0 if clf.multilabel else max(len(names.get(c, c)) for c in clf.classes))
         if not cfg.json:
             print(f"{reader.name}: {sampling(cfg).describe()}")
-            print("  ".join(FRAME_COLUMNS))
+            print(_line(list(FRAME_COLUMNS), width))
         with interruptible() as stopped:
-            for r in _rows(cfg, clf, reader, keeper):
+            for r in _rows(cfg, clf, reader, keeper, names):
                 if cfg.json:
-                    shown = [(names.get(p.label, p.label), p.probability) for p in r.predictions]
-                    preds = [{"label": label, "probability": prob} for label, prob in shown]
+                    preds = [p.to_dict() for p in r.predictions]
                     out.append({"source": r.source, "frame": r.frame, "time_s": r.time_s, "predictions": preds})
                 else:
-                    print("  ".join(r.cells(names)), flush=reader.live)
+                    print(_line(r.cells(), width), flush=reader.live)
         strip = _strip(cfg, reader, keeper)
         if strip is not None and not cfg.json:
             print(f"strip of {reader.name} written to {strip}")

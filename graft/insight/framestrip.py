@@ -38,7 +38,7 @@ def frame_strip(results: Sequence[Any], out: str | Path, *, title: str | None = 
         x, y = (k % cols) * CELL, header + (k // cols) * (CELL + CAPTION)
         thumb = r.image.copy()
         thumb.thumbnail((CELL - 8, CELL - 8))
-        sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + (CELL - thumb.height) // 2))
+        sheet.paste(thumb, (x + (CELL - thumb.width) // 2, y + CELL - 4 - thumb.height))  # on its caption
         label = "  ".join(f"{p.label} {p.probability:.2f}" for p in r.predictions[: 3 if r.multilabel else 1])
         draw.text((x + 6, y + CELL), f"frame {r.frame}  t={r.time_s:.2f}s", fill="dimgray", font=font)
         draw.text((x + 6, y + CELL + 18), label or "(no label over its threshold)", fill="black", font=font)

@@ -18,6 +18,7 @@ from graft.core.config import PredictConfig
 from graft.core.config.inference import seconds
 from graft.core.errors import ConfigError, GraftError
 from graft.inference.classifier import Prediction
+from graft.inference.csvout import stream_csv
 from graft.inference.video import FrameResult, Keeper, Sampling, VideoReader, is_live, is_video
 
 SIZE = (320, 240)  # (width, height) of every frame
@@ -29,26 +30,46 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAFT_OFFLINE", "1")
 
 
-@pytest.fixture(scope="module")
-def clip(hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    """``clip.mp4`` (mp4v, 2 fps) of 12 val pictures, ants and bees in turn, each held for two frames, and the
-    same 12 pictures (resized to the frame size) as PNG files, in clip order."""
-    folder = tmp_path_factory.mktemp("video")
-    ants = sorted((hymenoptera / "val/ants").glob("*.jpg"))[:6]
-    bees = sorted((hymenoptera / "val/bees").glob("*.jpg"))[:6]
-    pngs: list[Path] = []
-    writer = cv2.VideoWriter(str(folder / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
-    assert writer.isOpened(), "this OpenCV build writes no mp4v"
-    for k, src in enumerate(p for pair in zip(ants, bees, strict=True) for p in pair):
-        with Image.open(src) as im:
-            picture = im.convert("RGB").resize(SIZE, Image.Resampling.LANCZOS)
-        pngs.append(folder / f"{k:02d}-{src.parent.name}.png")
-        picture.save(pngs[-1])
+def write_clip(path: Path, fourcc: str, pictures: list[Image.Image]) -> Path:
+    """``pictures`` as a video at :data:`FPS`, each held for two frames."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), FPS, SIZE)
+    if not writer.isOpened():
+        pytest.skip(f"this OpenCV build writes no {fourcc}")
+    for picture in pictures:
         bgr = cv2.cvtColor(np.asarray(picture), cv2.COLOR_RGB2BGR)
         writer.write(bgr)
         writer.write(bgr)
     writer.release()
-    return folder / "clip.mp4", pngs
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(frozen_run, hymenoptera: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """``clip.mp4`` (mp4v, 2 fps) of 12 val pictures, ants and bees in turn, each held for two frames, and the
+    same 12 pictures (resized to the frame size) as PNG files, in clip order; ``clip.mkv`` beside it, the same
+    frames losslessly (FFV1).
+
+    mp4v is lossy: a picture the model finds a near tie (one ant at 0.53) can change sides in the clip, so the
+    pictures are those the model gives at least 0.8 (seen to move by up to 0.17 through mp4v)."""
+    import graft
+
+    folder = tmp_path_factory.mktemp("video")
+    clf = graft.load(frozen_run.run_dir, device="cpu")
+    chosen: dict[str, list[Image.Image]] = {}
+    for name in ("ants", "bees"):
+        pictures = []
+        for src in sorted((hymenoptera / "val" / name).glob("*.jpg"))[:24]:
+            with Image.open(src) as im:
+                pictures.append(im.convert("RGB").resize(SIZE, Image.Resampling.LANCZOS))
+        preds = clf.predict(pictures, top_k=1)
+        chosen[name] = [pic for pic, p in zip(pictures, preds, strict=True) if p[0].probability >= 0.8][:6]
+        assert len(chosen[name]) == 6
+    pictures = [pic for pair in zip(chosen["ants"], chosen["bees"], strict=True) for pic in pair]
+    pngs = [folder / f"{k:02d}.png" for k in range(len(pictures))]
+    for picture, png in zip(pictures, pngs, strict=True):
+        picture.save(png)
+    write_clip(folder / "clip.mkv", "FFV1", pictures)
+    return write_clip(folder / "clip.mp4", "mp4v", pictures), pngs
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -85,6 +106,20 @@ def test_every_half_second_gives_every_frame_labelled_as_its_picture(frozen_run,
     assert [r["label"] for r in rows] == [png_labels[k // 2] for k in range(24)]
     assert set(png_labels) == {"ants", "bees"}
     assert all(0.5 <= float(r["probability"]) <= 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_frames_are_preprocessed_as_image_files_are(frozen_run, clip, tmp_path) -> None:
+    """A lossless clip: each frame's probability is its PNG picture's."""
+    video, pngs = clip
+    frames, images = tmp_path / "frames.csv", tmp_path / "images.csv"
+    assert predict(frozen_run, str(video.with_suffix(".mkv")), "--stride", "2", "--out", str(frames)) == 0
+    assert predict(frozen_run, *map(str, pngs), "--out", str(images)) == 0
+    by_frame, by_image = read_rows(frames), read_rows(images)
+    assert [r["label"] for r in by_frame] == [r["label"] for r in by_image]
+    assert [float(r["probability"]) for r in by_frame] == pytest.approx(
+        [float(r["probability"]) for r in by_image], abs=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -213,3 +248,25 @@ def test_reader_times_and_strides(tmp_path) -> None:
     assert frames[0].image.mode == "RGB" and frames[0].image.size == (64, 48)
     assert [f.index for f in reader.frames(Sampling(stride=10))] == [0, 10, 20]
     assert abs(np.asarray(frames[2].image).mean() - 50) < 3  # the frame itself, decoded
+
+
+def test_a_row_of_each_kind_of_run() -> None:
+    single = FrameResult("v.mp4", 4, 2.0, [Prediction("bees", 0.91234567), Prediction("ants", 0.08765433)])
+    assert single.cells() == ["v.mp4", "4", "2.000", "bees", "0.912346"]
+    assert single.cells({"bees": "Apis"})[3] == "Apis"
+    both = FrameResult("v.mp4", 5, 2.5, [Prediction("bees", 0.9), Prediction("ants", 0.7)], multilabel=True)
+    assert both.cells()[3:] == ["bees;ants", "0.900000;0.700000"]
+    assert FrameResult("v.mp4", 6, 3.0, [], multilabel=True).cells()[3:] == ["", ""]
+
+
+def test_ctrl_c_keeps_the_rows_written(tmp_path) -> None:
+    """A camera is stopped by Ctrl-C: the CSV keeps every row made until then."""
+
+    def rows():
+        yield from (["0", str(k)] for k in range(3))
+        raise KeyboardInterrupt
+
+    out = tmp_path / "rows.csv"
+    assert stream_csv(out, ["source", "frame"], rows()) == (3, True)
+    assert out.read_text().splitlines() == ["source,frame", "0,0", "0,1", "0,2"]
+    assert not (tmp_path / "rows.csv.partial").exists()
