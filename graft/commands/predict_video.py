@@ -95,14 +95,20 @@ def _rows(
         yield r
 
 
-def _strip(cfg: PredictConfig, reader: VideoReader, keeper: Keeper | None) -> Path | None:
+def _strip(cfg: PredictConfig, reader: VideoReader, keeper: Keeper | None, used: set[str]) -> Path | None:
+    """``PLOT_DIR/STEM-frames.png`` (``STEM-2-frames.png`` for a second video of that name in the call)."""
     from graft.insight.framestrip import frame_strip
 
     if keeper is None or not keeper.held:
         return None
     stem = "camera" + reader.name if reader.name.isdigit() else Path(reader.name.split("?")[0]).stem or "stream"
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}"
+    used.add(name)
     title = f"{reader.name}: {sampling(cfg).describe()}"
-    return frame_strip(keeper.chosen(), cfg.plot_dir / f"{stem}-frames.png", title=title)
+    return frame_strip(keeper.chosen(), cfg.plot_dir / f"{name}-frames.png", title=title)
 
 
 def videos_to_csv(cfg: PredictConfig, clf: Any, readers: list[VideoReader], names: dict[str, str]) -> int:
@@ -116,7 +122,8 @@ def videos_to_csv(cfg: PredictConfig, clf: Any, readers: list[VideoReader], name
             yield from (r.cells() for r in _rows(cfg, clf, reader, keeper, names))
 
     n, interrupted = stream_csv(cfg.out, FRAME_COLUMNS, rows())  # type: ignore[arg-type]
-    strips = [s for reader, keeper in zip(readers, keepers, strict=True) if (s := _strip(cfg, reader, keeper))]
+    used: set[str] = set()
+    strips = [s for reader, keeper in zip(readers, keepers, strict=True) if (s := _strip(cfg, reader, keeper, used))]
     stop = " (stopped by Ctrl-C)" if interrupted else ""
     print(f"{n} frames{stop}; wrote {cfg.out}", file=sys.stderr)
     if strips:
@@ -137,6 +144,7 @@ def print_videos(
     """Each video's rows as a table on stdout as they come (with ``--json``, none: they are returned, each with
     its top-k, for the JSON list), and with ``--plot`` its strip. Ctrl-C ends the reading; the rows so far stand."""
     out: list[dict[str, Any]] = []
+    used: set[str] = set()
     for reader in readers:
         keeper = Keeper(STRIP_FRAMES) if cfg.plot or cfg.explain else None
         width = (len(reader.name), 0 if clf.multilabel else max(len(names.get(c, c)) for c in clf.classes))
@@ -149,8 +157,8 @@ def print_videos(
                     preds = [p.to_dict() for p in r.predictions]
                     out.append({"source": r.source, "frame": r.frame, "time_s": r.time_s, "predictions": preds})
                 else:
-                    print(_line(r.cells(), width), flush=reader.live)
-        strip = _strip(cfg, reader, keeper)
+                    print(_line(r.cells(digits=3), width), flush=reader.live)
+        strip = _strip(cfg, reader, keeper, used)
         if strip is not None and not cfg.json:
             print(f"strip of {reader.name} written to {strip}")
         if stopped[0]:

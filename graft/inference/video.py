@@ -120,14 +120,15 @@ class FrameResult:
     image: Any = None
     multilabel: bool = False
 
-    def cells(self, names: dict[str, str] | None = None) -> list[str]:
+    def cells(self, names: dict[str, str] | None = None, *, digits: int = 6) -> list[str]:
         """The row's cells (:data:`FRAME_COLUMNS`): the top label and its probability; a multi-label run's labels
-        over their thresholds and their probabilities, ``;``-separated (empty when none is)."""
+        over their thresholds and their probabilities, ``;``-separated (empty when none is); probabilities to
+        ``digits`` decimals."""
         names = names or {}
         preds = self.predictions
         top = preds if self.multilabel else preds[:1]
         labels = ";".join(names.get(p.label, p.label) for p in top)
-        probs = ";".join(f"{p.probability:.6f}" for p in top)
+        probs = ";".join(f"{p.probability:.{digits}f}" for p in top)
         return [self.source, str(self.frame), f"{self.time_s:.3f}", labels, probs]
 
 
