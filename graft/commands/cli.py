@@ -383,7 +383,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "train": (TrainConfig, cmd_train, "train a classifier on an image folder"),
-    "predict": (PredictConfig, cmd_predict, "classify images with a trained run"),
+    "predict": (PredictConfig, cmd_predict, "classify images, videos and streams with a trained run"),
     "check": (CheckConfig, cmd_check, "report which images a dataset folder would use and skip"),
     "archs": (ArchsConfig, cmd_archs, "list architectures and whether their weights are here"),
     "evaluate": (EvaluateConfig, cmd_evaluate, "accuracy, per-class metrics, confusion matrix, top losses"),

@@ -146,12 +146,31 @@ def _quiet_open(source: str | int) -> Any:
         cv2.utils.logging.setLogLevel(level)
 
 
+class _Clock:
+    """Seconds since the first frame from the decoder's timestamps; from the wall clock instead when they do not
+    advance from the first frame to the second (a source that stamps nothing)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, float] | None = None  # (timestamp, wall clock) of the first frame
+        self.wall: bool | None = None
+
+    def seconds(self, stamp: float) -> float:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (stamp, now)
+            return 0.0
+        if self.wall is None:
+            self.wall = stamp <= self.first[0]
+        return now - self.first[1] if self.wall else stamp - self.first[0]
+
+
 class VideoReader:
     """Frames of a video file, stream URL or camera index, sampled by a :class:`Sampling`.
 
-    A file's frame times are ``index / fps``; a stream's or camera's are seconds since its first frame (wall
-    clock), so ``--every`` samples a live source by time. Opening checks that the source can be read (a file:
-    that its first frame decodes) and raises :class:`VideoError` naming it and what to do."""
+    Frame times are ``index / fps`` where the source states a frame rate (files, most streams); a camera's (its
+    rate changes with the light), or a source's without a rate, come from :class:`_Clock`. Opening checks that
+    the source can be read (a file: that its first frame decodes) and raises :class:`VideoError` naming it and
+    what to do."""
 
     def __init__(self, source: str | os.PathLike[str]) -> None:
         self.name = str(source)
@@ -188,23 +207,21 @@ class VideoReader:
         )
 
     def frames(self, sampling: Sampling) -> Iterator[Frame]:
-        """The sampled frames, read until the source ends (a file's last frame, a stream closing)."""
+        """The sampled frames, read until the source ends (a file's last frame, a stream closing). A source that
+        gives no frame at all raises :class:`VideoError`."""
         import cv2
         from PIL import Image
 
         cap = self._open()
         if not cap.isOpened():
             raise VideoError(self._cannot_read())
-        sampler, index, start = _Sampler(sampling), -1, None
+        sampler, index = _Sampler(sampling), -1
+        camera = self.live and self.name.isdigit()
+        clock = None if self.fps and not camera else _Clock()
         try:
             while cap.grab():  # decodes; the colour conversion waits for a frame that is sampled
                 index += 1
-                if self.live or not self.fps:
-                    now = time.monotonic() if self.live else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
-                    start = now if start is None else start
-                    t = now - start
-                else:
-                    t = index / self.fps
+                t = index / self.fps if clock is None else clock.seconds(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
                 if not sampler.takes(index, t):
                     continue
                 ok, bgr = cap.retrieve()
@@ -213,6 +230,11 @@ class VideoReader:
                 yield Frame(index, t, Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
         finally:
             cap.release()
+        if index < 0:  # opened, yet nothing came (an mp4 over HTTP whose index is at its end needs seeking)
+            raise VideoError(
+                f"{self.name}: no frame was read (the source ended at once or sent nothing OpenCV decodes); "
+                "for a video file over http(s), download it and pass the file"
+            )
 
 
 def predict_frames(

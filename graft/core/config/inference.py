@@ -1,4 +1,4 @@
-"""``graft predict``'s config: what runs a trained model over images. No heavy imports."""
+"""``graft predict``'s config: what runs a trained model over images and videos. No heavy imports."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def seconds(value: str | float) -> float:
 
 @dataclass(kw_only=True)
 class PredictConfig:
-    """``graft predict``: classify images with a trained run."""
+    """``graft predict``: classify images, videos and streams with a trained run."""
 
     run: Path = opt(RUN, example="graft predict runs/001-mobilenet_v2-freeze IMG")
     paths: list[Path] = opt([], "images, folders of images, or video files", positional=True, nargs="*")
