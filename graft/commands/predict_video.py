@@ -113,13 +113,15 @@ def _strip(cfg: PredictConfig, reader: VideoReader, keeper: Keeper | None, used:
 
 def videos_to_csv(cfg: PredictConfig, clf: Any, readers: list[VideoReader], names: dict[str, str]) -> int:
     """``--out FILE.csv``: every video's rows into one CSV (streaming), and with ``--plot`` each one's strip."""
+    from graft.core.progress import progress
     from graft.inference.csvout import stream_csv
 
     keepers = [Keeper(STRIP_FRAMES) if cfg.plot else None for _ in readers]
 
     def rows() -> Iterator[list[str]]:
         for reader, keeper in zip(readers, keepers, strict=True):
-            yield from (r.cells() for r in _rows(cfg, clf, reader, keeper, names))
+            total = reader.expected(sampling(cfg))
+            yield from (r.cells() for r in progress(_rows(cfg, clf, reader, keeper, names), desc="frames", total=total))
 
     n, interrupted = stream_csv(cfg.out, FRAME_COLUMNS, rows())  # type: ignore[arg-type]
     used: set[str] = set()

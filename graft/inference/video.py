@@ -175,6 +175,7 @@ class VideoReader:
     def __init__(self, source: str | os.PathLike[str]) -> None:
         self.name = str(source)
         self.live = isinstance(source, str) and is_live(source)
+        self.frame_count = 0  # as the container states it; 0 when unknown (a stream, a camera)
         self.fps = self._check()
 
     def _open(self) -> Any:
@@ -192,9 +193,18 @@ class VideoReader:
             if not self.live and not cap.grab():
                 raise VideoError(self._cannot_read("no frame decodes"))
             fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            self.frame_count = 0 if self.live else max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         finally:
             cap.release()
         return fps if 0 < fps <= MAX_FPS else 0.0
+
+    def expected(self, sampling: Sampling) -> int | None:
+        """About how many frames ``sampling`` takes (for a progress bar); None for a source of unknown length."""
+        if not self.frame_count or (sampling.every is not None and not self.fps):
+            return None
+        if sampling.every is None:
+            return -(-self.frame_count // sampling.stride)
+        return math.ceil(self.frame_count / self.fps / sampling.every)
 
     def _cannot_read(self, why: str = "OpenCV cannot open it") -> str:
         if self.live and self.name.isdigit():

@@ -247,6 +247,8 @@ def test_reader_times_and_strides(tmp_path) -> None:
     assert frames[1].time_s == pytest.approx(0.3)
     assert frames[0].image.mode == "RGB" and frames[0].image.size == (64, 48)
     assert [f.index for f in reader.frames(Sampling(stride=10))] == [0, 10, 20]
+    assert reader.frame_count == 25
+    assert [reader.expected(Sampling(**k)) for k in ({}, {"stride": 10}, {"every": 0.25})] == [25, 3, 10]
     assert abs(np.asarray(frames[2].image).mean() - 50) < 3  # the frame itself, decoded
 
 
