@@ -115,19 +115,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from graft.commands import predict_video as video
     from graft.inference.csvout import read_category_names
     from graft.inference.loading import load
     from graft.inference.paths import expand_paths
 
     cfg: PredictConfig = _config(PredictConfig, args)
     cfg.run, cfg.paths = classic_order(cfg.run, cfg.paths)  # RUN IMAGES..., or IMAGE CHECKPOINT (a run's file)
+    videos, cfg.paths = video.split_inputs(cfg.paths, cfg.source)
     names = read_category_names(cfg.category_names) if cfg.category_names else {}
-    if cfg.out is not None:
+    readers = video.open_videos(cfg, videos)  # each checked readable before the model loads
+    if cfg.out is not None and not readers:
         return _predict_to_csv(cfg, names)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise GraftError("under torchrun, graft predict shares the files out only with --out FILE.csv; add --out")
     clf = load(cfg.run, device=cfg.device, tta=cfg.tta)
     _threshold(clf, cfg.threshold)
+    if cfg.out is not None:
+        return video.videos_to_csv(cfg, clf, readers, names)
     results = []
     paths = expand_paths(cfg.paths, **_walk_options(cfg))
     for r in clf.predict_paths(paths, top_k=cfg.top_k, batch_size=cfg.batch_size):
@@ -141,15 +146,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 shown = "  ".join(f"{p.label} {p.probability:.3f}" for p in r.predictions or [])
                 print(f"{r.path}  {shown or '(no label over its threshold)'}")
     figures: dict[str, Any] = {}
-    if cfg.plot or cfg.explain:
+    if (cfg.plot or cfg.explain) and cfg.paths:
         from graft.insight.plots import prediction_figures
 
         figures = prediction_figures(clf, results, cfg.plot_dir, explain=cfg.explain)
         if not cfg.json:
             print(f"{len(figures)} figure(s) written to {cfg.plot_dir}")
+    frames = video.print_videos(cfg, clf, readers, names)  # each video its own rows, after the images
     if cfg.json:
         rows = [r.to_dict() | ({"figure": str(figures[r.path])} if r.path in figures else {}) for r in results]
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        print(json.dumps(rows + frames, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -378,7 +384,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[type, Callable[[argparse.Namespace], int], str]] = {
     "train": (TrainConfig, cmd_train, "train a classifier on an image folder"),
-    "predict": (PredictConfig, cmd_predict, "classify images with a trained run"),
+    "predict": (PredictConfig, cmd_predict, "classify images, videos and streams with a trained run"),
     "check": (CheckConfig, cmd_check, "report which images a dataset folder would use and skip"),
     "archs": (ArchsConfig, cmd_archs, "list architectures and whether their weights are here"),
     "evaluate": (EvaluateConfig, cmd_evaluate, "accuracy, per-class metrics, confusion matrix, top losses"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,3 +177,33 @@ def merge_parts(parts: list[Path], out: Path) -> None:
         for f in files:
             f.close()
     os.replace(partial, out)
+
+
+def stream_csv(out: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[str]]) -> tuple[int, bool]:
+    """Write ``rows`` under ``header`` as they come (a video's frames: any number, from a camera without end) to
+    ``OUT.partial``, flushed every 32 rows, fsynced and renamed to ``out`` at the end. Ctrl-C ends ``rows``
+    instead of the command: the rows written so far are kept; an error leaves no file. Returns ``(rows written,
+    interrupted)``."""
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n, interrupted = 0, False
+    try:
+        with open(partial, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            try:
+                for row in rows:
+                    writer.writerow(row)
+                    n += 1
+                    if n % 32 == 0:
+                        f.flush()
+            except KeyboardInterrupt:
+                interrupted = True
+            f.flush()
+            os.fsync(f.fileno())
+    except Exception:
+        partial.unlink(missing_ok=True)  # the error says what went wrong; half a table is left nowhere
+        raise
+    os.replace(partial, out)
+    return n, interrupted
