@@ -339,7 +339,7 @@ def check_package(path: Path, clf: Any, network: Any, *, int8: bool) -> dict[str
 
 
 def _check_io(spec: Any, ops: list[Any], clf: Any, path: Path) -> dict[str, Any]:
-    desc, size, classes = spec.description, clf.preprocess.input_size, class_labels(clf)
+    desc, size, classes = spec.description, clf.preprocess.input_size, [str(c) for c in clf.classes]
     inputs = list(desc.input)
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type.WhichOneof("Type") != "imageType":
         raise _fail(path, f"its inputs are {[i.name for i in inputs]}, not one image input {INPUT_NAME!r}")

@@ -1,0 +1,114 @@
+"""Tests of ``graft export RUN --format coreml [--int8]`` (graft.deploy.coreml): Core ML cannot run on Linux, so
+the written package's spec is what is checked (image input, classifier outputs, preprocessing, weights), and these
+tests assert those figures, the folder, the int8 size, and the refusals (missing coremltools, a package whose spec
+does not match graft's model)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import py_compile
+from pathlib import Path
+
+import pytest
+
+from graft.commands.cli import main
+from graft.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from graft.deploy import coreml
+from graft.deploy.export import export
+from graft.deploy.formats import ExportError
+
+FOLDER_FILES = {"model.mlpackage", "model.mlpackage.json", "export.json", "predict_coreml.py", "requirements.txt"}
+
+
+@pytest.fixture(scope="module")
+def float_export(frozen_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("coreml") / "export"
+    return export(frozen_run.run_dir, format="coreml", out=out, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def int8_export(frozen_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("coreml-int8") / "export"
+    return export(frozen_run.run_dir, format="coreml", int8=True, out=out, log=lambda line: None)
+
+
+def assert_spec_checks(checks: dict) -> None:
+    assert checks["class_labels"] == ["ants", "bees"]
+    assert checks["input_size"] == 224
+    assert checks["scale"] == pytest.approx(1 / 255, rel=1e-6)
+    assert checks["bias"] == pytest.approx([-m for m in IMAGENET_MEAN], rel=1e-6)
+    assert checks["inv_std"] == pytest.approx([1 / s for s in IMAGENET_STD], rel=1e-6)
+    # mobilenet_v2 with its BatchNorms folded: 52 convolutions' weights and biases, the head's, the 1/std
+    assert checks["weight_tensors"] == 107 and checks["weight_values"] > 2_200_000
+
+
+@pytest.mark.slow
+def test_float_package_spec_matches_graft(float_export, frozen_run) -> None:
+    folder = float_export.path.parent
+    assert float_export.path == folder / "model.mlpackage" and float_export.path.is_dir()
+    assert {p.name for p in folder.iterdir()} == FOLDER_FILES  # no generic predict.py: it cannot run Core ML
+    record = json.loads((folder / "export.json").read_text())
+    assert record == float_export.figures
+    assert record["format"] == "graft-coreml/1" and record["int8"] is False and record["executed"] is False
+    assert record["not_executed_because"].startswith("Core ML runs only on Apple platforms")
+    checks = record["checks"]
+    assert_spec_checks(checks)
+    assert checks["int8_tensors"] == 0 and checks["max_weight_diff"] == 0.0  # float32 weights, not float16
+    assert checks["weight_bytes"] >= 4 * checks["weight_values"]
+    files = {f"model.mlpackage/{p.relative_to(float_export.path).as_posix()}": p.read_bytes()
+             for p in sorted(float_export.path.rglob("*")) if p.is_file()}  # fmt: skip
+    assert record["bytes"] == sum(len(d) for d in files.values())
+
+    sidecar = json.loads(float_export.sidecar.read_text())
+    assert float_export.sidecar == folder / "model.mlpackage.json"
+    assert sidecar["classes"] == ["ants", "bees"] and sidecar["executed"] is False
+    assert sidecar["input"] == {"name": "image", "type": "image", "color_layout": "RGB", "width": 224, "height": 224}
+    assert sidecar["sha256"] == coreml.package_sha256(files)
+    assert sidecar["files"] == sorted(files)
+    assert any("centerCrop" in step for step in sidecar["preprocess_steps"])
+    assert sidecar["normalization"]["in_model"]["multiply_per_channel"] == pytest.approx(checks["inv_std"])
+    assert "coremltools" in (folder / "requirements.txt").read_text()
+    py_compile.compile(str(folder / "predict_coreml.py"), doraise=True)
+
+
+@pytest.mark.slow
+def test_int8_package_is_four_times_smaller(int8_export, float_export, frozen_run) -> None:
+    record = int8_export.figures
+    assert record["int8"] is True and record["executed"] is False
+    assert_spec_checks(record["checks"])
+    assert record["checks"]["int8_tensors"] >= 40  # every large convolution and the head
+    assert record["weight_size_ratio"] > 3.5 and record["size_ratio"] > 3
+    assert record["fp32_bytes"] == float_export.figures["bytes"]
+    assert record["int8_bytes"] == record["bytes"] < record["fp32_bytes"] / 3
+    assert record["quantization"]["activations"].startswith("float (weight-only")
+    assert "not measured" in record["quantization"]["accuracy"]
+    sidecar = json.loads(int8_export.sidecar.read_text())
+    assert sidecar["quantized"]["weights"] == "int8, symmetric, per output channel"
+    assert hashlib.sha256(b"").hexdigest() != sidecar["sha256"]
+
+
+def test_missing_coremltools_is_one_error_line(frozen_run, monkeypatch, capsys) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "coremltools" else real(name, *a))
+    for args in ([], ["--int8"]):
+        capsys.readouterr()
+        assert main(["export", str(frozen_run.run_dir), "--format", "coreml", *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: --format coreml needs coremltools") and err.count("\n") == 1
+        assert "pip install 'graft[coreml]'" in err
+    assert not (frozen_run.run_dir / "coreml").exists() and not (frozen_run.run_dir / "coreml-int8").exists()
+
+
+@pytest.mark.slow
+def test_a_package_whose_spec_does_not_match_is_refused(frozen_run, monkeypatch, tmp_path: Path) -> None:
+    """Class labels converted in another order than the run's: the check refuses, nothing is written."""
+    monkeypatch.setattr(coreml, "class_labels", lambda clf: list(reversed(clf.classes)))
+    out = tmp_path / "export"
+    with pytest.raises(ExportError) as e:
+        export(frozen_run.run_dir, format="coreml", out=out, log=lambda line: None)
+    msg = str(e.value)
+    assert "class labels are ['bees', 'ants'], not the run's ['ants', 'bees']" in msg
+    assert "Nothing was written" in msg and "\n" not in msg
+    assert not out.exists()
