@@ -11,14 +11,18 @@ shorter side and the centre crop stay the caller's (Vision's ``VNCoreMLRequest``
 
 The float model keeps float32 weights and float32 compute precision (coremltools' default would be float16).
 ``--int8`` quantizes its weights to int8 (``linear_quantize_weights``, symmetric, per output channel); activations
-stay float: about 4x smaller, the accuracy is not measured here.
+stay float: about 4x smaller.
 
 Core ML models run only on Apple platforms (coremltools has no runtime for Linux or Windows), so the export is not
-run here. What graft checks instead, on the package as written (loaded back with ``skip_model_load``): one image
-input ``image`` of S x S RGB; the classifier outputs with exactly the run's classes in order; the preprocessing
-ops' scale, bias and 1/std; every weight tensor of graft's network present in the program with its values (float:
-equal to float32 precision; int8: within half a quantization step of each channel's scale) and the weights' total
-size. Any mismatch ends in an ``error:`` line and nothing is written.
+run by Core ML here. What graft checks instead, on the package as written (loaded back with ``skip_model_load``;
+:mod:`graft.deploy.coreml_spec`): one image input ``image`` of S x S RGB; the classifier outputs with exactly the
+run's classes in order; the preprocessing ops' scale, bias and 1/std; every weight tensor of graft's network in the
+program with its values (float: equal; int8: within half a quantization step) and the weights' size. Then graft's
+reference interpreter of ML programs (:mod:`graft.deploy.coreml_mil`: the written ops run one by one in PyTorch,
+float32) runs the program over the run's val split beside graft's model: the float program must agree with it
+(``bundle.check_float``), the int8-weight program lose at most one point of val accuracy (``bundle.check_drop``).
+That shows the program computes graft's model, not what Core ML's kernels do on a device (float16 on the GPU or the
+Neural Engine). Any failed check ends in an ``error:`` line and nothing is written.
 
 The folder (default ``RUN/coreml`` or ``RUN/coreml-int8``): ``model.mlpackage/``, ``model.mlpackage.json`` (the
 sidecar), ``export.json``, ``predict_coreml.py`` (macOS example) and ``requirements.txt``.
@@ -26,26 +30,28 @@ sidecar), ``export.json``, ``predict_coreml.py`` (macOS example) and ``requireme
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import logging
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from graft.core import atomic
 from graft.core.config import ExportConfig
 from graft.deploy import bundle
+from graft.deploy.coreml_spec import (
+    INPUT_NAME,
+    LABEL_NAME,
+    PROBS_NAME,
+    check_package,
+    import_coremltools,
+    quiet,
+    weight_bytes,
+)
 from graft.deploy.formats import ExportError, ExportResult, check_exportable, describe, inference_module
 
 FORMAT = "graft-coreml/1"
 MODEL_NAME = "model.mlpackage"
-INPUT_NAME = "image"
-LABEL_NAME = "classLabel"
-PROBS_NAME = "classLabel_probs"
 #: The oldest OS that runs the package: ML programs with int8 weights (constexpr_affine_dequantize) need iOS 16.
 DEPLOYMENT_TARGET = "iOS16"
 MIN_OS = "iOS 16, macOS 13, tvOS 16, watchOS 9"
@@ -53,31 +59,6 @@ MIN_OS = "iOS 16, macOS 13, tvOS 16, watchOS 9"
 MIN_SIZE_RATIO = 3.0
 REQUIREMENTS = "coremltools>=8\npillow\nnumpy\n"
 NOT_RUN = "Core ML runs only on Apple platforms (coremltools has no Core ML runtime on Linux or Windows)"
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """coremltools logs every missing native proxy and version warning, and prints progress bars: keep them off
-    the user's terminal."""
-    loggers = [logging.getLogger(), logging.getLogger("coremltools")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def import_coremltools() -> Any:
-    with quiet():
-        import coremltools
-
-    return coremltools
 
 
 def coreml_network(module: Any, std: tuple[float, ...]) -> Any:
@@ -166,7 +147,7 @@ def package_sha256(files: dict[str, bytes]) -> str:
 
 
 def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
-    """Convert, check the written package's spec (:func:`check_package`), write the folder."""
+    """Convert, check the written package (:func:`check_package`, :func:`interpret`), write the folder."""
     from graft.inference.loading import load
 
     bundle.require("coreml", int8=cfg.int8)
@@ -178,23 +159,10 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
             "multi-label: export it with --format onnx, openvino or tflite"
         )
     folder = Path(cfg.out) if cfg.out is not None else bundle.default_folder(cfg.run, "coreml", cfg.int8)
-    module = inference_module(clf)
-    network = coreml_network(module, clf.preprocess.std)
-    with tempfile.TemporaryDirectory(prefix="graft-coreml-") as tmp:
-        float_path, int8_path = Path(tmp, "float.mlpackage"), Path(tmp, "int8.mlpackage")
-        log(f"converting {clf.meta.arch} to a Core ML ML program (float32, {MIN_OS} or later)")
-        convert(network, clf, float_path)
-        checks = check_package(float_path, clf, network, int8=False)
-        path, figures = float_path, {"float_weight_bytes": weight_bytes(float_path)}
-        if cfg.int8:
-            log("quantizing the weights to int8 (coremltools linear_quantize_weights, symmetric, per channel)")
-            quantize(float_path, int8_path)
-            checks = check_package(int8_path, clf, network, int8=True)
-            path = int8_path
-            figures |= size_figures(float_path, int8_path, cfg.run)
-        files = package_files(path)
+    network = coreml_network(inference_module(clf), clf.preprocess.std)
+    checks, figures, files = build(cfg, clf, network, log)
     ct = import_coremltools()
-    info = sidecar(clf, folder, cfg.int8, checks, ct.__version__)
+    info = sidecar(clf, folder, cfg.int8, checks, figures, ct.__version__)
     info |= {"sha256": package_sha256(files), "bytes": sum(len(d) for d in files.values())}
     record = {
         "format": FORMAT,
@@ -215,6 +183,60 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
     atomic.atomic_write_bytes(folder / "predict_coreml.py", Path(__file__).with_name("predict_coreml.py").read_bytes())
     log(summary(result.figures or record))
     return result
+
+
+def build(
+    cfg: ExportConfig, clf: Any, network: Any, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+    """Convert (and quantize) in a temporary folder, check each package as written: the checks, the figures and
+    the files of the package to keep."""
+    with tempfile.TemporaryDirectory(prefix="graft-coreml-") as tmp:
+        float_path, int8_path = Path(tmp, "float.mlpackage"), Path(tmp, "int8.mlpackage")
+        log(f"converting {clf.meta.arch} to a Core ML ML program (float32, {MIN_OS} or later)")
+        convert(network, clf, float_path)
+        checks, ops = check_package(float_path, clf, network, int8=False)
+        programs = {"fp32": ops}
+        path, figures = float_path, {"float_weight_bytes": weight_bytes(float_path)}
+        if cfg.int8:
+            log("quantizing the weights to int8 (coremltools linear_quantize_weights, symmetric, per channel)")
+            quantize(float_path, int8_path)
+            checks, programs["int8"] = check_package(int8_path, clf, network, int8=True)
+            path = int8_path
+            figures |= size_figures(float_path, int8_path, cfg.run)
+        figures |= interpret(clf, cfg, programs, log)
+        return checks, figures, package_files(path)
+
+
+def interpret(clf: Any, cfg: ExportConfig, programs: dict[str, list[Any]], log: Callable[[str], None]) -> dict:
+    """The written programs run by graft's reference interpreter (:mod:`graft.deploy.coreml_mil`, not Core ML)
+    over the run's val split beside graft's model: the float one must agree with it (``check_float``), the int8
+    one lose at most a point against the float one (``check_drop``)."""
+    import numpy as np
+    import torch
+
+    from graft.deploy.coreml_mil import Unsupported, program_runner
+
+    p = clf.preprocess
+    mean, std = torch.tensor(p.mean).view(1, 3, 1, 1), torch.tensor(p.std).view(1, 3, 1, 1)
+
+    def runner(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def logits(batch: Any) -> Any:  # graft's normalized batch -> the 0..255 crop the image input takes
+            probs = run((torch.from_numpy(batch) * std + mean) * 255.0).numpy()
+            return np.log(np.maximum(probs, 1e-30))  # val_figures softmaxes: log-probabilities give them back
+
+        return logits
+
+    try:
+        runners = {name: runner(program_runner(ops, INPUT_NAME)) for name, ops in programs.items()}
+    except Unsupported as e:
+        log(f"the program has an op graft's interpreter does not run ({e}): its outputs were not checked")
+        return {"interpreted": False, "not_interpreted_because": f"op {e} is not implemented by graft's interpreter"}
+    log(f"running the written program{'s' if len(runners) > 1 else ''} on the run's val images (graft's interpreter)")
+    figures = bundle.val_figures(clf, cfg.run, runners, batch_size=cfg.batch_size)
+    bundle.check_float(figures, "fp32", cfg.run, "coreml")
+    if "int8" in runners:
+        bundle.check_drop(figures, cfg.run, "coreml")
+    return {"interpreted": True, "interpreter": "graft.deploy.coreml_mil (PyTorch, float32, CPU)", **figures}
 
 
 def size_figures(float_path: Path, int8_path: Path, run_dir: Path) -> dict[str, Any]:
@@ -238,7 +260,9 @@ def size_figures(float_path: Path, int8_path: Path, run_dir: Path) -> dict[str, 
     return figures
 
 
-def sidecar(clf: Any, folder: Path, int8: bool, checks: dict[str, Any], ct_version: str) -> dict[str, Any]:
+def sidecar(
+    clf: Any, folder: Path, int8: bool, checks: dict[str, Any], figures: dict[str, Any], ct_version: str
+) -> dict[str, Any]:
     """The sidecar: graft's usual description, with the Core ML input, outputs and preprocessing."""
     p = clf.preprocess
     info = describe(clf, "coreml", folder / MODEL_NAME)
@@ -270,8 +294,10 @@ def sidecar(clf: Any, folder: Path, int8: bool, checks: dict[str, Any], ct_versi
     info["postprocess"] = "none: classLabel_probs holds the softmax probabilities"
     info["minimum_deployment_target"] = MIN_OS
     info["executed"] = False
-    info["verification_note"] = f"{NOT_RUN}; graft checked the written package's spec instead: " + "; ".join(
-        f"{k}: {v}" for k, v in checks.items() if isinstance(v, str)
+    info["verification_note"] = (
+        f"{NOT_RUN}; graft checked the written package's spec instead: "
+        + "; ".join(f"{k}: {v}" for k, v in checks.items() if isinstance(v, str))
+        + f"; {interpreted(figures)}"
     )
     info["spec_checks"] = checks
     if int8:
@@ -279,10 +305,28 @@ def sidecar(clf: Any, folder: Path, int8: bool, checks: dict[str, Any], ct_versi
             "tool": f"coremltools {ct_version} linear_quantize_weights",
             "weights": "int8, symmetric, per output channel",
             "activations": "float (weight-only quantization)",
-            "accuracy": "not measured: Core ML models cannot run on this platform",
+            "accuracy": "measured by graft's interpreter of the program (float32 compute, the int8 weights "
+            "dequantized as Core ML defines it), not by Core ML"
+            if figures.get("interpreted")
+            else "not measured: Core ML cannot run on this platform",
         }
     info["versions"] = info["versions"] | {"coremltools": ct_version}
     return info
+
+
+def interpreted(figures: dict[str, Any]) -> str:
+    """What graft's interpreter of the written program showed, in words."""
+    if not figures.get("interpreted"):
+        return f"the program's outputs were not checked ({figures['not_interpreted_because']})"
+    f, n = figures, figures["val_images"]
+    line = (
+        f"graft's interpreter of the written program (PyTorch, not Core ML) agrees with graft's model on "
+        f"{round(f['fp32_top1_agreement'] * n)}/{n} val images (max probability difference "
+        f"{f['fp32_max_probability_diff']:.1e})"
+    )
+    if "int8_val_acc" in f:
+        line += f"; with int8 weights val acc {f['int8_val_acc']:.4f} vs float {f['fp32_val_acc']:.4f}"
+    return line
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -293,161 +337,5 @@ def summary(record: dict[str, Any]) -> str:
         size = f"{record['int8_bytes'] / 1e6:.1f} vs {record['fp32_bytes'] / 1e6:.1f} MB float"
     return (
         f"Core ML package checked, not run ({NOT_RUN.split(' (')[0]}): {checks['input']}; {checks['classes']}; "
-        f"{checks['weights']}; {size}"
+        f"{checks['weights']}; {interpreted(record)}; {size}"
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the spec check of a written package
-
-
-def read_package(path: Path) -> tuple[Any, list[Any]]:
-    """The package's spec and its ML program's operations, as written (no Core ML runtime needed)."""
-    ct = import_coremltools()
-    from coremltools.converters.mil.frontend.milproto.load import load as load_program
-
-    try:
-        with quiet():
-            model = ct.models.MLModel(str(path), skip_model_load=True)
-            spec = model.get_spec()
-            program = load_program(spec, spec.specificationVersion, model.weights_dir)
-    except Exception as e:
-        raise ExportError(f"the Core ML package cannot be read back: {type(e).__name__}: {e}") from None
-    return spec, list(program.functions["main"].operations)
-
-
-def weight_bytes(path: Path) -> int:
-    """The size of the package's weight file (the ML program's tensors)."""
-    return sum(f.stat().st_size for f in path.rglob("weight.bin"))
-
-
-def _fail(path: Path, what: str) -> ExportError:
-    return ExportError(
-        f"the Core ML package does not match graft's model: {what}. Nothing was written; report this with the "
-        "run's model.json, and meanwhile export --format onnx"
-    )
-
-
-def check_package(path: Path, clf: Any, network: Any, *, int8: bool) -> dict[str, Any]:
-    """Check the written package against graft's model (the module's doc lists what); raise ExportError on any
-    mismatch. Returns the checks' figures, with one readable line per check."""
-    spec, ops = read_package(path)
-    checks = _check_io(spec, ops, clf, path)
-    checks |= _check_preprocessing(ops, clf, path)
-    checks |= _check_weights(ops, network, int8, path)
-    return checks
-
-
-def _check_io(spec: Any, ops: list[Any], clf: Any, path: Path) -> dict[str, Any]:
-    desc, size, classes = spec.description, clf.preprocess.input_size, [str(c) for c in clf.classes]
-    inputs = list(desc.input)
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type.WhichOneof("Type") != "imageType":
-        raise _fail(path, f"its inputs are {[i.name for i in inputs]}, not one image input {INPUT_NAME!r}")
-    image = inputs[0].type.imageType
-    rgb = image.ColorSpace.Name(image.colorSpace)
-    if (image.width, image.height, rgb) != (size, size, "RGB"):
-        raise _fail(path, f"its input is {image.width}x{image.height} {rgb}, not {size}x{size} RGB")
-    outputs = sorted(o.name for o in desc.output)
-    named = (desc.predictedFeatureName, desc.predictedProbabilitiesName)
-    if outputs != sorted([LABEL_NAME, PROBS_NAME]) or named != (LABEL_NAME, PROBS_NAME):
-        raise _fail(path, f"its outputs are {outputs}, not the classifier's {LABEL_NAME} and {PROBS_NAME}")
-    classify = [op for op in ops if op.op_type == "classify"]
-    labels = [str(c) for c in classify[0].inputs["classes"].val] if len(classify) == 1 else None
-    if labels != classes:
-        raise _fail(path, f"its class labels are {labels}, not the run's {classes}")
-    return {
-        "input": f"{INPUT_NAME}: {size}x{size} RGB image",
-        "classes": f"{LABEL_NAME} and {PROBS_NAME} over the run's {len(classes)} classes, in order",
-        "input_size": size,
-        "class_labels": labels,
-    }
-
-
-def _check_preprocessing(ops: list[Any], clf: Any, path: Path) -> dict[str, Any]:
-    """The ops after the image input: x * 1/255, + (-mean) per channel, * 1/std per channel (the wrapper's)."""
-    import numpy as np
-
-    p = clf.preprocess
-    expected = [("mul", [1 / 255.0]), ("add", [-m for m in p.mean]), ("mul", [1 / s for s in p.std])]
-    found: list[Any] = []
-    var = INPUT_NAME
-    for op_type, want in expected:
-        op = next(
-            (o for o in ops if o.op_type == op_type and o.inputs.get("x") is not None and o.inputs["x"].name == var),
-            None,
-        )
-        got = None if op is None or op.inputs["y"].val is None else np.asarray(op.inputs["y"].val, np.float64).ravel()
-        if got is None or got.shape != (len(want),) or not np.allclose(got, want, rtol=1e-6, atol=0):
-            raise _fail(path, f"the preprocessing {op_type} after {var!r} is {got}, not {want}")
-        found.append([float(x) for x in got])
-        var = op.outputs[0].name
-    (scale,), bias, inv_std = found
-    return {
-        "preprocessing": f"image * {scale:.6g} + {[round(b, 6) for b in bias]}, then * {[round(s, 6) for s in inv_std]}"
-        " per channel (1/std) inside the model",
-        "scale": scale,
-        "bias": bias,
-        "inv_std": inv_std,
-    }
-
-
-def _program_tensors(ops: list[Any]) -> dict[str, tuple[Any, Any]]:
-    """Every weight tensor of the program by name: (float values, the error its storage allows per value: 0 for
-    float, half a quantization step for int8)."""
-    import numpy as np
-
-    tensors: dict[str, tuple[Any, Any]] = {}
-    for op in ops:
-        if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.size > 1:
-            tensors[op.name] = (np.asarray(op.outputs[0].val, np.float64), np.zeros(()))
-        elif op.op_type == "constexpr_affine_dequantize":  # value = (q - zero_point) * scale along axis
-            q = np.asarray(op.inputs["quantized_data"].val, np.float64)
-            shape = [1] * q.ndim
-            shape[int(op.inputs["axis"].val)] = -1
-            scale = np.asarray(op.inputs["scale"].val, np.float64)
-            zero = np.asarray(op.inputs["zero_point"].val, np.float64)
-            scale, zero = (scale.reshape(shape), zero.reshape(shape)) if scale.ndim else (scale, zero)
-            tensors[op.name] = ((q - zero) * scale, np.broadcast_to(scale / 2, q.shape))
-    return tensors
-
-
-def _check_weights(ops: list[Any], network: Any, int8: bool, path: Path) -> dict[str, Any]:
-    """Each float tensor of graft's network (the wrapper's 1/std included) is in the program: by its name
-    (the converter keeps it, dots as underscores), else a tensor of the same shape; float32 values equal to
-    float precision, int8 ones within half a quantization step."""
-    import numpy as np
-
-    program = _program_tensors(ops)
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for name, (values, _) in program.items():
-        by_shape.setdefault(values.shape, []).append(name)
-    matched, values_n, quantized, worst = 0, 0, 0, 0.0
-    for name, tensor in network.state_dict().items():
-        if not tensor.is_floating_point() or tensor.numel() <= 1:
-            continue
-        want = tensor.detach().double().numpy()
-        key = name.replace(".", "_")
-        candidates = [k for k in (key, key + "_quantized") if k in program] + by_shape.get(want.shape, [])
-        best = None
-        for k in candidates:
-            got, step = program[k]
-            if got.shape == want.shape:
-                diff = np.abs(got - want)
-                if (diff <= step * 1.001 + 1e-6 * max(1.0, float(np.abs(want).max()))).all():
-                    best = (float(diff.max()), bool(step.any()))
-                    break
-        if best is None:
-            raise _fail(path, f"graft's weight tensor {name} {list(want.shape)} is not in the program")
-        matched, values_n, worst = matched + 1, values_n + want.size, max(worst, best[0])
-        quantized += best[1]
-    if int8 and not quantized:
-        raise _fail(path, "none of its weights is int8")
-    kind = f"{quantized} of them int8 within half a quantization step" if int8 else "equal in float32"
-    return {
-        "weights": f"all {matched} weight tensors of graft's network ({values_n:,} values) in the program, {kind}",
-        "weight_tensors": matched,
-        "weight_values": values_n,
-        "int8_tensors": quantized,
-        "max_weight_diff": worst,
-        "weight_bytes": weight_bytes(path),
-    }

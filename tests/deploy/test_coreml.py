@@ -15,7 +15,8 @@ import pytest
 
 from graft.commands.cli import main
 from graft.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from graft.deploy import coreml
+from graft.deploy import bundle, coreml
+from graft.deploy.bundle import MAX_DROP
 from graft.deploy.export import export
 from graft.deploy.formats import ExportError
 
@@ -57,6 +58,10 @@ def test_float_package_spec_matches_graft(float_export, frozen_run) -> None:
     assert_spec_checks(checks)
     assert checks["int8_tensors"] == 0 and checks["max_weight_diff"] == 0.0  # float32 weights, not float16
     assert checks["weight_bytes"] >= 4 * checks["weight_values"]
+    # graft's interpreter of the written program (not Core ML) over the run's 153 val images
+    assert record["interpreted"] is True and record["val_images"] == 153
+    assert record["fp32_top1_agreement"] == 1.0 and record["fp32_max_probability_diff"] < 1e-4
+    assert record["fp32_val_acc"] == record["graft_val_acc"]
     files = {f"model.mlpackage/{p.relative_to(float_export.path).as_posix()}": p.read_bytes()
              for p in sorted(float_export.path.rglob("*")) if p.is_file()}  # fmt: skip
     assert record["bytes"] == sum(len(d) for d in files.values())
@@ -83,7 +88,8 @@ def test_int8_package_is_four_times_smaller(int8_export, float_export, frozen_ru
     assert record["fp32_bytes"] == float_export.figures["bytes"]
     assert record["int8_bytes"] == record["bytes"] < record["fp32_bytes"] / 3
     assert record["quantization"]["activations"].startswith("float (weight-only")
-    assert "not measured" in record["quantization"]["accuracy"]
+    assert record["quantization"]["accuracy"].startswith("measured by graft's interpreter")
+    assert record["fp32_val_acc"] - record["int8_val_acc"] <= MAX_DROP + 1e-9 and record["int8_top1_agreement"] > 0.95
     sidecar = json.loads(int8_export.sidecar.read_text())
     assert sidecar["quantized"]["weights"] == "int8, symmetric, per output channel"
     assert hashlib.sha256(b"").hexdigest() != sidecar["sha256"]
@@ -111,4 +117,21 @@ def test_a_package_whose_spec_does_not_match_is_refused(frozen_run, monkeypatch,
     msg = str(e.value)
     assert "class labels are ['bees', 'ants'], not the run's ['ants', 'bees']" in msg
     assert "Nothing was written" in msg and "\n" not in msg
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_int8_weights_losing_more_than_a_point_are_refused(frozen_run, monkeypatch, tmp_path: Path) -> None:
+    """The interpreter's val figures say the int8 weights lose two images of 153: refused, nothing written."""
+
+    def figures(clf, run_dir, runners, **kw):
+        assert set(runners) == {"fp32", "int8"}
+        return {"val_images": 153, "graft_val_acc": 147 / 153, "fp32_val_acc": 147 / 153, "fp32_top1_agreement": 1.0,
+                "int8_val_acc": 145 / 153}  # fmt: skip
+
+    monkeypatch.setattr(bundle, "val_figures", figures)
+    out = tmp_path / "export"
+    with pytest.raises(ExportError) as e:
+        export(frozen_run.run_dir, format="coreml", int8=True, out=out, log=lambda line: None)
+    assert "loses 1.31 points" in str(e.value) and "--format coreml" in str(e.value)
     assert not out.exists()
