@@ -135,3 +135,56 @@ def test_int8_weights_losing_more_than_a_point_are_refused(frozen_run, monkeypat
         export(frozen_run.run_dir, format="coreml", int8=True, out=out, log=lambda line: None)
     assert "loses 1.31 points" in str(e.value) and "--format coreml" in str(e.value)
     assert not out.exists()
+
+
+def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None:
+    """graft's reference interpreter of ML programs, on a small network converted by coremltools that uses every op
+    it implements: the program's probabilities are torch's to float32 precision."""
+    import torch
+
+    from graft.deploy.coreml_mil import program_runner
+    from graft.deploy.coreml_spec import import_coremltools, quiet, read_package
+
+    pytest.importorskip("coremltools")
+    ct = import_coremltools()
+    F = torch.nn.functional
+
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+            self.c3 = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
+            self.ln = torch.nn.LayerNorm(8)
+            self.fc = torch.nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.max_pool2d(torch.relu(self.c1(x)), 3, 2, 1)
+            x = F.silu(self.c2(x)) + torch.sigmoid(x) * F.hardsigmoid(x)
+            x = F.avg_pool2d(self.c3(x), 2)
+            x = F.gelu(x) - torch.tanh(x) / 2
+            t = self.ln(x.flatten(2).transpose(1, 2))
+            a = torch.softmax(t @ t.transpose(1, 2), -1) @ t
+            return torch.softmax(self.fc(torch.cat([a.mean(1), F.relu6(t).mean(1)], 1)), 1)
+
+    torch.manual_seed(0)
+    net = Small().eval()
+    image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
+    with quiet(), torch.no_grad():
+        program = ct.convert(
+            torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
+            convert_to="mlprogram",
+            inputs=[image],
+            classifier_config=ct.ClassifierConfig(["a", "b", "c"]),
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        )
+        program.save(str(tmp_path / "small.mlpackage"))
+    _, ops = read_package(tmp_path / "small.mlpackage")
+    assert {"max_pool", "avg_pool", "layer_norm", "matmul", "gelu", "silu", "sigmoid_hard", "concat"} <= {
+        op.op_type for op in ops
+    }
+    pixels = torch.randint(0, 256, (2, 3, 32, 32)).float()
+    with torch.no_grad():
+        got, want = program_runner(ops, "image")(pixels), net(pixels / 255)
+    assert (got - want).abs().max() < 1e-6
