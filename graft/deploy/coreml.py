@@ -287,8 +287,9 @@ def sidecar(
     info["preprocess_steps"] = [
         "decode the image as 8-bit RGB (EXIF orientation applied, transparency over white)",
         f"resize so the shorter side is {p.resize_size} pixels ({p.interpolation}, antialiased)",
-        f"centre crop {p.input_size}x{p.input_size} (Vision: VNCoreMLRequest with imageCropAndScaleOption "
-        f".centerCrop scales the shorter side to {p.input_size} and crops; graft resizes to {p.resize_size} first)",
+        f"centre crop {p.input_size}x{p.input_size}. Vision's VNCoreMLRequest with imageCropAndScaleOption "
+        f".centerCrop scales the shorter side straight to {p.input_size} (a wider view than graft's): for graft's "
+        f"view set its regionOfInterest to the centre {p.input_size}/{p.resize_size} of the shorter side",
         "pass the crop as the image input: the model scales to [0, 1], subtracts the mean and divides by the std",
     ]
     info["postprocess"] = "none: classLabel_probs holds the softmax probabilities"
