@@ -82,8 +82,10 @@ def class_labels(clf: Any) -> list[str]:
     return [str(c) for c in clf.classes]
 
 
-def convert(module: Any, clf: Any, path: Path) -> None:
-    """The float32 ML program of ``module`` (:func:`coreml_network`), saved as a package at ``path``."""
+def convert(module: Any, clf: Any, path: Path) -> str:
+    """The float32 ML program of ``module`` (:func:`coreml_network`), saved as a package at ``path``; returns how
+    it was captured. ``torch.jit.trace`` first (what coremltools converts most reliably); where coremltools
+    cannot convert the traced graph (torchvision's ViT: an int() of a tensor), ``torch.export``."""
     import torch
 
     ct = import_coremltools()
@@ -96,25 +98,31 @@ def convert(module: Any, clf: Any, path: Path) -> None:
         bias=[-m for m in p.mean],
         color_layout=ct.colorlayout.RGB,
     )
-    try:
-        with quiet(), torch.inference_mode(False), torch.no_grad():
-            traced = torch.jit.trace(module, (torch.rand(1, 3, size, size),))
-            model = ct.convert(
-                traced,
-                convert_to="mlprogram",
-                inputs=[image],
-                classifier_config=ct.ClassifierConfig(class_labels(clf)),
-                minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
-                compute_precision=ct.precision.FLOAT32,
-            )
-            model.short_description = f"graft {clf.meta.arch} classifier: {', '.join(clf.classes)}"
-            model.save(str(path))
-    except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise ExportError(
-            f"coremltools could not convert {clf.meta.arch}: {type(e).__name__}: {first_line} "
-            "-- export --format onnx instead"
-        ) from None
+    example = (torch.rand(1, 3, size, size),)
+    captures = {
+        "torch.jit.trace": lambda: torch.jit.trace(module, example),
+        "torch.export": lambda: torch.export.export(module, example).run_decompositions({}),
+    }
+    errors = []
+    for how, capture in captures.items():
+        try:
+            with quiet(), torch.inference_mode(False), torch.no_grad():
+                model = ct.convert(
+                    capture(),
+                    convert_to="mlprogram",
+                    inputs=[image],
+                    classifier_config=ct.ClassifierConfig(class_labels(clf)),
+                    minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+                    compute_precision=ct.precision.FLOAT32,
+                )
+                model.short_description = f"graft {clf.meta.arch} classifier: {', '.join(clf.classes)}"
+                model.save(str(path))
+            return how
+        except Exception as e:
+            errors.append(f"{how}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise ExportError(
+        f"coremltools could not convert {clf.meta.arch} ({'; '.join(errors)}) -- export --format onnx instead"
+    )
 
 
 def quantize(src: Path, dst: Path) -> None:
@@ -193,10 +201,10 @@ def build(
     with tempfile.TemporaryDirectory(prefix="graft-coreml-") as tmp:
         float_path, int8_path = Path(tmp, "float.mlpackage"), Path(tmp, "int8.mlpackage")
         log(f"converting {clf.meta.arch} to a Core ML ML program (float32, {MIN_OS} or later)")
-        convert(network, clf, float_path)
+        captured = convert(network, clf, float_path)
         checks, ops = check_package(float_path, clf, network, int8=False)
         programs = {"fp32": ops}
-        path, figures = float_path, {"float_weight_bytes": weight_bytes(float_path)}
+        path, figures = float_path, {"captured_with": captured, "float_weight_bytes": weight_bytes(float_path)}
         if cfg.int8:
             log("quantizing the weights to int8 (coremltools linear_quantize_weights, symmetric, per channel)")
             quantize(float_path, int8_path)

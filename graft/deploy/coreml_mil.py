@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+#: The name under which the interpreter keeps the batch size it runs (no program variable has a space).
+BATCH = "batch size"
+
 
 class Unsupported(Exception):
     """The program has an op this interpreter does not implement."""
@@ -99,6 +102,7 @@ def _ops() -> dict[str, Callable[[dict[str, Any], Any], Any]]:
         "clip": lambda e, o: torch.clamp(a(e, o), float(val(o, "alpha")), float(val(o, "beta"))),
         "relu": lambda e, o: F.relu(a(e, o)),
         "relu6": lambda e, o: F.relu6(a(e, o)),
+        "thresholded_relu": lambda e, o: torch.where(a(e, o) >= float(val(o, "alpha")), a(e, o), 0.0),
         "sigmoid": lambda e, o: torch.sigmoid(a(e, o)),
         "silu": lambda e, o: F.silu(a(e, o)),
         "tanh": lambda e, o: torch.tanh(a(e, o)),
@@ -108,7 +112,7 @@ def _ops() -> dict[str, Callable[[dict[str, Any], Any], Any]]:
         "max_pool": _pool,
         "avg_pool": _pool,
         "reduce_mean": lambda e, o: torch.mean(a(e, o), _axes(o), keepdim=bool(val(o, "keep_dims", False))),
-        "reshape": lambda e, o: _reshape(a(e, o), [int(s) for s in val(o, "shape")]),
+        "reshape": lambda e, o: _reshape(a(e, o), [int(s) for s in val(o, "shape")], o, e[BATCH]),
         "transpose": lambda e, o: a(e, o).permute(_axes(o, "perm")),
         "linear": lambda e, o: F.linear(a(e, o), a(e, o, "weight"), a(e, o, "bias") if "bias" in o.inputs else None),
         "matmul": lambda e, o: torch.matmul(
@@ -117,15 +121,69 @@ def _ops() -> dict[str, Callable[[dict[str, Any], Any], Any]]:
         ),
         "softmax": lambda e, o: torch.softmax(a(e, o), int(val(o, "axis"))),
         "layer_norm": lambda e, o: _layer_norm(a(e, o), o, e),
-        "concat": lambda e, o: torch.cat([e[v.name] for v in o.inputs["values"]], int(val(o, "axis"))),
+        "batch_norm": lambda e, o: F.batch_norm(
+            a(e, o),
+            a(e, o, "mean"),
+            a(e, o, "variance"),
+            a(e, o, "gamma") if "gamma" in o.inputs else None,
+            a(e, o, "beta") if "beta" in o.inputs else None,
+            eps=float(val(o, "epsilon", 1e-5)),
+        ),
+        "concat": lambda e, o: torch.cat([_value(e, v) for v in o.inputs["values"]], int(val(o, "axis"))),
+        "expand_dims": lambda e, o: _expand_dims(a(e, o), _axes(o)),
+        "squeeze": lambda e, o: _squeeze(a(e, o), _axes(o) if "axes" in o.inputs else None),
+        "slice_by_index": _slice,
         "cast": lambda e, o: a(e, o),
     }
 
 
-def _reshape(x: Any, shape: list[int]) -> Any:
-    """The program was traced at batch 1: a leading 1 is the batch axis, which the interpreter runs wider."""
-    if shape and shape[0] == 1 and x.shape[0] > 1:
-        shape = [x.shape[0], *shape[1:]]
+def _value(env: dict[str, Any], var: Any) -> Any:
+    import torch
+
+    return env[var.name] if var.name in env else torch.as_tensor(var.val, dtype=torch.float32)
+
+
+def _expand_dims(x: Any, axes: list[int]) -> Any:
+    rank = x.dim() + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _squeeze(x: Any, axes: list[int] | None) -> Any:
+    if axes is None:
+        return x.squeeze()
+    for axis in sorted((a % x.dim() for a in axes), reverse=True):
+        x = x.squeeze(axis)
+    return x
+
+
+def _slice(env: dict[str, Any], op: Any) -> Any:
+    """``slice_by_index``: begin/end/stride per axis, masks ignoring begin or end, squeeze_mask dropping an axis."""
+    x = arg(env, op, "x")
+    n = x.dim()
+
+    def mask(name: str) -> list[bool]:
+        return [bool(m) for m in op.inputs[name].val] if name in op.inputs else [False] * n
+
+    begin, end = [int(b) for b in op.inputs["begin"].val], [int(e) for e in op.inputs["end"].val]
+    stride = [int(s) for s in op.inputs["stride"].val] if "stride" in op.inputs else [1] * n
+    begin_mask, end_mask, squeeze = mask("begin_mask"), mask("end_mask"), mask("squeeze_mask")
+    index: list[Any] = []
+    for i in range(n):
+        if squeeze[i]:
+            index.append(begin[i])
+        else:
+            index.append(slice(None if begin_mask[i] else begin[i], None if end_mask[i] else end[i], stride[i]))
+    return x[tuple(index)]
+
+
+def _reshape(x: Any, shape: list[int], op: Any, batch: int) -> Any:
+    """The program was traced at batch 1: where its input and output both lead with that batch axis, the
+    interpreter runs it ``batch`` wide."""
+    static = op.inputs["x"].shape
+    if batch > 1 and shape and shape[0] == 1 and static and static[0] == 1 and x.shape[0] == batch:
+        shape = [batch, *shape[1:]]
     return x.reshape(shape)
 
 
@@ -175,14 +233,21 @@ def program_runner(ops: list[Any], input_name: str) -> Callable[[Any], Any]:
                 consts[op.outputs[0].name] = torch.as_tensor(op.outputs[0].val, dtype=torch.float32)
         elif op.op_type == "constexpr_affine_dequantize":
             consts[op.outputs[0].name] = dequantize(op)
+        elif op.op_type == "slice_by_index" and "stride" in op.inputs and min(op.inputs["stride"].val) < 0:
+            raise Unsupported("slice_by_index with a negative stride")
         elif op.op_type == "classify" or op.op_type in table:
             steps.append(op)
         else:
             raise Unsupported(op.op_type)
 
+    # these ops' batch axis is not told apart from the others: such programs run one image at a time
+    batchable = not any(op.op_type in ("slice_by_index", "squeeze", "expand_dims") for op in steps)
+
     def run(image: Any) -> Any:
+        if len(image) > 1 and not batchable:
+            return torch.cat([run(image[i : i + 1]) for i in range(len(image))])
         env = dict(consts)
-        env[input_name] = image
+        env[input_name], env[BATCH] = image, len(image)
         with torch.no_grad():
             for op in steps:
                 if op.op_type == "classify":

@@ -155,20 +155,23 @@ def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None
             self.c1 = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
             self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
             self.c3 = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
+            self.bn = torch.nn.BatchNorm2d(8)
             self.ln = torch.nn.LayerNorm(8)
-            self.fc = torch.nn.Linear(16, 3)
+            self.fc = torch.nn.Linear(24, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = F.max_pool2d(torch.relu(self.c1(x)), 3, 2, 1)
             x = F.silu(self.c2(x)) + torch.sigmoid(x) * F.hardsigmoid(x)
-            x = F.avg_pool2d(self.c3(x), 2)
+            x = self.bn(F.avg_pool2d(self.c3(x), 2))  # after a pool: kept as batch_norm, not folded
             x = F.gelu(x) - torch.tanh(x) / 2
             t = self.ln(x.flatten(2).transpose(1, 2))
             a = torch.softmax(t @ t.transpose(1, 2), -1) @ t
-            return torch.softmax(self.fc(torch.cat([a.mean(1), F.relu6(t).mean(1)], 1)), 1)
+            v = torch.cat([a[:, 0], F.hardswish(a).mean(1), F.relu6(t).unsqueeze(1).mean((1, 2))], 1)
+            return torch.softmax(self.fc(v.squeeze(0).unsqueeze(0)), 1)
 
     torch.manual_seed(0)
     net = Small().eval()
+    net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2), net.bn.weight.data.uniform_(0.5, 2)
     image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
     with quiet(), torch.no_grad():
         program = ct.convert(
@@ -181,10 +184,22 @@ def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None
         )
         program.save(str(tmp_path / "small.mlpackage"))
     _, ops = read_package(tmp_path / "small.mlpackage")
-    assert {"max_pool", "avg_pool", "layer_norm", "matmul", "gelu", "silu", "sigmoid_hard", "concat"} <= {
-        op.op_type for op in ops
-    }
+    assert {
+        "max_pool",
+        "avg_pool",
+        "batch_norm",
+        "layer_norm",
+        "matmul",
+        "gelu",
+        "silu",
+        "sigmoid_hard",
+        "concat",
+        "slice_by_index",
+        "expand_dims",
+        "thresholded_relu",
+    } <= {op.op_type for op in ops}
     pixels = torch.randint(0, 256, (2, 3, 32, 32)).float()
     with torch.no_grad():
-        got, want = program_runner(ops, "image")(pixels), net(pixels / 255)
+        got = program_runner(ops, "image")(pixels)  # one image at a time: the program squeezes its batch axis
+        want = torch.cat([net(p[None] / 255) for p in pixels])
     assert (got - want).abs().max() < 1e-6
