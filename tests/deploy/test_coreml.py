@@ -203,3 +203,22 @@ def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None
         got = program_runner(ops, "image")(pixels)  # one image at a time: the program squeezes its batch axis
         want = torch.cat([net(p[None] / 255) for p in pixels])
     assert (got - want).abs().max() < 1e-6
+
+
+@pytest.mark.slow
+def test_a_program_the_interpreter_cannot_run_is_kept_with_the_reason(frozen_run, monkeypatch, tmp_path) -> None:
+    """An op graft's interpreter does not implement: the spec checks still hold, the export is written, and it
+    says its outputs were not checked."""
+    from graft.deploy import coreml_mil
+
+    def unsupported(ops, input_name):
+        raise coreml_mil.Unsupported("some_new_op")
+
+    monkeypatch.setattr(coreml_mil, "program_runner", unsupported)
+    lines: list[str] = []
+    result = export(frozen_run.run_dir, format="coreml", out=tmp_path / "export", log=lines.append)
+    record = result.figures
+    assert record["interpreted"] is False and "some_new_op" in record["not_interpreted_because"]
+    assert "fp32_val_acc" not in record and record["checks"]["class_labels"] == ["ants", "bees"]
+    assert "outputs were not checked" in json.loads(result.sidecar.read_text())["verification_note"]
+    assert any("does not run (some_new_op)" in line for line in lines)
