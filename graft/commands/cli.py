@@ -227,7 +227,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cfg.json:
         print(json.dumps(result.figures or result.info, indent=2, ensure_ascii=False))
     elif result.figures is not None:
-        from graft.deploy.bundle import summary
+        if result.format == "coreml":  # checked, not run: its line says what was checked
+            from graft.deploy.coreml import summary
+        else:
+            from graft.deploy.bundle import summary
 
         folder = result.path.parent
         print(summary(result.figures))

@@ -199,11 +199,13 @@ def write_folder(
     requirements: str,
     verification: Verification | None,
     run_dir: Path,
+    script: Path | None = None,
 ) -> ExportResult:
     """Write a folder export: ``files`` (name -> bytes; the model and what it needs, e.g. OpenVINO's .bin; a name
     may hold a ``/`` for a package folder such as Core ML's), the sidecar ``<model_name>.json`` (``info`` with the
-    model file's sha256 and size), ``export.json`` (``record`` plus the CPU and versions), ``predict.py`` and
-    ``requirements.txt``. Everything is written only after every check passed."""
+    model file's sha256 and size), ``export.json`` (``record`` plus the CPU and versions), the example script
+    (``script``, default graft's torch-free ``predict.py``) and ``requirements.txt``. Call it only after every
+    check passed: nothing is written before."""
     from graft.deploy import standalone_predict
     from graft.int8.backend import cpu_info
 
@@ -230,7 +232,9 @@ def write_folder(
         "versions": info.get("versions", {}) | {"graft": __version__},
     }
     atomic.atomic_write_json(folder / EXPORT_JSON, record)
-    atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
+    script = Path(standalone_predict.__file__) if script is None else script
+    name = "predict.py" if script.name == "standalone_predict.py" else script.name
+    atomic.atomic_write_bytes(folder / name, script.read_bytes())
     atomic.atomic_write_bytes(folder / "requirements.txt", requirements.encode())
     dummy = Verification(0, 0, 0.0, 0, 0, 0.0, [], "not run")
     return ExportResult(model_path, sidecar, info["export_format"], verification or dummy, info, figures=record)

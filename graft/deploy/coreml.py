@@ -36,7 +36,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graft.core import atomic
 from graft.core.config import ExportConfig
 from graft.deploy import bundle
 from graft.deploy.coreml_spec import (
@@ -183,14 +182,18 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
         "minimum_deployment_target": MIN_OS,
         "versions": info["versions"],
     }
-    result = bundle.write_folder(
-        folder, MODEL_NAME, files, info, record, requirements=REQUIREMENTS, verification=None, run_dir=cfg.run
+    # the generic predict.py runs ONNX, OpenVINO and LiteRT models; a Core ML package needs its own example
+    return bundle.write_folder(
+        folder,
+        MODEL_NAME,
+        files,
+        info,
+        record,
+        requirements=REQUIREMENTS,
+        verification=None,
+        run_dir=cfg.run,
+        script=Path(__file__).with_name("predict_coreml.py"),
     )
-    # the generic predict.py runs ONNX, OpenVINO and LiteRT models; a Core ML package needs predict_coreml.py
-    (folder / "predict.py").unlink(missing_ok=True)
-    atomic.atomic_write_bytes(folder / "predict_coreml.py", Path(__file__).with_name("predict_coreml.py").read_bytes())
-    log(summary(result.figures or record))
-    return result
 
 
 def build(

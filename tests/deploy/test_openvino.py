@@ -198,3 +198,13 @@ def test_openvino_and_nncf_send_no_usage_reports() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "MagicMock"]
+
+
+@pytest.mark.slow
+def test_cli_prints_the_figures_and_the_folder(frozen_run, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ov"
+    assert main(["export", str(frozen_run.run_dir), "--format", "openvino", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    record = json.loads((out / "export.json").read_text())
+    assert printed[-2] == bundle.summary(record) and printed[-2].startswith("val acc ")
+    assert printed[-1] == f"wrote {out}/: " + ", ".join(sorted(FOLDER_FILES))
