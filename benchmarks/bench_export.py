@@ -107,7 +107,8 @@ def runners(clf: Any, made: dict[str, dict[str, Any]]) -> dict[str, Callable[[An
         if "error" in entry or not path.exists():
             continue
         if path.suffix == ".pt":
-            out[row] = torchscript_runner(path.read_bytes())
+            scripted = torchscript_runner(path.read_bytes())
+            out[row] = (lambda run: lambda x: run(torch.from_numpy(x)))(scripted)
         elif path.suffix in by_suffix:
             info = json.loads(path.with_name(path.name + ".json").read_text())
             out[row] = by_suffix[path.suffix](path, info)

@@ -222,7 +222,9 @@ def quantize(model: Any, calibration: list[Any]) -> Any:
             import nncf  # its import logs a line at INFO: inside _quiet too
 
             nncf_logger.setLevel(logging.ERROR)
-            return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+            # the full bias correction: NNCF's fast one lost 2 of 153 hymenoptera val images on MobileNetV2 with
+            # 128 calibration images, the full one none (top-1 equal to the float model's on all 153)
+            return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), fast_bias_correction=False)
     except Exception as e:
         first_line = str(e).splitlines()[0] if str(e) else ""
         raise ExportError(
@@ -239,6 +241,7 @@ def quantization_info(n_calib: int) -> dict[str, Any]:
     return {
         "tool": f"nncf {version('nncf')} quantize (post-training)",
         "preset": "performance (symmetric weights and activations)",
+        "bias_correction": "full (fast_bias_correction=False)",
         "weights": "int8, per output channel",
         "activations": "8-bit, per tensor (unsigned after ReLU)",
         "calibration_images": n_calib,
