@@ -143,14 +143,16 @@ def val_figures(clf: Any, run_dir: Path, runners: Mapping[str, Runner], *, batch
 
 
 def speeds(runners: Mapping[str, Runner], batch: Any, seconds: float = TIME_SECONDS) -> dict[str, Any]:
-    """Images/s of each runner at ``batch`` (its full size) and at batch 1: the median of repeated runs after one
-    warm-up run, timed in turns (one run of each model per round), so that a change in the machine's load falls on
+    """Images/s of each runner at ``batch`` (its full size) and at batch 1: the median of repeated runs after
+    three warm-up runs (TorchScript's profiling executor optimizes a graph on its second call per shape), timed in
+    turns (one run of each model per round), so that a change in the machine's load falls on
     every model alike instead of on whichever ran first."""
     out: dict[str, Any] = {}
     for suffix, x, budget in (("", batch, seconds), ("_batch1", batch[:1], seconds / 2)):
         times: dict[str, list[float]] = {name: [] for name in runners}
         for run in runners.values():
-            run(x)
+            for _ in range(3):
+                run(x)
         start = time.perf_counter()
         while time.perf_counter() - start < budget * len(runners) or min(map(len, times.values())) < 3:
             for name, run in runners.items():
