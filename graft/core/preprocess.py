@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,6 +29,13 @@ class Preprocess:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def at_size(self, size: int) -> Preprocess:
+        """The same preprocessing for ``size`` x ``size`` inputs: the eval resize keeps the weights' crop ratio
+        (256/224 at 224 gives a 366 px resize for a 320 px crop), so a crop covers the same share of the image."""
+        if size == self.input_size:
+            return self
+        return replace(self, input_size=size, resize_size=round(size * self.resize_size / self.input_size))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:

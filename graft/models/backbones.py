@@ -40,6 +40,7 @@ class WeightsSpec:
     min_input_size: int
     arch_kwargs: Mapping[str, Any] = field(default_factory=dict)  # builder kwargs these weights need
     package: str | None = None  # a pip package that ships the file (named in the "not found" message)
+    fixed_input_size: bool = False  # position embeddings or window sizes built for input_size only (ViT, MaxViT)
     sha256_prefix: str | None = None  # None: parsed from the file name
 
     def is_available(self) -> bool:
@@ -113,6 +114,7 @@ class _Family:
     arch_kwargs: Callable[[Any], dict[str, Any]] = lambda w: {}
     adapt_state_dict: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
     ignore_keys: tuple[str, ...] = ()
+    fixed_input_size: bool = False
 
 
 _DENSENET_LEGACY = re.compile(
@@ -138,7 +140,12 @@ _FAMILIES: dict[str, _Family] = {
     "efficientnet": _Family("classifier.1", "features"),
     "googlenet": _Family("fc", "inception5b", arch_kwargs=_inception_kwargs, ignore_keys=("aux1.", "aux2.")),
     "inception": _Family("fc", "Mixed_7c", arch_kwargs=_inception_kwargs, ignore_keys=("AuxLogits.",)),
-    "maxvit": _Family("classifier.5", "blocks", arch_kwargs=lambda w: {"input_size": tuple(w.meta["min_size"])}),
+    "maxvit": _Family(
+        "classifier.5",
+        "blocks",
+        arch_kwargs=lambda w: {"input_size": tuple(w.meta["min_size"])},
+        fixed_input_size=True,
+    ),
     "mnasnet": _Family("classifier.1", "layers"),
     "mobilenet_v2": _Family("classifier.1", "features"),
     "mobilenet_v3": _Family("classifier.3", "features"),
@@ -152,7 +159,9 @@ _FAMILIES: dict[str, _Family] = {
     "squeezenet": _Family("classifier", "features", head_input="map"),
     "swin": _Family("head", "features"),
     "vgg": _Family("classifier.6", "features"),
-    "vit": _Family("heads.head", None, arch_kwargs=lambda w: {"image_size": w.meta["min_size"][0]}),
+    "vit": _Family(
+        "heads.head", None, arch_kwargs=lambda w: {"image_size": w.meta["min_size"][0]}, fixed_input_size=True
+    ),
 }
 
 # Width of the features entering the classifier, per model (checked against the real modules by the tests).
@@ -216,6 +225,7 @@ def _torchvision_weights(name: str, family: _Family) -> tuple[WeightsSpec, ...]:
                 preprocess=preprocess,
                 min_input_size=int(max(w.meta["min_size"])),
                 arch_kwargs=family.arch_kwargs(w),
+                fixed_input_size=family.fixed_input_size,
             )
         )
     return tuple(out)
@@ -349,6 +359,7 @@ def _timm_spec(name: str) -> BackboneSpec:
                 url=None,
                 preprocess=preprocess,
                 min_input_size=size if cfg.get("fixed_input_size") else 32,
+                fixed_input_size=bool(cfg.get("fixed_input_size")),
             ),
         )
     return BackboneSpec(

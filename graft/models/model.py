@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from graft.core.errors import RunError, WeightsError
+from graft.core.errors import ConfigError, RunError, WeightsError
 from graft.core.heads import HeadSpec, build_head
+from graft.core.preprocess import Preprocess
 from graft.core.runmeta import ARCH_KWARGS
 from graft.models.backbones import BackboneSpec, WeightsSpec, timm_pretrained_file
 
@@ -108,6 +109,29 @@ def choose_weights(spec: BackboneSpec, pretrained: str) -> WeightsSpec | None:
     if _looks_like_path(pretrained):
         return spec.default_weights
     return spec.get_weights(pretrained)
+
+
+def run_preprocess(spec: BackboneSpec, weights: WeightsSpec | None, image_size: int | None = None) -> Preprocess:
+    """The preprocessing a run trains and predicts with: that of ``weights`` (None: the default weights'), at
+    ``image_size`` x ``image_size`` pixels when given (:meth:`Preprocess.at_size`).
+
+    Raises:
+        ConfigError: the architecture takes only its own size (ViT, MaxViT), or ``image_size`` is below its minimum.
+    """
+    base = weights.preprocess if weights else spec.preprocess
+    if image_size is None or image_size == base.input_size:
+        return base
+    declared = weights or spec.default_weights
+    if declared is not None and declared.fixed_input_size:
+        raise ConfigError(
+            f"{spec.name} takes {base.input_size}x{base.input_size} inputs only (its position embeddings or windows "
+            f"are built for that size): leave out --image-size, or pick an architecture that takes any size, "
+            "such as mobilenet_v2, resnet50 or convnext_tiny"
+        )
+    smallest = declared.min_input_size if declared is not None else spec.default_min_input_size
+    if image_size < smallest:
+        raise ConfigError(f"--image-size {image_size} is below {spec.name}'s smallest input ({smallest} pixels)")
+    return base.at_size(image_size)
 
 
 def _looks_like_path(value: str) -> bool:

@@ -42,7 +42,7 @@ from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key, cached_features
 from graft.inference.ensemble import ensemble_meta
 from graft.models.backbones import get_backbone, list_backbones
-from graft.models.model import build_model, choose_weights
+from graft.models.model import build_model, choose_weights, run_preprocess
 from graft.training.balance import class_counts, imbalance, make_criterion, select_metric
 from graft.training.loop import make_optimizer, make_scheduler
 from graft.training.pipeline import RunResult, run_training
@@ -137,12 +137,14 @@ class Search:
 # candidates
 
 
-def local_backbones() -> list[str]:
-    """Registered backbones whose pretrained weights are on this machine, cheapest first."""
+def local_backbones(image_size: int | None = None) -> list[str]:
+    """Registered backbones whose pretrained weights are on this machine, cheapest first (with ``image_size``: those
+    that take inputs of that size)."""
     names = []
     for name in list_backbones():
         spec = get_backbone(name)
-        if spec.source != "timm" and any(w.is_available() for w in spec.weights):
+        fixed = image_size is not None and spec.default_weights is not None and spec.default_weights.fixed_input_size
+        if spec.source != "timm" and any(w.is_available() for w in spec.weights) and not fixed:
             names.append(name)
     return sorted(names, key=lambda n: (GFLOPS.get(n, math.inf), n))
 
@@ -243,7 +245,7 @@ def search(cfg: TrainConfig, dataset: Any, *, log: Callable[[str], None], starte
     def left() -> float:
         return math.inf if budget is None else budget - (time.perf_counter() - started)
 
-    for arch in local_backbones():
+    for arch in local_backbones(cfg.image_size):
         cost = rate * GFLOPS.get(arch, 4.0) / 0.3 * len(dataset.train)
         if len(scored) >= need and left() < cost:
             skipped.append(f"{arch}: its feature pass (~{cost:.0f}s) does not fit in the {left():.0f}s left")
@@ -299,8 +301,7 @@ def train_features(
     from graft.core.rundir import model_meta
 
     spec = get_backbone(arch)
-    chosen = choose_weights(spec, "auto")
-    preprocess = chosen.preprocess if chosen else spec.preprocess
+    preprocess = run_preprocess(spec, choose_weights(spec, "auto"), cfg.image_size)
     model, weights, pretrained = build_model(spec, len(dataset.classes), pretrained="auto")
     meta = model_meta(dataclasses.replace(cfg, arch=arch), spec, weights, pretrained, preprocess, dataset.classes)
     key = body_key(spec.name, meta["arch_kwargs"], pretrained.sha256, device.type)
@@ -349,12 +350,11 @@ def run_auto(
     so the run gets its curves and report) or, with ``cfg.ensemble``, the top candidates as one ensemble run."""
     started = time.perf_counter()
     spec = get_backbone(cfg.arch)  # the scan decodes at the draft size a run of --arch would
-    chosen = choose_weights(spec, "auto")
     dataset = scan(
         cfg.data,
         val_split=cfg.val_split,
         seed=cfg.seed,
-        draft=(chosen.preprocess if chosen else spec.preprocess).resize_size,
+        draft=run_preprocess(spec, choose_weights(spec, "auto"), cfg.image_size).resize_size,
         exclude=read_exclude_list(cfg.exclude) if cfg.exclude else None,
         **table_options(cfg),
     )

@@ -32,7 +32,7 @@ from graft.data.folders import read_exclude_list, scan
 from graft.features.store import body_key
 from graft.inference.multilabel import DEFAULT_THRESHOLD
 from graft.models.backbones import get_backbone
-from graft.models.model import build_model, choose_weights
+from graft.models.model import build_model, choose_weights, run_preprocess
 from graft.training.balance import balance_used, class_counts, describe, make_criterion, select_metric, selector
 from graft.training.callbacks import Callback, Callbacks, Checkpointer, ResultsLog
 from graft.training.loop import EpochResult, fit, make_optimizer, make_scheduler, run_epoch
@@ -89,8 +89,9 @@ class RunSetup:
 
     def announce(self, log: Callable[[str], None], run_dir: Path, cfg: TrainConfig, how: str, device: Any) -> None:
         ds, pretrained = self.dataset, self.pretrained
+        size = f", {self.preprocess.input_size}x{self.preprocess.input_size} px" if cfg.image_size else ""
         log(
-            f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}), {how}, "
+            f"run {run_dir}: {cfg.arch} ({pretrained.tag or pretrained.source}){size}, {how}, "
             f"{len(ds.train)} train / {len(ds.val)} val images, {len(ds.classes)} classes, {device}"
         )
 
@@ -99,8 +100,7 @@ def set_up(cfg: TrainConfig) -> RunSetup:
     """Seed, resolve the backbone and its weights, scan the data, build the model."""
     generator = seed_everything(cfg.seed)
     spec = get_backbone(cfg.arch)
-    chosen = choose_weights(spec, cfg.pretrained)
-    preprocess = chosen.preprocess if chosen else spec.preprocess
+    preprocess = run_preprocess(spec, choose_weights(spec, cfg.pretrained), cfg.image_size)
     # The scan decodes every image to validate it; up to 1 GiB of them is kept for the first pass over the
     # data (features or the in-memory image store), so that a run decodes each image once.
     keep = min(1 << 30, int(available_memory() * 0.1))

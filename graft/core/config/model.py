@@ -7,10 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from graft.core.config.fields import AT_LEAST_1, Shared, check_all, opt
+from graft.core.config.fields import AT_LEAST_1, Rule, Shared, check_all, opt
 
 ARCH = Shared("mobilenet_v2")
 PRETRAINED = Shared("auto")
+#: classification backbones end in global pooling, so any side works; torchvision's own weights use 299, 300, 380
+IMAGE_SIZE = Shared(
+    None,
+    "train and predict at NxN pixels (default: the weights' own size, e.g. 224 for mobilenet_v2); the eval "
+    "resize keeps the weights' crop ratio",
+    check=Rule("in 32..2048", lambda v: 32 <= v <= 2048),
+)
 #: training images that calibrate int8 ranges
 CALIB = Shared(128, check=AT_LEAST_1)
 ACTIVATION_BITS = Shared("auto")

@@ -30,7 +30,7 @@ from graft.core.config.levers import (
     check_tuning,
     parse_lr,
 )
-from graft.core.config.model import ACTIVATION_BITS, ARCH, CALIB, PRETRAINED, ActivationBits
+from graft.core.config.model import ACTIVATION_BITS, ARCH, CALIB, IMAGE_SIZE, PRETRAINED, ActivationBits
 from graft.core.config.tracking import TRACKING_HELP, tracker_names
 
 
@@ -50,6 +50,7 @@ class TrainConfig:
         "auto (best weights available here), none (random init), a weights tag such as IMAGENET1K_V1, "
         "or a path to a weights file",
     )
+    image_size: int | None = opt(IMAGE_SIZE)
     epochs: int = opt(10, "number of epochs", check=AT_LEAST_1)
     batch_size: int = opt(BATCH_SIZE)
     optimizer: Literal["adamw", "sgd"] = opt("adamw", "optimizer (sgd uses --momentum, as in the tutorial)")
