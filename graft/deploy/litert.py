@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from graft.core import atomic
 from graft.core.config import ExportConfig
 from graft.deploy import bundle
 from graft.deploy.formats import (
@@ -229,7 +230,7 @@ def runner(data: bytes, path: Path) -> bundle.Runner:
     """The TFLite model in the LiteRT interpreter, as predict.py runs it (written to ``path`` first)."""
     from graft.deploy.standalone_predict import litert_runner
 
-    path.write_bytes(data)
+    atomic.atomic_write_bytes(path, data)
     with quiet():  # the interpreter logs its XNNPACK delegate
         return litert_runner(path, {})
 
