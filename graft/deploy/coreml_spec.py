@@ -256,6 +256,8 @@ def _check_weights(ops: list[Any], network: Any, int8: bool, path: Path) -> dict
     if int8 and not quantized:
         raise _fail(path, "none of its weights is int8")
     kind = f"{quantized} of them int8 within half a quantization step" if int8 else "equal in float32"
+    if folded and not int8:
+        kind += f" (the folded ones to float32 rounding: at most {worst:.1e} apart)"
     fold = f"; {folded} conv/linear + BatchNorm pairs as one folded layer each (weight and bias checked)"
     return {
         "weights": f"all {matched} weight tensors of graft's network ({values_n:,} values) in the program, {kind}"
