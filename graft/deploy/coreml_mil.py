@@ -52,6 +52,26 @@ def _conv(env: dict[str, Any], op: Any) -> Any:
     return F.conv2d(x, w, bias, strides, 0, dilations, int(op.inputs["groups"].val))
 
 
+def _pad_op(env: dict[str, Any], op: Any) -> Any:
+    """``pad``: (before, after) per axis from the first, constant, reflect or replicate."""
+    import torch.nn.functional as F
+
+    x = arg(env, op, "x")
+    pad = [int(p) for p in op.inputs["pad"].val]
+    mode = str(op.inputs["mode"].val) if "mode" in op.inputs else "constant"
+    pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)]
+    flat = [p for before, after in reversed(pairs) for p in (before, after)]
+    if mode == "constant":
+        value = float(op.inputs["constant_val"].val) if "constant_val" in op.inputs else 0.0
+        return F.pad(x, flat, value=value)
+    if mode not in ("reflect", "replicate"):
+        raise Unsupported(f"pad mode {mode}")
+    # torch pads the last dimensions only in these modes: the leading (batch, channel) pairs must be zero
+    if any(p for pr in pairs[:-2] for p in pr):
+        raise Unsupported(f"pad mode {mode} of a leading axis")
+    return F.pad(x, flat[:4], mode=mode)
+
+
 def _pool(env: dict[str, Any], op: Any) -> Any:
     import torch.nn.functional as F
 
@@ -109,6 +129,7 @@ def _ops() -> dict[str, Callable[[dict[str, Any], Any], Any]]:
         "sigmoid_hard": lambda e, o: torch.clamp(float(val(o, "alpha")) * a(e, o) + float(val(o, "beta")), 0, 1),
         "gelu": lambda e, o: F.gelu(a(e, o), approximate="tanh" if val(o, "mode", "EXACT") != "EXACT" else "none"),
         "conv": _conv,
+        "pad": _pad_op,
         "max_pool": _pool,
         "avg_pool": _pool,
         "reduce_mean": lambda e, o: torch.mean(a(e, o), _axes(o), keepdim=bool(val(o, "keep_dims", False))),

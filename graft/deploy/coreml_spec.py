@@ -137,8 +137,8 @@ def _check_preprocessing(ops: list[Any], clf: Any, path: Path) -> dict[str, Any]
 
 
 def _program_tensors(ops: list[Any]) -> dict[str, tuple[Any, Any]]:
-    """Every weight tensor of the program by name: (float values, the error its storage allows per value: 0 for
-    float, half a quantization step for int8)."""
+    """Every weight tensor of the program by its op's and its output's name: (float values, the error its storage
+    allows per value: 0 for float, half a quantization step for int8)."""
     import numpy as np
 
     from graft.deploy.coreml_mil import dequantize
@@ -146,51 +146,126 @@ def _program_tensors(ops: list[Any]) -> dict[str, tuple[Any, Any]]:
     tensors: dict[str, tuple[Any, Any]] = {}
     for op in ops:
         if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray) and op.outputs[0].val.size > 1:
-            tensors[op.name] = (np.asarray(op.outputs[0].val, np.float64), np.zeros(()))
+            entry = (np.asarray(op.outputs[0].val, np.float64), np.zeros(()))
         elif op.op_type == "constexpr_affine_dequantize":
-            values = dequantize(op).double().numpy()
-            step = dequantize(op, scale_only=True).double().numpy() / 2
-            tensors[op.name] = (values, step)
+            entry = (dequantize(op).double().numpy(), dequantize(op, scale_only=True).double().numpy() / 2)
+        else:
+            continue
+        tensors[op.name] = tensors[op.outputs[0].name] = entry
     return tensors
+
+
+def _layer_biases(ops: list[Any]) -> dict[str, str]:
+    """The name of each conv / linear op's weight -> the name of its bias."""
+    return {
+        op.inputs["weight"].name: op.inputs["bias"].name
+        for op in ops
+        if op.op_type in ("conv", "linear") and "weight" in op.inputs and "bias" in op.inputs
+    }
+
+
+def _bn_pairs(network: Any) -> list[tuple[str, Any, str, Any]]:
+    """graft's network's layers whose BatchNorm stays after them (not folded by graft: timm's BatchNormAct2d):
+    (conv or linear name, module, BatchNorm name, module); each BatchNorm after the latest layer before it with as
+    many output channels. The converter folds such a pair into one layer; the check proves the values."""
+    import torch
+
+    pairs, last = [], None
+    for name, module in network.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            last = (name, module)
+        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and last is not None:
+            layer_name, layer = last
+            width = layer.out_channels if isinstance(layer, torch.nn.Conv2d) else layer.out_features
+            if width == module.num_features and module.running_mean is not None:
+                pairs.append((layer_name, layer, name, module))
+            last = None
+    return pairs
+
+
+def _folded(layer: Any, bn: Any) -> tuple[Any, Any]:
+    """The layer's weight and bias with the BatchNorm after it folded in (float64)."""
+    import numpy as np
+
+    g = bn.weight.detach().double().numpy() if bn.weight is not None else 1.0
+    b = bn.bias.detach().double().numpy() if bn.bias is not None else 0.0
+    s = g / np.sqrt(bn.running_var.detach().double().numpy() + bn.eps)
+    w = layer.weight.detach().double().numpy()
+    bias = layer.bias.detach().double().numpy() if layer.bias is not None else 0.0
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    return w * s.reshape(shape), (bias - bn.running_mean.detach().double().numpy()) * s + b
+
+
+def _close(got: Any, want: Any, step: Any, rtol: float) -> float | None:
+    """The largest difference where ``got`` holds ``want`` (within ``step`` per value, plus ``rtol`` of the
+    tensor's largest value for float rounding), else None."""
+    import numpy as np
+
+    if got.shape != want.shape:
+        return None
+    diff = np.abs(got - want)
+    ok = (diff <= step * 1.001 + rtol * max(1.0, float(np.abs(want).max()))).all()
+    return float(diff.max()) if ok else None
+
+
+def _find(program: dict, by_shape: dict, name: str, want: Any, rtol: float) -> tuple[str, float, bool] | None:
+    """The program tensor holding ``want`` (by graft's name, dots as underscores, else any of the same shape)."""
+    key = name.replace(".", "_")
+    for k in [k for k in (key, key + "_quantized") if k in program] + by_shape.get(want.shape, []):
+        got, step = program[k]
+        diff = _close(got, want, step, rtol)
+        if diff is not None:
+            return k, diff, bool(step.any())
+    return None
 
 
 def _check_weights(ops: list[Any], network: Any, int8: bool, path: Path) -> dict[str, Any]:
     """Each float tensor of graft's network (the wrapper's 1/std included) is in the program: by its name
     (the converter keeps it, dots as underscores), else a tensor of the same shape; float32 values equal to
-    float precision, int8 ones within half a quantization step."""
-    import numpy as np
-
-    program = _program_tensors(ops)
+    float precision, int8 ones within half a quantization step. A layer with its BatchNorm after it may be one
+    folded layer in the program: its weight scaled per output channel by gamma/sqrt(var + eps) and its bias
+    (bias - mean) * that + beta, both checked (float rounding: 1e-5 of the largest value)."""
+    program, biases = _program_tensors(ops), _layer_biases(ops)
     by_shape: dict[tuple[int, ...], list[str]] = {}
     for name, (values, _) in program.items():
         by_shape.setdefault(values.shape, []).append(name)
-    matched, values_n, quantized, worst = 0, 0, 0, 0.0
-    for name, tensor in network.state_dict().items():
-        if not tensor.is_floating_point() or tensor.numel() <= 1:
+    state = {k: v for k, v in network.state_dict().items() if v.is_floating_point() and v.numel() > 1}
+    matched, values_n, quantized, folded, worst = 0, 0, 0, 0, 0.0
+    unfolded: dict[str, str] = {}
+    for layer_name, layer, bn_name, bn in _bn_pairs(network):
+        w, b = _folded(layer, bn)
+        found = _find(program, by_shape, layer_name + ".weight", w, 1e-5)
+        bias = program.get(biases.get(found[0], "")) if found else None
+        bias_diff = _close(bias[0], b, bias[1], 1e-5) if bias is not None else None
+        if found is None or bias_diff is None:
+            unfolded[layer_name + ".weight"] = bn_name  # its tensors are looked up one by one below
             continue
-        want = tensor.detach().double().numpy()
-        key = name.replace(".", "_")
-        candidates = [k for k in (key, key + "_quantized") if k in program] + by_shape.get(want.shape, [])
-        best = None
-        for k in candidates:
-            got, step = program[k]
-            if got.shape == want.shape:
-                diff = np.abs(got - want)
-                if (diff <= step * 1.001 + 1e-6 * max(1.0, float(np.abs(want).max()))).all():
-                    best = (float(diff.max()), bool(step.any()))
-                    break
-        if best is None:
-            raise _fail(path, f"graft's weight tensor {name} {list(want.shape)} is not in the program")
-        matched, values_n, worst = matched + 1, values_n + want.size, max(worst, best[0])
-        quantized += best[1]
+        own = [f"{layer_name}.{k}" for k in layer.state_dict()] + [f"{bn_name}.{k}" for k in bn.state_dict()]
+        names = [n for n in own if n in state]
+        for n in names:
+            values_n += state.pop(n).numel()
+        matched, folded, quantized = matched + len(names), folded + 1, quantized + found[2]
+        worst = max(worst, found[1], bias_diff)
+    for name, tensor in state.items():
+        found = _find(program, by_shape, name, tensor.detach().double().numpy(), 1e-6)
+        if found is None:
+            also = f" (nor folded with its BatchNorm {unfolded[name]})" if name in unfolded else ""
+            raise _fail(path, f"graft's weight tensor {name} {list(tensor.shape)} is not in the program{also}")
+        matched, values_n, worst = matched + 1, values_n + tensor.numel(), max(worst, found[1])
+        quantized += found[2]
     if int8 and not quantized:
         raise _fail(path, "none of its weights is int8")
     kind = f"{quantized} of them int8 within half a quantization step" if int8 else "equal in float32"
+    if folded and not int8:
+        kind += f" (the folded ones to float32 rounding: at most {worst:.1e} apart)"
+    fold = f"; {folded} conv/linear + BatchNorm pairs as one folded layer each (weight and bias checked)"
     return {
-        "weights": f"all {matched} weight tensors of graft's network ({values_n:,} values) in the program, {kind}",
+        "weights": f"all {matched} weight tensors of graft's network ({values_n:,} values) in the program, {kind}"
+        + (fold if folded else ""),
         "weight_tensors": matched,
         "weight_values": values_n,
         "int8_tensors": quantized,
+        "batchnorm_folded_layers": folded,
         "max_weight_diff": worst,
         "weight_bytes": weight_bytes(path),
     }

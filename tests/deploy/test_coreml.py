@@ -222,3 +222,59 @@ def test_a_program_the_interpreter_cannot_run_is_kept_with_the_reason(frozen_run
     assert "fp32_val_acc" not in record and record["checks"]["class_labels"] == ["ants", "bees"]
     assert "outputs were not checked" in json.loads(result.sidecar.read_text())["verification_note"]
     assert any("does not run (some_new_op)" in line for line in lines)
+
+
+def test_a_layer_and_its_batchnorm_folded_by_the_converter_are_checked_and_run(tmp_path: Path) -> None:
+    """A convolution with its BatchNorm left after it by graft (timm's BatchNormAct2d, as in efficientnet_lite0)
+    and an explicit pad (timm's same padding): coremltools folds the pair into one conv. The weight check accounts
+    for every tensor of the pair through the folded weight and bias, the interpreter runs the pad, and a
+    BatchNorm value the program does not hold is refused."""
+    import torch
+
+    from graft.deploy.coreml_mil import program_runner
+    from graft.deploy.coreml_spec import _check_weights, import_coremltools, quiet, read_package
+
+    pytest.importorskip("coremltools")
+    ct = import_coremltools()
+
+    class Small(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2, bias=False)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.nn.functional.pad(x, (0, 1, 0, 1))
+            return self.fc(torch.nn.functional.relu6(self.bn(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    small = Small().eval()
+    small.bn.running_mean.uniform_(-1, 1), small.bn.running_var.uniform_(0.5, 2), small.bn.weight.data.uniform_(0.5, 2)
+    net = coreml.coreml_network(small, IMAGENET_STD)
+    image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
+    with quiet(), torch.no_grad():
+        ct.convert(
+            torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
+            convert_to="mlprogram",
+            inputs=[image],
+            classifier_config=ct.ClassifierConfig(["a", "b", "c"]),
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        ).save(str(tmp_path / "small.mlpackage"))
+    _, ops = read_package(tmp_path / "small.mlpackage")
+    types = [op.op_type for op in ops]
+    assert "pad" in types and "batch_norm" not in types
+    checks = _check_weights(ops, net, False, tmp_path)
+    # conv.weight, the BatchNorm's weight, bias, mean and variance through the one folded conv; fc; 1/std
+    assert checks["batchnorm_folded_layers"] == 1 and checks["weight_tensors"] == 8
+    assert "1 conv/linear + BatchNorm pairs as one folded layer each" in checks["weights"]
+    pixels = torch.randint(0, 256, (2, 3, 32, 32)).float()
+    with torch.no_grad():
+        got = program_runner(ops, "image")(pixels)
+        want = net(pixels / 255)
+    assert (got - want).abs().max() < 1e-6
+    with torch.no_grad():
+        small.bn.running_var[3] *= 1.01
+    with pytest.raises(ExportError, match=r"conv.weight \[8, 3, 3, 3\] is not in the program \(nor folded with its"):
+        _check_weights(ops, net, False, tmp_path)
