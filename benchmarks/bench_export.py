@@ -137,7 +137,14 @@ def measure(run: Path, made: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 "ips1": timed[f"{name}_images_per_s_batch1"],
             }
         else:
-            row["note"] = entry.get("error") or "not run on this machine (spec checked at export)"
+            row["note"] = entry.get("error") or "not run here: no Core ML runtime on Linux"
+            record = entry["path"].parent / "export.json" if "error" not in entry else None
+            if record is not None and record.is_file():  # graft's interpreter of the written program, at export
+                f = json.loads(record.read_text())
+                key = "int8" if f.get("int8") else "fp32"
+                if f.get("interpreted"):
+                    row |= {"val_acc": f[f"{key}_val_acc"], "agreement": f[f"{key}_top1_agreement"]}
+                    row["note"] += "; accuracy from graft's interpreter of its ML program (PyTorch)"
         path = entry.get("path")
         row["mb"] = size_bytes(path) / 1e6 if path is not None and path.exists() else None
         rows.append(row)
