@@ -12,8 +12,10 @@ accuracy within one image of graft's (:func:`graft.deploy.bundle.check_float`).
 output channel, activations int8 per tensor from histograms over ``--calib`` of the run's training images, graft's
 eval transform; a convolution's ReLU6 is quantized fused with it, its range taken after the clamp), converted to
 int8 TFLite kernels with int8 input and output tensors (their scale and zero point are in the sidecar; predict.py
-quantizes the float image with them). The int8 model is compared with the float TFLite model in the same
-interpreter over the val split; more than one point lost and nothing is written.
+quantizes the float image with them). The residual additions stay float between a DEQUANTIZE and a QUANTIZE
+(litert_torch's quantizer leaves them unannotated; quantized too, MobileNetV2 loses two val images). The int8
+model is compared with the float TFLite model in the same interpreter over the val split; more than one point lost
+and nothing is written.
 
 The folder (default ``RUN/tflite`` or ``RUN/tflite-int8``) holds ``model.tflite``, ``model.tflite.json`` (classes,
 preprocessing, input and output tensors), ``export.json`` (the figures), ``predict.py`` and ``requirements.txt``
@@ -296,6 +298,7 @@ def quantization_info(n_calib: int) -> dict[str, Any]:
         "weights": "int8, symmetric, per output channel",
         "activations": "int8, per tensor (histogram observer); a convolution's ReLU6 observed after the clamp",
         "io": "int8 input and output tensors (scale and zero point in the sidecar)",
+        "float_ops": "residual additions (between DEQUANTIZE and QUANTIZE)",
         "calibration_images": n_calib,
         "calibration_split": "train",
     }
