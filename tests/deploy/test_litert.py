@@ -168,3 +168,26 @@ def test_int8_losing_more_than_one_point_writes_nothing(
     assert code == 1 and err.count("error: ") == 1 and "Traceback" not in err
     assert "loses 1.31 points" in err and "nothing was written" in err and "--format tflite" in err
     assert not out.exists()
+
+
+def test_int8_observes_a_convolutions_relu6_after_the_clamp() -> None:
+    """A ReLU6 after a convolution is calibrated on the clamped tensor (its observer sees 0..6), not on the
+    convolution's output with the clamp sharing that range; a convolution without a clamp keeps its own observer."""
+    pytest.importorskip("litert_torch")
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU6(), torch.nn.Conv2d(4, 4, 1)).eval()
+    graph = torch.export.export(net, (torch.zeros(1, 3, 8, 8),)).module()
+    quantizer = litert._clamp_fused(PT2EQuantizer)().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        prepared(torch.randn(1, 3, 8, 8) * 20)  # convolution outputs far outside 0..6
+    convs = [n for n in prepared.graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    clamp = next(n for n in prepared.graph.nodes if "hardtanh" in str(n.target))
+    assert list(convs[0].users) == [clamp]  # nothing observes the convolution before its clamp
+    (observer,) = (getattr(prepared, u.target) for u in clamp.users)
+    assert float(observer.min_val) >= 0 and float(observer.max_val) <= 6
+    assert [u.op for u in convs[1].users] == ["call_module"]
