@@ -101,7 +101,6 @@ def runners(clf: Any, made: dict[str, dict[str, Any]]) -> dict[str, Callable[[An
         return clf.logits(torch.from_numpy(x)).numpy()
 
     out: dict[str, Callable[[Any], Any]] = {"torch eager": torch_eager, "graft float": graft_float}
-    by_suffix = {".onnx": sp.onnxruntime_runner, ".xml": sp.openvino_runner, ".tflite": sp.litert_runner}
     for row, entry in made.items():
         path = entry["path"]
         if "error" in entry or not path.exists():
@@ -109,9 +108,9 @@ def runners(clf: Any, made: dict[str, dict[str, Any]]) -> dict[str, Callable[[An
         if path.suffix == ".pt":
             scripted = torchscript_runner(path.read_bytes())
             out[row] = (lambda run: lambda x: run(torch.from_numpy(x)))(scripted)
-        elif path.suffix in by_suffix:
+        elif path.suffix in sp.RUNTIMES:  # as the folder's predict.py runs it
             info = json.loads(path.with_name(path.name + ".json").read_text())
-            out[row] = by_suffix[path.suffix](path, info)
+            out[row] = sp.RUNTIMES[path.suffix](path, info)
     return out
 
 

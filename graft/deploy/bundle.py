@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.core import atomic, rundir
-from graft.core.errors import DependencyError
+from graft.core.errors import DependencyError, RunError
 from graft.core.version import __version__
 from graft.deploy.formats import ExportError, ExportResult, Verification, sidecar_path
 
@@ -102,6 +102,25 @@ def softmax(logits: Any) -> Any:
 
     z = np.exp(logits - logits.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
+
+
+def calibration_batches(clf: Any, run_dir: Path, n: int, batch_size: int) -> list[Any]:
+    """``n`` of the run's training images, spread evenly over the split (every class is seen), as graft's eval
+    transform makes them (what the deployed model is fed), in float32 NCHW numpy batches."""
+    fix = "int8 calibration needs them: put the data back where the run was trained"
+    try:
+        paths = rundir.run_split(run_dir, "train", clf.classes, fix=fix, skip_unknown=True).paths
+    except RunError as e:
+        raise ExportError(str(e)) from None
+    if not paths:
+        raise ExportError(f"{run_dir / rundir.DATA_REPORT} lists no training images of the model's classes")
+    n = min(n, len(paths))
+    picks = sorted({round(i * (len(paths) - 1) / max(n - 1, 1)) for i in range(n)})
+    picked = [paths[i] for i in picks]
+    batches = [b.images.numpy() for b in clf.batches(picked, batch_size=batch_size) if b.images is not None]
+    if not batches:
+        raise ExportError("none of the calibration images could be read")
+    return batches
 
 
 def val_figures(clf: Any, run_dir: Path, runners: Mapping[str, Runner], *, batch_size: int = 32) -> dict[str, Any]:
@@ -189,6 +208,40 @@ def check_drop(figures: dict[str, Any], run_dir: Path, format: str = "onnx", fp3
             "is allowed): nothing was written. Try more calibration images (--calib), or export the float model: "
             f"graft export {run_dir} --format {format}"
         )
+
+
+def float_figures(clf: Any, run_dir: Path, fp32: Runner, *, format: str, batch_size: int = 32) -> dict[str, Any]:
+    """A float export (runner ``fp32``) over val beside graft's model, held to it (:func:`check_float`), and timed."""
+    figures = val_figures(clf, run_dir, {"fp32": fp32}, batch_size=batch_size)
+    check_float(figures, "fp32", run_dir, format)
+    return figures | speeds({"fp32": fp32}, figures.pop("_timing_batch"))
+
+
+def int8_figures(
+    clf: Any,
+    run_dir: Path,
+    runners: Mapping[str, Runner],
+    *,
+    fp32_bytes: int,
+    int8_bytes: int,
+    format: str,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """The float and int8 models (runners ``fp32`` and ``int8``, the same runtime) over val beside graft's model:
+    the float one held to graft's (:func:`check_float`), the int8 one to the float one (:func:`check_drop`), both
+    timed in turns; with their speed and size ratios."""
+    figures = val_figures(clf, run_dir, runners, batch_size=batch_size)
+    check_float(figures, "fp32", run_dir, format)
+    check_drop(figures, run_dir, format)
+    figures |= speeds(runners, figures.pop("_timing_batch"))
+    return figures | {
+        "speedup": figures["int8_images_per_s"] / figures["fp32_images_per_s"],
+        "speedup_batch1": figures["int8_images_per_s_batch1"] / figures["fp32_images_per_s_batch1"],
+        "fp32_bytes": fp32_bytes,
+        "int8_bytes": int8_bytes,
+        "size_ratio": fp32_bytes / int8_bytes,
+        "max_drop": MAX_DROP,
+    }
 
 
 def write_folder(

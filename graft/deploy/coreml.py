@@ -44,10 +44,9 @@ from graft.deploy.coreml_spec import (
     PROBS_NAME,
     check_package,
     import_coremltools,
-    quiet,
     weight_bytes,
 )
-from graft.deploy.formats import ExportError, ExportResult, check_exportable, describe, inference_module
+from graft.deploy.formats import ExportError, ExportResult, check_exportable, describe, inference_module, reason
 
 FORMAT = "graft-coreml/1"
 MODEL_NAME = "model.mlpackage"
@@ -105,7 +104,7 @@ def convert(module: Any, clf: Any, path: Path) -> str:
     errors = []
     for how, capture in captures.items():
         try:
-            with quiet(), torch.inference_mode(False), torch.no_grad():
+            with bundle.quiet("coremltools"), torch.inference_mode(False), torch.no_grad():
                 model = ct.convert(
                     capture(),
                     convert_to="mlprogram",
@@ -118,7 +117,7 @@ def convert(module: Any, clf: Any, path: Path) -> str:
                 model.save(str(path))
             return how
         except Exception as e:
-            errors.append(f"{how}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(f"{how}: {reason(e)}")
     raise ExportError(
         f"coremltools could not convert {clf.meta.arch} ({'; '.join(errors)}) -- export --format onnx instead"
     )
@@ -128,14 +127,14 @@ def quantize(src: Path, dst: Path) -> None:
     """The package at ``src`` with int8 weights (symmetric, per output channel), saved at ``dst``."""
     ct = import_coremltools()
     try:
-        with quiet():
+        with bundle.quiet("coremltools"):
             model = ct.models.MLModel(str(src), skip_model_load=True)
             config = ct.optimize.coreml.OptimizationConfig(
                 global_config=ct.optimize.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
             )
             ct.optimize.coreml.linear_quantize_weights(model, config=config).save(str(dst))
     except Exception as e:
-        raise ExportError(f"coremltools could not quantize the weights: {type(e).__name__}: {e}") from None
+        raise ExportError(f"coremltools could not quantize the weights: {reason(e)}") from None
 
 
 def package_files(path: Path) -> dict[str, bytes]:

@@ -6,41 +6,19 @@ graft's network in the program (float: equal; int8: within half a quantization s
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from graft.deploy.formats import ExportError
+from graft.deploy import bundle
+from graft.deploy.formats import ExportError, reason
 
 INPUT_NAME = "image"
 LABEL_NAME = "classLabel"
 PROBS_NAME = "classLabel_probs"
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """coremltools logs every missing native proxy and version warning, and prints progress bars: keep them off
-    the user's terminal."""
-    loggers = [logging.getLogger(), logging.getLogger("coremltools")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def import_coremltools() -> Any:
-    with quiet():
+    with bundle.quiet("coremltools"):
         import coremltools
 
     return coremltools
@@ -52,12 +30,12 @@ def read_package(path: Path) -> tuple[Any, list[Any]]:
     from coremltools.converters.mil.frontend.milproto.load import load as load_program
 
     try:
-        with quiet():
+        with bundle.quiet("coremltools"):
             model = ct.models.MLModel(str(path), skip_model_load=True)
             spec = model.get_spec()
             program = load_program(spec, spec.specificationVersion, model.weights_dir)
     except Exception as e:
-        raise ExportError(f"the Core ML package cannot be read back: {type(e).__name__}: {e}") from None
+        raise ExportError(f"the Core ML package cannot be read back: {reason(e)}") from None
     return spec, list(program.functions["main"].operations)
 
 

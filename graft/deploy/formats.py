@@ -76,6 +76,13 @@ class ExportResult:
     figures: dict[str, Any] | None = None
 
 
+def reason(e: BaseException) -> str:
+    """An exception as one line for an ``error:`` message: its type and the first line of its text (converters
+    raise pages of traceback-like text)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of an exported file: ``model.onnx`` -> ``model.onnx.json``."""
     path = Path(path)
@@ -198,10 +205,8 @@ def onnx_bytes(module: Any, size: int, opset: int | None, info: dict[str, Any]) 
                 verbose=False,
             )
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
         raise ExportError(
-            f"the ONNX exporter failed for {info['arch']}: {type(e).__name__}: {first_line} "
-            "-- try --format torchscript, or another --opset"
+            f"the ONNX exporter failed for {info['arch']}: {reason(e)} -- try --format torchscript, or another --opset"
         ) from None
     proto = program.model_proto
     entry = proto.metadata_props.add()
@@ -237,9 +242,7 @@ def torchscript_bytes(module: Any, size: int, info: dict[str, Any]) -> bytes:
             buf = io.BytesIO()
             torch.jit.save(traced, buf, _extra_files={"graft.json": json.dumps(info)})
     except Exception as e:
-        raise ExportError(
-            f"TorchScript tracing failed for {info['arch']}: {type(e).__name__}: {e} -- try --format onnx"
-        ) from None
+        raise ExportError(f"TorchScript tracing failed for {info['arch']}: {reason(e)} -- try --format onnx") from None
     return buf.getvalue()
 
 

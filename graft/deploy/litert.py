@@ -41,6 +41,7 @@ from graft.deploy.formats import (
     check_exportable,
     describe,
     inference_module,
+    reason,
     verification_paths,
     verify,
 )
@@ -54,7 +55,6 @@ REQUIREMENTS = "ai-edge-litert\nnumpy\npillow\n"
 
 def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> ExportResult:
     """Convert, check and write a run as a TFLite folder (the module's doc says what and how)."""
-    from graft.deploy.onnx_int8 import calibration_batches
     from graft.inference.loading import load
 
     bundle.require(FORMAT, int8=cfg.int8)
@@ -88,7 +88,7 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
         log(f"float TFLite model {verification.format()}")
         if not cfg.int8:
             return _write_float(clf, cfg, folder, fp32, fp32_run, info, verification)
-        calibration = calibration_batches(clf, run_dir, cfg.calib, cfg.batch_size)
+        calibration = bundle.calibration_batches(clf, run_dir, cfg.calib, cfg.batch_size)
         n_calib = sum(len(b) for b in calibration)
         log(f"quantizing with litert_torch PT2E (int8, calibrated on {n_calib} training images)")
         int8 = quantize(module, size, calibration)
@@ -105,9 +105,7 @@ def _write_float(
     info: dict[str, Any],
     verification: Verification,
 ) -> ExportResult:
-    figures = bundle.val_figures(clf, cfg.run, {"fp32": run}, batch_size=cfg.batch_size)
-    bundle.check_float(figures, "fp32", cfg.run, FORMAT)
-    figures |= bundle.speeds({"fp32": run}, figures["_timing_batch"])
+    figures = bundle.float_figures(clf, cfg.run, run, format=FORMAT, batch_size=cfg.batch_size)
     info["input"], info["output"] = _tensor_info(data, info)
     record = {
         "format": RECORD_FORMAT,
@@ -118,9 +116,15 @@ def _write_float(
         "verification": verification.to_dict(),
     }
     return bundle.write_folder(
-        folder, MODEL, {MODEL: data}, info, record, requirements=REQUIREMENTS, verification=verification,
+        folder,
+        MODEL,
+        {MODEL: data},
+        info,
+        record,
+        requirements=REQUIREMENTS,
+        verification=verification,
         run_dir=cfg.run,
-    )  # fmt: skip
+    )
 
 
 def _write_int8(
@@ -134,10 +138,15 @@ def _write_int8(
     n_calib: int,
 ) -> ExportResult:
     runners = {"fp32": fp32[1], "int8": int8[1]}
-    figures = bundle.val_figures(clf, cfg.run, runners, batch_size=cfg.batch_size)
-    bundle.check_float(figures, "fp32", cfg.run, FORMAT)  # the reference the int8 model is held to
-    bundle.check_drop(figures, cfg.run, FORMAT)
-    figures |= bundle.speeds(runners, figures["_timing_batch"])
+    figures = bundle.int8_figures(
+        clf,
+        cfg.run,
+        runners,
+        fp32_bytes=len(fp32[0]),
+        int8_bytes=len(int8[0]),
+        format=FORMAT,
+        batch_size=cfg.batch_size,
+    )
     quantization = quantization_info(n_calib)
     info["quantized"] = quantization
     info["input"], info["output"] = _tensor_info(int8[0], info)
@@ -145,12 +154,7 @@ def _write_int8(
         "format": RECORD_FORMAT,
         "int8": True,
         **figures,
-        "speedup": figures["int8_images_per_s"] / figures["fp32_images_per_s"],
-        "fp32_bytes": len(fp32[0]),
-        "int8_bytes": len(int8[0]),
-        "size_ratio": len(fp32[0]) / len(int8[0]),
         "calibration_images": n_calib,
-        "max_drop": bundle.MAX_DROP,
         "quantization": quantization,
         "executed": True,
         "runtime": "LiteRT interpreter (XNNPACK), one image at a time",
@@ -196,10 +200,8 @@ def convert(module: Any, size: int, quant_config: Any = None) -> bytes:
                 model.export(str(path))
                 return path.read_bytes()
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
         raise ExportError(
-            f"litert_torch could not convert the model: {type(e).__name__}: {first_line} -- export --format onnx "
-            "meanwhile"
+            f"litert_torch could not convert the model: {reason(e)} -- export --format onnx meanwhile"
         ) from None
 
 
@@ -225,7 +227,7 @@ def quantize(module: Any, size: int, calibration: Sequence[Any]) -> bytes:
                     prepared(torch.from_numpy(x))
             converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
         except Exception as e:
-            raise ExportError(f"PT2E int8 quantization failed: {type(e).__name__}: {e}") from None
+            raise ExportError(f"PT2E int8 quantization failed: {reason(e)}") from None
     return convert(converted, size, QuantConfig(pt2e_quantizer=quantizer))
 
 

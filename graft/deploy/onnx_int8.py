@@ -24,7 +24,6 @@ This is ONNX Runtime's quantization of a *float* run; int8 runs of graft (``graf
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -35,22 +34,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from graft.core import atomic, rundir
+from graft.core import atomic
 from graft.core.config import ExportConfig, from_options
 from graft.core.config.fields import takes_fields
-from graft.core.errors import RunError
-from graft.core.version import __version__
-from graft.deploy.bundle import EXPORT_JSON, MAX_DROP, check_drop, cores, speeds, val_figures
+from graft.deploy.bundle import (
+    calibration_batches,
+    cores,
+    int8_figures,
+    write_folder,
+)
 from graft.deploy.formats import (
     ExportError,
     ExportResult,
-    Verification,
     check_exportable,
     describe,
     inference_module,
     onnx_bytes,
     onnx_runner,
-    sidecar_path,
+    reason,
     verification_paths,
     verify,
 )
@@ -69,7 +70,8 @@ def export_int8(
 
     Raises:
         ExportError: the float export does not reproduce PyTorch, the training or val images are missing, or the
-            int8 model's val accuracy is more than :data:`MAX_DROP` below the float model's (nothing written).
+            int8 model's val accuracy is more than :data:`graft.deploy.bundle.MAX_DROP` below the float model's
+            (nothing written).
     """
     return run_export_int8(from_options(ExportConfig, options | {"int8": True}, run=run_dir), log=log)
 
@@ -103,28 +105,34 @@ def run_export_int8(cfg: ExportConfig, *, log: Callable[[str], None] = print) ->
     int8 = quantize(fp32, calibration)
     figures = compare(clf, run_dir, fp32, int8, batch_size=batch_size)
     figures["calibration_images"] = n_calib
-    check_drop(figures, run_dir)
     info["quantized"] = quantization_info(n_calib)
-    return write_folder(folder, model_path, int8, info, figures, verification, run_dir)
+    record = {
+        "format": "graft-onnx-int8/1",
+        **figures,
+        "quantization": info["quantized"],
+        "fp32_verification": verification.to_dict(),
+    }
+    files = {model_path.name: with_metadata(int8, info)}
+    return write_folder(
+        folder,
+        model_path.name,
+        files,
+        info,
+        record,
+        requirements=REQUIREMENTS,
+        verification=verification,
+        run_dir=run_dir,
+    )
 
 
-def calibration_batches(clf: Any, run_dir: Path, n: int, batch_size: int) -> list[Any]:
-    """``n`` of the run's training images, spread evenly over the split (every class is seen), as graft's eval
-    transform makes them (what the deployed model is fed), in float32 NCHW numpy batches."""
-    fix = "int8 calibration needs them: put the data back where the run was trained"
-    try:
-        paths = rundir.run_split(run_dir, "train", clf.classes, fix=fix, skip_unknown=True).paths
-    except RunError as e:
-        raise ExportError(str(e)) from None
-    if not paths:
-        raise ExportError(f"{run_dir / rundir.DATA_REPORT} lists no training images of the model's classes")
-    n = min(n, len(paths))
-    picks = sorted({round(i * (len(paths) - 1) / max(n - 1, 1)) for i in range(n)})
-    picked = [paths[i] for i in picks]
-    batches = [b.images.numpy() for b in clf.batches(picked, batch_size=batch_size) if b.images is not None]
-    if not batches:
-        raise ExportError("none of the calibration images could be read")
-    return batches
+def with_metadata(data: bytes, info: dict[str, Any]) -> bytes:
+    """The ONNX model with the sidecar's JSON embedded (metadata property ``graft``), as every graft ONNX file."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "graft", json.dumps(info)
+    return proto.SerializeToString()
 
 
 class _Reader:
@@ -172,7 +180,7 @@ def quantize(fp32: bytes, calibration: Sequence[Any]) -> bytes:
                     extra_options={"CalibPercentile": CALIB_PERCENTILE},
                 )
         except Exception as e:
-            raise ExportError(f"ONNX Runtime could not quantize the model: {type(e).__name__}: {e}") from None
+            raise ExportError(f"ONNX Runtime could not quantize the model: {reason(e)}") from None
         finally:
             quiet.setLevel(level)
         return dst.read_bytes()
@@ -195,20 +203,17 @@ def _runner(s: Any) -> Callable[[Any], Any]:
 
 
 def compare(clf: Any, run_dir: Path, fp32: bytes, int8: bytes, *, batch_size: int = 32) -> dict[str, Any]:
-    """Both models in ONNX Runtime over the run's val split beside graft's PyTorch model (accuracy, top-1
-    agreement, largest probability difference), then images/s on the same batch with the same threads."""
+    """Both models in ONNX Runtime over the run's val split beside graft's PyTorch model, checked and timed
+    (:func:`graft.deploy.bundle.int8_figures`)."""
     threads = cores()
     runners = {"fp32": _runner(session(fp32, threads)), "int8": _runner(session(int8, threads))}
-    figures = val_figures(clf, run_dir, runners, batch_size=batch_size)
-    figures |= speeds(runners, figures.pop("_timing_batch"))
+    figures = int8_figures(
+        clf, run_dir, runners, fp32_bytes=len(fp32), int8_bytes=len(int8), format="onnx", batch_size=batch_size
+    )
     return figures | {
         # the float model is graft's to 1e-4 (verified before quantizing): agreement with it is agreement with graft
         "top1_agreement": figures["int8_top1_agreement"],
         "max_probability_diff": figures["int8_max_probability_diff"],
-        "speedup": figures["int8_images_per_s"] / figures["fp32_images_per_s"],
-        "fp32_bytes": len(fp32),
-        "int8_bytes": len(int8),
-        "size_ratio": len(fp32) / len(int8),
     }
 
 
@@ -224,44 +229,3 @@ def quantization_info(n_calib: int) -> dict[str, Any]:
         "calibration_images": n_calib,
         "calibration_split": "train",
     }
-
-
-def write_folder(
-    folder: Path,
-    model_path: Path,
-    int8: bytes,
-    info: dict[str, Any],
-    figures: dict[str, Any],
-    verification: Verification,
-    run_dir: Path,
-) -> ExportResult:
-    """model.onnx (metadata embedded), its sidecar, export.json, predict.py and requirements.txt."""
-    import onnx
-
-    from graft.deploy import standalone_predict
-    from graft.int8.backend import cpu_info
-
-    proto = onnx.load_from_string(int8)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "graft", json.dumps(info)
-    data = proto.SerializeToString()
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic.atomic_write_bytes(model_path, data)
-    info |= {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "verification": verification.to_dict()}
-    sidecar = sidecar_path(model_path)
-    atomic.atomic_write_json(sidecar, info)
-    record = {
-        "format": "graft-onnx-int8/1",
-        "model": model_path.name,
-        "source_run": str(run_dir),
-        **figures,
-        "max_drop": MAX_DROP,
-        "quantization": info["quantized"],
-        "fp32_verification": verification.to_dict(),
-        "cpu": cpu_info(),
-        "versions": info["versions"] | {"graft": __version__},
-    }
-    atomic.atomic_write_json(folder / EXPORT_JSON, record)
-    atomic.atomic_write_bytes(folder / "predict.py", Path(standalone_predict.__file__).read_bytes())
-    atomic.atomic_write_bytes(folder / "requirements.txt", REQUIREMENTS.encode())
-    return ExportResult(model_path, sidecar, "onnx", verification, info, figures=record)

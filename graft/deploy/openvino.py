@@ -46,6 +46,7 @@ from graft.deploy.formats import (
     check_exportable,
     describe,
     inference_module,
+    reason,
     verification_paths,
     verify,
 )
@@ -116,9 +117,7 @@ def run_export(cfg: ExportConfig, *, log: Callable[[str], None] = print) -> Expo
 
 def _float(clf: Any, run_dir: Path, files: dict[str, bytes], fp32: bundle.Runner) -> tuple[dict, dict[str, Any]]:
     """The float IR over val beside graft's model (refused if more than one image differs), then its speed."""
-    figures = bundle.val_figures(clf, run_dir, {"fp32": fp32})
-    bundle.check_float(figures, "fp32", run_dir, "openvino")
-    figures |= bundle.speeds({"fp32": fp32}, figures["_timing_batch"])
+    figures = bundle.float_figures(clf, run_dir, fp32, format="openvino")
     record = {"format": FORMAT, "int8": False, "executed": True, **figures, "fp32_bytes": _size(files)}
     return files, record
 
@@ -133,9 +132,7 @@ def _int8(
     log: Callable[[str], None],
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """NNCF's int8 IR, checked against the float IR on val (at most one point lost), and both timed."""
-    from graft.deploy.onnx_int8 import calibration_batches
-
-    calibration = calibration_batches(clf, cfg.run, cfg.calib, cfg.batch_size)
+    calibration = bundle.calibration_batches(clf, cfg.run, cfg.calib, cfg.batch_size)
     n_calib = sum(len(b) for b in calibration)
     log(f"quantizing with NNCF (calibrated on {n_calib} training images)")
     info["quantized"] = quantization_info(n_calib)
@@ -143,23 +140,15 @@ def _int8(
     fp32_files, fp32 = fp32_saved
     int8_files, int8 = save(int8_model, Path(tmp, "int8"), info)
     runners = {"fp32": fp32, "int8": int8}
-    figures = bundle.val_figures(clf, cfg.run, runners)
-    bundle.check_float(figures, "fp32", cfg.run, "openvino")
-    bundle.check_drop(figures, cfg.run, "openvino")
-    figures |= bundle.speeds(runners, figures["_timing_batch"])
-    fp32_bytes, int8_bytes = _size(fp32_files), _size(int8_files)
+    figures = bundle.int8_figures(
+        clf, cfg.run, runners, fp32_bytes=_size(fp32_files), int8_bytes=_size(int8_files), format="openvino"
+    )
     record = {
         "format": FORMAT_INT8,
         "int8": True,
         "executed": True,
         **figures,
-        "speedup": figures["int8_images_per_s"] / figures["fp32_images_per_s"],
-        "speedup_batch1": figures["int8_images_per_s_batch1"] / figures["fp32_images_per_s_batch1"],
-        "fp32_bytes": fp32_bytes,
-        "int8_bytes": int8_bytes,
-        "size_ratio": fp32_bytes / int8_bytes,
         "calibration_images": n_calib,
-        "max_drop": bundle.MAX_DROP,
         "quantization": info["quantized"],
     }
     return int8_files, record
@@ -189,9 +178,8 @@ def convert(module: Any, size: int, info: dict[str, Any]) -> Any:
         with bundle.quiet("nncf"), torch.no_grad():
             model = ov.convert_model(module, example_input=example, input=[(-1, 3, size, size)])
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
         raise ExportError(
-            f"OpenVINO could not convert {info['arch']}: {type(e).__name__}: {first_line} -- export --format onnx "
+            f"OpenVINO could not convert {info['arch']}: {reason(e)} -- export --format onnx "
             "and convert that file with OpenVINO's ovc"
         ) from None
     model.inputs[0].get_tensor().set_names({INPUT_NAME})
@@ -234,10 +222,8 @@ def quantize(model: Any, calibration: list[Any]) -> Any:
                 fast_bias_correction=False,
             )
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
         raise ExportError(
-            f"NNCF could not quantize the model: {type(e).__name__}: {first_line} -- export --format openvino "
-            "without --int8"
+            f"NNCF could not quantize the model: {reason(e)} -- export --format openvino without --int8"
         ) from None
     finally:
         nncf_logger.setLevel(level or logging.INFO)  # NOTSET before NNCF's first import, which sets INFO

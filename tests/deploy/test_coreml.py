@@ -143,7 +143,7 @@ def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None
     import torch
 
     from graft.deploy.coreml_mil import program_runner
-    from graft.deploy.coreml_spec import import_coremltools, quiet, read_package
+    from graft.deploy.coreml_spec import import_coremltools, read_package
 
     pytest.importorskip("coremltools")
     ct = import_coremltools()
@@ -173,7 +173,7 @@ def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None
     net = Small().eval()
     net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2), net.bn.weight.data.uniform_(0.5, 2)
     image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
-    with quiet(), torch.no_grad():
+    with bundle.quiet("coremltools"), torch.no_grad():
         program = ct.convert(
             torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
             convert_to="mlprogram",
@@ -232,7 +232,7 @@ def test_a_layer_and_its_batchnorm_folded_by_the_converter_are_checked_and_run(t
     import torch
 
     from graft.deploy.coreml_mil import program_runner
-    from graft.deploy.coreml_spec import _check_weights, import_coremltools, quiet, read_package
+    from graft.deploy.coreml_spec import _check_weights, import_coremltools, read_package
 
     pytest.importorskip("coremltools")
     ct = import_coremltools()
@@ -253,7 +253,7 @@ def test_a_layer_and_its_batchnorm_folded_by_the_converter_are_checked_and_run(t
     small.bn.running_mean.uniform_(-1, 1), small.bn.running_var.uniform_(0.5, 2), small.bn.weight.data.uniform_(0.5, 2)
     net = coreml.coreml_network(small, IMAGENET_STD)
     image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
-    with quiet(), torch.no_grad():
+    with bundle.quiet("coremltools"), torch.no_grad():
         ct.convert(
             torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
             convert_to="mlprogram",
