@@ -109,7 +109,7 @@ def body_engine(body: nn.Module, samples: Sequence[Sample], preprocess: Preproce
     check against torch) or falls back to torch; that decision is made here on the first two of ``samples`` (eval
     view), the first images the extraction would feed it, and ``fast_inference`` hands the same runner to the
     extraction that follows (same weights)."""
-    runner = fast_inference(body, device)
+    runner = fast_inference(body, device, keep=True)
     if not isinstance(runner, OnnxRuntimeModule):
         return "torch"
     if not runner._tried and samples:
@@ -140,7 +140,9 @@ def extract_features(
     resized crop and flip, then the ``augment`` policy) drawn from a generator seeded with k, so each view is
     reproducible.
     """
-    body = fast_inference(body, device)
+    body = fast_inference(body, device, keep=True)
+    if isinstance(body, OnnxRuntimeModule):
+        body.ready((3, preprocess.input_size, preprocess.input_size))
     if view:
         torch.manual_seed(view)  # augmentations draw from the global RNG; workers derive their seeds from it
     # uint8 crops per image, normalized a batch at a time: the same values as eval_transform/train_transform, a

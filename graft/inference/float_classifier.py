@@ -9,17 +9,19 @@ import torch
 from torch import nn
 
 from graft.core.device import autocast, prepare_input
-from graft.core.fast_inference import fast_inference, optimize_for_inference
+from graft.core.fast_inference import OnnxRuntimeModule, fast_inference, optimize_for_inference
 from graft.core.runmeta import RunMeta
 from graft.inference.classifier import Classifier
 
 
-def body_and_head(model: nn.Module, device: torch.device, *, torch_only: bool = False) -> nn.Sequential:
+def body_and_head(
+    model: nn.Module, device: torch.device, *, torch_only: bool = False, keep: bool = False
+) -> nn.Sequential:
     """What a float model runs for inference everywhere (prediction, training's val phase, export): the body
     BatchNorm-folded through :func:`graft.core.fast_inference.fast_inference` (ONNX Runtime where it pays), or, with
     ``torch_only`` (a module to export), :func:`graft.core.fast_inference.optimize_for_inference`; the head in torch;
-    eval mode."""
-    body = optimize_for_inference(model.body) if torch_only else fast_inference(model.body, device)
+    eval mode. ``keep``: keep the body's export across processes (a run's model, not an epoch's weights)."""
+    body = optimize_for_inference(model.body) if torch_only else fast_inference(model.body, device, keep=keep)
     return nn.Sequential(body, model.head.eval()).eval()
 
 
@@ -41,7 +43,10 @@ class FloatClassifier(Classifier):
         :func:`graft.load` does this unless told not to (a run's report reads the stored val features and needs
         only the head). It must happen before images are decoded on other threads: torch.fx's tracing patches
         ``nn.Module.__call__`` for the whole process, and would catch a transform running meanwhile."""
-        self._inference  # noqa: B018
+        body = self._inference[0]
+        if isinstance(body, OnnxRuntimeModule):
+            size = self.meta.preprocess.input_size
+            body.ready((3, size, size))
         return self
 
     def float_model(self) -> nn.Module:
@@ -49,7 +54,7 @@ class FloatClassifier(Classifier):
 
     @functools.cached_property
     def _inference(self) -> nn.Sequential:
-        return body_and_head(self.model, self.device)
+        return body_and_head(self.model, self.device, keep=True)
 
     @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ _LAZY = {
     "folder_items": "graft.insight.evaluation",
     "grid_indices": "graft.insight.evaluation",
     "per_class_metrics": "graft.insight.evaluation",
-    "write_figures": "graft.insight.evaluation",
+    "write_figures": "graft.insight.evaluation_figures",
     "write_tables": "graft.insight.evaluation",
     "CELL": "graft.insight.plots",
     "RIGHT": "graft.insight.plots",

@@ -354,6 +354,8 @@ def run_evaluate(
     result.grid = grid_indices(result, grid)
     write_tables(result)  # before the figures: a plotting failure leaves the numbers written
     if plots and result.n:
+        from graft.insight.evaluation_figures import write_figures
+
         write_figures(
             result,
             clf,
@@ -432,57 +434,3 @@ def write_tables(result: EvaluationResult) -> None:
     )
     result.files["evaluation.json"] = result.out_dir / "evaluation.json"
     atomic.atomic_write_json(result.files["evaluation.json"], result.to_dict())
-
-
-def write_figures(
-    result: EvaluationResult, clf: Any, *, explain_top: bool = False, explain_grid: bool = False, n_top: int = 9
-) -> None:
-    """``confusion_matrix.png``, ``top_losses.png`` and ``predictions.png`` in ``result.out_dir``."""
-    from graft.insight import plots
-
-    out = result.out_dir
-    result.files["confusion_matrix.png"] = plots.plot_confusion(
-        result.confusion, result.classes, out / "confusion_matrix.png"
-    )
-    top = result.top_losses(n_top)
-    needed = sorted(set(top) | set(result.grid))
-    crops = dict(zip(needed, plots.load_crops([result.paths[i] for i in needed], clf.preprocess), strict=True))
-    cams: dict[int, np.ndarray] = {}
-    explain = sorted(set(top if explain_top else []) | set(result.grid if explain_grid else []))
-    if explain:
-        from graft.insight.gradcam import GradCAMUnavailable, gradcam
-
-        try:
-            maps = gradcam(clf, [crops[i] for i in explain], targets=[int(result.predicted[i]) for i in explain])
-            cams = dict(zip(explain, maps, strict=True))
-        except GradCAMUnavailable as e:
-            result.notes.append(f"Grad-CAM not shown: {e}")
-    note = result.notes[-1] if explain and not cams and result.notes else None
-    result.explained = {"top_losses": explain_top and bool(cams), "predictions": explain_grid and bool(cams)}
-
-    def items(indices: list[int], with_cams: bool) -> list[plots.ImageItem]:
-        out_items = []
-        for i in indices:
-            d = result.item(i)
-            out_items.append(
-                plots.ImageItem(
-                    image=crops[i],
-                    true=d["true"],
-                    predicted=d["predicted"],
-                    probability=d["probability"],
-                    loss=d["loss"],
-                    cam=cams.get(i) if with_cams else None,
-                )
-            )
-        return out_items
-
-    result.files["top_losses.png"] = plots.plot_top_losses(
-        items(top, explain_top), out / "top_losses.png", n_wrong=result.n - result.correct, note=note
-    )
-    result.files["predictions.png"] = plots.plot_predictions(
-        items(result.grid, explain_grid),
-        out / "predictions.png",
-        n_total=result.n,
-        n_wrong_total=result.n - result.correct,
-        note=note,
-    )

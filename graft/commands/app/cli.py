@@ -35,7 +35,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         )
     fields = [f for f in dataclasses.fields(AppConfig) if f.metadata.get("cli", True)]
     cfg = AppConfig(**{f.name: getattr(args, f.name) for f in fields})
-    from graft.commands.app import run_app  # the server (fastapi, uvicorn): imported only to run it
+    from graft.commands.app.server import run_app  # the server (fastapi, uvicorn): imported only to run it
 
     run_app(cfg)
     return 0

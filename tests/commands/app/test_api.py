@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 from servers import uvicorn_thread
 
-from graft.commands.app import create_app, open_context, run_app
+from graft.commands.app.server import create_app, open_context, run_app
 from graft.commands.serve import ServeError
 from graft.core.config import AppConfig
 
