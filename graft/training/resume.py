@@ -38,7 +38,7 @@ FIXED = "body."
 #: Options that only say where the run is (or where it is also logged): they may differ when resuming.
 _WHERE = {"out", "name", "exist_ok", "resume", "log", "mlflow_uri", "mlflow_experiment"}
 #: Options that change how, not what, is computed: allowed to differ (the resumed run is then not bit-identical).
-_HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget"}
+_HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget", "precision"}
 
 
 def check_resumable(cfg: TrainConfig) -> list[str]:
