@@ -43,7 +43,8 @@ _HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget", "prec
 
 def check_resumable(cfg: TrainConfig) -> list[str]:
     """Check that ``cfg.resume`` is a run directory started with the same options as ``cfg``; return the names of
-    the options that changed how the run computes (``--batch-size``, ``--device``, ``--workers``, ``--compile``).
+    the options that changed how the run computes (``--batch-size``, ``--device``, ``--workers``, ``--compile``,
+    ``--precision``).
 
     Raises:
         ConfigError: not a run directory, a finished run, or other options than the first time.
