@@ -1,5 +1,6 @@
-"""A real fine-tune in bf16 on this CPU (``--precision bf16``): it finishes, records its precision and the CPU
-features that decided it in config.json, and its val accuracy is that of the fp32 run to a few images."""
+"""Training precision (``--precision``) in a run: a real fine-tune in bf16 on this CPU finishes, records its
+precision and the CPU features that decided it in config.json, and its val accuracy is that of the fp32 run to a
+few images; the frozen body's feature pass follows the run's precision."""
 
 from __future__ import annotations
 
@@ -56,3 +57,19 @@ def test_bf16_fine_tune_matches_fp32(subset: Path, tmp_path: Path) -> None:
     accs = {p: r.metrics["best_val_acc"] for p, r in runs.items()}
     assert accs["fp32"] > 0.6  # the fine-tune learned the task
     assert abs(accs["bf16"] - accs["fp32"]) * 2 * VAL <= TOLERANCE_IMAGES + 1e-6, accs
+
+
+def test_the_feature_pass_keys_only_a_precision_other_than_inference(tmp_path: Path) -> None:
+    """The frozen body's torch pass runs in the run's precision; its rows get a key of their own only where that
+    differs from inference's (bf16 on the CPU), so an fp32 run shares the rows graft evaluate reads."""
+    import torch
+
+    from graft.core.config import TrainConfig
+    from graft.training.stage_inputs import StageData
+
+    cfg = TrainConfig(data=tmp_path, workers=0)
+    for precision, keyed in (("bf16", "bf16"), ("fp32", "auto")):
+        data = StageData(
+            cfg, None, None, None, torch.device("cpu"), torch.Generator(), None, print, precision=precision
+        )
+        assert data.precision == precision and data.feature_precision == keyed
