@@ -1,5 +1,5 @@
 """The device a process computes on and how: the device choice, seeds, CPU threads, cuDNN tuning, channels_last
-batches and mixed precision."""
+batches and mixed precision (which precision a run trains in: :func:`resolve_precision`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import contextlib
 import random
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from graft.core.cpu import BF16_FEATURES, bf16_features
 from graft.core.errors import ConfigError
 from graft.core.fast_inference import OnnxRuntimeModule
 
@@ -105,11 +107,66 @@ def prepare_input(images: torch.Tensor, device: torch.device, runner: torch.nn.M
     return images.contiguous(memory_format=torch.channels_last)
 
 
-def autocast(device: torch.device) -> Any:
-    """Mixed precision where it pays and needs no loss scaling: bfloat16 on CUDA GPUs that support it.
+PRECISIONS = ("auto", "fp32", "bf16")
 
-    CPUs without AVX-512 BF16 (like this project's CI machine) run bfloat16 slower than float32, so CPU stays fp32.
-    """
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision a run trains in (``fp32`` or ``bf16``), why, and the CPU's bf16 instructions that decided it
+    (recorded in the run's config.json as ``resolved_precision``)."""
+
+    name: str
+    reason: str
+    cpu_bf16: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.name, "cpu_bf16": list(self.cpu_bf16), "reason": self.reason}
+
+
+def resolve_precision(asked: str, device: torch.device, flags: set[str] | None = None) -> Precision:
+    """``--precision``: ``auto`` is bf16 where the hardware runs it natively (a CPU with AVX512-BF16 or AMX-BF16, a
+    CUDA GPU that supports it) and fp32 elsewhere; ``bf16`` asked for where it would be emulated is an error.
+    ``flags``: the CPU's feature flags (default: this CPU's)."""
+    if asked not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)} (got {asked!r})")
+    if asked == "fp32":
+        return Precision("fp32", "asked for with --precision fp32")
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "CUDA GPU with bf16" + (", asked for" if asked == "bf16" else ""))
+        if asked == "bf16":
+            raise ConfigError("--precision bf16 was asked for but this GPU does not support bf16; use fp32 or auto")
+        return Precision("fp32", "this CUDA GPU has no bf16")
+    if device.type != "cpu":
+        if asked == "bf16":
+            raise ConfigError(f"--precision bf16 is for CPUs and CUDA GPUs, not {device.type}; use fp32 or auto")
+        return Precision("fp32", f"{device.type}: fp32")
+    found = tuple(bf16_features(flags))
+    if found:
+        return Precision("bf16", f"CPU with {', '.join(found)}" + (", asked for" if asked == "bf16" else ""), found)
+    if asked == "bf16":
+        raise ConfigError(
+            f"--precision bf16 was asked for but this CPU has no bf16 instructions ({' or '.join(BF16_FEATURES)}): "
+            "torch would emulate bf16, slower than fp32; use --precision fp32 or auto"
+        )
+    return Precision("fp32", f"CPU without {' or '.join(BF16_FEATURES)}")
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype :func:`autocast` computes in (None: fp32). ``precision`` is a resolved one (``fp32``/``bf16``,
+    :func:`resolve_precision`) or ``auto``, inference's: bf16 on CUDA GPUs that support it, fp32 elsewhere."""
+    if precision == "fp32":
+        return None
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    if device.type == "cpu" and precision == "bf16":
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str = "auto") -> Any:
+    """Mixed precision where it pays and needs no loss scaling (bf16 has fp32's range): on CUDA GPUs that support
+    bf16 unless ``precision`` is ``fp32``; on the CPU when ``precision`` is ``bf16``, which training resolves on CPUs
+    with native bf16 (:func:`resolve_precision`). Inference (``auto``) stays fp32 on the CPU."""
+    dtype = autocast_dtype(device, precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

@@ -83,11 +83,15 @@ def clear_previous_results(run_dir: Path) -> list[str]:
     return removed
 
 
-def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any) -> None:
-    """What a run records before its first epoch: the resolved options (config.json) and the data it found and
-    how it split it (data_report.json, whose ``split`` every later command reads back)."""
+def write_start(run_dir: Path, cfg: TrainConfig, dataset: Any, precision: dict[str, Any] | None = None) -> None:
+    """What a run records before its first epoch: the resolved options (config.json; ``precision``: the resolved
+    ``--precision`` and the CPU features that decided it) and the data it found and how it split it
+    (data_report.json, whose ``split`` every later command reads back)."""
     stages = cfg.stages()
-    atomic.atomic_write_json(run_dir / "config.json", cfg.to_dict() | {"resolved_lr": stages[-1][2], "stages": stages})
+    resolved = {"resolved_lr": stages[-1][2], "stages": stages}
+    if precision is not None:
+        resolved["resolved_precision"] = precision
+    atomic.atomic_write_json(run_dir / "config.json", cfg.to_dict() | resolved)
     write_data_report(run_dir, dataset)
 
 

@@ -69,17 +69,20 @@ def store_key(
     weights_sha256: str | None = None,
     device: str = "cpu",
     augment: str = "standard",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """The key of one feature store: everything its rows depend on. Training and ``graft evaluate`` both build
     keys here, so evaluation finds exactly the rows training's val phase used.
 
     ``engine`` is the engine that computed the rows (``"onnxruntime"`` or ``"torch"``): both run the same
     BatchNorm-folded body, but their kernels round differently, and rows of both in one matrix would make a run's
-    val accuracy a mixture that neither engine reproduces."""
+    val accuracy a mixture that neither engine reproduces. ``precision``: a torch pass in another precision than
+    inference's (``bf16`` on the CPU, ``fp32`` on a CUDA GPU) computes other rows; ``auto`` keeps the old keys."""
     if engine not in ENGINES:
         raise ValueError(f"unknown feature engine {engine!r}; one of {', '.join(ENGINES)}")
     # augmented views (view > 0) of another --augment policy are other rows; the standard ones keep their old key
     policy = {"augment": augment} if view and augment != "standard" else {}
+    policy |= {"precision": precision} if precision != "auto" and engine == "torch" else {}
     return policy | {
         "version": CACHE_VERSION,
         "arch": arch,
@@ -133,12 +136,13 @@ def extract_features(
     view: int = 0,
     decoded: DecodedImages | None = None,
     augment: str = "standard",
+    precision: str = "auto",
 ) -> torch.Tensor:
     """``(len(samples), F)`` float32 features of ``body`` in eval mode, in sample order.
 
     ``view`` 0 is the eval transform (resize, centre crop); ``view`` k > 0 is a training augmentation (random
     resized crop and flip, then the ``augment`` policy) drawn from a generator seeded with k, so each view is
-    reproducible.
+    reproducible. ``precision``: that of a torch pass (:func:`graft.core.device.autocast`; not ONNX Runtime's).
     """
     body = fast_inference(body, device, keep=True)
     if isinstance(body, OnnxRuntimeModule):
@@ -157,7 +161,7 @@ def extract_features(
     chunks = []
     for step, (images, _) in enumerate(progress(loader, desc=desc), 1):
         images = to_float(images.to(device, non_blocking=True))  # uint8 moves a quarter of the bytes
-        with autocast(device):
+        with autocast(device, precision):
             chunks.append(body(prepare_input(images, device, body)).float().cpu())
         del images
         if step % 8 == 0:  # memory stays flat however many images (see release_freed_memory)
@@ -271,6 +275,7 @@ def cached_features(
     write: bool = True,
     augment: str = "standard",
     root: Path | None = None,
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, int]:
     """Features of ``samples`` (``view`` as in :func:`extract_features`) from the store, computing (and storing)
     only the missing ones. Returns the ``(N, F)`` matrix and how many rows were computed now.
@@ -285,13 +290,14 @@ def cached_features(
     cache folder (default :func:`graft.core.paths.cache_root`).
     """
     engine = planned_engine(device)
-    store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=engine, augment=augment), root)
+    where = {"preprocess": preprocess, "view": view, "augment": augment, "precision": precision}
+    store = FeatureStore(store_key(**key, **where, engine=engine), root)
     identities = [file_identity(s.path) for s in samples]
     found, missing = store.lookup(identities)
     if missing:
         used = body_engine(body, [samples[i] for i in missing], preprocess, device)
         if used != engine:  # rows found under the planned engine are not this body's rows here: none is kept
-            store = FeatureStore(store_key(**key, preprocess=preprocess, view=view, engine=used, augment=augment), root)
+            store = FeatureStore(store_key(**key, **where, engine=used), root)
             found, missing = store.lookup(identities)
     if missing:
         new = extract(
@@ -305,6 +311,7 @@ def cached_features(
             view=view,
             decoded=decoded,
             augment=augment,
+            precision=precision,
         ).numpy()
         if write:
             store.add([identities[i] for i in missing], new)

@@ -11,15 +11,14 @@ calibration histogram (:data:`ACT_PERCENTILE`). The activation bits and the CPU'
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from graft.core.cpu import cpu_flags, cpu_model
 from graft.core.errors import ConfigError
 from graft.inference.int8_classifier import backend_name
 
@@ -97,28 +96,11 @@ class Backend:
         }
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where it is not readable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_info() -> dict[str, Any]:
     """The CPU's model name, architecture and the :data:`CPU_FEATURES` it has (quantization.json's ``cpu``)."""
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")):
-                model = line.split(":", 1)[1].strip()
-                break
     flags = cpu_flags()
     return {
-        "model": model or platform.processor() or "unknown",
+        "model": cpu_model(),
         "machine": platform.machine(),
         "features": {f: f in flags for f in CPU_FEATURES},
     }

@@ -14,6 +14,7 @@ from torch import nn
 
 from graft.core import atomic, rundir
 from graft.core.config import TrainConfig
+from graft.core.device import Precision
 from graft.core.errors import ConfigError
 from graft.core.runmeta import RunMeta
 from graft.inference.float_classifier import FloatClassifier
@@ -113,7 +114,8 @@ def run_int8_training(
         raise ConfigError("multi-label int8 is not supported yet: train the table without --int8 / --mode qat")
     run_dir = rundir.make_run_dir(cfg)
     setup.announce(log, run_dir, cfg, "freeze --int8" if cfg.mode == "freeze" else "qat", "cpu")
-    rundir.write_start(run_dir, cfg, setup.dataset)
+    fp32 = Precision("fp32", "int8 and QAT runs train in fp32")  # fake quantization and calibration expect fp32
+    rundir.write_start(run_dir, cfg, setup.dataset, fp32.to_dict())
     meta = setup.meta(cfg)
     listeners = Callbacks([ResultsLog(log), *callbacks])
     listeners.on_run_start(run_dir)

@@ -119,8 +119,12 @@ def run_epoch(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     desc: str = "",
+    precision: str = "auto",
 ) -> Phase:
-    """One pass over ``loader``: training when an optimizer is given, else evaluation (with a confusion matrix)."""
+    """One pass over ``loader``: training when an optimizer is given, else evaluation (with a confusion matrix).
+
+    ``precision``: the training steps' (a resolved ``--precision``, :func:`graft.core.device.resolve_precision`).
+    Evaluation runs graft predict's numerics (fp32 on the CPU), so a bf16 run's val accuracy is what predict gets."""
     training = optimizer is not None
     model.train(training)
     if not training:  # the exact numerics of graft predict, so val accuracy is reproducible
@@ -129,7 +133,7 @@ def run_epoch(
     with torch.set_grad_enabled(training):
         for inputs, labels in progress(loader, desc=desc):
             inputs, labels = prepare_input(inputs, device), labels.to(device)
-            with autocast(device):
+            with autocast(device, precision if training else "auto"):
                 logits = model(inputs)
             loss = criterion(logits.float(), labels)
             if training:
@@ -166,6 +170,7 @@ def fit(
     start: FitResult | None = None,
     select: Callable[[EpochResult], float] | None = None,
     val_criterion: nn.Module | None = None,
+    precision: str = "auto",
 ) -> FitResult:
     """Train for ``epochs`` (or until ``patience`` epochs pass without a better one), keep the weights of the best
     epoch by ``select`` (val accuracy by default; ``--select-by``) and load them back into ``model`` at the end.
@@ -174,7 +179,8 @@ def fit(
     that stage, and if none does, the model goes back to the state it started from (that stage's best).
     ``start`` continues this stage after its ``len(start.history)`` finished epochs (model, optimizer and scheduler
     already restored). ``on_epoch(record, improved, result)`` runs after every epoch. ``val_criterion``: the val
-    loss (default ``criterion``; a class-weighted training loss keeps a plain val loss).
+    loss (default ``criterion``; a class-weighted training loss keeps a plain val loss). ``precision``: the
+    training steps' (see :func:`run_epoch`).
     """
     result = start or FitResult(best_score=best_score, best_epoch=0)
     if result.best_state is None:
@@ -185,7 +191,8 @@ def fit(
             break
         began = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train = run_epoch(model, train_data, criterion, device, optimizer=optimizer, desc=f"epoch {epoch}/{last} train")
+        desc = f"epoch {epoch}/{last} train"
+        train = run_epoch(model, train_data, criterion, device, optimizer=optimizer, desc=desc, precision=precision)
         val = run_epoch(model, val_data, val_criterion or criterion, device, desc=f"epoch {epoch}/{last} val")
         _check_finite(train.loss, epoch, lr, result)
         if scheduler is not None:

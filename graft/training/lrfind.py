@@ -103,10 +103,12 @@ def range_test(
     end: float = END_LR,
     iterations: int = ITERATIONS,
     generator: torch.Generator | None = None,
+    precision: str = "auto",
 ) -> RangeTest:
     """Train ``target`` on ``loader`` (cycled) for up to ``iterations`` steps at exponentially growing learning
     rates; record the losses and suggest a rate. ``target``'s weights and buffers, ``generator``'s state and the
-    global random state are as before when it returns."""
+    global random state are as before when it returns. ``precision``: the training steps' (a resolved
+    ``--precision``)."""
     began = time.perf_counter()
     saved = {k: v.detach().clone() for k, v in target.state_dict().items()}
     was_training = target.training
@@ -120,7 +122,7 @@ def range_test(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs, labels = prepare_input(inputs, device), labels.to(device)
-            with autocast(device):
+            with autocast(device, precision):
                 logits = target(inputs)
             loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -205,7 +207,7 @@ def stage_range_test(
     **limits: Any,
 ) -> RangeTest:
     """:func:`range_test` of one stage of a run (``graft lr-find`` and ``--lr auto``) with the run's optimizer;
-    ``limits``: start, end, iterations, generator."""
+    ``limits``: start, end, iterations, generator, precision."""
     from graft.training.loop import make_optimizer
 
     with one_thread() if on_features else contextlib.nullcontext():
@@ -231,6 +233,7 @@ def stage_lr(
     on_features: bool,
     found: dict[str, float],
     log: Callable[[str], None],
+    precision: str = "auto",
 ) -> float:
     """``--lr auto``: the learning rate of ``stage``, from a range test of ``target`` on its training data
     (``lr_find-<stage>.csv`` in the run), recorded in config.json's ``lr_auto`` (and ``found``). A resumed run takes
@@ -243,7 +246,7 @@ def stage_lr(
         log(f"lr auto: {stage} stage lr {found[stage]:.3g} (recorded by the run's first part)")
         return found[stage]
     test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
-                            generator=generator)  # fmt: skip
+                            generator=generator, precision=precision)  # fmt: skip
     found[stage] = float(dist.broadcast_object(test.suggestion))
     if dist.is_main():
         test.write_csv(run_dir / f"lr_find-{stage}.csv")

@@ -24,7 +24,7 @@ from graft.core import atomic, rundir
 from graft.core import distributed as dist
 from graft.core.config import LrFindConfig, TrainConfig, from_options, table_options
 from graft.core.config.fields import takes_fields
-from graft.core.device import one_thread, pick_device, seed_everything, tune_convolutions
+from graft.core.device import one_thread, pick_device, resolve_precision, seed_everything, tune_convolutions
 from graft.core.errors import ConfigError, ResourceError
 from graft.core.heads import HeadSpec
 from graft.data.datasets import available_memory
@@ -131,6 +131,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     changed = check_resumable(cfg) if cfg.resume else []  # before any work: same options as the first time
     # under torchrun: join the process group; this rank's GPU
     device = dist.setup(pick_device(cfg.device), nproc=cfg.nproc)
+    precision = resolve_precision(cfg.precision, device)  # before any work: bf16 asked where it is emulated fails
     if not dist.is_main():
         log = _silent  # rank 0 speaks for all
     setup = set_up(cfg)
@@ -138,18 +139,20 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
     if cfg.resume:
         rundir.check_same_split(run_dir, setup.dataset)
     setup.announce(log, run_dir, cfg, cfg.mode, device)
+    log(f"precision {precision.name} ({precision.reason})")
     levers = _levers(cfg, setup.dataset, log)
     if setup.dataset.report.skipped:
         log(f"skipped {len(setup.dataset.report.skipped)} file(s), see {run_dir / rundir.DATA_REPORT}")
     if dist.is_main():  # only rank 0 writes the run directory
-        rundir.write_start(run_dir, cfg, setup.dataset)
+        rundir.write_start(run_dir, cfg, setup.dataset, precision.to_dict())
     meta = setup.meta(cfg)
     model = setup.model.to(device)
+    key = setup.cache_key(meta, device.type)
     data = StageData(
-        cfg, model, setup.dataset, setup.preprocess, device, setup.generator, setup.cache_key(meta, device.type), log
+        cfg, model, setup.dataset, setup.preprocess, device, setup.generator, key, log, precision=precision.name
     )
     lr_auto: dict[str, float] = {}  # --lr auto: each stage's rate, from a range test at its start
-    data.find_lr = functools.partial(stage_lr, cfg, run_dir, found=lr_auto, log=log)
+    data.find_lr = functools.partial(stage_lr, cfg, run_dir, found=lr_auto, log=log, precision=precision.name)
     saver = ProgressSaver(run_dir, model, setup.generator, device)
     progress = load_progress(run_dir) if cfg.resume else None  # the last finished epoch of a killed run
     if cfg.resume:
@@ -256,6 +259,7 @@ def _run_stages(
                 start=start,
                 select=selector(levers["selected_by"]),
                 val_criterion=val_criterion,
+                precision=data.precision,
             )
         history = history + result.history
         if result.best_epoch:
@@ -356,12 +360,14 @@ def run_lr_find(
 ) -> list[RangeTest]:
     """:func:`lr_find` with an :class:`LrFindConfig` (checked when it was made)."""
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device).name
     setup = set_up(cfg)
     model = setup.model.to(device)
     key = setup.cache_key(setup.meta(cfg), device.type)
     data = StageData(
-        cfg, model, setup.dataset, setup.preprocess, device, setup.generator, key, log, check_leakage=False
-    )
+        cfg, model, setup.dataset, setup.preprocess, device, setup.generator, key, log, check_leakage=False,
+        precision=precision,
+    )  # fmt: skip
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     stages = [stage for stage, _, _ in cfg.stages()]
     cfg.plot_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +381,7 @@ def run_lr_find(
         target, loader = (model.head, data.features()[0]) if on_features else (model, data.images()[0])
         test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
                                 start=cfg.start_lr, end=cfg.end_lr, iterations=cfg.iterations,
-                                generator=setup.generator)  # fmt: skip
+                                generator=setup.generator, precision=precision)  # fmt: skip
         stem = "lr_find" if len(stages) == 1 else f"lr_find-{stage}"
         test.write_csv(cfg.plot_dir / f"{stem}.csv")
         if draw is not None:

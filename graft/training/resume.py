@@ -38,12 +38,13 @@ FIXED = "body."
 #: Options that only say where the run is (or where it is also logged): they may differ when resuming.
 _WHERE = {"out", "name", "exist_ok", "resume", "log", "mlflow_uri", "mlflow_experiment"}
 #: Options that change how, not what, is computed: allowed to differ (the resumed run is then not bit-identical).
-_HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget"}
+_HOW = {"batch_size", "device", "workers", "compile", "checkpoint_budget", "precision"}
 
 
 def check_resumable(cfg: TrainConfig) -> list[str]:
     """Check that ``cfg.resume`` is a run directory started with the same options as ``cfg``; return the names of
-    the options that changed how the run computes (``--batch-size``, ``--device``, ``--workers``, ``--compile``).
+    the options that changed how the run computes (``--batch-size``, ``--device``, ``--workers``, ``--compile``,
+    ``--precision``).
 
     Raises:
         ConfigError: not a run directory, a finished run, or other options than the first time.

@@ -11,6 +11,7 @@ import torch
 
 from graft.core import distributed as dist
 from graft.core.config import TrainConfig
+from graft.core.device import autocast_dtype
 from graft.core.errors import ConfigError
 from graft.features.similarity import Hashes, leak_candidates
 
@@ -31,6 +32,7 @@ class StageData:
         log: Callable[[str], None],
         *,
         check_leakage: bool = True,
+        precision: str = "auto",
     ) -> None:
         from graft.core.loaders import default_workers
 
@@ -42,6 +44,11 @@ class StageData:
         #: val images with a near-copy in train, found on the features of the first head stage (None: not looked)
         self.leakage: list[dict[str, Any]] | None = None
         self.check_leakage = check_leakage
+        #: the training steps' precision (resolved ``--precision``); the frozen body's torch pass runs in it too, and
+        #: its stored rows are keyed by it where it is not inference's (:func:`graft.features.store.store_key`)
+        self.precision = precision
+        same = autocast_dtype(device, precision) == autocast_dtype(device)
+        self.feature_precision = "auto" if same else precision
 
     def features(self) -> tuple[Any, Any]:
         from graft.core.loaders import inference_loader, train_loader
@@ -51,7 +58,8 @@ class StageData:
             tensors = {}
             for split, views in (("train", range(cfg.feature_views + 1)), ("val", range(1))):
                 samples = getattr(ds, split)
-                args = (self.model, samples, self.preprocess, self.cache_key, cfg, self.device, self.workers, self.log)
+                args = (self.model, samples, self.preprocess, self.cache_key, cfg, self.device, self.workers, self.log,
+                        self.feature_precision)  # fmt: skip
                 tensors[split] = (
                     torch.cat([_features(*args, split, view, ds.decoded if view == 0 else None) for view in views]),
                     torch.tensor([s.label for s in samples] * len(views)),
@@ -168,6 +176,7 @@ def _features(
     device: torch.device,
     workers: int,
     log: Callable[[str], None],
+    precision: str,
     split: str,
     view: int = 0,
     decoded: Any = None,
@@ -185,6 +194,7 @@ def _features(
         "view": view,
         "decoded": decoded,
         "augment": cfg.augment,
+        "precision": precision,
     }
     if cache_key is None:
         return dist.sharded(extract_features)(model.body, samples, preprocess, **kwargs)

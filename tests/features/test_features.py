@@ -135,3 +135,36 @@ def test_augmented_views_are_reproducible_distinct_and_stored_apart(tmp_path) ->
 
 def run_view(body: nn.Module, samples: list[Sample], view: int) -> tuple[torch.Tensor, int]:
     return cached_features(body, samples, PRE, {"arch": "counting"}, device=torch.device("cpu"), view=view)
+
+
+class ConvBody(nn.Module):
+    """A convolution (which CPU autocast runs in bf16) that torch.fx cannot trace, so the torch engine runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:
+            x = self.conv(x)
+        return x.mean((2, 3))
+
+
+def test_rows_of_a_bf16_torch_pass_are_stored_apart(samples) -> None:
+    """A torch pass in bf16 computes other rows than inference's fp32 one: its own store, never mixed."""
+    key = {"arch": "conv"}
+    torch_keys = [store_key(**key, preprocess=PRE, view=0, engine="torch", precision=p) for p in ("auto", "bf16")]
+    assert torch_keys[0] != torch_keys[1] and torch_keys[1]["precision"] == "bf16" and "precision" not in torch_keys[0]
+    # ONNX Runtime ignores the precision: its rows and key stay the same
+    assert store_key(**key, preprocess=PRE, view=0, engine="onnxruntime", precision="bf16") == store_key(
+        **key, preprocess=PRE, view=0, engine="onnxruntime"
+    )
+    body, cpu = ConvBody(), torch.device("cpu")
+    fp32, computed = cached_features(body, samples, PRE, key, device=cpu, batch_size=2)
+    assert computed == len(samples)
+    bf16, computed = cached_features(body, samples, PRE, key, device=cpu, batch_size=2, precision="bf16")
+    assert computed == len(samples)  # not read from the fp32 store
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.05, rtol=0.05)
+    again, computed = cached_features(body, samples, PRE, key, device=cpu, batch_size=2, precision="bf16")
+    assert computed == 0 and torch.equal(again, bf16)

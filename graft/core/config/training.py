@@ -95,6 +95,11 @@ class TrainConfig:
         "stop after this many epochs without a better val accuracy (default: 5 on stored features, else off)",
         check=AT_LEAST_1,
     )
+    precision: Literal["auto", "fp32", "bf16"] = opt(
+        "auto",
+        "training precision: auto: bf16 where the CPU has AVX512-BF16 or AMX (or a CUDA GPU supports it), fp32 "
+        "elsewhere; bf16 where the hardware lacks it is an error. Evaluation and predict stay fp32 on the CPU",
+    )
     compile: bool = opt(False, "torch.compile the model for image epochs (pays off for long runs, mostly on GPU)")
     checkpoint_budget: float = opt(
         0.1,
@@ -161,6 +166,11 @@ class TrainConfig:
                 (
                     not self.int8 or self.mode == "freeze",
                     "--int8 goes with --mode freeze; for fine-tuning use --mode qat",
+                ),
+                (
+                    self.precision != "bf16" or not (self.int8 or self.mode == "qat"),
+                    "--precision bf16 is for float training; --int8 and --mode qat train in fp32: use --precision "
+                    "auto or fp32",
                 ),
             ]
         )
