@@ -1,0 +1,182 @@
+"""Approximate nearest neighbours with faiss, for :mod:`graft.features.similarity` past :data:`EXACT_UP_TO` rows.
+
+The exact search is an n x m product: quadratic, a few seconds at 16k images and most of a minute and more past
+50k (:data:`EXACT_UP_TO` gives the figures). Past it the k nearest rows come from an inverted file of the
+normalised rows (faiss ``IndexIVFFlat``, inner product, :data:`LISTS_PER_ROOT` sqrt(n) lists from k-means, the
+query's :data:`PROBES` nearest lists scanned exhaustively). An inverted file rather than a graph (HNSW): the leak
+searches ask for the nearest row *of the other split* only, which an inverted file answers exactly within the
+scanned lists (an ID range selector), where a graph walk filtered to a fifth of its nodes loses recall; and
+duplicates, which graphs handle badly, are common here.
+
+Hash matches stay exhaustive: pairs within :data:`~graft.features.similarity.HASH_BITS` of each other are found
+by a brute-force Hamming range search over the 64-bit hashes (faiss ``IndexBinaryFlat``: one xor and popcount a
+pair, 10^10 pairs at 100k images in seconds), and only those pairs get their similarity; the same pairs the
+blocked product finds, without the product.
+
+faiss (the ``graft[scale]`` extra) is imported lazily; without it the search stays exact, with one warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from graft.features.similarity import HASH_BITS, HASH_SIMILARITY, Hashes, Matches, _popcount
+
+#: Rows (query rows x base rows = this squared) up to which the exact blocked product is used. Measured on this
+#: project's 2-core AMD EPYC with mobilenet_v2 features (1280 wide; benchmarks/bench_ann.py, other jobs running):
+#: the doctor's survey exact / approximate 4k: 0.9 / 1.6 s, 16k: 9.6 / 5.1 s, 30k: ~34 / ~10 s (quadratic
+#: against ~n^1.5). Below ~10k the exact product is as fast and exact.
+EXACT_UP_TO = 10_000
+#: Inverted lists per square root of the rows indexed...
+LISTS_PER_ROOT = 4
+#: ...and how many of them a query scans: recall of the exact 10 nearest 0.99+, of the doctor's proposed pairs
+#: 0.999+ on 16k bench_scale images (benchmarks/RESULTS.md, "Approximate neighbours").
+PROBES = 24
+#: Pairs whose similarity is computed at once (two rows of features each: 256 MB at 1280 features).
+PAIR_BLOCK = 1 << 15
+#: Hash range queries per call (their results are filtered before the next block: memory bounded).
+HASH_BLOCK = 8192
+
+_warned = [False]
+
+
+def faiss_module() -> Any | None:
+    """faiss, threads set to torch's; None (and one warning per process) when it is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        if not _warned[0]:
+            _warned[0] = True
+            warnings.warn(
+                "exact similarity search on many images is slow: pip install 'graft[scale]' makes it faster",
+                stacklevel=3,
+            )
+        return None
+    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
+    return faiss
+
+
+def wanted(n: int, m: int, exact_up_to: int | None) -> bool:
+    """Whether an n x m search should be approximate (and faiss is there)."""
+    limit = EXACT_UP_TO if exact_up_to is None else exact_up_to
+    return n * m > limit * limit and faiss_module() is not None
+
+
+class Index:
+    """An inverted-file inner-product index over the rows of ``base`` (normalised, float32)."""
+
+    def __init__(self, base: torch.Tensor | np.ndarray, probes: int = PROBES) -> None:
+        faiss = faiss_module()
+        assert faiss is not None
+        x = np.ascontiguousarray(np.asarray(base, dtype=np.float32))
+        n, d = x.shape
+        lists = max(1, min(n // 39, round(LISTS_PER_ROOT * math.sqrt(n))))  # faiss wants 39+ rows a list
+        self.faiss, self.n = faiss, n
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        self.index.cp.seed = 0
+        self.index.train(x)
+        self.index.add(x)
+        self.probes = min(probes, lists)
+
+    def search(
+        self, queries: torch.Tensor | np.ndarray, k: int, *, rows: range | None = None, self_offset: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's ``k`` most similar base rows (``sims``, ``index``, best first), among ``rows`` only when
+        given (indices stay the base's). ``self_offset``: query ``i`` is base row ``self_offset + i``, not its own
+        neighbour. A row with fewer than ``k`` found has similarity -2 at index 0 in the rest (as the exact
+        product's diagonal)."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        extra = 0 if self_offset is None else 1
+        params = self.faiss.SearchParametersIVF(nprobe=self.probes)
+        if rows is not None:
+            params.sel = self.faiss.IDSelectorRange(rows.start, rows.stop)
+        sims, index = self.index.search(q, k + extra, params=params)
+        if extra:
+            own = index == (np.arange(len(q)) + self_offset)[:, None]
+            own[~own.any(1), -1] = True  # not found among its own k+1: drop the (k+1)th
+            sims, index = sims[~own].reshape(len(q), k), index[~own].reshape(len(q), k)
+        missing = index < 0
+        sims[missing], index[missing] = -2.0, 0
+        return sims.astype(np.float32), index.astype(np.int64)
+
+
+def hash_matches(queries: torch.Tensor, base: torch.Tensor, hashes: tuple[Hashes, Hashes], same: bool) -> Matches:
+    """Every pair (query row, base row) within :data:`HASH_BITS` (directly or the query mirrored) and
+    :data:`HASH_SIMILARITY`, sorted by query row then base row, as the blocked product finds them."""
+    faiss = faiss_module()
+    assert faiss is not None
+    qh, bh = hashes
+    m = len(base)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(np.ascontiguousarray(bh.direct).view(np.uint8).reshape(-1, 8))
+    parts = []
+    for start in range(0, len(queries), HASH_BLOCK):
+        stop = min(start + HASH_BLOCK, len(queries))
+        keys = []
+        for codes in (qh.direct[start:stop], qh.mirrored[start:stop]):
+            lims, _, found = index.range_search(
+                np.ascontiguousarray(codes).view(np.uint8).reshape(-1, 8), HASH_BITS + 1
+            )
+            rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims).astype(np.int64))
+            keys.append(rows * m + found)
+        key = np.unique(np.concatenate(keys))
+        i, j = key // m, key % m
+        if same:
+            i, j = i[i != j], j[i != j]
+        sims = _pair_sims(queries, base, i, j)
+        keep = sims >= HASH_SIMILARITY
+        i, j, sims = i[keep], j[keep], sims[keep]
+        direct = _popcount(qh.direct[i] ^ bh.direct[j])
+        mirror = _popcount(qh.mirrored[i] ^ bh.direct[j])
+        bits = np.minimum(direct, mirror)
+        hit = bits <= HASH_BITS
+        parts.append(Matches(i[hit], j[hit], sims[hit], bits[hit].astype(np.int64), (mirror < direct)[hit]))
+    return Matches.concat(parts)
+
+
+def _pair_sims(queries: torch.Tensor, base: torch.Tensor, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Similarities of the pairs (``queries[i]``, ``base[j]``), in blocks of :data:`PAIR_BLOCK` pairs."""
+    out = np.zeros(len(i), np.float32)
+    for s in range(0, len(i), PAIR_BLOCK):
+        a, b = torch.from_numpy(i[s : s + PAIR_BLOCK]), torch.from_numpy(j[s : s + PAIR_BLOCK])
+        out[s : s + PAIR_BLOCK] = (queries[a] * base[b]).sum(1).numpy()
+    return out
+
+
+def survey(
+    x: torch.Tensor, raw: torch.Tensor, k: int, raw_k: int, n_train: int, hashes: Hashes
+) -> tuple[np.ndarray, np.ndarray, Matches, np.ndarray, tuple[np.ndarray, ...]]:
+    """What :func:`graft.features.similarity.survey` computes, approximately: of the centred, normalised rows
+    ``x``, each row's ``k`` nearest others (sims, index) and the hash matches (exhaustive); each row's ``raw_k``
+    highest uncentred cosines (of ``raw``, the features); and (val rows' two nearest train similarities, the
+    nearest's index, train rows' two nearest val similarities, the nearest's index)."""
+    n = len(x)
+    with torch.inference_mode():
+        matches = hash_matches(x, x, (hashes, hashes), same=True)
+        index = Index(x)
+        sims, nearest = index.search(x, k, self_offset=0) if k else _none(n, 0)
+        both = 0 < n_train < n  # otherwise no leak search: as the exact product leaves them
+        val = _two(index.search(x[n_train:], 2, rows=range(0, n_train))) if both else _two(_none(n - n_train))
+        train = _two(index.search(x[:n_train], 2, rows=range(n_train, n)), n_train) if both else _two(_none(n_train))
+        del index
+        raw_sims = np.zeros((n, raw_k), np.float32)
+        if raw_k:
+            u = raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            raw_sims = Index(u).search(u, raw_k, self_offset=0)[0]
+    return sims, nearest, matches, raw_sims, (*val, *train)
+
+
+def _none(n: int, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, k), -2.0, np.float32), np.zeros((n, k), np.int64)
+
+
+def _two(found: tuple[np.ndarray, np.ndarray], first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(the two highest similarities, the highest's index counted from row ``first``), as ``similarity._top2``
+    gives them."""
+    sims, index = found
+    return sims, index[:, 0] - first
