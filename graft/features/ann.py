@@ -25,8 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from graft.features.similarity import HASH_BITS, HASH_SIMILARITY, Hashes, Matches, _popcount
-
 #: Rows (query rows x base rows = this squared) up to which the exact blocked product is used. Measured on this
 #: project's 2-core AMD EPYC with mobilenet_v2 features (1280 wide; benchmarks/bench_ann.py, other jobs running):
 #: the doctor's survey exact / approximate 4k: 0.9 / 1.6 s, 16k: 9.6 / 5.1 s, 30k: ~34 / ~10 s (quadratic
@@ -105,23 +103,29 @@ class Index:
         return sims.astype(np.float32), index.astype(np.int64)
 
 
-def hash_matches(queries: torch.Tensor, base: torch.Tensor, hashes: tuple[Hashes, Hashes], same: bool) -> Matches:
-    """Every pair (query row, base row) within :data:`HASH_BITS` (directly or the query mirrored) and
-    :data:`HASH_SIMILARITY`, sorted by query row then base row, as the blocked product finds them."""
+def hash_pairs(
+    queries: torch.Tensor,
+    base: torch.Tensor,
+    codes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    bits: int,
+    floor: float,
+    same: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query rows, base rows, similarities) of every pair whose 64-bit hashes (``codes`` = queries' direct,
+    queries' mirrored, base's direct, ``uint64``) are within ``bits``, directly or mirrored, and whose
+    similarity is ``floor`` or more; sorted by query row then base row. ``same``: not a row with itself."""
     faiss = faiss_module()
     assert faiss is not None
-    qh, bh = hashes
+    direct, mirrored, base_codes = codes
     m = len(base)
     index = faiss.IndexBinaryFlat(64)
-    index.add(np.ascontiguousarray(bh.direct).view(np.uint8).reshape(-1, 8))
-    parts = []
+    index.add(_packed(base_codes))
+    out: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(queries), HASH_BLOCK):
         stop = min(start + HASH_BLOCK, len(queries))
         keys = []
-        for codes in (qh.direct[start:stop], qh.mirrored[start:stop]):
-            lims, _, found = index.range_search(
-                np.ascontiguousarray(codes).view(np.uint8).reshape(-1, 8), HASH_BITS + 1
-            )
+        for q in (direct[start:stop], mirrored[start:stop]):
+            lims, _, found = index.range_search(_packed(q), bits + 1)  # distances below the radius
             rows = np.repeat(np.arange(start, stop, dtype=np.int64), np.diff(lims).astype(np.int64))
             keys.append(rows * m + found)
         key = np.unique(np.concatenate(keys))
@@ -129,14 +133,16 @@ def hash_matches(queries: torch.Tensor, base: torch.Tensor, hashes: tuple[Hashes
         if same:
             i, j = i[i != j], j[i != j]
         sims = _pair_sims(queries, base, i, j)
-        keep = sims >= HASH_SIMILARITY
-        i, j, sims = i[keep], j[keep], sims[keep]
-        direct = _popcount(qh.direct[i] ^ bh.direct[j])
-        mirror = _popcount(qh.mirrored[i] ^ bh.direct[j])
-        bits = np.minimum(direct, mirror)
-        hit = bits <= HASH_BITS
-        parts.append(Matches(i[hit], j[hit], sims[hit], bits[hit].astype(np.int64), (mirror < direct)[hit]))
-    return Matches.concat(parts)
+        keep = sims >= floor
+        out.append((i[keep], j[keep], sims[keep]))
+    if not out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    i, j, sims = (np.concatenate(a) for a in zip(*out, strict=True))
+    return i, j, sims
+
+
+def _packed(codes: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(codes, dtype=np.uint64).view(np.uint8).reshape(-1, 8)
 
 
 def _pair_sims(queries: torch.Tensor, base: torch.Tensor, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -149,15 +155,16 @@ def _pair_sims(queries: torch.Tensor, base: torch.Tensor, i: np.ndarray, j: np.n
 
 
 def survey(
-    x: torch.Tensor, raw: torch.Tensor, k: int, raw_k: int, n_train: int, hashes: Hashes
-) -> tuple[np.ndarray, np.ndarray, Matches, np.ndarray, tuple[np.ndarray, ...]]:
-    """What :func:`graft.features.similarity.survey` computes, approximately: of the centred, normalised rows
-    ``x``, each row's ``k`` nearest others (sims, index) and the hash matches (exhaustive); each row's ``raw_k``
-    highest uncentred cosines (of ``raw``, the features); and (val rows' two nearest train similarities, the
-    nearest's index, train rows' two nearest val similarities, the nearest's index)."""
+    x: torch.Tensor, raw: torch.Tensor, k: int, raw_k: int, n_train: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    """The neighbours :func:`graft.features.similarity.survey` asks for, approximately: of the centred,
+    normalised rows ``x``, each row's ``k`` nearest others (sims, index); each row's ``raw_k`` highest uncentred
+    cosines (of ``raw``, the features); and (val rows' two highest similarities to train rows, the highest's
+    train row, train rows' two highest to val rows, the highest's val row counted from the first val row); rows
+    ``[0, n_train)`` are train. One index for the centred rows (the leak searches are ID ranges of it), one for
+    the uncentred, built one after the other (memory: one copy of the features at a time)."""
     n = len(x)
     with torch.inference_mode():
-        matches = hash_matches(x, x, (hashes, hashes), same=True)
         index = Index(x)
         sims, nearest = index.search(x, k, self_offset=0) if k else _none(n, 0)
         both = 0 < n_train < n  # otherwise no leak search: as the exact product leaves them
@@ -168,7 +175,7 @@ def survey(
         if raw_k:
             u = raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)
             raw_sims = Index(u).search(u, raw_k, self_offset=0)[0]
-    return sims, nearest, matches, raw_sims, (*val, *train)
+    return sims, nearest, raw_sims, (*val, *train)
 
 
 def _none(n: int, k: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -152,7 +152,7 @@ def search(
         with torch.inference_mode():
             if k:
                 sims, index = ann.Index(base).search(queries, k, self_offset=0 if same else None)
-            matches = ann.hash_matches(queries, base, hashes, same) if hashes is not None else Matches.concat([])
+            matches = _approximate_matches(queries, base, hashes, same) if hashes is not None else Matches.concat([])
         return Neighbours(sims, index, matches)
     parts = []
     with torch.inference_mode():
@@ -168,16 +168,30 @@ def search(
 def _hash_block(block: torch.Tensor, hashes: tuple[Hashes, Hashes], start: int) -> Matches:
     """The pairs of a block within :data:`HASH_SIMILARITY` whose hashes (direct or mirrored) are within
     :data:`HASH_BITS`: few pass the similarity, so the hashes are compared for those alone."""
+    i, j = torch.nonzero(block >= HASH_SIMILARITY, as_tuple=True)
+    return _matched(i.numpy() + start, j.numpy(), block[i, j].numpy(), hashes)
+
+
+def _matched(query: np.ndarray, base: np.ndarray, sims: np.ndarray, hashes: tuple[Hashes, Hashes]) -> Matches:
+    """Of the pairs (query row, base row, similarity), those whose hashes are within :data:`HASH_BITS`, directly
+    or the query's mirrored (the closer counts)."""
     q, b = hashes
-    i, j = (t.numpy() for t in torch.nonzero(block >= HASH_SIMILARITY, as_tuple=True))
-    row = i + start
-    direct = _popcount(q.direct[row] ^ b.direct[j])
-    mirror = _popcount(q.mirrored[row] ^ b.direct[j])
+    direct = _popcount(q.direct[query] ^ b.direct[base])
+    mirror = _popcount(q.mirrored[query] ^ b.direct[base])
     bits = np.minimum(direct, mirror)
     hit = bits <= HASH_BITS
-    i, j = i[hit], j[hit]
-    sims = block[torch.from_numpy(i), torch.from_numpy(j)].numpy()
-    return Matches(i + start, j, sims, bits[hit].astype(np.int64), (mirror < direct)[hit])
+    return Matches(query[hit], base[hit], sims[hit], bits[hit].astype(np.int64), (mirror < direct)[hit])
+
+
+def _approximate_matches(
+    queries: torch.Tensor, base: torch.Tensor, hashes: tuple[Hashes, Hashes], same: bool
+) -> Matches:
+    """The hash matches :func:`search` finds, without the product: a Hamming range search first (exhaustive)."""
+    from graft.features import ann
+
+    q, b = hashes
+    codes = (q.direct, q.mirrored, b.direct)
+    return _matched(*ann.hash_pairs(queries, base, codes, HASH_BITS, HASH_SIMILARITY, same), hashes)
 
 
 @dataclass(frozen=True)
@@ -355,8 +369,9 @@ def survey(
     if ann.wanted(n, n, exact_up_to):
         del centred
         k, raw_k = max(0, min(k, n - 1)), max(0, min(raw_k, n - 1))
-        sims, index, matches, raw_sims, (vs, vi, ts, ti) = ann.survey(x, raw, k, raw_k, n_train, hashes)
-        return _surveyed(x, Neighbours(sims, index, matches), raw_sims, n_train, (vs, vi, ts, ti))
+        sims, index, raw_sims, cross = ann.survey(x, raw, k, raw_k, n_train)
+        found = Neighbours(sims, index, _approximate_matches(x, x, (hashes, hashes), True))
+        return _surveyed(x, found, raw_sims, n_train, cross)
     inv = 1 / raw.norm(dim=1).clamp_min(1e-12)
     scale = cnorm * inv  # uncentred cos_ij = scale_i scale_j cos_ij + shift_i inv_j + inv_i shift_j
     shift = (centred @ mean + 0.5 * (mean @ mean)) * inv
