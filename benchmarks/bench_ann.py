@@ -145,7 +145,7 @@ def main() -> int:
 def ann_params() -> str:
     from graft.features import ann
 
-    return f"{ann.LISTS_PER_ROOT} sqrt(n) lists, {ann.PROBES} probed, exact up to {ann.EXACT_UP_TO} rows"
+    return f"{ann.LIST_ROWS} rows a list, {ann.PROBES} probed, exact up to {ann.EXACT_UP_TO} rows"
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ by ``os.wait4``):
 
 1. ``graft check DATA``: the validating scan (decodes every image once, takes the doctor's measures, stores the
    verdicts in the cache).
-2. ``graft train DATA --mode freeze``: reuses the scan's verdicts; the feature pass (its own printed times, train
-   and val) and the head (the rest) are split; the features are cached.
+2. ``graft train DATA --mode freeze``: reuses the scan's verdicts; the feature pass (``features``: its own printed
+   times, train and val) and the rest of the process (``train_rest``: start-up, the warm scan, the head's epochs,
+   evaluation, the report) are split; peak RSS is the process's; the features are cached.
 3. ``graft predict RUN DATA/val --out predictions.csv``: decodes and classifies the val images again (nothing
    cached to reuse: prediction runs the whole model).
 4. ``graft doctor DATA``: reuses the verdicts, measures and the cached features; its own step times (doctor.json)
@@ -37,7 +38,7 @@ from pathlib import Path
 from benchmarks import scale_images
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("scan", "features", "head", "predict", "doctor")
+STAGES = ("scan", "features", "train_rest", "predict", "doctor")
 LINEAR, RSS_MB, DOCTOR_VS_FEATURES = 1.3, 4096, 2.0
 
 
@@ -76,7 +77,7 @@ def run_size(n: int, cache: Path, work: Path) -> dict[str, dict[str, float]]:
     if run is None:
         raise RuntimeError(f"graft train printed no run folder:\n{text[-2000:]}")
     out["features"] = {"seconds": feature_s, "images": n, "rss_mb": rss}
-    out["head"] = {"seconds": s - feature_s, "images": n, "rss_mb": rss}
+    out["train_rest"] = {"seconds": s - feature_s, "images": n, "rss_mb": rss}
 
     cmd = [*graft, "predict", run.group(1), str(data / "val"), "--out", str(home / "predictions.csv")]
     s, rss, _ = timed(cmd, env, home / "predict.log")

@@ -1,24 +1,22 @@
-"""Approximate nearest neighbours with faiss, for :mod:`graft.features.similarity` past :data:`EXACT_UP_TO` rows.
+"""Approximate nearest neighbours (faiss k-means lists), for :mod:`graft.features.similarity` past :data:`EXACT_UP_TO`.
 
-The exact search is an n x m product: quadratic, a few seconds at 16k images and most of a minute and more past
-50k (:data:`EXACT_UP_TO` gives the figures). Past it the k nearest rows come from an inverted file of the
-normalised rows (faiss ``IndexIVFFlat``, inner product, :data:`LISTS_PER_ROOT` sqrt(n) lists from k-means, the
-query's :data:`PROBES` nearest lists scanned exhaustively). An inverted file rather than a graph (HNSW): the leak
+The exact search is an n x m product: quadratic (:data:`EXACT_UP_TO` gives the figures). Past it the k nearest
+rows come from an inverted file of the normalised rows: lists of :data:`LIST_ROWS` rows from spherical k-means
+(faiss), each query's :data:`PROBES` nearest lists scanned exhaustively by inner product (a matrix product per
+list: faiss's own IVF scan computes one query at a time). An inverted file rather than a graph (HNSW): the leak
 searches ask for the nearest row *of the other split* only, which an inverted file answers exactly within the
-scanned lists (an ID range selector), where a graph walk filtered to a fifth of its nodes loses recall; and
-duplicates, which graphs handle badly, are common here.
+scanned lists, where a graph walk filtered to a fifth of its nodes loses recall; and duplicates, which graphs
+handle badly, are common here.
 
 Hash matches stay exhaustive: pairs within :data:`~graft.features.similarity.HASH_BITS` of each other are found
 by a brute-force Hamming range search over the 64-bit hashes (faiss ``IndexBinaryFlat``: one xor and popcount a
-pair, 10^10 pairs at 100k images in seconds), and only those pairs get their similarity; the same pairs the
-blocked product finds, without the product.
+pair), and only those pairs get their similarity; the same pairs the blocked product finds, without the product.
 
 faiss (the ``graft[scale]`` extra) is imported lazily; without it the search stays exact, with one warning.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -26,15 +24,18 @@ import numpy as np
 import torch
 
 #: Rows (query rows x base rows = this squared) up to which the exact blocked product is used. Measured on this
-#: project's 2-core AMD EPYC with mobilenet_v2 features (1280 wide; benchmarks/bench_ann.py, other jobs running):
-#: the doctor's survey exact / approximate 4k: 0.9 / 1.6 s, 16k: 9.6 / 5.1 s, 30k: ~34 / ~10 s (quadratic
-#: against ~n^1.5). Below ~10k the exact product is as fast and exact.
-EXACT_UP_TO = 10_000
-#: Inverted lists per square root of the rows indexed...
-LISTS_PER_ROOT = 4
+#: project's 2-core AMD EPYC with mobilenet_v2 features of 16k bench_scale images (benchmarks/bench_ann.py, load
+#: ~5.5 from other jobs): the doctor's survey 12.9 s exact, 29.2 s approximate. The exact product grows with n^2,
+#: the approximate search with n (fixed list size and probes): they cross near 36k rows.
+EXACT_UP_TO = 40_000
+#: Rows per inverted list: a list's product with its queries runs at ~20 GFLOPS with 127 rows, 55 with 500 and 78
+#: with 1,000 on this machine (a sqrt(n) rule made 16k rows 126 lists, slower than the exact product).
+LIST_ROWS = 1000
+#: k-means of the lists: rows sampled per list and iterations.
+TRAIN_PER_LIST, TRAIN_ITERATIONS = 64, 10
 #: ...and how many of them a query scans: recall of the exact 10 nearest 0.99+, of the doctor's proposed pairs
 #: 0.999+ on 16k bench_scale images (benchmarks/RESULTS.md, "Approximate neighbours").
-PROBES = 24
+PROBES = 8
 #: Pairs whose similarity is computed at once (two rows of features each: 256 MB at 1280 features).
 PAIR_BLOCK = 1 << 15
 #: Hash range queries per call (their results are filtered before the next block: memory bounded).
@@ -66,41 +67,68 @@ def wanted(n: int, m: int, exact_up_to: int | None) -> bool:
 
 
 class Index:
-    """An inverted-file inner-product index over the rows of ``base`` (normalised, float32)."""
+    """An inverted file over the rows of ``base`` (normalised, float32): k-means lists (faiss), scanned with one
+    matrix product per list (torch; faiss's own IVF scan computes one query at a time, ~8x slower here)."""
 
     def __init__(self, base: torch.Tensor | np.ndarray, probes: int = PROBES) -> None:
         faiss = faiss_module()
         assert faiss is not None
-        x = np.ascontiguousarray(np.asarray(base, dtype=np.float32))
-        n, d = x.shape
-        lists = max(1, min(n // 39, round(LISTS_PER_ROOT * math.sqrt(n))))  # faiss wants 39+ rows a list
-        self.faiss, self.n = faiss, n
-        self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
-        self.index.cp.seed = 0
-        self.index.train(x)
-        self.index.add(x)
+        self.base = torch.as_tensor(np.asarray(base, dtype=np.float32))
+        n, d = self.base.shape
+        lists = max(1, n // LIST_ROWS)
+        # k-means on all rows would cost as much as the exact product: a seeded sample trains the lists
+        sample = np.sort(np.random.default_rng(0).choice(n, min(n, TRAIN_PER_LIST * lists), replace=False))
+        kmeans = faiss.Kmeans(d, lists, niter=TRAIN_ITERATIONS, seed=0, spherical=True)
+        kmeans.train(np.ascontiguousarray(self.base[torch.from_numpy(sample)].numpy()))
+        self.centroids = torch.from_numpy(kmeans.centroids)
+        # rows sorted by list: a list is a slice (no gather per query block)
+        self.order = torch.argsort(self._nearest_lists(self.base, 1)[:, 0], stable=True)
+        self.base = self.base[self.order]
+        counts = torch.bincount(self._nearest_lists(self.base, 1)[:, 0], minlength=lists)
+        self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).tolist()
         self.probes = min(probes, lists)
+
+    def _nearest_lists(self, rows: torch.Tensor, p: int) -> torch.Tensor:
+        out = torch.empty(len(rows), p, dtype=torch.int64)
+        for s in range(0, len(rows), 8192):
+            out[s : s + 8192] = (rows[s : s + 8192] @ self.centroids.T).topk(p, dim=1).indices
+        return out
 
     def search(
         self, queries: torch.Tensor | np.ndarray, k: int, *, rows: range | None = None, self_offset: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Each query's ``k`` most similar base rows (``sims``, ``index``, best first), among ``rows`` only when
-        given (indices stay the base's). ``self_offset``: query ``i`` is base row ``self_offset + i``, not its own
-        neighbour. A row with fewer than ``k`` found has similarity -2 at index 0 in the rest (as the exact
-        product's diagonal)."""
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
-        extra = 0 if self_offset is None else 1
-        params = self.faiss.SearchParametersIVF(nprobe=self.probes)
-        if rows is not None:
-            params.sel = self.faiss.IDSelectorRange(rows.start, rows.stop)
-        sims, index = self.index.search(q, k + extra, params=params)
-        if extra:
-            own = index == (np.arange(len(q)) + self_offset)[:, None]
-            own[~own.any(1), -1] = True  # not found among its own k+1: drop the (k+1)th
-            sims, index = sims[~own].reshape(len(q), k), index[~own].reshape(len(q), k)
-        missing = index < 0
-        sims[missing], index[missing] = -2.0, 0
-        return sims.astype(np.float32), index.astype(np.int64)
+        """Each query's ``k`` most similar base rows (``sims``, ``index``, best first) in its :data:`PROBES`
+        nearest lists, among ``rows`` only when given (indices stay the base's). ``self_offset``: query ``i`` is
+        base row ``self_offset + i``, not its own neighbour. A row with fewer than ``k`` found has similarity -2
+        at index 0 in the rest (as the exact product's diagonal)."""
+        q = torch.as_tensor(np.asarray(queries, dtype=np.float32))
+        best = torch.full((len(q), k), -2.0)
+        where = torch.zeros((len(q), k), dtype=torch.int64)
+        probe = self._nearest_lists(q, self.probes)
+        # queries grouped by the lists they probe: one sort instead of a scan of the table per list
+        flat = probe.reshape(-1)
+        by_list = torch.argsort(flat, stable=True) // self.probes
+        bounds = torch.searchsorted(flat.sort().values, torch.arange(len(self.centroids) + 1)).tolist()
+        ids = self.order
+        with torch.inference_mode():
+            for lst in range(len(self.centroids)):
+                lo, hi = self.starts[lst], self.starts[lst + 1]
+                asking = by_list[bounds[lst] : bounds[lst + 1]]
+                if hi == lo or len(asking) == 0 or k == 0:
+                    continue
+                block = q[asking] @ self.base[lo:hi].T
+                members = ids[lo:hi]
+                if rows is not None:
+                    block[:, (members < rows.start) | (members >= rows.stop)] = -2.0
+                if self_offset is not None:
+                    block[(members[None, :] - self_offset) == asking[:, None]] = -2.0
+                s, i = block.topk(min(k, hi - lo), dim=1)
+                merged_s = torch.cat([best[asking], s], 1)
+                merged_i = torch.cat([where[asking], members[i]], 1)
+                top = merged_s.topk(k, dim=1)
+                best[asking], where[asking] = top.values, merged_i.gather(1, top.indices)
+        where[best <= -2.0] = 0
+        return best.numpy(), where.numpy()
 
 
 def hash_pairs(
