@@ -40,16 +40,21 @@ def _pairs(p: sim.Pairs) -> set[tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_approximate_survey_finds_what_the_exact_one_does(hymenoptera: Path, flowers5: Path) -> None:
-    """Forced past its threshold, the faiss survey recalls >= 99% of the exact 10 nearest neighbours, the same
-    hash matches, and >= 99% of the pairs the doctor would verify (near pairs and leaks), nearly nothing else."""
+def test_approximate_survey_finds_what_the_exact_one_does(
+    hymenoptera: Path, flowers5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forced past its threshold, the approximate survey finds >= 99% of the pairs the doctor would verify (near
+    pairs and leaks; 99.8% here) and nearly nothing else, the same hash matches, and >= 98% of the exact 10
+    nearest neighbours. Lists of 100 rows: 8 probed of 22, a third of the rows scanned (harder than 16k rows'
+    half; 100k rows scan a twelfth)."""
+    monkeypatch.setattr(ann, "LIST_ROWS", 100)
     feats, direct, mirrored, n_train = _rows([hymenoptera, flowers5])
     assert len(feats) > 2000
     hashes = sim.Hashes.of(direct, mirrored)
     exact = sim.survey(feats, 10, hashes=hashes, n_train=n_train, exact_up_to=len(feats))
     approx = sim.survey(feats, 10, hashes=hashes, n_train=n_train, exact_up_to=0)
     hit = (exact.found.index[:, :, None] == approx.found.index[:, None, :]).any(2)
-    assert hit.mean() >= 0.99
+    assert hit.mean() >= 0.98  # 0.988 here; 0.998 with 200-row lists, 0.9985 on 16k real features (16 lists)
     assert np.array_equal(exact.found.matches.query, approx.found.matches.query)
     assert np.array_equal(exact.found.matches.base, approx.found.matches.base)
     assert np.array_equal(exact.found.matches.bits, approx.found.matches.bits)
