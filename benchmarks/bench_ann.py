@@ -133,7 +133,8 @@ def main() -> int:
         last = rows[-1]
         record(
             "Approximate neighbours (bench_ann)",
-            f"faiss IVF-Flat, {ann_params()}; doctor survey of bench_scale images (mobilenet_v2).\n\n{table}",
+            f"{ann_params()}; doctor survey of bench_scale images (mobilenet_v2), 1-minute load "
+            f"{os.getloadavg()[0]:.1f}.\n\n{table}",
             {
                 "bench_ann": f"{last['images']} images: proposed-pair recall {last['proposed_recall']}, "
                 f"kNN recall {last['knn_recall']}, survey {last['exact_s']} s exact, {last['approx_s']} s approximate"
@@ -145,7 +146,7 @@ def main() -> int:
 def ann_params() -> str:
     from graft.features import ann
 
-    return f"{ann.LIST_ROWS} rows a list, {ann.PROBES} probed, exact up to {ann.EXACT_UP_TO} rows"
+    return f"inverted file: {ann.LIST_ROWS} rows a list, {ann.PROBES} probed, exact up to {ann.EXACT_UP_TO} rows"
 
 
 if __name__ == "__main__":

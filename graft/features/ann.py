@@ -33,8 +33,8 @@ EXACT_UP_TO = 40_000
 LIST_ROWS = 1000
 #: k-means of the lists: rows sampled per list and iterations.
 TRAIN_PER_LIST, TRAIN_ITERATIONS = 64, 10
-#: ...and how many of them a query scans: recall of the exact 10 nearest 0.99+, of the doctor's proposed pairs
-#: 0.999+ on 16k bench_scale images (benchmarks/RESULTS.md, "Approximate neighbours").
+#: Lists a query scans, its nearest by centroid: on 16k bench_scale images (16 lists) recall of the exact 10
+#: nearest 0.9985, of the doctor's proposed pairs 0.9996 (benchmarks/bench_ann.py; NOTES.md, "Doctor").
 PROBES = 8
 #: Pairs whose similarity is computed at once (two rows of features each: 256 MB at 1280 features).
 PAIR_BLOCK = 1 << 15
