@@ -131,17 +131,29 @@ def search(
     same: bool = False,
     hashes: tuple[Hashes, Hashes] | None = None,
     block_bytes: int = BLOCK_BYTES,
+    exact_up_to: int | None = None,
 ) -> Neighbours:
-    """Exact k nearest neighbours of normalised rows (blocked matrix products, top-k per block of rows).
+    """The k nearest neighbours of normalised rows: exact (blocked matrix products, top-k per block of rows), or
+    approximate past ``exact_up_to`` rows (default :data:`graft.features.ann.EXACT_UP_TO`; n x m past its
+    square) when faiss is installed.
 
     ``same``: queries are ``base`` itself, and a row is not its own neighbour. ``hashes`` = (queries', base's):
-    pairs within :data:`HASH_BITS` (directly or mirrored) and :data:`HASH_SIMILARITY` are collected as well,
-    from the same blocks (the hashes are compared only where the similarity already passes)."""
+    pairs within :data:`HASH_BITS` (directly or mirrored) and :data:`HASH_SIMILARITY` are collected as well
+    (exhaustively either way), from the same blocks (the hashes are compared only where the similarity already
+    passes)."""
     n, m = len(queries), len(base)
     k = max(0, min(k, m - 1 if same else m))
     sims, index = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
     if n == 0 or m == 0:
         return Neighbours(sims, index)
+    from graft.features import ann
+
+    if ann.wanted(n, m, exact_up_to):
+        with torch.inference_mode():
+            if k:
+                sims, index = ann.Index(base).search(queries, k, self_offset=0 if same else None)
+            matches = _approximate_matches(queries, base, hashes, same) if hashes is not None else Matches.concat([])
+        return Neighbours(sims, index, matches)
     parts = []
     with torch.inference_mode():
         for start, block in _blocks(queries, base, same, block_bytes, 2):
@@ -156,16 +168,30 @@ def search(
 def _hash_block(block: torch.Tensor, hashes: tuple[Hashes, Hashes], start: int) -> Matches:
     """The pairs of a block within :data:`HASH_SIMILARITY` whose hashes (direct or mirrored) are within
     :data:`HASH_BITS`: few pass the similarity, so the hashes are compared for those alone."""
+    i, j = torch.nonzero(block >= HASH_SIMILARITY, as_tuple=True)
+    return _matched(i.numpy() + start, j.numpy(), block[i, j].numpy(), hashes)
+
+
+def _matched(query: np.ndarray, base: np.ndarray, sims: np.ndarray, hashes: tuple[Hashes, Hashes]) -> Matches:
+    """Of the pairs (query row, base row, similarity), those whose hashes are within :data:`HASH_BITS`, directly
+    or the query's mirrored (the closer counts)."""
     q, b = hashes
-    i, j = (t.numpy() for t in torch.nonzero(block >= HASH_SIMILARITY, as_tuple=True))
-    row = i + start
-    direct = _popcount(q.direct[row] ^ b.direct[j])
-    mirror = _popcount(q.mirrored[row] ^ b.direct[j])
+    direct = _popcount(q.direct[query] ^ b.direct[base])
+    mirror = _popcount(q.mirrored[query] ^ b.direct[base])
     bits = np.minimum(direct, mirror)
     hit = bits <= HASH_BITS
-    i, j = i[hit], j[hit]
-    sims = block[torch.from_numpy(i), torch.from_numpy(j)].numpy()
-    return Matches(i + start, j, sims, bits[hit].astype(np.int64), (mirror < direct)[hit])
+    return Matches(query[hit], base[hit], sims[hit], bits[hit].astype(np.int64), (mirror < direct)[hit])
+
+
+def _approximate_matches(
+    queries: torch.Tensor, base: torch.Tensor, hashes: tuple[Hashes, Hashes], same: bool
+) -> Matches:
+    """The hash matches :func:`search` finds, without the product: a Hamming range search first (exhaustive)."""
+    from graft.features import ann
+
+    q, b = hashes
+    codes = (q.direct, q.mirrored, b.direct)
+    return _matched(*ann.hash_pairs(queries, base, codes, HASH_BITS, HASH_SIMILARITY, same), hashes)
 
 
 @dataclass(frozen=True)
@@ -278,6 +304,7 @@ def leak_candidates(
     val: np.ndarray | torch.Tensor,
     *,
     hashes: tuple[Hashes, Hashes] | None = None,
+    exact_up_to: int | None = None,
 ) -> Pairs:
     """Pairs ``(a = val index, b = train index)`` that may be copies, proposed as :func:`_cross` says; what
     ``graft train`` checks for its leakage warning (:mod:`graft.features.copies` decides). Raw features; both
@@ -288,8 +315,8 @@ def leak_candidates(
         return near_pairs(Neighbours(np.zeros((0, 0), np.float32), np.zeros((0, 0), np.int64)))
     mean = torch.cat([t, v]).mean(0)
     nv, nt = normalise(v, mean), normalise(t, mean)
-    to_train = search(nv, nt, 2, hashes=hashes)
-    to_val = search(nt, nv, 2)
+    to_train = search(nv, nt, 2, hashes=hashes, exact_up_to=exact_up_to)
+    to_val = search(nt, nv, 2, exact_up_to=exact_up_to)
     return _cross(to_train.sims, to_train.index[:, 0], to_val.sims, to_val.index[:, 0], to_train.matches)
 
 
@@ -321,6 +348,7 @@ def survey(
     n_train: int,
     raw_k: int = 5,
     block_bytes: int = BLOCK_BYTES,
+    exact_up_to: int | None = None,
 ) -> Survey:
     """One pass where four searches were: the kNN of the centred rows with hash matches, the kNN of the
     uncentred rows, and val rows' nearest train row and train rows' nearest val row (rows ``[0, n_train)`` are
@@ -328,13 +356,22 @@ def survey(
 
     The uncentred cosine follows from the centred one: with ``c = x - mean``,
     ``x_i.x_j = |c_i||c_j| cos_ij + c_i.mean + c_j.mean + mean.mean``, elementwise work on each block beside its
-    ``d``-long dot products. Leakage is a column range of the same blocks (train and val share the mean)."""
+    ``d``-long dot products. Leakage is a column range of the same blocks (train and val share the mean).
+    Past ``exact_up_to`` rows (as :func:`search`) the searches are approximate: :func:`graft.features.ann.survey`."""
+    from graft.features import ann
+
     raw = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     n = len(raw)
     mean = raw.mean(0)
     centred = raw - mean
     cnorm = centred.norm(dim=1).clamp_min(1e-12)
     x = centred / cnorm[:, None]
+    if ann.wanted(n, n, exact_up_to):
+        del centred
+        k, raw_k = max(0, min(k, n - 1)), max(0, min(raw_k, n - 1))
+        sims, index, raw_sims, cross = ann.survey(x, raw, k, raw_k, n_train)
+        found = Neighbours(sims, index, _approximate_matches(x, x, (hashes, hashes), True))
+        return _surveyed(x, found, raw_sims, n_train, cross)
     inv = 1 / raw.norm(dim=1).clamp_min(1e-12)
     scale = cnorm * inv  # uncentred cos_ij = scale_i scale_j cos_ij + shift_i inv_j + inv_i shift_j
     shift = (centred @ mean + 0.5 * (mean @ mean)) * inv
@@ -364,8 +401,16 @@ def survey(
                 r = torch.arange(len(block))
                 u[r, r + start] = -2.0
                 raw_sims[rows] = u.topk(raw_k, dim=1).values.numpy()
-    matches = Matches.concat(parts)
-    found = Neighbours(sims, index, matches)
-    leak = matches.where((matches.query >= n_train) & (matches.base < n_train))
+    found = Neighbours(sims, index, Matches.concat(parts))
+    return _surveyed(x, found, raw_sims, n_train, (val_sims, val_index, train_sims, train_index))
+
+
+def _surveyed(
+    x: torch.Tensor, found: Neighbours, raw_sims: np.ndarray, n_train: int, cross: tuple[np.ndarray, ...]
+) -> Survey:
+    """The survey of these searches: the leaks are the val x train hash matches and the ``cross`` nearest rows
+    (val rows' two highest similarities to train, the highest's column, and train rows' to val)."""
+    m = found.matches
+    leak = m.where((m.query >= n_train) & (m.base < n_train))
     leak.query = leak.query - n_train
-    return Survey(x, found, raw_sims, _cross(val_sims, val_index, train_sims, train_index, leak))
+    return Survey(x, found, raw_sims, _cross(*cross, leak))
