@@ -259,7 +259,8 @@ def _run_stages(
                 start=start,
                 select=selector(levers["selected_by"]),
                 val_criterion=val_criterion,
-                precision=data.precision,
+                # a head on stored features multiplies a few hundred KFLOPs a step: bf16 would only add casts
+                precision="auto" if on_features else data.precision,
             )
         history = history + result.history
         if result.best_epoch:
