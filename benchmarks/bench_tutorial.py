@@ -80,7 +80,9 @@ def graft_run(data: Path, arch: str, args: list[str], tmp: Path, name: str, cach
     cmd = [sys.executable, "-m", "graft", "train", str(data), "--arch", arch, *args, "--out", str(tmp), "--name", name]
     wall, _ = timed(cmd, env)
     metrics = json.loads((tmp / name / "metrics.json").read_text())
+    config = json.loads((tmp / name / "config.json").read_text())
     return {
+        "precision": (config.get("resolved_precision") or {}).get("precision", "fp32"),
         "wall_seconds": round(wall, 2),
         "best_val_acc": metrics["best_val_acc"],
         "epochs": metrics.get("epochs_run"),
@@ -117,7 +119,7 @@ def main() -> int:
         default=None,
         help="epochs of the reference to run before extrapolating to 25 (default: all 25 for freeze, 3 for finetune)",
     )
-    parser.add_argument("--finetune-args", default="--mode finetune --epochs 2")
+    parser.add_argument("--finetune-args", default="--mode finetune --epochs 2")  # --precision auto: bf16 where it pays
     parser.add_argument("--repeat", type=int, default=3, help="graft freeze runs of each kind (median reported)")
     parser.add_argument("--cold-pages", action="store_true", help="also one graft run after 60 s of idling")
     parser.add_argument(
@@ -171,8 +173,17 @@ def main() -> int:
             ]
             if not args.no_same_work:
                 recipe = ["--mode", "finetune", "--head-epochs", "0", *TUTORIAL_RECIPE]
-                same = graft_run(args.data, args.arch, recipe, tmp, "finetune-same", tmp / "cache-ft-same")
-                rows.append(("graft finetune, the reference's recipe and 25 epochs, empty cache (same work)", same))
+                for precision in ("auto", "fp32"):
+                    same = graft_run(
+                        args.data,
+                        args.arch,
+                        [*recipe, "--precision", precision],
+                        tmp,
+                        f"same-{precision}",
+                        tmp / f"cache-ft-same-{precision}",
+                    )
+                    rows.append((f"graft finetune, the reference's recipe and 25 epochs, {same['precision']}, "
+                                 "empty cache (same work)", same))  # fmt: skip
             ref = reference(args.data, args.arch, "finetune", args.reference_measure or 3, tmp)
             sections.append(table("fine-tuning", ref, rows))
             headlines["graft vs the tutorial, fine-tuning (bench_tutorial)"] = headline(ref, rows[0], rows[1:])

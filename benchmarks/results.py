@@ -10,12 +10,18 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+#: The CPU features that decide graft's kernels (int8 backend, bf16 training), listed with every measurement.
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine() -> str:
-    from graft.core.cpu import cpu_model
+    from graft.core.cpu import cpu_flags, cpu_model
 
     cpu = cpu_model()
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {mem_gb:.0f} GiB RAM"
+    flags = cpu_flags()
+    simd = " ".join(f for f in SIMD_FLAGS if f in flags) or "no AVX2"
+    return f"{cpu} ({simd}), {len(os.sched_getaffinity(0))} cores, {mem_gb:.0f} GiB RAM"
 
 
 def commit() -> str:
