@@ -74,11 +74,11 @@ class Int8Program(nn.Module):
 
     Each call splits the batch into one chunk per usable core (:func:`usable_cores`, :func:`per_core_chunks`)
     and runs the chunks on a pool of threads, each with a single OpenMP thread and kernels compiled for one
-    thread. One call with a team of OpenMP threads would be faster by nothing on an idle machine, but a team waits
-    at every kernel's barrier for its slowest thread: with another process on one of two cores, the team's threads
-    spin-wait against it and the program fell from ~410 to 20-120 images/s, below graft's float path, while
-    independent chunks lose only the share of the busy core. Outputs do not depend on the split (each image goes
-    through the same single-threaded kernels).
+    thread. One call with a team of OpenMP threads waits at every kernel's barrier for its slowest thread: with
+    another process on one of two cores, the team's threads spin-waited against it and the program fell from ~410 to
+    20-120 images/s, below graft's float path, while independent chunks lose only the busy core's share (measured in
+    turns with one competing process: 25 images/s as a team, 164 as chunks, 62 for the float path). The logits are
+    those of the one-call program (integer kernels; like it, they round slightly differently per batch size).
 
     Inference only: ``train()`` does nothing, deep copies share it, and torch.fx cannot trace it (graft's BatchNorm
     folding then leaves it as it is). Batch size 1 and larger batches are two compilations (``dynamic=True``
