@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_quantize [--data DIR] [--out DIR] [--freeze RUN] [--finetune RUN] [--qat RUN]
                                         [--calib N] [--activation-bits auto,7,8] [--remeasure] [--record]
+    python -m benchmarks.bench_quantize --contention 0,1 [--rounds R] [--freeze RUN] [--record]
 
 Runs not given are trained here (mobilenet_v2; freeze: defaults; finetune: --epochs 4; qat: the same schedule
 with --mode qat). Each float run goes through ``graft quantize`` once per ``--activation-bits`` value (auto: the
@@ -11,17 +12,28 @@ over the int8 run's val images checks that it reproduces ``int8_val_acc``. ``--r
 (and their float models) again, in this process, and rewrites the speed figures of their quantization.json: what
 to do when the machine was busy while they were made. Prints (and with --record appends to RESULTS.md) one row per
 int8 run. Run it alone: timings on a shared 2-core machine are meaningless (the 1-minute load average is printed).
+
+``--contention N[,N...]`` measures only the freeze run's int8 program against graft's float path (the classifiers
+``graft predict`` loads) while N competing processes (pure-Python busy loops, started before and killed after each
+condition) use the CPU: images/s at batch 32 and 1, in turns (int8, float, int8, ...) for ``--rounds`` rounds, the
+median and min-max per row and the int8/float ratio of the medians per condition.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFT = [sys.executable, "-m", "graft"]
@@ -87,6 +99,88 @@ def remeasure(int8_run: Path, float_run: Path | None) -> None:
     print(f"remeasured {int8_run}: {Q.QuantizeResult(int8_run, old | new).summary()}", flush=True)
 
 
+BUSY_LOOP = "while True: pass"
+
+
+@contextlib.contextmanager
+def competitors(n: int) -> Iterator[None]:
+    """``n`` CPU-bound processes running for the duration of the block; killed however it is left."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP]))
+        time.sleep(0.5)  # started and spinning before anything is timed
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def in_turns(runners: dict[str, Callable[[Any], Any]], batch: Any, rounds: int, calls: int) -> dict[str, list[float]]:
+    """images/s of each ``calls`` calls per runner, the runners taking turns for ``rounds`` rounds (a passing burst
+    of load then hits all of them, not one)."""
+    for run in runners.values():
+        run(batch)  # warm-up: compiles what is compiled lazily
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                run(batch)
+                rates[name].append(len(batch) / (time.perf_counter() - start))
+    return rates
+
+
+def contention(int8_run: Path, float_run: Path, conditions: list[int], rounds: int) -> str:
+    """The table of ``--contention``: int8 and float images/s per condition and batch size."""
+    import torch
+
+    import graft
+
+    fp32 = graft.load(float_run, device="cpu")
+    runners = {"int8": graft.load(int8_run).logits, "float": fp32.logits}
+    size = fp32.preprocess.input_size
+    torch.manual_seed(0)
+    images = torch.randn(32, 3, size, size)
+    lines = [
+        "| competitors | batch | runner | median img/s | min | max | int8/float | load before |",
+        "|" + " --- |" * 8,
+    ]
+    for n in conditions:
+        for batch, calls in ((32, 3), (1, 10)):
+            load = f"{os.getloadavg()[0]:.2f}"
+            with competitors(n):
+                rates = in_turns(runners, images[:batch], rounds, calls)
+            medians = {name: statistics.median(r) for name, r in rates.items()}
+            for name, r in rates.items():
+                ratio = f"{medians['int8'] / medians['float']:.2f}x" if name == "int8" else ""
+                lines.append(
+                    f"| {n} | {batch} | {name} | {medians[name]:.1f} | {min(r):.1f} | {max(r):.1f} | {ratio} | {load} |"
+                )
+            print(lines[-2], lines[-1], sep="\n", flush=True)
+    return "\n".join(lines) + (
+        f"\n\nmobilenet_v2 freeze run on hymenoptera, its int8 program (graft quantize, graft.load) against graft's "
+        f"float predict path (graft.load, CPU), random input, {rounds} rounds in turns ({torch.get_num_threads()} "
+        "torch threads). 'competitors': pure-Python busy-loop processes running while measured. 'load before': "
+        "the 1-minute load average before the condition started (other work on the machine distorts the figures)."
+    )
+
+
+def quantized(run: Path, bits: str, calib: int) -> Path | None:
+    """``run``'s int8 run for ``--activation-bits bits`` (made by ``graft quantize`` unless it exists); None when
+    the CPU's kernels get that setting wrong (the error line printed says why)."""
+    int8_run = run.parent / (f"{run.name}-int8" if bits == "auto" else f"{run.name}-int8-a{bits}")
+    if not (int8_run / "quantization.json").exists():
+        try:
+            sh([*GRAFT, "quantize", str(run), "--calib", str(calib), "--activation-bits", bits,
+                "--name", int8_run.name, "--exist-ok"])  # fmt: skip
+        except subprocess.CalledProcessError:
+            return None
+    return int8_run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "hymenoptera_data")
@@ -98,23 +192,31 @@ def main() -> None:
     parser.add_argument("--activation-bits", default="auto", help="comma-separated auto, 7, 8: one PTQ run each")
     parser.add_argument("--remeasure", action="store_true")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--contention", help="comma-separated numbers of competing processes, e.g. 0,1")
+    parser.add_argument("--rounds", type=int, default=5, help="--contention: rounds of turns per condition")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     freeze = args.freeze or train(args.data, args.out, "freeze", "--mode", "freeze")
+    if args.contention is not None:
+        int8_run = quantized(freeze, "auto", args.calib)
+        assert int8_run is not None, "graft quantize failed with this CPU's own setting"
+        body = contention(int8_run, freeze, [int(n) for n in args.contention.split(",")], args.rounds)
+        print(body)
+        if args.record:
+            from benchmarks.results import record
+
+            record("Int8 vs float under CPU contention (busy-loop competitors)", body)
+        return
     finetune = args.finetune or train(args.data, args.out, "finetune", "--mode", "finetune", "--epochs", "4")
     qat = args.qat or train(args.data, args.out, "qat", "--mode", "qat", "--epochs", "4", "--calib", str(args.calib))
     int8_runs, failed = [], []
     for run in (freeze, finetune):
         for bits in args.activation_bits.split(","):
-            int8_run = run.parent / (f"{run.name}-int8" if bits == "auto" else f"{run.name}-int8-a{bits}")
             label = f"PTQ of {run.name}" + ("" if bits == "auto" else f", --activation-bits {bits}")
-            if not (int8_run / "quantization.json").exists():
-                try:
-                    sh([*GRAFT, "quantize", str(run), "--calib", str(args.calib), "--activation-bits", bits,
-                        "--name", int8_run.name, "--exist-ok"])  # fmt: skip
-                except subprocess.CalledProcessError:  # the error line above says why (e.g. 8 bits without VNNI)
-                    failed.append(label)
-                    continue
+            int8_run = quantized(run, bits, args.calib)
+            if int8_run is None:  # e.g. 8 bits without VNNI
+                failed.append(label)
+                continue
             int8_runs.append((label, int8_run, run))
     int8_runs.append(("QAT", qat, None))
     if args.remeasure:

@@ -140,6 +140,28 @@ def test_saved_program_reloads_without_pickle(small_program: dict[str, Any], mon
 
 
 @pytest.mark.slow
+def test_chunks_on_worker_threads_compute_what_one_call_does(small_program: dict[str, Any]) -> None:
+    """The compiled program splits a batch over the usable cores and runs the chunks on worker threads: what it
+    returns is what the same chunks give on the calling thread, whatever the number of cores. (The compiled
+    kernels themselves round a little differently per batch size, as they did before the split: compared with the
+    eager reference by :func:`graft.int8.program.checks_out`'s measure.)"""
+    program = Int8Program(load_program(small_program["path"], sha256=small_program["sha256"]))
+    x = torch.cat([small_program["x"], small_program["x"][:1]])  # 4 images: two chunks of 2 on two cores
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        split = program(x)
+        torch.set_num_threads(1)
+        one_core = torch.cat([program(x[:2]), program(x[2:])])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(split, one_core, rtol=1e-5, atol=1e-6)
+    reference = torch.cat([small_program["reference"], small_program["reference"][:1]])
+    assert float((split - reference).norm() / reference.norm()) < 0.2
+
+
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_new_process_compiles_to_onednn_int8_kernels(small_program: dict[str, Any]) -> None:
     """``graft predict`` loads a saved program in a process that never quantized anything: the int8 fusion passes
