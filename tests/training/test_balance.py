@@ -100,7 +100,7 @@ def test_select_by_picks_the_best_balanced_accuracy(monkeypatch) -> None:
     }
     calls = {"n": 0}
 
-    def run_epoch(model, loader, criterion, device, *, optimizer=None, desc=""):
+    def run_epoch(model, loader, criterion, device, *, optimizer=None, desc="", precision="auto"):
         if optimizer is not None:
             with torch.no_grad():
                 model.weight.add_(1.0)  # the weights tell the epochs apart

@@ -189,7 +189,7 @@ def test_a_full_disk_during_training_keeps_the_best_model_and_resumes(tmp_image_
 def test_nan_loss_stops_with_advice_and_keeps_the_best_model(tmp_image_folder, tmp_path, monkeypatch) -> None:
     real, calls = graft.training.loop.run_epoch, [0]
 
-    def run_epoch(model, loader, criterion, device, *, optimizer=None, desc=""):
+    def run_epoch(model, loader, criterion, device, *, optimizer=None, desc="", precision="auto"):
         phase = real(model, loader, criterion, device, optimizer=optimizer, desc=desc)
         if optimizer is not None:
             calls[0] += 1
