@@ -102,7 +102,14 @@ class OnnxRuntimeModule(torch.nn.Module):
         import io
         import warnings
 
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # autocast off: a caller's bf16 training precision would be traced into the graph as casts (and ONNX
+        # Runtime's CPU convolutions take no bf16); the export is the fp32 function that inference computes
+        with (
+            torch.inference_mode(False),
+            torch.no_grad(),
+            torch.autocast("cpu", enabled=False),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             example = x[:2].clone().contiguous()
             try:

@@ -83,3 +83,18 @@ def test_exports_of_training_weights_are_not_kept(tmp_path, monkeypatch) -> None
     with torch.inference_mode():
         fast_inference(small_body(), CPU)(torch.randn(2, 3, 64, 64))
     assert not export_cache.folder().exists()
+
+
+def test_a_body_exported_under_a_bf16_autocast_is_the_fp32_function(tmp_path, monkeypatch) -> None:
+    """A bf16 training run's feature pass calls the runner under autocast: the export must not trace the casts
+    (ONNX Runtime refuses bf16 convolutions, and the body would silently fall back to torch in bf16)."""
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GRAFT_ENGINE", raising=False)
+    body = small_body()
+    x = torch.randn(2, 3, 64, 64)
+    runner = fast_inference(body, CPU, keep=True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = runner(x)
+    assert runner._session is not None and got.dtype == torch.float32
+    with torch.inference_mode():
+        assert torch.allclose(got, body(x), atol=1e-4)
