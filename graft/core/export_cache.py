@@ -11,6 +11,7 @@ files, so fine-tuned runs cannot fill the disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -74,11 +75,9 @@ def read(key: str, shape: tuple[int, ...]) -> bytes | None:
 def write(key: str, shape: tuple[int, ...], data: bytes) -> None:
     """Keep ``data`` (an export that passed its check) and drop the least recently used files beyond :data:`KEEP`.
     A cache that cannot be written (read-only or full disk) only costs the next process the export."""
-    try:
+    with contextlib.suppress(OSError):
         folder().mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(_path(key, shape), data)
         kept = sorted(folder().glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[KEEP:]:
             old.unlink(missing_ok=True)
-    except OSError:
-        pass

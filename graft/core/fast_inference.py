@@ -3,6 +3,7 @@ it is faithful (:func:`fast_inference`)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import weakref
@@ -87,10 +88,8 @@ class OnnxRuntimeModule(torch.nn.Module):
         shape = tuple(x.shape[1:])
         kept = export_cache.read(self._key, shape) if self._key is not None else None
         if kept is not None:  # checked against torch when it was written; the same key gives the same export
-            try:
+            with contextlib.suppress(Exception):  # a damaged file: exported again below, and replaced
                 return _session(kept)
-            except Exception:  # a damaged file: export again, and replace it
-                pass
         if not isinstance(self.module, torch.fx.GraphModule):  # untraceable: see fast_inference
             return None
         session, data = self._export_and_check(x)

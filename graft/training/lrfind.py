@@ -245,7 +245,6 @@ def stage_lr(
         found[stage] = float(recorded[stage])
         log(f"lr auto: {stage} stage lr {found[stage]:.3g} (recorded by the run's first part)")
         return found[stage]
-    precision = "auto" if on_features else precision  # as the head stage itself (graft.training.pipeline)
     test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
                             generator=generator, precision=precision)  # fmt: skip
     found[stage] = float(dist.broadcast_object(test.suggestion))

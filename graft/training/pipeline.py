@@ -152,7 +152,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = print, callba
         cfg, model, setup.dataset, setup.preprocess, device, setup.generator, key, log, precision=precision.name
     )
     lr_auto: dict[str, float] = {}  # --lr auto: each stage's rate, from a range test at its start
-    data.find_lr = functools.partial(stage_lr, cfg, run_dir, found=lr_auto, log=log, precision=precision.name)
+    data.find_lr = functools.partial(stage_lr, cfg, run_dir, found=lr_auto, log=log)
     saver = ProgressSaver(run_dir, model, setup.generator, device)
     progress = load_progress(run_dir) if cfg.resume else None  # the last finished epoch of a killed run
     if cfg.resume:
@@ -225,8 +225,10 @@ def _run_stages(
         else:
             model.unfreeze()
         target, train_data, val_data = (model.head, *data.features()) if on_features else (model, *data.images())
+        precision = data.step_precision(on_features)
         if lr == "auto":  # a range test on this stage's training data (graft.training.lrfind), weights restored
-            lr = data.find_lr(stage, target, train_data, criterion, device, data.generator, on_features=on_features)
+            lr = data.find_lr(stage, target, train_data, criterion, device, data.generator, on_features=on_features,
+                              precision=precision)  # fmt: skip
         if not on_features:
             tune_convolutions(device, steps=epochs * len(train_data))
         if cfg.compile and not on_features:
@@ -259,8 +261,7 @@ def _run_stages(
                 start=start,
                 select=selector(levers["selected_by"]),
                 val_criterion=val_criterion,
-                # a head on stored features multiplies a few hundred KFLOPs a step: bf16 would only add casts
-                precision="auto" if on_features else data.precision,
+                precision=precision,
             )
         history = history + result.history
         if result.best_epoch:
@@ -382,7 +383,7 @@ def run_lr_find(
         target, loader = (model.head, data.features()[0]) if on_features else (model, data.images()[0])
         test = stage_range_test(cfg, target, loader, criterion, device, stage=stage, on_features=on_features,
                                 start=cfg.start_lr, end=cfg.end_lr, iterations=cfg.iterations,
-                                generator=setup.generator, precision=precision)  # fmt: skip
+                                generator=setup.generator, precision=data.step_precision(on_features))  # fmt: skip
         stem = "lr_find" if len(stages) == 1 else f"lr_find-{stage}"
         test.write_csv(cfg.plot_dir / f"{stem}.csv")
         if draw is not None:

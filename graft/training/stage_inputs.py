@@ -50,6 +50,11 @@ class StageData:
         same = autocast_dtype(device, precision) == autocast_dtype(device)
         self.feature_precision = "auto" if same else precision
 
+    def step_precision(self, on_features: bool) -> str:
+        """The precision of a stage's training steps (and its lr range test): the run's, except for a head on
+        stored features, which keeps inference's (a few hundred KFLOPs a step: bf16 would only add casts)."""
+        return "auto" if on_features else self.precision
+
     def features(self) -> tuple[Any, Any]:
         from graft.core.loaders import inference_loader, train_loader
 

@@ -137,16 +137,35 @@ def test_int8_weights_losing_more_than_a_point_are_refused(frozen_run, monkeypat
     assert not out.exists()
 
 
+def convert_small(net, tmp_path: Path) -> list:
+    """The ops of ``net`` (a 32x32 RGB image in, 3 classes out) converted by coremltools as graft converts a run: an
+    image-input classifier ML program in float32."""
+    import torch
+
+    from graft.deploy.coreml_spec import import_coremltools, read_package
+
+    ct = import_coremltools()
+    image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
+    with bundle.quiet("coremltools"), torch.no_grad():
+        ct.convert(
+            torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
+            convert_to="mlprogram",
+            inputs=[image],
+            classifier_config=ct.ClassifierConfig(["a", "b", "c"]),
+            minimum_deployment_target=ct.target.iOS16,
+            compute_precision=ct.precision.FLOAT32,
+        ).save(str(tmp_path / "small.mlpackage"))
+    return read_package(tmp_path / "small.mlpackage")[1]
+
+
 def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None:
     """graft's reference interpreter of ML programs, on a small network converted by coremltools that uses every op
     it implements: the program's probabilities are torch's to float32 precision."""
     import torch
 
     from graft.deploy.coreml_mil import program_runner
-    from graft.deploy.coreml_spec import import_coremltools, read_package
 
     pytest.importorskip("coremltools")
-    ct = import_coremltools()
     F = torch.nn.functional
 
     class Small(torch.nn.Module):
@@ -172,18 +191,7 @@ def test_interpreter_runs_a_converted_program_like_torch(tmp_path: Path) -> None
     torch.manual_seed(0)
     net = Small().eval()
     net.bn.running_mean.uniform_(-1, 1), net.bn.running_var.uniform_(0.5, 2), net.bn.weight.data.uniform_(0.5, 2)
-    image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
-    with bundle.quiet("coremltools"), torch.no_grad():
-        program = ct.convert(
-            torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
-            convert_to="mlprogram",
-            inputs=[image],
-            classifier_config=ct.ClassifierConfig(["a", "b", "c"]),
-            minimum_deployment_target=ct.target.iOS16,
-            compute_precision=ct.precision.FLOAT32,
-        )
-        program.save(str(tmp_path / "small.mlpackage"))
-    _, ops = read_package(tmp_path / "small.mlpackage")
+    ops = convert_small(net, tmp_path)
     assert {
         "max_pool",
         "avg_pool",
@@ -232,10 +240,9 @@ def test_a_layer_and_its_batchnorm_folded_by_the_converter_are_checked_and_run(t
     import torch
 
     from graft.deploy.coreml_mil import program_runner
-    from graft.deploy.coreml_spec import _check_weights, import_coremltools, read_package
+    from graft.deploy.coreml_spec import _check_weights
 
     pytest.importorskip("coremltools")
-    ct = import_coremltools()
 
     class Small(torch.nn.Module):
         def __init__(self) -> None:
@@ -252,17 +259,7 @@ def test_a_layer_and_its_batchnorm_folded_by_the_converter_are_checked_and_run(t
     small = Small().eval()
     small.bn.running_mean.uniform_(-1, 1), small.bn.running_var.uniform_(0.5, 2), small.bn.weight.data.uniform_(0.5, 2)
     net = coreml.coreml_network(small, IMAGENET_STD)
-    image = ct.ImageType(name="image", shape=(1, 3, 32, 32), scale=1 / 255, color_layout=ct.colorlayout.RGB)
-    with bundle.quiet("coremltools"), torch.no_grad():
-        ct.convert(
-            torch.jit.trace(net, torch.rand(1, 3, 32, 32)),
-            convert_to="mlprogram",
-            inputs=[image],
-            classifier_config=ct.ClassifierConfig(["a", "b", "c"]),
-            minimum_deployment_target=ct.target.iOS16,
-            compute_precision=ct.precision.FLOAT32,
-        ).save(str(tmp_path / "small.mlpackage"))
-    _, ops = read_package(tmp_path / "small.mlpackage")
+    ops = convert_small(net, tmp_path)
     types = [op.op_type for op in ops]
     assert "pad" in types and "batch_norm" not in types
     checks = _check_weights(ops, net, False, tmp_path)
